@@ -1,0 +1,54 @@
+"""Development sessions: ``nox -s tests lint bench docs demo``.
+
+Every session installs what it needs into its own virtual environment, so a fresh machine with
+Python 3.11+ and pip only needs ``python3 -m pip install nox`` first.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+PYTHON = None  # the interpreter nox runs under (3.11+)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest-trio, hypothesis)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check and mypy --strict on src/."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py", "docs")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py", "docs")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run every benchmark scenario against its asyncio baseline; writes results/latest.json."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx site with warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: a visible fan-out of two jobs sharing a global limit."""
+    session.install("-e", ".")
+    session.run("python", "-m", "sluiceway.demos.fanout", *session.posargs)

@@ -1,0 +1,80 @@
+"""Small internal helpers shared by every layer."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final, NoReturn
+
+import trio
+
+
+class _Nothing(enum.Enum):
+    NOTHING = "NOTHING"
+
+    def __repr__(self) -> str:
+        return "NOTHING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: Returned by ``peek()`` when no item is available right now. A private sentinel rather than
+#: ``None`` so that ``None`` can be a legitimate item.
+NOTHING: Final = _Nothing.NOTHING
+Nothing = _Nothing
+
+
+def raise_saving_context(exc: BaseException) -> NoReturn:
+    """Re-raise ``exc`` keeping its own ``__context__`` (not the group it came out of)."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
+
+
+def raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the one meaningful exception of a nursery's group, or the group itself.
+
+    * ``KeyboardInterrupt``/``SystemExit`` anywhere wins, chained to the group.
+    * Exactly one non-``Cancelled`` leaf: raise it bare (DESIGN rule 4: never a one-member group).
+    * Only ``Cancelled``: raise the first one, so the enclosing cancel scope can catch it.
+    * Several real errors: raise the group unchanged, so none is lost.
+    """
+    leaves: list[BaseException] = []
+    _flatten(group, leaves)
+    for exc in leaves:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise type(exc)(*exc.args) from group
+    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    if len(real) == 1:
+        raise_saving_context(real[0])
+    if not real:
+        raise_saving_context(leaves[0])
+    raise group
+
+
+def _flatten(exc: BaseException, into: list[BaseException]) -> None:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            _flatten(inner, into)
+    else:
+        into.append(exc)
+
+
+@asynccontextmanager
+async def open_owned_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose single error escapes bare instead of as a one-member group."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        raise_single(group)
+
+
+def type_name(value: object) -> str:
+    """A short, readable name of ``value``'s type for error messages."""
+    return type(value).__name__

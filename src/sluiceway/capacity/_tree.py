@@ -1,0 +1,557 @@
+"""The capacity-tree core shared by every capacity face.
+
+A tree of :class:`Node` objects, each with limits on named resources. A request names a cost and the
+node it is submitted at; it is granted only when the cost fits at that node *and every ancestor*,
+and then it is taken at every level at once (atomic admission). Every release, limit change or new
+request re-runs :func:`dispatch`, which grants waiting requests anywhere in the tree until nothing
+more fits, so no wake-up can be lost and nobody polls.
+
+Who is served next (``_select``), decided recursively from the root:
+
+* within a node, requests are served first-in first-out (strict head of line: a later request never
+  passes the head unless the node was built with ``backfill=True`` and the later request uses none
+  of the resources the head is short of);
+* across the children of a node, the freed capacity goes to the child (among those with a request
+  that fits below this node) holding the smallest share of the node's limits, ties to the request
+  that has waited longest (max-min fairness). A node's own queue competes as one more child.
+
+The requests themselves come in two kinds. A :class:`Waiter` is one task blocked in ``acquire`` for
+one fixed cost. A :class:`Demand` is a runner's standing request: its cost is asked for at dispatch
+time (the cost of the runner's next task, or ``None`` when it has nothing to start), and each grant
+hands the runner one admitted task synchronously, so peek, check and take form one step with no
+``await`` in between. After a grant, a demand goes to the back of its node's queue, so several
+runners sharing one node take turns.
+
+All of this is synchronous and never awaits, so it is safe to call from any trio context, including
+``run_sync_soon`` callbacks (``trio.to_thread.run_sync`` releases its limiter from one).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import outcome
+import trio
+
+from .._errors import ImpossibleCostError, OverReleaseError, UnknownResourceError
+from ._amounts import Amount, Vector, describe, public
+
+
+class DemandOwner(Protocol):
+    """What a runner implements to hold a standing request in the tree."""
+
+    def demand_cost(self) -> Vector | None:
+        """Cost of the next task to admit, or ``None`` when there is nothing to start now."""
+
+    def demand_granted(self, cost: Vector) -> None:
+        """``cost`` was taken at every level for the next task: take that task now, synchronously."""
+
+    def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
+        """The next task can never fit: drop it (and report ``error`` for it) synchronously."""
+
+
+class Tree:
+    """State shared by all the nodes below one root."""
+
+    __slots__ = ("again", "dispatching", "root", "seq")
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+        self.seq = 0
+        self.dispatching = False
+        self.again = False
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class Request(abc.ABC):
+    """A request queued at a node. ``seq`` orders it against every other request of the tree."""
+
+    __slots__ = ("node", "seq", "validated")
+
+    persistent = False
+
+    def __init__(self, node: Node, *, validated: bool) -> None:
+        self.node = node
+        self.validated = validated
+        self.seq = 0
+
+    @abc.abstractmethod
+    def current_cost(self) -> Vector | None:
+        """The cost to admit next, or ``None`` when this request wants nothing right now."""
+
+    @abc.abstractmethod
+    def on_grant(self, cost: Vector) -> None:
+        """``cost`` was taken at every level for this request."""
+
+    @abc.abstractmethod
+    def on_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
+        """``cost`` can never fit under the current limits."""
+
+
+class Waiter(Request):
+    """One acquisition of one fixed cost, by a task that is (or may be) blocked."""
+
+    __slots__ = ("cost", "granted", "task")
+
+    def __init__(
+        self, node: Node, cost: Vector, task: trio.lowlevel.Task | None, *, validated: bool
+    ) -> None:
+        super().__init__(node, validated=validated)
+        self.cost = cost
+        self.task = task
+        self.granted = False
+
+    def current_cost(self) -> Vector:
+        return self.cost
+
+    def on_grant(self, cost: Vector) -> None:
+        self.granted = True
+        if self.task is not None:
+            trio.lowlevel.reschedule(self.task)
+
+    def on_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
+        dequeue(self)
+        if self.task is not None:
+            trio.lowlevel.reschedule(self.task, outcome.Error(error))
+
+
+class Demand(Request):
+    """A runner's standing request; see the module docstring."""
+
+    __slots__ = ("owner",)
+
+    persistent = True
+
+    def __init__(self, node: Node, owner: DemandOwner, *, validated: bool) -> None:
+        super().__init__(node, validated=validated)
+        self.owner = owner
+
+    def current_cost(self) -> Vector | None:
+        return self.owner.demand_cost()
+
+    def on_grant(self, cost: Vector) -> None:
+        self.owner.demand_granted(cost)
+
+    def on_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
+        self.owner.demand_impossible(cost, error)
+
+
+class Node:
+    """One level of a capacity tree.
+
+    ``held`` is exact: the sum of every cost granted in this node's subtree and not yet released,
+    for every resource that passed through, limited here or not. ``usage`` is what counts against
+    ``limits``: ``held`` itself for an ordinary node; for a quota node, ``consumed``, which a release
+    does not lower (only a reset or refill does).
+    """
+
+    __slots__ = (
+        "active_children",
+        "backfill",
+        "chain",
+        "consumed",
+        "face",
+        "granted_count",
+        "held",
+        "limits",
+        "own_held",
+        "parent",
+        "queue",
+        "quota",
+        "released_count",
+        "tree",
+        "usage",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        limits: Vector,
+        parent: Node | None = None,
+        *,
+        quota: bool = False,
+        backfill: bool = False,
+        face: object = None,
+    ) -> None:
+        self.limits: Vector = dict(limits)
+        self.parent = parent
+        self.quota = quota
+        self.backfill = backfill
+        self.face = face
+        self.held: Vector = {}
+        self.consumed: Vector = {}
+        self.usage: Vector = self.consumed if quota else self.held
+        self.own_held: Vector = {}
+        self.queue: OrderedDict[Request, None] = OrderedDict()
+        self.waiting = 0
+        self.active_children: dict[Node, None] = {}
+        self.granted_count = 0
+        self.released_count = 0
+        if parent is None:
+            self.tree = Tree(self)
+            self.chain: tuple[Node, ...] = (self,)
+        else:
+            self.tree = parent.tree
+            self.chain = (self, *parent.chain)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def tracks(self, resource: str) -> bool:
+        """Whether some level of this node's chain limits ``resource``."""
+        return any(resource in level.limits for level in self.chain)
+
+    def available(self, resource: str) -> Amount:
+        """``limit - usage`` at this node alone (may be negative after a limit was lowered)."""
+        limit = self.limits.get(resource, math.inf)
+        return limit - self.usage.get(resource, 0)
+
+    def iter_subtree_requests(self) -> Iterator[Request]:
+        """Every request queued in this subtree (children first found through ``active_children``)."""
+        yield from list(self.queue)
+        for child in list(self.active_children):
+            yield from child.iter_subtree_requests()
+
+    # -- validation ------------------------------------------------------------------------
+
+    def check_known(self, cost: Vector, *, what: str = "cost") -> None:
+        """Raise :class:`UnknownResourceError` for a key no level of the chain tracks."""
+        for resource in cost:
+            if not self.tracks(resource):
+                tracked = sorted({key for level in self.chain for key in level.limits})
+                raise UnknownResourceError(
+                    f"{what} {describe(cost)} names resource {resource!r}, which no level of this "
+                    f"capacity chain tracks (tracked: {tracked}); an untracked resource would be "
+                    "unlimited, so it is refused"
+                )
+
+    def impossible(self, cost: Vector) -> ImpossibleCostError | None:
+        """The error to raise if ``cost`` can never fit under the current limits, else ``None``."""
+        for depth, level in enumerate(self.chain):
+            for resource, needed in cost.items():
+                limit = level.limits.get(resource)
+                if limit is not None and needed > limit:
+                    where = "this node" if depth == 0 else f"the ancestor {depth} level(s) up"
+                    return ImpossibleCostError(
+                        f"cost {describe(cost)} can never fit: {resource!r} needs "
+                        f"{public(needed)} but {where} is limited to {public(limit)} "
+                        f"(limits along the chain: "
+                        f"{[describe(lvl.limits) for lvl in self.chain]})"
+                    )
+        return None
+
+    def fits_chain(self, cost: Vector) -> bool:
+        """Whether ``cost`` fits right now at this node and every ancestor."""
+        return all(_fits(level, cost) for level in self.chain)
+
+
+# -- queue bookkeeping ---------------------------------------------------------------------
+
+
+def enqueue(request: Request) -> None:
+    node = request.node
+    request.seq = node.tree.next_seq()
+    node.queue[request] = None
+    for level in node.chain:
+        level.waiting += 1
+        if level.waiting == 1 and level.parent is not None:
+            level.parent.active_children[level] = None
+
+
+def dequeue(request: Request) -> None:
+    node = request.node
+    if request not in node.queue:
+        return
+    del node.queue[request]
+    for level in node.chain:
+        level.waiting -= 1
+        if level.waiting == 0 and level.parent is not None:
+            del level.parent.active_children[level]
+
+
+# -- accounting ------------------------------------------------------------------------------
+
+
+def take(node: Node, cost: Vector) -> None:
+    """Record ``cost`` as granted at ``node`` and every ancestor."""
+    for level in node.chain:
+        held = level.held
+        for resource, value in cost.items():
+            held[resource] = held.get(resource, 0) + value
+        if level.quota:
+            consumed = level.consumed
+            for resource, value in cost.items():
+                consumed[resource] = consumed.get(resource, 0) + value
+    own = node.own_held
+    for resource, value in cost.items():
+        own[resource] = own.get(resource, 0) + value
+    node.granted_count += 1
+
+
+def give_back(node: Node, cost: Vector) -> None:
+    """Return ``cost`` at ``node`` and every ancestor, then re-dispatch the tree.
+
+    Quota levels keep it consumed (only a reset or refill restores quota). Raises
+    :class:`OverReleaseError`, changing nothing, when more is released than this node holds.
+    """
+    own = node.own_held
+    for resource, value in cost.items():
+        if own.get(resource, 0) < value:
+            raise OverReleaseError(
+                f"release of {describe(cost)} exceeds what is held at this node "
+                f"({describe(own)}): {resource!r} would go negative"
+            )
+    for resource, value in cost.items():
+        own[resource] -= value
+    for level in node.chain:
+        held = level.held
+        for resource, value in cost.items():
+            held[resource] -= value
+    node.released_count += 1
+    if node.tree.root.waiting:
+        dispatch(node.tree)
+
+
+def adjust(node: Node, delta: Vector) -> None:
+    """Add a signed ``delta`` to what ``node`` holds (``reconcile``). Checked before any change."""
+    own = node.own_held
+    for resource, value in delta.items():
+        if own.get(resource, 0) + value < 0:
+            raise OverReleaseError(
+                f"reconcile would make {resource!r} held at this node negative "
+                f"({public(own.get(resource, 0))} held, change {public(value)})"
+            )
+    for resource, value in delta.items():
+        own[resource] = own.get(resource, 0) + value
+    for level in node.chain:
+        held = level.held
+        for resource, value in delta.items():
+            held[resource] = held.get(resource, 0) + value
+        if level.quota:
+            consumed = level.consumed
+            for resource, value in delta.items():
+                consumed[resource] = max(consumed.get(resource, 0) + value, 0)
+    if node.tree.root.waiting:
+        dispatch(node.tree)
+
+
+# -- admission ---------------------------------------------------------------------------
+
+
+def _fits(level: Node, cost: Vector) -> bool:
+    limits = level.limits
+    usage = level.usage
+    for resource, value in cost.items():
+        limit = limits.get(resource)
+        if limit is not None and usage.get(resource, 0) + value > limit:
+            return False
+    return True
+
+
+def _normaliser(node: Node, resource: str) -> Amount:
+    for level in node.chain:
+        limit = level.limits.get(resource)
+        if limit is not None and 0 < limit < math.inf:
+            return limit
+    return 1
+
+
+def _share(held: Vector, node: Node) -> Amount:
+    """The dominant share of ``node``'s limits that ``held`` represents (max-min fairness key)."""
+    share: Amount = 0
+    for resource, value in held.items():
+        if value:
+            part = value / _normaliser(node, resource)
+            if part > share:
+                share = part
+    return share
+
+
+def _own_candidates(node: Node) -> Iterator[tuple[Request, Vector]]:
+    """Requests of the node's own queue in FIFO order, skipping demands with nothing to start.
+
+    A validated request whose cost can never fit is failed here instead of blocking the queue.
+    """
+    for request in list(node.queue):
+        if request not in node.queue:  # removed by a callback below
+            continue
+        while True:
+            cost = request.current_cost()
+            if cost is None:
+                break
+            if request.validated and not node.fits_chain(cost):
+                error = node.impossible(cost)
+                if error is not None:
+                    request.on_impossible(cost, error)
+                    if request.persistent and request in node.queue:
+                        continue  # the owner dropped that task: look at its next one
+                    break
+            yield request, cost
+            break
+
+
+def _select(node: Node) -> tuple[Request, Vector] | None:
+    """The request to grant next within ``node``'s subtree, or ``None`` if nothing can be granted.
+
+    The returned request fits at every level from its own node up to ``node``.
+    """
+    candidates: list[tuple[Amount, int, Request, Vector]] = []
+    if node.queue:
+        if node.backfill:
+            own = list(_own_candidates(node))
+        else:
+            own = []
+            for found in _own_candidates(node):
+                own.append(found)
+                break
+        if own:
+            share = _share(node.own_held, node)
+            candidates.extend((share, request.seq, request, cost) for request, cost in own)
+    for child in list(node.active_children):
+        found = _select(child)
+        if found is not None:
+            candidates.append((_share(child.held, node), found[0].seq, found[0], found[1]))
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        candidates.sort(key=lambda item: (item[0], item[1]))
+    _, _, head, head_cost = candidates[0]
+    if _fits(node, head_cost):
+        return head, head_cost
+    if not node.backfill or len(candidates) == 1:
+        return None
+    # Backfill: a later candidate may pass only if it uses none of the resources the head is
+    # short of here, so granting it cannot delay the head.
+    short = {
+        resource
+        for resource, value in head_cost.items()
+        if resource in node.limits and node.usage.get(resource, 0) + value > node.limits[resource]
+    }
+    for _, _, request, cost in candidates[1:]:
+        if not any(cost.get(resource) for resource in short) and _fits(node, cost):
+            return request, cost
+    return None
+
+
+def grant(request: Request, cost: Vector) -> None:
+    """Take ``cost`` for ``request`` at every level and notify it."""
+    node = request.node
+    take(node, cost)
+    if request.persistent:
+        request.seq = node.tree.next_seq()
+        node.queue.move_to_end(request)
+    else:
+        dequeue(request)
+    request.on_grant(cost)
+
+
+def dispatch(tree: Tree) -> None:
+    """Grant waiting requests anywhere in the tree until nothing more fits.
+
+    Re-entrant calls (a grant callback that releases or changes limits) are folded into the
+    running pass, which then goes round once more.
+    """
+    if tree.dispatching:
+        tree.again = True
+        return
+    tree.dispatching = True
+    try:
+        while True:
+            tree.again = False
+            root = tree.root
+            while root.waiting:
+                found = _select(root)
+                if found is None:
+                    break
+                grant(*found)
+            if not tree.again:
+                return
+    finally:
+        tree.dispatching = False
+
+
+def try_now(node: Node, cost: Vector, *, validated: bool) -> bool:
+    """Grant ``cost`` at once if the fair dispatcher would grant it now; never waits.
+
+    With nobody waiting in the tree this is a plain fit check. Otherwise the request is queued, the
+    tree dispatched, and the request withdrawn again if it was not chosen, so a newcomer never
+    overtakes a waiter that the fairness rule would serve first.
+    """
+    tree = node.tree
+    if not tree.root.waiting:
+        if node.fits_chain(cost):
+            take(node, cost)
+            return True
+        return False
+    waiter = Waiter(node, cost, None, validated=validated)
+    enqueue(waiter)
+    dispatch(tree)
+    if waiter.granted:
+        return True
+    dequeue(waiter)
+    dispatch(tree)  # its presence may have held back others under the head-of-line rule
+    return False
+
+
+async def acquire(node: Node, cost: Vector, *, validated: bool) -> None:
+    """Wait until ``cost`` is granted at ``node`` and every ancestor.
+
+    Always checkpoints. A cancelled waiter holds nothing: it is removed before ``Cancelled``
+    propagates, and its removal re-dispatches the tree.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if try_now(node, cost, validated=validated):
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    waiter = Waiter(node, cost, trio.lowlevel.current_task(), validated=validated)
+    enqueue(waiter)
+
+    def abort(_: Callable[[], object]) -> trio.lowlevel.Abort:
+        dequeue(waiter)
+        dispatch(node.tree)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def fail_impossible_waiters(node: Node) -> None:
+    """After limits were lowered: fail every validated waiter below ``node`` that can never fit."""
+    for request in list(node.iter_subtree_requests()):
+        if request.validated and not request.persistent:
+            cost = request.current_cost()
+            if cost is not None:
+                error = request.node.impossible(cost)
+                if error is not None:
+                    request.on_impossible(cost, error)
+
+
+def set_limits(node: Node, limits: Vector) -> None:
+    """Update (and possibly add) limits at ``node``; never revokes what is held."""
+    lowered = any(value < node.limits.get(key, math.inf) for key, value in limits.items())
+    node.limits.update(limits)
+    if lowered:
+        fail_impossible_waiters(node)
+    if node.tree.root.waiting:
+        dispatch(node.tree)
+
+
+def open_demand(node: Node, owner: DemandOwner, *, validated: bool) -> Demand:
+    """Queue a runner's standing request at ``node`` and dispatch (it may be granted at once)."""
+    demand = Demand(node, owner, validated=validated)
+    enqueue(demand)
+    dispatch(node.tree)
+    return demand
+
+
+def close_demand(demand: Demand) -> None:
+    """Withdraw a standing request; its absence may unblock others, so the tree is dispatched."""
+    if demand in demand.node.queue:
+        dequeue(demand)
+        if demand.node.tree.root.waiting:
+            dispatch(demand.node.tree)
