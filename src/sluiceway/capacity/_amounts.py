@@ -29,7 +29,7 @@ def amount(value: object, *, what: str, allow_inf: bool = False) -> Amount:
     if isinstance(value, bool) or not isinstance(value, int | float | Fraction | Decimal):
         raise TypeError(f"{what} must be a number, got {value!r} ({type_name(value)})")
     if isinstance(value, float | Decimal):
-        if value != value:  # NaN
+        if value.is_nan() if isinstance(value, Decimal) else math.isnan(value):
             raise ValueError(f"{what} must be a number, got NaN")
         if value in (math.inf, -math.inf):
             if value > 0 and allow_inf:

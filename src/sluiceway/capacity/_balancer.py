@@ -46,7 +46,7 @@ class BalancerAdjustment:
 
 
 class _Tracked:
-    __slots__ = ("busy_since", "face", "idle_since", "low", "high", "step")
+    __slots__ = ("busy_since", "face", "high", "idle_since", "low", "step")
 
     def __init__(self, face: BaseCapacity, low: Vector, high: Vector, step: Vector) -> None:
         self.face = face

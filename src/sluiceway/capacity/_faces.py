@@ -169,6 +169,21 @@ class BaseCapacity:
         )
 
 
+def checked_cost(face: BaseCapacity, cost: object) -> Vector:
+    """Normalise ``cost`` and refuse it if it is malformed, names an untracked resource, or can
+    never fit under the current limits of ``face``'s chain."""
+    normalised = vector(cost, what="cost", drop_zero=True)
+    if not normalised:
+        raise ValueError(
+            f"cost {cost!r} uses no resource; a task that uses nothing would run unbounded"
+        )
+    face._node.check_known(normalised)
+    error = face._node.impossible(normalised)
+    if error is not None:
+        raise error
+    return normalised
+
+
 def _tokens(value: object) -> int | float:
     if isinstance(value, bool) or not (isinstance(value, int) or value == math.inf):
         raise TypeError(f"total_tokens must be an int or math.inf, got {value!r}")
@@ -223,8 +238,7 @@ class CapacitySource(BaseCapacity):
     @property
     def total_tokens(self) -> int | float:
         """The number of units; assign to change it at runtime (waiters are served at once)."""
-        total = self._node.limits[self._resource]
-        return total if total == math.inf else int(total)
+        return public(self._node.limits[self._resource])
 
     @total_tokens.setter
     def total_tokens(self, value: int | float) -> None:
@@ -282,9 +296,7 @@ class CapacitySource(BaseCapacity):
             RuntimeError: if ``borrower`` holds no unit of this node.
         """
         if borrower not in self._borrowers:
-            raise OverReleaseError(
-                f"{borrower!r} isn't holding any of this CapacitySource's units"
-            )
+            raise OverReleaseError(f"{borrower!r} isn't holding any of this CapacitySource's units")
         self._borrowers.remove(borrower)
         _tree.give_back(self._node, self._unit)
 
@@ -318,7 +330,6 @@ class CapacitySource(BaseCapacity):
             granted=node.granted_count,
             released=node.released_count,
         )
-
 
 
 class ResourceCapacitySource(BaseCapacity):
@@ -359,16 +370,7 @@ class ResourceCapacitySource(BaseCapacity):
     # -- validation --------------------------------------------------------------------------
 
     def _cost(self, cost: object) -> Vector:
-        normalised = vector(cost, what="cost", drop_zero=True)
-        if not normalised:
-            raise ValueError(
-                f"cost {cost!r} uses no resource; a task that uses nothing would run unbounded"
-            )
-        self._node.check_known(normalised)
-        error = self._node.impossible(normalised)
-        if error is not None:
-            raise error
-        return normalised
+        return checked_cost(self, cost)
 
     def validate_cost(self, cost: CostLike) -> None:
         """Raise if ``cost`` is malformed or could never fit under the current limits.
@@ -582,7 +584,9 @@ class QuotaCapacitySource(ResourceCapacitySource):
         finally:
             self._refilling = False
 
-    async def _refill_loop(self, interval: float, step: Vector | None, cap: LimitsLike | None) -> None:
+    async def _refill_loop(
+        self, interval: float, step: Vector | None, cap: LimitsLike | None
+    ) -> None:
         deadline = trio.current_time() + interval
         while True:
             await trio.sleep_until(deadline)
@@ -591,7 +595,7 @@ class QuotaCapacitySource(ResourceCapacitySource):
             if step is None:
                 self.reset()
             else:
-                self.increment({key: value * ticks for key, value in step.items()}, cap)
+                self.increment({key: public(value * ticks) for key, value in step.items()}, cap)
 
 
 def amount_seconds(value: object) -> float:

@@ -48,7 +48,7 @@ class DemandOwner(Protocol):
         """Cost of the next task to admit, or ``None`` when there is nothing to start now."""
 
     def demand_granted(self, cost: Vector) -> None:
-        """``cost`` was taken at every level for the next task: take that task now, synchronously."""
+        """``cost`` was taken at every level for the next task: take that task now (no await)."""
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
         """The next task can never fit: drop it (and report ``error`` for it) synchronously."""
@@ -147,9 +147,9 @@ class Node:
     """One level of a capacity tree.
 
     ``held`` is exact: the sum of every cost granted in this node's subtree and not yet released,
-    for every resource that passed through, limited here or not. ``usage`` is what counts against
-    ``limits``: ``held`` itself for an ordinary node; for a quota node, ``consumed``, which a release
-    does not lower (only a reset or refill does).
+    for every resource that passed through, limited here or not. ``usage`` is what counts
+    against ``limits``: ``held`` itself for an ordinary node; for a quota node, ``consumed``,
+    which a release does not lower (only a reset or refill does).
     """
 
     __slots__ = (
@@ -165,6 +165,7 @@ class Node:
         "parent",
         "queue",
         "quota",
+        "quota_in_chain",
         "released_count",
         "tree",
         "usage",
@@ -200,6 +201,7 @@ class Node:
         else:
             self.tree = parent.tree
             self.chain = (self, *parent.chain)
+        self.quota_in_chain = any(level.quota for level in self.chain)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -213,7 +215,7 @@ class Node:
         return limit - self.usage.get(resource, 0)
 
     def iter_subtree_requests(self) -> Iterator[Request]:
-        """Every request queued in this subtree (children first found through ``active_children``)."""
+        """Every request queued in this subtree (children found through ``active_children``)."""
         yield from list(self.queue)
         for child in list(self.active_children):
             yield from child.iter_subtree_requests()
@@ -368,32 +370,52 @@ def _share(held: Vector, node: Node) -> Amount:
     for resource, value in held.items():
         if value:
             part = value / _normaliser(node, resource)
-            if part > share:
-                share = part
+            share = max(share, part)
     return share
 
 
-def _own_candidates(node: Node) -> Iterator[tuple[Request, Vector]]:
-    """Requests of the node's own queue in FIFO order, skipping demands with nothing to start.
+def _own_head(node: Node) -> tuple[Request, Vector] | None:
+    """The first request of the node's own queue that wants something (strict FIFO).
 
-    A validated request whose cost can never fit is failed here instead of blocking the queue.
+    Demands with nothing to start are skipped. A validated request whose cost can never fit is
+    failed here instead of blocking the queue forever.
     """
-    for request in list(node.queue):
-        if request not in node.queue:  # removed by a callback below
-            continue
-        while True:
+    queue = node.queue
+    while queue:
+        restart = False
+        for request in queue:
             cost = request.current_cost()
             if cost is None:
-                break
+                continue
             if request.validated and not node.fits_chain(cost):
                 error = node.impossible(cost)
                 if error is not None:
-                    request.on_impossible(cost, error)
-                    if request.persistent and request in node.queue:
-                        continue  # the owner dropped that task: look at its next one
+                    request.on_impossible(cost, error)  # may change the queue
+                    restart = True
                     break
-            yield request, cost
-            break
+            return request, cost
+        if not restart:
+            return None
+    return None
+
+
+def _own_wanting(node: Node) -> list[tuple[Request, Vector]]:
+    """Every request of the node's own queue that wants something, in FIFO order (backfill)."""
+    found: list[tuple[Request, Vector]] = []
+    head = _own_head(node)
+    if head is None:
+        return found
+    found.append(head)
+    seen = False
+    for request in node.queue:
+        if request is head[0]:
+            seen = True
+            continue
+        if seen:
+            cost = request.current_cost()
+            if cost is not None:
+                found.append((request, cost))
+    return found
 
 
 def _select(node: Node) -> tuple[Request, Vector] | None:
@@ -401,19 +423,24 @@ def _select(node: Node) -> tuple[Request, Vector] | None:
 
     The returned request fits at every level from its own node up to ``node``.
     """
+    children = node.active_children
+    if not children and not node.backfill:
+        # Fast path: only this node's own queue.
+        head = _own_head(node) if node.queue else None
+        if head is None or not _fits(node, head[1]):
+            return None
+        return head
     candidates: list[tuple[Amount, int, Request, Vector]] = []
     if node.queue:
         if node.backfill:
-            own = list(_own_candidates(node))
+            own = _own_wanting(node)
         else:
-            own = []
-            for found in _own_candidates(node):
-                own.append(found)
-                break
+            first = _own_head(node)
+            own = [] if first is None else [first]
         if own:
             share = _share(node.own_held, node)
             candidates.extend((share, request.seq, request, cost) for request, cost in own)
-    for child in list(node.active_children):
+    for child in list(children):
         found = _select(child)
         if found is not None:
             candidates.append((_share(child.held, node), found[0].seq, found[0], found[1]))
@@ -421,9 +448,9 @@ def _select(node: Node) -> tuple[Request, Vector] | None:
         return None
     if len(candidates) > 1:
         candidates.sort(key=lambda item: (item[0], item[1]))
-    _, _, head, head_cost = candidates[0]
+    _, _, head_request, head_cost = candidates[0]
     if _fits(node, head_cost):
-        return head, head_cost
+        return head_request, head_cost
     if not node.backfill or len(candidates) == 1:
         return None
     # Backfill: a later candidate may pass only if it uses none of the resources the head is
@@ -474,6 +501,36 @@ def dispatch(tree: Tree) -> None:
                 return
     finally:
         tree.dispatching = False
+
+
+def can_transfer(demand: Demand, cost: Vector) -> bool:
+    """Whether ``cost``, about to be released at ``demand``'s node, may go straight back to it.
+
+    True when ``demand`` is the only request in the whole tree (so dispatch could only grant it),
+    no level of the chain is a quota (a quota counts every grant), and no level is over a limit
+    (a lowered limit keeps its debt: nothing new until it is paid back). Then releasing and
+    re-granting is exactly what dispatch would do, and the caller may skip both.
+    """
+    node = demand.node
+    if node.tree.root.waiting != 1 or node.quota_in_chain or demand not in node.queue:
+        return False
+    for level in node.chain:
+        limits = level.limits
+        usage = level.usage
+        for resource in cost:
+            limit = limits.get(resource)
+            if limit is not None and usage.get(resource, 0) > limit:
+                return False
+    return True
+
+
+def transfer(demand: Demand, cost: Vector) -> None:
+    """Count a release and a grant of ``cost`` to ``demand`` without moving anything."""
+    node = demand.node
+    node.released_count += 1
+    node.granted_count += 1
+    demand.seq = node.tree.next_seq()
+    demand.on_grant(cost)
 
 
 def try_now(node: Node, cost: Vector, *, validated: bool) -> bool:

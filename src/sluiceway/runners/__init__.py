@@ -1,0 +1,33 @@
+"""Runners: pull tasks from a source under a capacity node and stream their envelopes."""
+
+from ._channel import EnvelopeChannel
+from ._engine import Emitter, RunnerStatistics, WaitStatistics
+from ._envelopes import (
+    EnvelopeKind,
+    TaskEnvelope,
+    converter,
+    envelope_from_dict,
+    envelope_to_dict,
+    json_safe,
+)
+from ._hierarchical import HierarchicalTaskPoolRunner
+from ._tasks import Final, TaskFunction, TaskSpec, oneshot, streaming
+
+__all__ = [
+    "Emitter",
+    "EnvelopeChannel",
+    "EnvelopeKind",
+    "Final",
+    "HierarchicalTaskPoolRunner",
+    "RunnerStatistics",
+    "TaskEnvelope",
+    "TaskFunction",
+    "TaskSpec",
+    "WaitStatistics",
+    "converter",
+    "envelope_from_dict",
+    "envelope_to_dict",
+    "json_safe",
+    "oneshot",
+    "streaming",
+]

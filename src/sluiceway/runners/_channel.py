@@ -1,0 +1,151 @@
+"""The bounded envelope channel between a run's workers and its consumer."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ._envelopes import TaskEnvelope
+
+
+class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
+    """The receive side a runner hands its consumer: ``async for envelope in channel``.
+
+    It holds up to ``buffer_size`` envelopes. Once it is full the run starts no new task until the
+    consumer has drained it to half (hysteresis, so a slow consumer and fast tasks do not
+    ping-pong one envelope at a time), and a task's ``await emit(...)`` waits for room; a task that
+    finishes still deposits its one final envelope (so capacity is never held waiting for the
+    consumer), which means at most ``buffer_size`` plus the number of running tasks are ever
+    buffered.
+
+    When the run ends the channel ends (``EndOfChannel``), or, if the source failed, raises the
+    source's error after the last envelope.
+    """
+
+    def __init__(self, buffer_size: int, on_space: Callable[[], None]) -> None:
+        self._items: deque[TaskEnvelope[Any, Any]] = deque()
+        self._limit = buffer_size
+        self._low_water = buffer_size // 2
+        self._blocked = False
+        self._on_space = on_space
+        self._receivers = trio.lowlevel.ParkingLot()
+        self._senders = trio.lowlevel.ParkingLot()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._error_delivered = False
+        self._closed = False
+        self.peak = 0
+
+    @property
+    def full(self) -> bool:
+        """Whether the buffer is at (or over) its bound."""
+        return len(self._items) >= self._limit
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the run must start nothing new: the buffer filled up and has not yet been
+        drained to half, or the consumer closed the channel."""
+        return self._blocked or self._closed
+
+    @property
+    def closed(self) -> bool:
+        """Whether the consumer closed the channel."""
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # -- producer side (the run) -------------------------------------------------------------
+
+    def put(self, envelope: TaskEnvelope[Any, Any]) -> None:
+        """Deposit an envelope without waiting (final envelopes; see the class docstring)."""
+        if self._closed:
+            return
+        items = self._items
+        items.append(envelope)
+        self.peak = max(self.peak, len(items))
+        if self._receivers:
+            self._receivers.unpark()
+
+    async def put_wait(self, envelope: TaskEnvelope[Any, Any]) -> None:
+        """Deposit an envelope, first waiting while the buffer is full."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._has_room():
+            self.put(envelope)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        while not self._has_room():
+            await self._senders.park()
+        self.put(envelope)
+
+    def _has_room(self) -> bool:
+        return self._closed or len(self._items) < self._limit
+
+    def end(self, error: BaseException | None = None) -> None:
+        """No more envelopes; ``error`` (if any) is raised to the consumer after the last one."""
+        self._ended = True
+        self._error = error
+        self._receivers.unpark_all()
+
+    def undelivered_error(self) -> BaseException | None:
+        """The ending error if the consumer has not received it yet."""
+        if self._error is not None and not self._error_delivered:
+            return self._error
+        return None
+
+    # -- ReceiveChannel ----------------------------------------------------------------------
+
+    def receive_nowait(self) -> TaskEnvelope[Any, Any]:
+        """Take the next envelope now, or raise ``WouldBlock``/``EndOfChannel``/the error."""
+        if self._closed:
+            raise trio.ClosedResourceError("this envelope channel was closed")
+        items = self._items
+        if items:
+            envelope = items.popleft()
+            if self._senders and len(items) < self._limit:
+                self._senders.unpark_all()
+            if self._blocked and len(items) <= self._low_water:
+                self._blocked = False
+                self._on_space()
+            return envelope
+        if self._ended:
+            if self._error is not None:
+                self._error_delivered = True
+                raise self._error
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> TaskEnvelope[Any, Any]:
+        """The next envelope, in completion order; ``EndOfChannel`` when the run is over."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            envelope = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return envelope
+        while True:
+            await self._receivers.park()
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                continue
+
+    def close(self) -> None:
+        """Stop consuming: buffered envelopes are dropped and the run starts no new task."""
+        if self._closed:
+            return
+        self._closed = True
+        self._items.clear()
+        self._senders.unpark_all()
+        self._receivers.unpark_all()
+        self._on_space()
+
+    async def aclose(self) -> None:
+        """See :meth:`close`; always checkpoints."""
+        self.close()
+        await trio.lowlevel.checkpoint()
