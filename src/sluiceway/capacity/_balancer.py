@@ -174,7 +174,8 @@ class HierarchicalBalancer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[HierarchicalBalancer]:
-        """Run :meth:`check` every ``check_interval`` seconds while the block runs.
+        """Run :meth:`check` on entry and then every ``check_interval`` seconds while the block
+        runs.
 
         Raises:
             RuntimeError: if this balancer is already running.
@@ -193,6 +194,6 @@ class HierarchicalBalancer:
     async def _loop(self) -> None:
         deadline = trio.current_time()
         while True:
+            self.check()  # the first sample is taken on entry
             deadline += self.check_interval
             await trio.sleep_until(deadline)
-            self.check()
