@@ -143,9 +143,8 @@ def test_random_trees_never_exceed_limits_and_never_leak(
                         assert isinstance(face, ResourceCapacitySource)
                         async with face.hold(spec.cost):
                             await trio.sleep(spec.hold)
-                except ImpossibleCostError as exc:
+                except ImpossibleCostError:
                     # Only possible after a limit along the chain was lowered below the cost.
-                    assert changes, exc
                     outcomes.append("impossible")
                     return
             outcomes.append("cancelled" if scope.cancelled_caught else "done")
@@ -188,4 +187,6 @@ def test_random_trees_never_exceed_limits_and_never_leak(
     with pytest.MonkeyPatch.context() as patch, grants_never_exceed_limits(patch) as checked:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(outcomes) == len(requests)
+    if not changes:
+        assert "impossible" not in outcomes
     assert checked[0] >= outcomes.count("done")

@@ -47,7 +47,7 @@ def test_can_acquire_and_acquire_nowait() -> None:
 
 def test_untracked_resource_is_an_error_not_free() -> None:
     pool = ResourceCapacitySource({"slots": 3})
-    with pytest.raises(UnknownResourceError, match="'capacity'.*no level"):
+    with pytest.raises(UnknownResourceError, match=r"'capacity'.*no level"):
         pool.try_acquire({"capacity": 1})
     with pytest.raises(UnknownResourceError):
         pool.validate_cost({"slots": 1, "gpu": 1})

@@ -191,11 +191,11 @@ async def test_zero_total_pauses_then_resumes() -> None:
 
 
 def test_bad_totals_are_refused() -> None:
-    with pytest.raises(TypeError, match="int or math.inf"):
+    with pytest.raises(TypeError, match=r"int or math\.inf"):
         CapacitySource(2.5)
-    with pytest.raises(TypeError, match="int or math.inf"):
+    with pytest.raises(TypeError, match=r"int or math\.inf"):
         CapacitySource("3")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="int or math.inf"):
+    with pytest.raises(TypeError, match=r"int or math\.inf"):
         CapacitySource(True)
     with pytest.raises(ValueError, match=">= 0"):
         CapacitySource(-1)
