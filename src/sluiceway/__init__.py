@@ -1,4 +1,8 @@
-"""sluiceway: fan out concurrent work on trio under hierarchical capacity limits."""
+"""sluiceway: fan out concurrent work on trio under hierarchical capacity limits.
+
+The public API is re-exported here; everything else is private. See the documentation for a guide
+per component and a table mapping the original names to these.
+"""
 
 from ._errors import (
     CapacityError,
@@ -11,6 +15,7 @@ from ._errors import (
     TaskTimeoutError,
     UnknownResourceError,
 )
+from ._util import NOTHING
 from .capacity import (
     BalancedChild,
     BalancerAdjustment,
@@ -23,27 +28,86 @@ from .capacity import (
     TryAcquireResult,
     UnitCapacityStatistics,
 )
+from .runners import (
+    Emitter,
+    EnvelopeChannel,
+    EnvelopeKind,
+    Final,
+    HierarchicalTaskPoolRunner,
+    RunnerStatistics,
+    TaskEnvelope,
+    TaskFunction,
+    TaskSpec,
+    WaitStatistics,
+    converter,
+    envelope_from_dict,
+    envelope_to_dict,
+    oneshot,
+    streaming,
+)
+from .sources import (
+    BufferMode,
+    LazySource,
+    OverflowPolicy,
+    PeekableSource,
+    PrioritySource,
+    PushPullBuffer,
+    PushPullSink,
+    PushPullSource,
+    PushPullStatistics,
+    SourceBuffer,
+    SourceFromIterable,
+    as_task_source,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "NOTHING",
     "BalancedChild",
     "BalancerAdjustment",
     "BaseCapacity",
+    "BufferMode",
     "CapacityError",
     "CapacitySource",
     "CapacityStatistics",
+    "Emitter",
+    "EnvelopeChannel",
+    "EnvelopeKind",
+    "Final",
     "HierarchicalBalancer",
+    "HierarchicalTaskPoolRunner",
     "ImpossibleCostError",
+    "LazySource",
     "OverReleaseError",
+    "OverflowPolicy",
+    "PeekableSource",
+    "PrioritySource",
+    "PushPullBuffer",
+    "PushPullSink",
+    "PushPullSource",
+    "PushPullStatistics",
     "QuotaCapacitySource",
     "RemoteTaskError",
     "ResourceCapacitySource",
+    "RunnerStatistics",
     "SluicewayError",
+    "SourceBuffer",
+    "SourceFromIterable",
     "TaskCancelledError",
+    "TaskEnvelope",
     "TaskError",
+    "TaskFunction",
+    "TaskSpec",
     "TaskTimeoutError",
     "TryAcquireResult",
     "UnitCapacityStatistics",
     "UnknownResourceError",
+    "WaitStatistics",
+    "as_task_source",
+    "converter",
+    "envelope_from_dict",
+    "envelope_to_dict",
+    "oneshot",
+    "streaming",
 ]
