@@ -66,7 +66,10 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
             return
         items = self._items
         items.append(envelope)
-        self.peak = max(self.peak, len(items))
+        size = len(items)
+        if size >= self._limit:
+            self._blocked = True
+        self.peak = max(self.peak, size)
         if self._receivers:
             self._receivers.unpark()
 

@@ -215,7 +215,8 @@ class Run:
         if isinstance(self.source, ChannelSource):
             nursery.start_soon(self.source.run_feeder, name=f"{self.name}:feeder")
         self.unsubscribe = self.source.subscribe(self._on_source_change)
-        self.demand = _tree.open_demand(self.node, self, validated=self.validated)
+        if not self.source.exhausted:
+            self.demand = _tree.open_demand(self.node, self, validated=self.validated)
         self._maybe_finish()
 
     def stop(self) -> None:
@@ -315,6 +316,11 @@ class Run:
         if self.finished or self.stopping:
             return
         if self.source.exhausted:
+            # Nothing more will come (or the source was closed): stop asking the tree at once,
+            # so it never peeks a closed source, and return grants no task will use.
+            if self.demand is not None:
+                _tree.close_demand(self.demand)
+                self.demand = None
             while self.unproduced:
                 _tree.give_back(self.node, self.unproduced.popleft())
             self._maybe_finish()

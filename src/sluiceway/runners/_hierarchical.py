@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 from .._util import open_owned_nursery, raise_single, type_name
 from ..capacity import BaseCapacity, CapacitySource, ResourceCapacitySource
-from ..capacity._amounts import Vector, amount
+from ..capacity._amounts import Vector
 from ..capacity._faces import checked_cost
 from ..sources import PeekableSource, as_task_source
 from ._channel import EnvelopeChannel
@@ -23,10 +24,11 @@ DEFAULT_BUFFER_SIZE = 256
 def _positive_seconds(value: object, what: str) -> float | None:
     if value is None:
         return None
-    seconds = float(amount(value, what=what))
-    if seconds <= 0:
-        raise ValueError(f"{what} must be > 0 seconds, got {value!r}")
-    return seconds
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds, got {value!r} ({type_name(value)})")
+    if not 0 < value < math.inf:
+        raise ValueError(f"{what} must be a positive, finite number of seconds (> 0), got {value}")
+    return float(value)
 
 
 class HierarchicalTaskPoolRunner(Generic[I, O]):
