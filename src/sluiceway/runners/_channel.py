@@ -37,6 +37,7 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         self._error: BaseException | None = None
         self._error_delivered = False
         self._closed = False
+        self._closed_reason = "this envelope channel was closed"
         self.peak = 0
 
     @property
@@ -104,7 +105,7 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
     def receive_nowait(self) -> TaskEnvelope[Any, Any]:
         """Take the next envelope now, or raise ``WouldBlock``/``EndOfChannel``/the error."""
         if self._closed:
-            raise trio.ClosedResourceError("this envelope channel was closed")
+            raise trio.ClosedResourceError(self._closed_reason)
         items = self._items
         if items:
             envelope = items.popleft()
@@ -138,10 +139,12 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
             except trio.WouldBlock:
                 continue
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
         """Stop consuming: buffered envelopes are dropped and the run starts no new task."""
         if self._closed:
             return
+        if reason is not None:
+            self._closed_reason = reason
         self._closed = True
         self._items.clear()
         self._senders.unpark_all()

@@ -233,6 +233,7 @@ class Run:
         while self.ready:
             _, cost = self.ready.popleft()
             _tree.give_back(self.node, cost)
+        self.channel.close("the run_tasks() block has exited")
         self._wake_everyone()
 
     def _maybe_finish(self) -> None:
