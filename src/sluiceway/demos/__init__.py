@@ -1,0 +1,1 @@
+"""Demonstration programs built on sluiceway."""
