@@ -50,6 +50,7 @@ def recipients(campaign: str, count: int, rng: random.Random) -> Iterator[TaskSp
 async def run_campaign(
     name: str,
     count: int,
+    *,
     capacity: CapacitySource,
     glob: CapacitySource,
     rng: random.Random,
@@ -89,7 +90,9 @@ async def main(seed: int = 7, out: Callable[[str], None] | None = None) -> dict[
         await trio.sleep(delay)
         write(f"{trio.current_time() - start:5.2f}s campaign {name}: {count} recipients")
         cap = CapacitySource(3, glob, name=f"campaign {name}")
-        results[name] = await run_campaign(name, count, cap, glob, rng, write, start)
+        results[name] = await run_campaign(
+            name, count, capacity=cap, glob=glob, rng=rng, out=write, start=start
+        )
         write(f"{trio.current_time() - start:5.2f}s campaign {name} done: {results[name]}")
 
     async with trio.open_nursery() as nursery:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from .._util import open_owned_nursery, raise_single, type_name
 from ..capacity import BaseCapacity, CapacitySource, ResourceCapacitySource
@@ -15,8 +17,10 @@ from ..sources import PeekableSource, as_task_source
 from ._channel import EnvelopeChannel
 from ._engine import Counters, Run, RunnerStatistics, WaitStatistics
 
-I = TypeVar("I")  # noqa: E741
-O = TypeVar("O")  # noqa: E741
+# Defaults (PEP 696) let ``HierarchicalTaskPoolRunner(name, source, capacity)`` type-check
+# without annotations: nothing in the constructor says what the tasks emit and return.
+I = TypeVar("I", default=Any)  # noqa: E741
+O = TypeVar("O", default=Any)  # noqa: E741
 
 DEFAULT_BUFFER_SIZE = 256
 
