@@ -29,6 +29,7 @@ from .capacity import (
     UnitCapacityStatistics,
 )
 from .runners import (
+    AsyncIteratorCombiner,
     Emitter,
     EnvelopeChannel,
     EnvelopeKind,
@@ -64,6 +65,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "NOTHING",
+    "AsyncIteratorCombiner",
     "BalancedChild",
     "BalancerAdjustment",
     "BaseCapacity",

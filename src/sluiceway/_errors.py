@@ -1,8 +1,11 @@
 """Exceptions raised by sluiceway.
 
-Every error the library raises on purpose derives from :class:`SluicewayError`, and also from the
-builtin exception a Python programmer would expect for that kind of mistake (``ValueError`` for a
-bad value, ``RuntimeError`` for misuse), so ``except ValueError`` keeps working.
+Errors that are specific to sluiceway (capacity accounting, what happened to a task) derive from
+:class:`SluicewayError`, and also from the builtin exception a Python programmer would expect for
+that kind of mistake (``ValueError`` for an impossible cost, ``RuntimeError`` for an
+over-release), so ``except ValueError`` keeps working. Plain misuse (a wrong type, a bad value, a
+runner entered twice) raises the plain builtin ``TypeError``, ``ValueError`` or
+``RuntimeError``, with a message that says what was wrong.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, NoReturn
 
@@ -63,6 +63,28 @@ def _flatten(exc: BaseException, into: list[BaseException]) -> None:
             _flatten(inner, into)
     else:
         into.append(exc)
+
+
+async def aclose_after(close: Callable[[], Awaitable[object]], error: BaseException | None) -> None:
+    """Await ``close()`` while ``error`` (if any) propagates, never letting it replace ``error``.
+
+    DESIGN rule 4's trap: an ``await`` on an error path is a checkpoint, and a ``Cancelled`` raised
+    there would replace the real error. Here, if ``close()`` raises while ``error`` propagates,
+    ``error`` is raised instead of a ``Cancelled`` (the cancellation is delivered again at the next
+    checkpoint), and together with a real close error in a group, so neither is lost. If
+    ``close()`` succeeds this returns and the caller re-raises ``error`` itself.
+    """
+    if error is None:
+        await close()
+        return
+    try:
+        await close()
+    except BaseException as close_error:
+        raise_single(
+            BaseExceptionGroup(
+                "closing failed while another error propagated", [error, close_error]
+            )
+        )
 
 
 @asynccontextmanager

@@ -543,6 +543,36 @@ async def test_lazy_source_creates_work_only_with_capacity(autojump_clock: objec
     assert_idle(cap)
 
 
+async def test_a_slow_generator_never_sits_on_its_siblings_capacity(
+    autojump_clock: object,
+) -> None:
+    """At most one unit per run waits on an async iterable (the unit of the item it produces)."""
+    glob = CapacitySource(10)
+    slow_cap = CapacitySource(10, glob)
+    fast_cap = CapacitySource(10, glob)
+    slow_tracker = Tracker()
+    fast_tracker = Tracker()
+    worst_idle_hold = 0
+
+    async def slow_listing() -> AsyncIterator[Any]:
+        nonlocal worst_idle_hold
+        for i in range(5):
+            await trio.sleep(3)  # e.g. paging through a slow API
+            worst_idle_hold = max(worst_idle_hold, slow_cap.borrowed_tokens - slow_tracker.live)
+            yield slow_tracker.task(f"s{i}", 1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, HierarchicalTaskPoolRunner("slow", slow_listing(), slow_cap))
+        await trio.sleep(0.5)
+        fast = HierarchicalTaskPoolRunner(
+            "fast", [fast_tracker.task(f"f{i}", 1) for i in range(45)], fast_cap
+        )
+        nursery.start_soon(collect, fast)
+    assert worst_idle_hold == 1
+    assert fast_tracker.peak == 9  # everything but the one unit the slow listing waits with
+    assert_idle(glob, slow_cap, fast_cap)
+
+
 async def test_empty_sources_finish_at_once() -> None:
     cap = CapacitySource(1)
     assert await collect(HierarchicalTaskPoolRunner("empty", [], cap)) == []

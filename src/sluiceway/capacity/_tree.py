@@ -524,13 +524,13 @@ def can_transfer(demand: Demand, cost: Vector) -> bool:
     return True
 
 
-def transfer(demand: Demand, cost: Vector) -> None:
-    """Count a release and a grant of ``cost`` to ``demand`` without moving anything."""
+def count_transfer(demand: Demand) -> None:
+    """Count a release and a grant to ``demand`` of what it already holds (see
+    :func:`can_transfer`); the caller hands the capacity to its next task itself."""
     node = demand.node
     node.released_count += 1
     node.granted_count += 1
     demand.seq = node.tree.next_seq()
-    demand.on_grant(cost)
 
 
 def try_now(node: Node, cost: Vector, *, validated: bool) -> bool:

@@ -1,6 +1,7 @@
 """Runners: pull tasks from a source under a capacity node and stream their envelopes."""
 
 from ._channel import EnvelopeChannel
+from ._combiner import AsyncIteratorCombiner
 from ._engine import Emitter, RunnerStatistics, WaitStatistics
 from ._envelopes import (
     EnvelopeKind,
@@ -14,6 +15,7 @@ from ._hierarchical import HierarchicalTaskPoolRunner
 from ._tasks import Final, TaskFunction, TaskSpec, oneshot, streaming
 
 __all__ = [
+    "AsyncIteratorCombiner",
     "Emitter",
     "EnvelopeChannel",
     "EnvelopeKind",

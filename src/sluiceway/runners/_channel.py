@@ -11,6 +11,35 @@ import trio
 from ._envelopes import TaskEnvelope
 
 
+class _Waiters:
+    """Tasks parked on one side of the channel (a ParkingLot without its per-call overhead)."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self) -> None:
+        self.tasks: deque[trio.lowlevel.Task] = deque()
+
+    async def park(self) -> None:
+        task = trio.lowlevel.current_task()
+        self.tasks.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if task in self.tasks:
+                self.tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def unpark_one(self) -> None:
+        if self.tasks:
+            trio.lowlevel.reschedule(self.tasks.popleft())
+
+    def unpark_all(self) -> None:
+        tasks = self.tasks
+        while tasks:
+            trio.lowlevel.reschedule(tasks.popleft())
+
+
 class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
     """The receive side a runner hands its consumer: ``async for envelope in channel``.
 
@@ -31,8 +60,8 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         self._low_water = buffer_size // 2
         self._blocked = False
         self._on_space = on_space
-        self._receivers = trio.lowlevel.ParkingLot()
-        self._senders = trio.lowlevel.ParkingLot()
+        self._receivers = _Waiters()
+        self._senders = _Waiters()
         self._ended = False
         self._error: BaseException | None = None
         self._error_delivered = False
@@ -70,9 +99,10 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         size = len(items)
         if size >= self._limit:
             self._blocked = True
-        self.peak = max(self.peak, size)
-        if self._receivers:
-            self._receivers.unpark()
+        if size > self.peak:  # noqa: PLR1730 - cheaper than max() on this path
+            self.peak = size
+        if self._receivers.tasks:
+            self._receivers.unpark_one()
 
     async def put_wait(self, envelope: TaskEnvelope[Any, Any]) -> None:
         """Deposit an envelope, first waiting while the buffer is full."""
@@ -109,7 +139,7 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         items = self._items
         if items:
             envelope = items.popleft()
-            if self._senders and len(items) < self._limit:
+            if self._senders.tasks and len(items) < self._limit:
                 self._senders.unpark_all()
             if self._blocked and len(items) <= self._low_water:
                 self._blocked = False
@@ -132,12 +162,29 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return envelope
+        return await self._wait_for_next()
+
+    async def _wait_for_next(self) -> TaskEnvelope[Any, Any]:
         while True:
             await self._receivers.park()
             try:
                 return self.receive_nowait()
             except trio.WouldBlock:
                 continue
+
+    async def __anext__(self) -> TaskEnvelope[Any, Any]:
+        # ``receive`` inlined: ``async for`` is the common way to consume, and the generic
+        # ReceiveChannel.__anext__ adds a coroutine layer per envelope.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            try:
+                envelope = self.receive_nowait()
+            except trio.WouldBlock:
+                return await self._wait_for_next()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return envelope
 
     def close(self, reason: str | None = None) -> None:
         """Stop consuming: buffered envelopes are dropped and the run starts no new task."""

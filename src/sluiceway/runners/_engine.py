@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Hashable
+from types import CoroutineType
 from typing import Any, Generic, TypeAlias, TypeVar
 
 import attrs
@@ -34,7 +35,7 @@ from ..capacity._amounts import Vector
 from ..sources import ChannelSource, PeekableSource, SourceFromIterable
 from ._channel import EnvelopeChannel
 from ._envelopes import EnvelopeKind, TaskEnvelope
-from ._tasks import TaskSpec, call_task
+from ._tasks import TaskSpec, call_task, finish
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -137,7 +138,7 @@ class Emitter(Generic[I]):
             self.timeout = item.timeout if item.timeout is not None else default_timeout
         else:
             self.fn = item
-            self.key = getattr(item, "key", None)
+            self.key = None
             self.timeout = default_timeout
         self.started_at = 0.0
         self.scope: trio.CancelScope | None = None
@@ -173,6 +174,7 @@ class Run:
         source: PeekableSource[Any],
         node: _tree.Node,
         cost_of: Callable[[object], Vector],
+        fixed_cost: Vector | None,
         validated: bool,
         stop_on_error: bool,
         buffer_size: int,
@@ -182,9 +184,12 @@ class Run:
         self.name = name
         self.source = source
         self.lazy = source.lazy
-        self.produce_nowait = isinstance(source, SourceFromIterable) and source.can_produce_nowait
+        self.sync_iterable: SourceFromIterable[Any] | None = (
+            source if isinstance(source, SourceFromIterable) and source.can_produce_nowait else None
+        )
         self.node = node
         self.cost_of = cost_of
+        self.fixed_cost = fixed_cost
         self.validated = validated
         self.stop_on_error = stop_on_error
         self.task_timeout = task_timeout
@@ -197,10 +202,12 @@ class Run:
         self.next_task_id = 1
         self.idle: list[trio.lowlevel.Task] = []
         self.spawn_needed = 0
+        self.coming = 0  # workers woken or spawned that have not looked for work yet
         self.spawner: trio.lowlevel.Task | None = None
         self.releaser_claim = False
         self.finished = False
         self.stopping = False
+        self.source_exhausted = False
         self.head_since: float | None = None
         self.nursery: trio.Nursery | None = None
         self.demand: _tree.Demand | None = None
@@ -215,7 +222,8 @@ class Run:
         if isinstance(self.source, ChannelSource):
             nursery.start_soon(self.source.run_feeder, name=f"{self.name}:feeder")
         self.unsubscribe = self.source.subscribe(self._on_source_change)
-        if not self.source.exhausted:
+        self.source_exhausted = self.source.exhausted
+        if not self.source_exhausted:
             self.demand = _tree.open_demand(self.node, self, validated=self.validated)
         self._maybe_finish()
 
@@ -252,6 +260,7 @@ class Run:
 
     def _wake_everyone(self) -> None:
         while self.idle:
+            self.coming += 1
             trio.lowlevel.reschedule(self.idle.pop())
         if self.spawner is not None:
             task, self.spawner = self.spawner, None
@@ -259,33 +268,50 @@ class Run:
 
     # -- the demand (called synchronously by the capacity tree) ------------------------------
 
-    def demand_cost(self) -> Vector | None:
+    def _next_cost(self) -> Vector | None:
+        """The cost of the task the run would start next, or ``None`` if it starts nothing now."""
         if self.stopping or self.channel.blocked:
             return None
-        source = self.source
         if self.lazy:
-            if source.exhausted:
+            # An async iterable is advanced by a worker holding the capacity of the item it will
+            # produce; at most one unit per run may wait on the iterable that way.
+            if self.source_exhausted or self.unproduced or self.producing:
                 return None
-            cost = self.cost_of(None)
-        else:
-            item = source.peek()
-            if item is NOTHING:
-                return None
-            cost = self.cost_of(item)
-        if self.head_since is None:
+            return self.fixed_cost if self.fixed_cost is not None else self.cost_of(None)
+        item = self.source.peek()
+        if item is NOTHING:
+            return None
+        return self.fixed_cost if self.fixed_cost is not None else self.cost_of(item)
+
+    def demand_cost(self) -> Vector | None:
+        cost = self._next_cost()
+        if cost is not None and self.head_since is None:
             self.head_since = self.now()
         return cost
 
     def demand_granted(self, cost: Vector) -> None:
-        if self.lazy:
+        self._accept(cost)
+
+    def _accept(self, cost: Vector) -> None:
+        """Take the granted task (synchronously, with the grant) and get a worker for it."""
+        if self.sync_iterable is not None:
+            # A synchronous iterable is advanced in the same step as the grant, like a peek.
+            try:
+                item = self.sync_iterable.produce_nowait()
+            except Exception:  # its end, or its failure (delivered through EnvelopeChannel.end)
+                _tree.give_back(self.node, cost)
+                self._maybe_finish()
+                return
+            self.ready.append((item, cost))
+        elif self.lazy:
             self.unproduced.append(cost)
         else:
             self.ready.append((self.source.take(), cost))
         counters = self.counters
+        counters.wait_count += 1
         if self.head_since is not None:
             waited = self.now() - self.head_since
             self.head_since = None
-            counters.wait_count += 1
             counters.wait_total += waited
             counters.wait_max = max(counters.wait_max, waited)
         self._work_available()
@@ -302,12 +328,26 @@ class Run:
         self._maybe_finish()
 
     def _work_available(self) -> None:
+        """A task was admitted: make sure some worker will pick it up, and wake no more.
+
+        Idle workers are woken in a chain: one at a time, each waking the next when it takes a
+        task and more are waiting. A burst of admissions (a refilled envelope buffer, a raised
+        limit) thus wakes no worker for nothing when the tasks are instant, and still gets one
+        worker per task when they are not. With no idle worker, a new one is spawned per task,
+        so a run's first burst starts at once.
+        """
         if self.releaser_claim:
-            self.releaser_claim = False
+            self.releaser_claim = False  # the worker that released the capacity takes it
             return
         if self.idle:
+            if self.coming:
+                return  # a woken worker is on its way; it will wake the next one
+            self.coming += 1
             trio.lowlevel.reschedule(self.idle.pop())
             return
+        if self.coming >= len(self.ready) + len(self.unproduced):
+            return  # workers being spawned will take every admitted task
+        self.coming += 1
         self.spawn_needed += 1
         if self.spawner is not None:
             task, self.spawner = self.spawner, None
@@ -317,6 +357,7 @@ class Run:
         if self.finished or self.stopping:
             return
         if self.source.exhausted:
+            self.source_exhausted = True
             # Nothing more will come (or the source was closed): stop asking the tree at once,
             # so it never peeks a closed source, and return grants no task will use.
             if self.demand is not None:
@@ -360,26 +401,36 @@ class Run:
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
+        self.coming -= 1
 
     async def _worker(self) -> None:
+        self.coming -= 1
         while True:
             scope = trio.CancelScope()
             job: Job | None = None
             with scope:
                 streak = 0
+                stamp: float | None = None  # the clock, if read since the last await
                 while True:
                     job = None
                     if self.ready:
                         item, cost = self.ready.popleft()
-                        job = self._admit(item, cost)
+                        job = self._admit(item, cost, stamp)
+                        if (self.ready or self.unproduced) and not self.coming:
+                            self._work_available()  # the wake-up chain
                     elif self.unproduced:
-                        job = await self._produce(self.unproduced.popleft())
+                        stamp = None
+                        cost = self.unproduced.popleft()
+                        if (self.ready or self.unproduced) and not self.coming:
+                            self._work_available()  # the wake-up chain
+                        job = await self._produce(cost)
                         if job is None:
                             continue
                     elif self.finished or self.stopping:
                         return
                     else:
                         streak = 0
+                        stamp = None
                         await self._park()
                         continue
                     job.scope = scope
@@ -389,12 +440,13 @@ class Run:
                     if job.timeout is not None:
                         scope.deadline = math.inf
                     job.scope = None
-                    self._report(job, outcome_value, failure)
+                    stamp = self._report(job, outcome_value, failure)
                     if scope.cancel_called:
                         break  # the task swallowed our cancellation: take a fresh scope
                     streak += 1
                     if streak >= YIELD_EVERY:
                         streak = 0
+                        stamp = None
                         await trio.lowlevel.checkpoint()
             if job is not None and job.scope is not None:
                 # Our scope was cancelled while this job ran: a timeout or runner.cancel().
@@ -411,10 +463,12 @@ class Run:
                     )
                 self._report(job, None, error)
 
-    def _admit(self, item: object, cost: Vector) -> Job:
+    def _admit(self, item: object, cost: Vector, now: float | None = None) -> Job:
+        """Record a task as started; ``now`` may be passed when the caller just read the clock
+        and nothing awaited since."""
         job: Job = Emitter(self, self.next_task_id, item, cost, self.task_timeout)
         self.next_task_id += 1
-        job.started_at = self.now()
+        job.started_at = self.now() if now is None else now
         self.running[job.task_id] = job
         self.counters.started += 1
         return job
@@ -427,10 +481,7 @@ class Run:
         kept = False
         try:
             try:
-                if self.produce_nowait:
-                    item = source.produce_nowait()
-                else:
-                    item = await source.produce()
+                item = await source.advance()
             except trio.EndOfChannel:
                 return None
             except Exception:
@@ -446,11 +497,19 @@ class Run:
             if not kept:
                 _tree.give_back(self.node, cost)
                 self._maybe_finish()
+            elif self.node.tree.root.waiting:
+                _tree.dispatch(self.node.tree)  # the run may now claim its next unit
 
     async def _execute(self, job: Job) -> tuple[Any, BaseException | None]:
         """Run one task; its capacity is released the moment its body returns or raises."""
         try:
-            value = await call_task(job.fn, job)
+            fn = job.fn
+            if callable(fn):
+                result = fn(job)
+                # The common case (a coroutine) without the detour through call_task.
+                value = await (result if type(result) is CoroutineType else finish(fn, result, job))
+            else:
+                value = await call_task(fn, job)
         except Exception as exc:
             return None, exc
         else:
@@ -467,14 +526,19 @@ class Run:
         """Give back a finished task's capacity, handing it straight to the next task when this
         run holds the only request in the tree (what dispatch would do, minus the work)."""
         demand = self.demand
-        if demand is not None and _tree.can_transfer(demand, cost):
-            next_cost = self.demand_cost()
-            if next_cost is cost:
-                _tree.transfer(demand, cost)
-                return
+        if (
+            demand is not None
+            and self.node.tree.root.waiting == 1
+            and _tree.can_transfer(demand, cost)
+            and self._next_cost() is cost
+        ):
+            _tree.count_transfer(demand)
+            self._accept(cost)
+            return
         _tree.give_back(self.node, cost)
 
-    def _report(self, job: Job, value: Any, error: BaseException | None) -> None:
+    def _report(self, job: Job, value: Any, error: BaseException | None) -> float:
+        """Deposit the task's final envelope; returns the clock reading it used."""
         counters = self.counters
         if error is None:
             counters.finished += 1
@@ -486,10 +550,13 @@ class Run:
             if not isinstance(error, TaskCancelledError | TaskTimeoutError):
                 counters.failed += 1
             kind = EnvelopeKind.ERROR
-        self.channel.put(
-            TaskEnvelope(job.task_id, kind, value, error, job.key, job.started_at, self.now())
+        now = self.now()
+        envelope: TaskEnvelope[Any, Any] = TaskEnvelope(
+            job.task_id, kind, value, error, job.key, job.started_at, now
         )
+        self.channel.put(envelope)
         self._maybe_finish()
+        return now
 
     def cancel(self, task_id: int | None, key: Hashable | None, reason: str) -> int:
         """Cancel running tasks by id or key; returns how many were cancelled."""

@@ -9,7 +9,7 @@ from typing import Any, Generic
 
 from typing_extensions import TypeVar
 
-from .._util import open_owned_nursery, raise_single, type_name
+from .._util import aclose_after, open_owned_nursery, type_name
 from ..capacity import BaseCapacity, CapacitySource, ResourceCapacitySource
 from ..capacity._amounts import Vector
 from ..capacity._faces import checked_cost
@@ -22,7 +22,10 @@ from ._engine import Counters, Run, RunnerStatistics, WaitStatistics
 I = TypeVar("I", default=Any)  # noqa: E741
 O = TypeVar("O", default=Any)  # noqa: E741
 
-DEFAULT_BUFFER_SIZE = 256
+#: Envelopes that may wait for the consumer before a run stops starting tasks. Once full, the run
+#: resumes when the consumer has drained half of it, so the larger it is, the fewer wake-ups a
+#: fast run pays per task when the consumer is the bottleneck.
+DEFAULT_BUFFER_SIZE = 1024
 
 
 def _positive_seconds(value: object, what: str) -> float | None:
@@ -194,6 +197,7 @@ class HierarchicalTaskPoolRunner(Generic[I, O]):
             source=self._source,
             node=self._capacity._node,
             cost_of=self._cost_of,
+            fixed_cost=self._cost,
             validated=isinstance(self._capacity, ResourceCapacitySource),
             stop_on_error=stop_on_error,
             buffer_size=self._buffer_size,
@@ -211,9 +215,9 @@ class HierarchicalTaskPoolRunner(Generic[I, O]):
                         run.stop()
                         nursery.cancel_scope.cancel("run_tasks() block exited")
             except BaseException as exc:
-                await _close_source_after(self._source, exc)
+                await aclose_after(self._source.aclose, exc)
                 raise
-            await _close_source_after(self._source, None)
+            await self._source.aclose()
             pending = run.channel.undelivered_error()
             if pending is not None:
                 raise pending
@@ -223,19 +227,3 @@ class HierarchicalTaskPoolRunner(Generic[I, O]):
     def __repr__(self) -> str:
         state = "running" if self._run is not None else "idle"
         return f"<HierarchicalTaskPoolRunner {self.name!r} {state} capacity={self._capacity!r}>"
-
-
-async def _close_source_after(source: PeekableSource[Any], error: BaseException | None) -> None:
-    """Close the source; if that fails while ``error`` propagates, keep both."""
-    try:
-        await source.aclose()
-    except BaseException as close_error:
-        if error is None:
-            raise
-        # A Cancelled from closing must not replace the original error; two real errors are
-        # both kept.
-        raise_single(
-            BaseExceptionGroup(
-                "run_tasks() failed, then closing its source failed", [error, close_error]
-            )
-        )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 import attrs
 
-from .._util import type_name
+from .._util import aclose_after, type_name
 
 if TYPE_CHECKING:
     from ._engine import Emitter
@@ -109,7 +109,11 @@ async def call_task(fn: object, emit: Emitter[Any]) -> Any:
             f"a task must be callable as task(emit), got {fn!r} ({type_name(fn)}); wrap plain "
             "values or coroutine functions with sluiceway.oneshot()"
         )
-    result = fn(emit)
+    return await finish(fn, fn(emit), emit)
+
+
+async def finish(fn: object, result: object, emit: Emitter[Any]) -> Any:
+    """Drive what a task function returned (an awaitable or an async iterator) to its value."""
     if type(result) is CoroutineType or inspect.isawaitable(result):
         return await result
     if hasattr(result, "__anext__"):
@@ -127,21 +131,26 @@ async def call_task(fn: object, emit: Emitter[Any]) -> Any:
 
 
 async def drive_stream(iterator: Any, emit: Emitter[Any]) -> Any:
-    """Emit every item of an async iterator; return its ``Final`` value (or ``None``)."""
-    final: Any = None
+    """Emit every item of an async iterator until it ends; return its final value.
+
+    The final value is the value of a ``Final`` item (pulling stops there and the iterator is
+    closed, as :class:`~sluiceway.AsyncIteratorCombiner` does) or of ``StopAsyncIteration``;
+    ``None`` without either.
+    """
+    closer = getattr(iterator, "aclose", None)
     try:
         while True:
             try:
                 item = await iterator.__anext__()
             except StopAsyncIteration as stop:
-                if stop.args:
-                    final = stop.args[0]
-                return final
+                return stop.args[0] if stop.args else None
             if isinstance(item, Final):
-                final = item.value
-            else:
-                await emit(item)
-    finally:
-        closer = getattr(iterator, "aclose", None)
+                break
+            await emit(item)
+    except BaseException as error:
         if closer is not None:
-            await closer()
+            await aclose_after(closer, error)
+        raise
+    if closer is not None:
+        await closer()
+    return item.value

@@ -48,7 +48,8 @@ class SourceFromIterable(LazySource[T]):
                 f"SourceFromIterable needs an iterable or async iterable, got {iterable!r} "
                 f"({type_name(iterable)})"
             )
-        self._lock = trio.Lock()
+        self._busy = False
+        self._turn = trio.lowlevel.ParkingLot()
         self._ended = False
         self._failure: BaseException | None = None
         self.produced = 0
@@ -107,31 +108,42 @@ class SourceFromIterable(LazySource[T]):
         Raises:
             trio.EndOfChannel: the iterable is exhausted.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        item = self.produce_nowait() if self._sync is not None else await self.advance()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
+
+    async def advance(self) -> T:
+        """:meth:`produce` without its own checkpoint (runners use it: they checkpoint anyway).
+
+        It waits only if another task is producing, or if the iterable itself waits. Production
+        is serialised: one ``__anext__`` at a time.
+        """
         if self._sync is not None:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            item = self.produce_nowait()
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return item
-        async with self._lock:
-            self._check_can_produce()
-            assert self._async is not None
-            try:
-                item = await anext(self._async)
-            except StopAsyncIteration:
-                self._end(None)
-                raise trio.EndOfChannel from None
-            except trio.Cancelled:
-                self._end(
-                    RuntimeError(
-                        "the iterable was interrupted by cancellation while producing an item"
-                    )
-                )
-                raise
-            except Exception as exc:
-                self._end(exc)
-                raise
-            self.produced += 1
-            return item
+            return self.produce_nowait()
+        while self._busy:
+            await self._turn.park()
+        self._check_can_produce()
+        assert self._async is not None
+        self._busy = True
+        try:
+            item = await anext(self._async)
+        except StopAsyncIteration:
+            self._end(None)
+            raise trio.EndOfChannel from None
+        except trio.Cancelled:
+            self._end(
+                RuntimeError("the iterable was interrupted by cancellation while producing an item")
+            )
+            raise
+        except Exception as exc:
+            self._end(exc)
+            raise
+        finally:
+            self._busy = False
+            self._turn.unpark()
+        self.produced += 1
+        return item
 
     def _on_receive_closed(self) -> None:
         self._ended = True
