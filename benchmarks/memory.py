@@ -14,7 +14,7 @@ the ``method``).
 sluiceway side: a runner over the async generator (adapted to a lazy ``SourceFromIterable``) and a
 ``CapacitySource(100)``. asyncio side: 100 worker tasks that take the next task from the same kind
 of async generator under an ``asyncio.Lock``, run it, and put the outcome on a bounded
-``asyncio.Queue(256)`` (sluiceway's default envelope buffer) read by a consumer task.
+``asyncio.Queue(1024)`` (the size of sluiceway's default envelope buffer) read by a consumer task.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway import CapacitySource
-from sluiceway.runners import HierarchicalTaskPoolRunner
+from sluiceway.runners import DEFAULT_BUFFER_SIZE, HierarchicalTaskPoolRunner
 
 from .fanout import Outcome, capacity_probe, drain_runner, noop_body
 from .harness import (
@@ -57,7 +57,7 @@ from .harness import (
 LIMIT_MB = 50.0
 MB = 1_000_000
 #: The asyncio queue bound: the size of a sluiceway runner's envelope buffer by default.
-QUEUE_SIZE = 256
+QUEUE_SIZE = DEFAULT_BUFFER_SIZE  # same bound as the runner's envelope buffer
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -257,7 +257,7 @@ class LazyMemory(Scenario):
     title = "lazy async-generator source, memory"
     baseline = (
         "asyncio pool: 100 workers pull from the same async generator under an asyncio.Lock, "
-        "results via a bounded Queue(256) to a consumer"
+        f"results via a bounded Queue({QUEUE_SIZE}) to a consumer"
     )
     metrics = (
         Metric("growth_mb", "peak RSS growth", "MB", 1),

@@ -59,7 +59,7 @@ def test_errors_become_type_and_message() -> None:
         "at": 2.5,
     }
     timeout = envelope_to_dict(TaskEnvelope(1, EnvelopeKind.ERROR, error=TaskTimeoutError("late")))
-    assert timeout["error"] == {"type": "sluiceway._errors.TaskTimeoutError", "message": "late"}
+    assert timeout["error"] == {"type": "sluiceway.TaskTimeoutError", "message": "late"}
 
 
 def test_round_trip_through_json() -> None:

@@ -19,6 +19,7 @@ from sluiceway import (
     HierarchicalTaskPoolRunner,
     ImpossibleCostError,
     PushPullBuffer,
+    QuotaCapacitySource,
     ResourceCapacitySource,
     SourceBuffer,
     SourceFromIterable,
@@ -571,6 +572,35 @@ async def test_a_slow_generator_never_sits_on_its_siblings_capacity(
     assert worst_idle_hold == 1
     assert fast_tracker.peak == 9  # everything but the one unit the slow listing waits with
     assert_idle(glob, slow_cap, fast_cap)
+
+
+async def test_lazy_end_under_a_quota_uses_no_quota(autojump_clock: object) -> None:
+    """Learning that a lazy source ended takes a grant; it is refunded, quota included."""
+    per_minute = QuotaCapacitySource({"requests": 100})
+    pool = ResourceCapacitySource({"requests": 5}, per_minute)
+    tracker = Tracker()
+    tasks = (tracker.task(f"t{i}", 1) for i in range(250))
+    runner = HierarchicalTaskPoolRunner("rate", tasks, pool, cost={"requests": 1})
+    async with per_minute.refilling(60):
+        envelopes = await collect(runner)
+        assert per_minute.statistics().consumed == {"requests": 50}  # not 51
+    assert len(envelopes) == 250
+    stats = runner.statistics()
+    assert stats.started == stats.capacity_wait.count == 250
+    assert_idle(pool)
+
+
+async def test_a_list_under_a_quota_ends_with_its_last_task(autojump_clock: object) -> None:
+    per_minute = QuotaCapacitySource({"requests": 100})
+    pool = ResourceCapacitySource({"requests": 5}, per_minute)
+    tasks = [Tracker().task(f"t{i}", 1) for i in range(200)]
+    runner = HierarchicalTaskPoolRunner("rate", tasks, pool, cost={"requests": 1})
+    async with per_minute.refilling(60):
+        await collect(runner)
+        # 100 in the first window, 100 from t=60 (5 at a time, 1 s each): done at 80 s, without
+        # waiting for a third window to learn that the list has ended.
+        assert trio.current_time() == 80
+    assert_idle(pool)
 
 
 async def test_empty_sources_finish_at_once() -> None:

@@ -161,7 +161,10 @@ def test_as_task_source() -> None:
     assert as_task_source(bridge) is bridge.source
     _, receive = trio.open_memory_channel[int](0)
     assert isinstance(as_task_source(receive), ChannelSource)
-    assert isinstance(as_task_source([1, 2]), SourceFromIterable)
+    listed = as_task_source([1, 2])  # a sequence's end is known without advancing it
+    assert isinstance(listed, SourceBuffer)
+    assert listed.one_shot
+    assert isinstance(as_task_source(iter([1, 2])), SourceFromIterable)
     assert isinstance(as_task_source(_agen()), SourceFromIterable)
     with pytest.raises(TypeError, match="not a task source"):
         as_task_source(42)

@@ -296,11 +296,12 @@ def take(node: Node, cost: Vector) -> None:
     node.granted_count += 1
 
 
-def give_back(node: Node, cost: Vector) -> None:
+def give_back(node: Node, cost: Vector, *, refund: bool = False) -> None:
     """Return ``cost`` at ``node`` and every ancestor, then re-dispatch the tree.
 
-    Quota levels keep it consumed (only a reset or refill restores quota). Raises
-    :class:`OverReleaseError`, changing nothing, when more is released than this node holds.
+    Quota levels keep it consumed (only a reset or refill restores quota), unless ``refund``
+    (see :func:`refund`). Raises :class:`OverReleaseError`, changing nothing, when more is
+    released than this node holds.
     """
     own = node.own_held
     for resource, value in cost.items():
@@ -315,9 +316,23 @@ def give_back(node: Node, cost: Vector) -> None:
         held = level.held
         for resource, value in cost.items():
             held[resource] -= value
+        if refund and level.quota:
+            consumed = level.consumed
+            for resource, value in cost.items():
+                consumed[resource] = max(consumed.get(resource, 0) - value, 0)
     node.released_count += 1
     if node.tree.root.waiting:
         dispatch(node.tree)
+
+
+def refund(node: Node, cost: Vector) -> None:
+    """Undo a grant that never became work (a task that was never started).
+
+    Like :func:`give_back`, but quota levels get their quota back too, since nothing ran: a run
+    that learns its lazy source has ended, or leaves before starting a granted task, must not use
+    up a rate limit for it.
+    """
+    give_back(node, cost, refund=True)
 
 
 def adjust(node: Node, delta: Vector) -> None:

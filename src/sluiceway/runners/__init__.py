@@ -11,10 +11,11 @@ from ._envelopes import (
     envelope_to_dict,
     json_safe,
 )
-from ._hierarchical import HierarchicalTaskPoolRunner
+from ._hierarchical import DEFAULT_BUFFER_SIZE, HierarchicalTaskPoolRunner
 from ._tasks import Final, TaskFunction, TaskSpec, oneshot, streaming
 
 __all__ = [
+    "DEFAULT_BUFFER_SIZE",
     "AsyncIteratorCombiner",
     "Emitter",
     "EnvelopeChannel",

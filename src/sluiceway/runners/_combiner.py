@@ -176,7 +176,7 @@ class AsyncIteratorCombiner(Generic[T]):
             rest = await combiner.all()
 
     **Final values.** Python async generators cannot ``return`` a value, so a source marks its
-    final value by yielding :class:`~sluiceway.runners.Final` ``(value)`` as its last item (the
+    final value by yielding ``Final(value)`` (:class:`~sluiceway.Final`) as its last item (the
     combiner stops pulling it there and closes it), or, for a hand-written iterator, by raising
     ``StopAsyncIteration(value)``. With ``yield_final_values=True`` the end of every source is
     delivered as a ``Final(value)`` item (``Final(None)`` if it ended without one); with the

@@ -13,7 +13,7 @@ it right away without a task switch.
 Nothing waits while holding capacity for the source: a peekable source is only asked for an item
 when one is available, and a lazy source (:class:`~sluiceway.SourceFromIterable`) is advanced once
 its capacity is held, which is the definition of lazy. Results go through an
-:class:`~sluiceway.runners.EnvelopeChannel`; while it is full the demand asks for nothing, so
+:class:`~sluiceway.EnvelopeChannel`; while it is full the demand asks for nothing, so
 the run starts no new task and its capacity goes to its siblings.
 """
 
@@ -195,8 +195,10 @@ class Run:
         self.task_timeout = task_timeout
         self.counters = counters
         self.channel = EnvelopeChannel(buffer_size, self._on_space)
-        self.ready: deque[tuple[object, Vector]] = deque()
-        self.unproduced: deque[Vector] = deque()
+        # Admitted tasks not started yet: (item, cost, seconds it waited for capacity).
+        self.ready: deque[tuple[object, Vector, float]] = deque()
+        # Grants for a lazy source's next item, not produced yet: (cost, seconds waited).
+        self.unproduced: deque[tuple[Vector, float]] = deque()
         self.running: dict[int, Job] = {}
         self.producing = 0
         self.next_task_id = 1
@@ -236,11 +238,11 @@ class Run:
         if self.demand is not None:
             _tree.close_demand(self.demand)
             self.demand = None
+        # Grants no task will use are refunded (a quota gets them back: nothing ran).
         while self.unproduced:
-            _tree.give_back(self.node, self.unproduced.popleft())
+            _tree.refund(self.node, self.unproduced.popleft()[0])
         while self.ready:
-            _, cost = self.ready.popleft()
-            _tree.give_back(self.node, cost)
+            _tree.refund(self.node, self.ready.popleft()[1])
         self.channel.close("the run_tasks() block has exited")
         self._wake_everyone()
 
@@ -294,26 +296,23 @@ class Run:
 
     def _accept(self, cost: Vector) -> None:
         """Take the granted task (synchronously, with the grant) and get a worker for it."""
+        waited = 0.0
+        if self.head_since is not None:
+            waited = self.now() - self.head_since
+            self.head_since = None
         if self.sync_iterable is not None:
             # A synchronous iterable is advanced in the same step as the grant, like a peek.
             try:
                 item = self.sync_iterable.produce_nowait()
             except Exception:  # its end, or its failure (delivered through EnvelopeChannel.end)
-                _tree.give_back(self.node, cost)
+                _tree.refund(self.node, cost)
                 self._maybe_finish()
                 return
-            self.ready.append((item, cost))
+            self.ready.append((item, cost, waited))
         elif self.lazy:
-            self.unproduced.append(cost)
+            self.unproduced.append((cost, waited))
         else:
-            self.ready.append((self.source.take(), cost))
-        counters = self.counters
-        counters.wait_count += 1
-        if self.head_since is not None:
-            waited = self.now() - self.head_since
-            self.head_since = None
-            counters.wait_total += waited
-            counters.wait_max = max(counters.wait_max, waited)
+            self.ready.append((self.source.take(), cost, waited))
         self._work_available()
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
@@ -364,7 +363,7 @@ class Run:
                 _tree.close_demand(self.demand)
                 self.demand = None
             while self.unproduced:
-                _tree.give_back(self.node, self.unproduced.popleft())
+                _tree.refund(self.node, self.unproduced.popleft()[0])
             self._maybe_finish()
         elif self.node.tree.root.waiting:
             _tree.dispatch(self.node.tree)
@@ -414,16 +413,16 @@ class Run:
                 while True:
                     job = None
                     if self.ready:
-                        item, cost = self.ready.popleft()
-                        job = self._admit(item, cost, stamp)
+                        item, cost, waited = self.ready.popleft()
+                        job = self._admit(item, cost, waited, stamp)
                         if (self.ready or self.unproduced) and not self.coming:
                             self._work_available()  # the wake-up chain
                     elif self.unproduced:
                         stamp = None
-                        cost = self.unproduced.popleft()
+                        cost, waited = self.unproduced.popleft()
                         if (self.ready or self.unproduced) and not self.coming:
                             self._work_available()  # the wake-up chain
-                        job = await self._produce(cost)
+                        job = await self._produce(cost, waited)
                         if job is None:
                             continue
                     elif self.finished or self.stopping:
@@ -463,17 +462,23 @@ class Run:
                     )
                 self._report(job, None, error)
 
-    def _admit(self, item: object, cost: Vector, now: float | None = None) -> Job:
-        """Record a task as started; ``now`` may be passed when the caller just read the clock
-        and nothing awaited since."""
+    def _admit(self, item: object, cost: Vector, waited: float, now: float | None = None) -> Job:
+        """Record a task as started after waiting ``waited`` seconds at the head of the source;
+        ``now`` may be passed when the caller just read the clock and nothing awaited since."""
         job: Job = Emitter(self, self.next_task_id, item, cost, self.task_timeout)
         self.next_task_id += 1
         job.started_at = self.now() if now is None else now
         self.running[job.task_id] = job
-        self.counters.started += 1
+        counters = self.counters
+        counters.started += 1
+        counters.wait_count += 1
+        if waited:
+            counters.wait_total += waited
+            if waited > counters.wait_max:  # noqa: PLR1730 - cheaper than max() here
+                counters.wait_max = waited
         return job
 
-    async def _produce(self, cost: Vector) -> Job | None:
+    async def _produce(self, cost: Vector, waited: float) -> Job | None:
         """Advance a lazy source while holding ``cost``; ``None`` if it had nothing more."""
         source = self.source
         assert isinstance(source, SourceFromIterable)
@@ -491,11 +496,11 @@ class Run:
             if self.stopping:
                 return None
             kept = True
-            return self._admit(item, cost)
+            return self._admit(item, cost, waited)
         finally:
             self.producing -= 1
             if not kept:
-                _tree.give_back(self.node, cost)
+                _tree.refund(self.node, cost)
                 self._maybe_finish()
             elif self.node.tree.root.waiting:
                 _tree.dispatch(self.node.tree)  # the run may now claim its next unit

@@ -6,6 +6,7 @@ import base64
 import datetime
 import enum
 import math
+import sys
 from collections.abc import Hashable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -90,15 +91,33 @@ def json_safe(value: object, _depth: int = 0) -> Any:
 
 
 def error_to_dict(error: BaseException) -> dict[str, str]:
-    """``{"type": "module.QualName", "message": str(error)}``."""
+    """``{"type": "package.QualName", "message": str(error)}``.
+
+    The type is named by its public path: a class defined in a private module
+    (``sluiceway._errors``, ``trio._core._exceptions``) is named after the nearest public package
+    that exports it (``sluiceway.TaskTimeoutError``, ``trio.Cancelled``). Builtins are bare.
+    """
     if isinstance(error, RemoteTaskError):
         return {"type": error.type_name, "message": error.message}
-    cls = type(error)
-    module = cls.__module__
-    name = (
-        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
-    )
-    return {"type": name, "message": str(error)}
+    return {"type": public_type_name(type(error)), "message": str(error)}
+
+
+def public_type_name(cls: type) -> str:
+    """The public dotted name of ``cls`` (see :func:`error_to_dict`)."""
+    module, name = cls.__module__, cls.__qualname__
+    if module in ("builtins", "__main__"):
+        return name
+    parts = module.split(".")
+    for depth in range(1, len(parts)):
+        if parts[depth].startswith("_"):
+            # The first private component: name the class after the package above it if that
+            # package exports it, else keep the full path.
+            prefix = ".".join(parts[:depth])
+            package = sys.modules.get(prefix)
+            if package is not None and getattr(package, name, None) is cls:
+                return f"{prefix}.{name}"
+            break
+    return f"{module}.{name}"
 
 
 def _unstructure_envelope(envelope: TaskEnvelope[Any, Any]) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import trio
 
 from .._util import NOTHING, Nothing, type_name
 from ._base import LazySource, PeekableSource
+from ._buffer import SourceBuffer
 from ._pushpull import PushPullBuffer
 
 T = TypeVar("T")
@@ -19,11 +20,14 @@ class SourceFromIterable(LazySource[T]):
     """A task source over a sync or async iterable, advanced only on demand.
 
     The iterable is advanced by one step each time a runner is about to start a task: a runner
-    first obtains capacity, then calls :meth:`produce`. Side effects of producing an item (creating
-    a child entity, reading a file) therefore happen only when there is capacity to run it, as in
-    the original. The flip side is that capacity is held while the iterable computes its next item;
-    for a producer that *waits* on the outside world, push items into a
-    :class:`~sluiceway.PushPullBuffer` instead, which runners watch without holding anything.
+    first obtains capacity, then advances it. Side effects of producing an item (creating a child
+    entity, reading a file) therefore happen only when there is capacity to run it, as in the
+    original. A synchronous iterable is advanced in the same synchronous step as the grant, like a
+    peek. An asynchronous one is advanced by a worker holding the unit of the item it will produce,
+    and a runner lets at most one unit wait on it that way; for a producer that mostly *waits* on
+    the outside world, push items into a :class:`~sluiceway.PushPullBuffer` instead, which
+    runners watch without holding anything. A grant that finds the iterable ended is refunded
+    (a quota gets it back too).
 
     Production is serialised (one ``__anext__`` at a time). An error raised by the iterable ends the
     source with that error, and runners raise it (it is a failure of the source, not of a task).
@@ -237,6 +241,9 @@ def as_task_source(source: object) -> PeekableSource[Any]:
 
     * sluiceway sources are used as they are (a :class:`PushPullBuffer` means its ``source``);
     * any other ``trio.abc.ReceiveChannel`` gets a feeder with one item of look-ahead;
+    * a sequence (a list or tuple of tasks) becomes a one-shot :class:`SourceBuffer`: its items
+      exist already, so nothing is gained by advancing it lazily, and its end is known without
+      asking for capacity (which matters under a quota);
     * any other iterable or async iterable becomes a lazy :class:`SourceFromIterable`.
     """
     if isinstance(source, PeekableSource):
@@ -245,6 +252,8 @@ def as_task_source(source: object) -> PeekableSource[Any]:
         return cast(PeekableSource[Any], source.source)
     if isinstance(source, trio.abc.ReceiveChannel):
         return ChannelSource(source)
+    if isinstance(source, Sequence) and not isinstance(source, str | bytes | bytearray):
+        return SourceBuffer(source)
     if isinstance(source, AsyncIterable | Iterable) and not isinstance(
         source, str | bytes | bytearray
     ):
