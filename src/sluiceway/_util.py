@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeVar
 
 import trio
+
+T = TypeVar("T")
 
 
 class _Nothing(enum.Enum):
@@ -95,6 +98,70 @@ async def open_owned_nursery() -> AsyncIterator[trio.Nursery]:
             yield nursery
     except BaseExceptionGroup as group:
         raise_single(group)
+
+
+class WaitQueue:
+    """Tasks parked until another task wakes them (a lean ``ParkingLot``).
+
+    Hot paths may test ``queue.tasks`` directly; a cancelled task leaves the queue by itself.
+    """
+
+    __slots__ = ("tasks",)
+
+    def __init__(self) -> None:
+        self.tasks: deque[trio.lowlevel.Task] = deque()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    async def park(self) -> None:
+        """Block the current task until :meth:`wake_one` or :meth:`wake_all` picks it."""
+        task = trio.lowlevel.current_task()
+        self.tasks.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if task in self.tasks:
+                self.tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def wake_one(self, *, newest: bool = False) -> bool:
+        """Wake the task parked longest (or most recently, with ``newest``); False if none."""
+        if not self.tasks:
+            return False
+        trio.lowlevel.reschedule(self.tasks.pop() if newest else self.tasks.popleft())
+        return True
+
+    def wake_all(self) -> int:
+        """Wake every parked task; returns how many."""
+        count = len(self.tasks)
+        while self.tasks:
+            trio.lowlevel.reschedule(self.tasks.popleft())
+        return count
+
+
+async def wait_until_ready(nowait: Callable[[], T], park: Callable[[], Awaitable[object]]) -> T:
+    """trio's idiom for a blocking operation with a ``*_nowait`` twin.
+
+    Checkpoint for cancellation, try ``nowait()``; if it succeeds take a schedule point and return
+    its value; if it raises ``trio.WouldBlock``, ``park()`` until woken and retry. Any other
+    error from ``nowait()`` propagates.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        value = nowait()
+    except trio.WouldBlock:
+        pass
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return value
+    while True:
+        await park()
+        try:
+            return nowait()
+        except trio.WouldBlock:
+            continue
 
 
 def type_name(value: object) -> str:

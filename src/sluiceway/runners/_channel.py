@@ -8,36 +8,8 @@ from typing import Any
 
 import trio
 
+from .._util import WaitQueue, wait_until_ready
 from ._envelopes import TaskEnvelope
-
-
-class _Waiters:
-    """Tasks parked on one side of the channel (a ParkingLot without its per-call overhead)."""
-
-    __slots__ = ("tasks",)
-
-    def __init__(self) -> None:
-        self.tasks: deque[trio.lowlevel.Task] = deque()
-
-    async def park(self) -> None:
-        task = trio.lowlevel.current_task()
-        self.tasks.append(task)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            if task in self.tasks:
-                self.tasks.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def unpark_one(self) -> None:
-        if self.tasks:
-            trio.lowlevel.reschedule(self.tasks.popleft())
-
-    def unpark_all(self) -> None:
-        tasks = self.tasks
-        while tasks:
-            trio.lowlevel.reschedule(tasks.popleft())
 
 
 class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
@@ -60,8 +32,8 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         self._low_water = buffer_size // 2
         self._blocked = False
         self._on_space = on_space
-        self._receivers = _Waiters()
-        self._senders = _Waiters()
+        self._receivers = WaitQueue()
+        self._senders = WaitQueue()
         self._ended = False
         self._error: BaseException | None = None
         self._error_delivered = False
@@ -102,27 +74,22 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         if size > self.peak:  # noqa: PLR1730 - cheaper than max() on this path
             self.peak = size
         if self._receivers.tasks:
-            self._receivers.unpark_one()
+            self._receivers.wake_one()
 
     async def put_wait(self, envelope: TaskEnvelope[Any, Any]) -> None:
         """Deposit an envelope, first waiting while the buffer is full."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self._has_room():
-            self.put(envelope)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        while not self._has_room():
-            await self._senders.park()
-        self.put(envelope)
+        await wait_until_ready(lambda: self._put_if_room(envelope), self._senders.park)
 
-    def _has_room(self) -> bool:
-        return self._closed or len(self._items) < self._limit
+    def _put_if_room(self, envelope: TaskEnvelope[Any, Any]) -> None:
+        if not self._closed and len(self._items) >= self._limit:
+            raise trio.WouldBlock
+        self.put(envelope)
 
     def end(self, error: BaseException | None = None) -> None:
         """No more envelopes; ``error`` (if any) is raised to the consumer after the last one."""
         self._ended = True
         self._error = error
-        self._receivers.unpark_all()
+        self._receivers.wake_all()
 
     def undelivered_error(self) -> BaseException | None:
         """The ending error if the consumer has not received it yet."""
@@ -140,7 +107,7 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         if items:
             envelope = items.popleft()
             if self._senders.tasks and len(items) < self._limit:
-                self._senders.unpark_all()
+                self._senders.wake_all()
             if self._blocked and len(items) <= self._low_water:
                 self._blocked = False
                 self._on_space()
@@ -154,37 +121,14 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
 
     async def receive(self) -> TaskEnvelope[Any, Any]:
         """The next envelope, in completion order; ``EndOfChannel`` when the run is over."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            envelope = self.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return envelope
-        return await self._wait_for_next()
-
-    async def _wait_for_next(self) -> TaskEnvelope[Any, Any]:
-        while True:
-            await self._receivers.park()
-            try:
-                return self.receive_nowait()
-            except trio.WouldBlock:
-                continue
+        return await wait_until_ready(self.receive_nowait, self._receivers.park)
 
     async def __anext__(self) -> TaskEnvelope[Any, Any]:
-        # ``receive`` inlined: ``async for`` is the common way to consume, and the generic
-        # ReceiveChannel.__anext__ adds a coroutine layer per envelope.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # ``async for`` is the common way to consume: skip the generic __anext__ -> receive layer.
         try:
-            try:
-                envelope = self.receive_nowait()
-            except trio.WouldBlock:
-                return await self._wait_for_next()
+            return await wait_until_ready(self.receive_nowait, self._receivers.park)
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return envelope
 
     def close(self, reason: str | None = None) -> None:
         """Stop consuming: buffered envelopes are dropped and the run starts no new task."""
@@ -194,8 +138,8 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
             self._closed_reason = reason
         self._closed = True
         self._items.clear()
-        self._senders.unpark_all()
-        self._receivers.unpark_all()
+        self._senders.wake_all()
+        self._receivers.wake_all()
         self._on_space()
 
     async def aclose(self) -> None:

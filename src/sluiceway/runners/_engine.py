@@ -29,7 +29,7 @@ import attrs
 import trio
 
 from .._errors import ImpossibleCostError, TaskCancelledError, TaskTimeoutError
-from .._util import NOTHING
+from .._util import NOTHING, WaitQueue
 from ..capacity import _tree
 from ..capacity._amounts import Vector
 from ..sources import ChannelSource, PeekableSource, SourceFromIterable
@@ -202,7 +202,7 @@ class Run:
         self.running: dict[int, Job] = {}
         self.producing = 0
         self.next_task_id = 1
-        self.idle: list[trio.lowlevel.Task] = []
+        self.idle = WaitQueue()
         self.spawn_needed = 0
         self.coming = 0  # workers woken or spawned that have not looked for work yet
         self.spawner: trio.lowlevel.Task | None = None
@@ -235,16 +235,20 @@ class Run:
         if self.unsubscribe is not None:
             self.unsubscribe()
             self.unsubscribe = None
-        if self.demand is not None:
-            _tree.close_demand(self.demand)
-            self.demand = None
-        # Grants no task will use are refunded (a quota gets them back: nothing ran).
-        while self.unproduced:
-            _tree.refund(self.node, self.unproduced.popleft()[0])
+        self._withdraw()
         while self.ready:
             _tree.refund(self.node, self.ready.popleft()[1])
         self.channel.close("the run_tasks() block has exited")
         self._wake_everyone()
+
+    def _withdraw(self) -> None:
+        """Stop asking the tree for capacity and refund the grants waiting for a lazy source's
+        next item (a quota gets them back: nothing ran)."""
+        if self.demand is not None:
+            _tree.close_demand(self.demand)
+            self.demand = None
+        while self.unproduced:
+            _tree.refund(self.node, self.unproduced.popleft()[0])
 
     def _maybe_finish(self) -> None:
         if self.finished or self.stopping:
@@ -254,16 +258,12 @@ class Run:
         if not self.source.exhausted:
             return
         self.finished = True
-        if self.demand is not None:
-            _tree.close_demand(self.demand)
-            self.demand = None
+        self._withdraw()
         self.channel.end(self.source.failure)
         self._wake_everyone()
 
     def _wake_everyone(self) -> None:
-        while self.idle:
-            self.coming += 1
-            trio.lowlevel.reschedule(self.idle.pop())
+        self.coming += self.idle.wake_all()
         if self.spawner is not None:
             task, self.spawner = self.spawner, None
             trio.lowlevel.reschedule(task)
@@ -338,11 +338,11 @@ class Run:
         if self.releaser_claim:
             self.releaser_claim = False  # the worker that released the capacity takes it
             return
-        if self.idle:
+        if self.idle.tasks:
             if self.coming:
                 return  # a woken worker is on its way; it will wake the next one
             self.coming += 1
-            trio.lowlevel.reschedule(self.idle.pop())
+            self.idle.wake_one(newest=True)  # the most recently busy worker
             return
         if self.coming >= len(self.ready) + len(self.unproduced):
             return  # workers being spawned will take every admitted task
@@ -359,11 +359,7 @@ class Run:
             self.source_exhausted = True
             # Nothing more will come (or the source was closed): stop asking the tree at once,
             # so it never peeks a closed source, and return grants no task will use.
-            if self.demand is not None:
-                _tree.close_demand(self.demand)
-                self.demand = None
-            while self.unproduced:
-                _tree.refund(self.node, self.unproduced.popleft()[0])
+            self._withdraw()
             self._maybe_finish()
         elif self.node.tree.root.waiting:
             _tree.dispatch(self.node.tree)
@@ -391,15 +387,7 @@ class Run:
             await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _park(self) -> None:
-        task = trio.lowlevel.current_task()
-        self.idle.append(task)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            if task in self.idle:
-                self.idle.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        await self.idle.park()
         self.coming -= 1
 
     async def _worker(self) -> None:

@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 import trio
 
-from .._util import NOTHING, Nothing
+from .._util import NOTHING, Nothing, wait_until_ready
 
 T = TypeVar("T")
 
@@ -133,30 +133,21 @@ class PeekableSource(trio.abc.ReceiveChannel[T], Generic[T]):
             raise trio.ClosedResourceError("this source was closed")
         if self._peek() is not NOTHING:
             return self._take()
+        self._raise_if_ended()
+        raise trio.WouldBlock
+
+    def _raise_if_ended(self) -> None:
+        """Raise ``EndOfChannel`` (or the source's failure) if the source is exhausted."""
         if self._is_exhausted():
             failure = self.failure
             if failure is not None:
                 raise failure
             raise trio.EndOfChannel
-        raise trio.WouldBlock
 
     async def receive(self) -> T:
         """Wait for the next item; raises ``trio.EndOfChannel`` at the end (or the source's
         ``failure``, after every item that came before it)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            item = self.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return item
-        while True:
-            await self._receivers.park()
-            try:
-                return self.receive_nowait()
-            except trio.WouldBlock:
-                continue
+        return await wait_until_ready(self.receive_nowait, self._receivers.park)
 
     def close(self) -> None:
         """Close the receive side: later receives raise ``trio.ClosedResourceError``."""
@@ -198,11 +189,7 @@ class LazySource(PeekableSource[T]):
         (or ``EndOfChannel``/the failure once exhausted)."""
         if self._receive_closed:
             raise trio.ClosedResourceError("this source was closed")
-        if self._is_exhausted():
-            failure = self.failure
-            if failure is not None:
-                raise failure
-            raise trio.EndOfChannel
+        self._raise_if_ended()
         raise trio.WouldBlock
 
     async def receive(self) -> T:

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
-from .._util import NOTHING, Nothing, type_name
+from .._util import NOTHING, Nothing, type_name, wait_until_ready
 from ._base import PeekableSource
 
 T = TypeVar("T")
@@ -123,21 +123,7 @@ class PushPullSink(trio.abc.SendChannel[T], Generic[T]):
 
     async def send(self, value: T) -> None:
         """Send ``value``, waiting for room while a ``BLOCK`` buffer is full."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self.send_nowait(value)
-        except trio.WouldBlock:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        while True:
-            await self._state.senders.park()
-            try:
-                self.send_nowait(value)
-            except trio.WouldBlock:
-                continue
-            return
+        await wait_until_ready(lambda: self.send_nowait(value), self._state.senders.park)
 
     def throw(self, error: BaseException) -> None:
         """End the stream with ``error``: the consumer gets every item sent before, then
