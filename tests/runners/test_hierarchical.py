@@ -622,3 +622,46 @@ async def test_raising_total_tokens_mid_run_uses_the_new_capacity(autojump_clock
     assert trio.current_time() == 3  # t0 alone at t=0, then 4 + 4 from t=0.5 and t=1.5... = 3
     cap.total_tokens = math.inf
     assert_idle(cap)
+
+
+async def test_lowering_a_limit_below_the_task_cost_reports_instead_of_hanging(
+    autojump_clock: object,
+) -> None:
+    pool = ResourceCapacitySource({"mem": 8})
+    runner = HierarchicalTaskPoolRunner(
+        "shrink", [Tracker().task(f"t{i}", 1) for i in range(5)], pool, cost={"mem": 4}
+    )
+    async with runner.run_tasks() as envelopes:
+        await trio.sleep(0.5)  # t0 and t1 run
+        pool.set_limits({"mem": 2})  # no task of cost 4 can ever run again
+        got = [envelope async for envelope in envelopes]
+    finals = sorted((e.task_id, e.kind) for e in got)
+    assert finals[:2] == [(1, EnvelopeKind.FINAL), (2, EnvelopeKind.FINAL)]
+    assert [kind for _, kind in finals[2:]] == [EnvelopeKind.ERROR] * 3
+    assert all(isinstance(e.error, ImpossibleCostError) for e in got if e.error)
+    assert_idle(pool)
+
+
+async def test_a_lazy_run_whose_cost_became_impossible_ends_with_the_error(
+    autojump_clock: object,
+) -> None:
+    pool = ResourceCapacitySource({"mem": 8})
+    produced = 0
+
+    async def tasks() -> AsyncIterator[Any]:
+        nonlocal produced
+        for i in range(5):
+            produced += 1
+            yield Tracker().task(f"t{i}", 1)
+
+    runner = HierarchicalTaskPoolRunner("shrink", tasks(), pool, cost={"mem": 4})
+    got: list[Envelope] = []
+    with pytest.raises(ImpossibleCostError, match="limited to 2"):
+        async with runner.run_tasks() as envelopes:
+            await trio.sleep(0.5)
+            pool.set_limits({"mem": 2})
+            async for envelope in envelopes:
+                got.append(envelope)
+    assert sorted(e.value for e in got) == ["t0", "t1"]  # the running tasks finished first
+    assert produced == 2
+    assert_idle(pool)

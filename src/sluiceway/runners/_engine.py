@@ -210,6 +210,7 @@ class Run:
         self.finished = False
         self.stopping = False
         self.source_exhausted = False
+        self.abandoned: BaseException | None = None  # why the run gave up on its source
         self.head_since: float | None = None
         self.nursery: trio.Nursery | None = None
         self.demand: _tree.Demand | None = None
@@ -255,11 +256,11 @@ class Run:
             return
         if self.ready or self.unproduced or self.running or self.producing:
             return
-        if not self.source.exhausted:
+        if not (self.source.exhausted or self.abandoned):
             return
         self.finished = True
         self._withdraw()
-        self.channel.end(self.source.failure)
+        self.channel.end(self.abandoned or self.source.failure)
         self._wake_everyone()
 
     def _wake_everyone(self) -> None:
@@ -316,6 +317,15 @@ class Run:
         self._work_available()
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
+        """A limit was lowered below the next task's cost: report it instead of waiting forever."""
+        if self.lazy:
+            # A lazy source's next item does not exist yet, and every task of the run has this
+            # same cost: none can run any more. Ask for nothing more, and end the run with the
+            # error once the running tasks have reported.
+            self.abandoned = error
+            self._withdraw()
+            self._maybe_finish()
+            return
         item = self.source.take()
         job: Job = Emitter(self, self.next_task_id, item, cost, None)
         self.next_task_id += 1
