@@ -319,7 +319,7 @@ async def test_slow_consumer_holds_memory_bounded(autojump_clock: object) -> Non
             count += 1
             await trio.sleep(0.01)
     assert count == 500
-    assert runner.statistics().peak_buffered_envelopes <= 12
+    assert 8 <= runner.statistics().peak_buffered_envelopes <= 12  # kept after the run
     assert tracker.peak <= 4
     assert_idle(cap)
 

@@ -83,6 +83,7 @@ class Counters:
         "cancelled",
         "failed",
         "finished",
+        "peak_buffered",
         "started",
         "timed_out",
         "wait_count",
@@ -96,6 +97,7 @@ class Counters:
         self.failed = 0
         self.cancelled = 0
         self.timed_out = 0
+        self.peak_buffered = 0
         self.wait_count = 0
         self.wait_total = 0.0
         self.wait_max = 0.0

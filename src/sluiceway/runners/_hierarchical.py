@@ -142,7 +142,9 @@ class HierarchicalTaskPoolRunner(Generic[I, O]):
             in_flight=0 if run is None else run.in_flight(),
             admitted_waiting=0 if run is None else len(run.ready) + len(run.unproduced),
             buffered_envelopes=0 if run is None else len(run.channel),
-            peak_buffered_envelopes=0 if run is None else run.channel.peak,
+            peak_buffered_envelopes=max(
+                counters.peak_buffered, 0 if run is None else run.channel.peak
+            ),
             capacity_wait=WaitStatistics(
                 counters.wait_count, counters.wait_total, counters.wait_max
             ),
@@ -222,6 +224,7 @@ class HierarchicalTaskPoolRunner(Generic[I, O]):
             if pending is not None:
                 raise pending
         finally:
+            self._counters.peak_buffered = max(self._counters.peak_buffered, run.channel.peak)
             self._run = None
 
     def __repr__(self) -> str:
