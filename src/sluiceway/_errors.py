@@ -61,3 +61,30 @@ class RemoteTaskError(TaskError):
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
+
+
+class DependencyError(SluicewayError, ValueError):
+    """A dependency graph was given something it cannot accept (unknown key, duplicate, cycle)."""
+
+
+class CycleError(DependencyError):
+    """Adding these nodes would create a cycle; the graph was left unchanged.
+
+    ``cycle`` lists the keys of one cycle found, first key repeated at the end.
+    """
+
+    def __init__(self, message: str, cycle: list[object]) -> None:
+        super().__init__(message)
+        self.cycle = cycle
+
+
+class InvalidTransitionError(SluicewayError, RuntimeError):
+    """A graph node was asked to move to a state it cannot reach from its current one."""
+
+
+class TaskAbortedError(TaskError):
+    """The task was aborted: its node (or one it depends on) was aborted, or the run shut down."""
+
+
+class MissingTaskError(SluicewayError, LookupError):
+    """A dependency source reached a ready key for which it has no task."""
