@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 import trio
 
-from .._errors import OverReleaseError
+from .._errors import ImpossibleCostError, OverReleaseError
+from .._metrics import MetricsCollector
 from .._util import open_owned_nursery, type_name
 from . import _tree
 from ._amounts import Vector, amount, describe, public, public_vector, vector
@@ -95,6 +96,7 @@ class BaseCapacity:
         quota: bool,
         backfill: bool,
         name: str | None,
+        metrics: MetricsCollector | None,
     ) -> None:
         if parent is not None and not isinstance(parent, BaseCapacity):
             raise TypeError(
@@ -103,12 +105,16 @@ class BaseCapacity:
             )
         self._parent = parent
         self.name = name
+        if metrics is not None and not callable(getattr(metrics, "record", None)):
+            raise TypeError(f"metrics must have a record(event) method, got {metrics!r}")
         self._node = _tree.Node(
             limits,
             None if parent is None else parent._node,
             quota=quota,
             backfill=backfill,
             face=self,
+            label=name,
+            metrics=metrics,
         )
 
     @property
@@ -222,13 +228,21 @@ class CapacitySource(BaseCapacity):
         *,
         resource: str = "slots",
         name: str | None = None,
+        metrics: MetricsCollector | None = None,
     ) -> None:
         if not isinstance(resource, str) or not resource:
             raise TypeError(f"resource must be a non-empty string, got {resource!r}")
         self._resource = resource
         self._unit: Vector = {resource: 1}
         self._borrowers: set[object] = set()
-        self._attach({resource: _tokens(total)}, parent, quota=False, backfill=False, name=name)
+        self._attach(
+            {resource: _tokens(total)},
+            parent,
+            quota=False,
+            backfill=False,
+            name=name,
+            metrics=metrics,
+        )
 
     @property
     def resource(self) -> str:
@@ -361,16 +375,28 @@ class ResourceCapacitySource(BaseCapacity):
         *,
         backfill: bool = False,
         name: str | None = None,
+        metrics: MetricsCollector | None = None,
     ) -> None:
         normalised = vector(limits, what="limits", allow_inf=True)
         if not normalised:
             raise ValueError("limits must name at least one resource")
-        self._attach(normalised, parent, quota=self._quota, backfill=backfill, name=name)
+        self._attach(
+            normalised, parent, quota=self._quota, backfill=backfill, name=name, metrics=metrics
+        )
 
     # -- validation --------------------------------------------------------------------------
 
     def _cost(self, cost: object) -> Vector:
-        return checked_cost(self, cost)
+        try:
+            return checked_cost(self, cost)
+        except ImpossibleCostError:
+            if self._node.metrics is not None:
+                _tree.report(self._node, "rejected", vector(cost, what="cost"), "impossible")
+            raise
+
+    def _rejected(self, cost: Vector) -> None:
+        if self._node.metrics is not None:
+            _tree.report(self._node, "rejected", cost, "insufficient_capacity")
 
     def validate_cost(self, cost: CostLike) -> None:
         """Raise if ``cost`` is malformed or could never fit under the current limits.
@@ -397,13 +423,16 @@ class ResourceCapacitySource(BaseCapacity):
         normalised = self._cost(cost)
         if _tree.try_now(self._node, normalised, validated=True):
             return TryAcquireResult(True, public_vector(normalised), self.available)
+        self._rejected(normalised)
         return TryAcquireResult(
             False, public_vector(normalised), self.available, "insufficient_capacity"
         )
 
     def acquire_nowait(self, cost: CostLike) -> None:
         """Take ``cost`` now or raise ``trio.WouldBlock`` (the original ``acquireImmediate``)."""
-        if not _tree.try_now(self._node, self._cost(cost), validated=True):
+        normalised = self._cost(cost)
+        if not _tree.try_now(self._node, normalised, validated=True):
+            self._rejected(normalised)
             raise trio.WouldBlock
 
     async def acquire(self, cost: CostLike) -> None:
@@ -488,6 +517,8 @@ class ResourceCapacitySource(BaseCapacity):
         if node.quota:
             for key in node.consumed:
                 node.consumed[key] = 0
+        if node.metrics is not None:
+            _tree.report(node, "reset", node.limits)
         _tree.fail_impossible_waiters(node)
         if node.tree.root.waiting:
             _tree.dispatch(node.tree)
@@ -519,6 +550,8 @@ class ResourceCapacitySource(BaseCapacity):
             new_available = max(available, min(available + step, top))
             node.consumed[key] = limit - new_available
             added[key] = public(new_available - available)
+        if node.metrics is not None:
+            _tree.report(node, "increment", {key: value for key, value in added.items() if value})
         if any(added.values()) and node.tree.root.waiting:
             _tree.dispatch(node.tree)
         return added
@@ -541,8 +574,9 @@ class QuotaCapacitySource(ResourceCapacitySource):
         parent: BaseCapacity | None = None,
         *,
         name: str | None = None,
+        metrics: MetricsCollector | None = None,
     ) -> None:
-        super().__init__(limits, parent, backfill=False, name=name)
+        super().__init__(limits, parent, backfill=False, name=name, metrics=metrics)
         self._refilling = False
 
     @property

@@ -29,6 +29,7 @@ All of this is synchronous and never awaits, so it is safe to call from any trio
 from __future__ import annotations
 
 import abc
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -38,7 +39,8 @@ import outcome
 import trio
 
 from .._errors import ImpossibleCostError, OverReleaseError, UnknownResourceError
-from ._amounts import Amount, Vector, describe, public
+from .._metrics import CapacityEvent, CapacityEventKind, MetricsCollector, safe_record
+from ._amounts import Amount, Vector, describe, public, public_vector
 
 
 class DemandOwner(Protocol):
@@ -52,6 +54,26 @@ class DemandOwner(Protocol):
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
         """The next task can never fit: drop it (and report ``error`` for it) synchronously."""
+
+
+_labels = itertools.count(1)
+
+
+def report(node: Node, kind: CapacityEventKind, amounts: Vector, reason: str | None = None) -> None:
+    """Send a capacity event about ``node`` to its collector (callers check it has one)."""
+    assert node.metrics is not None
+    safe_record(
+        node.metrics,
+        CapacityEvent(
+            kind=kind,
+            node=node.label,
+            at=trio.current_time(),
+            amounts=public_vector(amounts),
+            limits=public_vector(node.limits),
+            in_use={key: public(value) for key, value in node.held.items() if value},
+            reason=reason,
+        ),
+    )
 
 
 class Tree:
@@ -160,7 +182,9 @@ class Node:
         "face",
         "granted_count",
         "held",
+        "label",
         "limits",
+        "metrics",
         "own_held",
         "parent",
         "queue",
@@ -180,8 +204,15 @@ class Node:
         quota: bool = False,
         backfill: bool = False,
         face: object = None,
+        label: str | None = None,
+        metrics: MetricsCollector | None = None,
     ) -> None:
         self.limits: Vector = dict(limits)
+        self.label = label if label is not None else f"node-{next(_labels)}"
+        # A node reports to its own collector, else to its nearest ancestor's.
+        self.metrics: MetricsCollector | None = (
+            metrics if metrics is not None else (parent.metrics if parent is not None else None)
+        )
         self.parent = parent
         self.quota = quota
         self.backfill = backfill
@@ -294,6 +325,8 @@ def take(node: Node, cost: Vector) -> None:
     for resource, value in cost.items():
         own[resource] = own.get(resource, 0) + value
     node.granted_count += 1
+    if node.metrics is not None:
+        report(node, "accepted", cost)
 
 
 def give_back(node: Node, cost: Vector, *, refund: bool = False) -> None:
@@ -321,6 +354,8 @@ def give_back(node: Node, cost: Vector, *, refund: bool = False) -> None:
             for resource, value in cost.items():
                 consumed[resource] = max(consumed.get(resource, 0) - value, 0)
     node.released_count += 1
+    if node.metrics is not None:
+        report(node, "refunded" if refund else "released", cost)
     if node.tree.root.waiting:
         dispatch(node.tree)
 
@@ -354,6 +389,13 @@ def adjust(node: Node, delta: Vector) -> None:
             consumed = level.consumed
             for resource, value in delta.items():
                 consumed[resource] = max(consumed.get(resource, 0) + value, 0)
+    if node.metrics is not None:
+        more = {resource: value for resource, value in delta.items() if value > 0}
+        less = {resource: -value for resource, value in delta.items() if value < 0}
+        if more:
+            report(node, "accepted", more)
+        if less:
+            report(node, "released", less)
     if node.tree.root.waiting:
         dispatch(node.tree)
 
@@ -539,13 +581,16 @@ def can_transfer(demand: Demand, cost: Vector) -> bool:
     return True
 
 
-def count_transfer(demand: Demand) -> None:
-    """Count a release and a grant to ``demand`` of what it already holds (see
+def count_transfer(demand: Demand, cost: Vector) -> None:
+    """Count a release and a grant to ``demand`` of the ``cost`` it already holds (see
     :func:`can_transfer`); the caller hands the capacity to its next task itself."""
     node = demand.node
     node.released_count += 1
     node.granted_count += 1
     demand.seq = node.tree.next_seq()
+    if node.metrics is not None:
+        report(node, "released", cost)
+        report(node, "accepted", cost)
 
 
 def try_now(node: Node, cost: Vector, *, validated: bool) -> bool:
@@ -607,6 +652,8 @@ def set_limits(node: Node, limits: Vector) -> None:
     """Update (and possibly add) limits at ``node``; never revokes what is held."""
     lowered = any(value < node.limits.get(key, math.inf) for key, value in limits.items())
     node.limits.update(limits)
+    if node.metrics is not None:
+        report(node, "limits_changed", limits)
     if lowered:
         fail_impossible_waiters(node)
     if node.tree.root.waiting:

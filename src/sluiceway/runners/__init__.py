@@ -12,7 +12,18 @@ from ._envelopes import (
     json_safe,
 )
 from ._hierarchical import DEFAULT_BUFFER_SIZE, HierarchicalTaskPoolRunner
-from ._tasks import Final, TaskFunction, TaskSpec, oneshot, streaming
+from ._runner import TaskPoolRunner
+from ._scheduled import ScheduledTaskPoolRunner
+from ._tasks import (
+    Final,
+    RetryPolicy,
+    RetryScheduled,
+    ScheduledTask,
+    TaskFunction,
+    TaskSpec,
+    oneshot,
+    streaming,
+)
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -22,9 +33,14 @@ __all__ = [
     "EnvelopeKind",
     "Final",
     "HierarchicalTaskPoolRunner",
+    "RetryPolicy",
+    "RetryScheduled",
     "RunnerStatistics",
+    "ScheduledTask",
+    "ScheduledTaskPoolRunner",
     "TaskEnvelope",
     "TaskFunction",
+    "TaskPoolRunner",
     "TaskSpec",
     "WaitStatistics",
     "converter",

@@ -15,11 +15,18 @@ when one is available, and a lazy source (:class:`~sluiceway.SourceFromIterable`
 its capacity is held, which is the definition of lazy. Results go through an
 :class:`~sluiceway.EnvelopeChannel`; while it is full the demand asks for nothing, so
 the run starts no new task and its capacity goes to its siblings.
+
+With a :class:`~sluiceway.DependencySource` the run also drives the graph: a task that succeeds
+completes its node (its dependents become ready before the consumer sees the envelope), a failed
+attempt is retried through the graph's delayed readiness (the node is not ready until its retry
+time, so the wait holds no capacity and blocks nobody), and a task that fails for good aborts its
+node and every dependent; every aborted node with a task is reported with an ``ERROR`` envelope.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from collections.abc import Callable, Hashable
 from types import CoroutineType
@@ -28,14 +35,20 @@ from typing import Any, Generic, TypeAlias, TypeVar
 import attrs
 import trio
 
-from .._errors import ImpossibleCostError, TaskCancelledError, TaskTimeoutError
+from .._errors import (
+    ImpossibleCostError,
+    TaskAbortedError,
+    TaskCancelledError,
+    TaskTimeoutError,
+)
+from .._metrics import MetricsCollector, TaskEvent, TaskEventKind, safe_record
 from .._util import NOTHING, WaitQueue
 from ..capacity import _tree
-from ..capacity._amounts import Vector
-from ..sources import ChannelSource, PeekableSource, SourceFromIterable
+from ..capacity._amounts import Vector, public_vector
+from ..sources import ChannelSource, DependencySource, PeekableSource, SourceFromIterable
 from ._channel import EnvelopeChannel
 from ._envelopes import EnvelopeKind, TaskEnvelope
-from ._tasks import TaskSpec, call_task, finish
+from ._tasks import RetryPolicy, RetryScheduled, ScheduledTask, TaskSpec, call_task, finish
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -43,6 +56,9 @@ O = TypeVar("O")  # noqa: E741
 #: How many tasks a worker may run back to back (each finishing without blocking) before it
 #: yields to the scheduler once, so a stream of instant tasks cannot starve other tasks.
 YIELD_EVERY = 16
+
+#: Kinds of cancellation a running task can receive from the run.
+CANCELLED, ABORTED, SHUT_DOWN = "cancelled", "aborted", "shut down"
 
 
 @attrs.frozen
@@ -61,7 +77,11 @@ class WaitStatistics:
 
 @attrs.frozen
 class RunnerStatistics:
-    """Counters of a runner, across all its runs."""
+    """Counters of a runner, across all its runs.
+
+    ``started`` counts attempts (a retried task starts more than once); ``retried`` the attempts
+    that were retried; ``aborted`` the tasks reported as aborted, started or not.
+    """
 
     name: str
     started: int
@@ -69,6 +89,8 @@ class RunnerStatistics:
     failed: int
     cancelled: int
     timed_out: int
+    retried: int
+    aborted: int
     in_flight: int
     admitted_waiting: int
     buffered_envelopes: int
@@ -80,10 +102,12 @@ class Counters:
     """Mutable counters a runner keeps across runs (snapshotted by ``statistics()``)."""
 
     __slots__ = (
+        "aborted",
         "cancelled",
         "failed",
         "finished",
         "peak_buffered",
+        "retried",
         "started",
         "timed_out",
         "wait_count",
@@ -97,6 +121,8 @@ class Counters:
         self.failed = 0
         self.cancelled = 0
         self.timed_out = 0
+        self.retried = 0
+        self.aborted = 0
         self.peak_buffered = 0
         self.wait_count = 0
         self.wait_total = 0.0
@@ -107,17 +133,23 @@ class Emitter(Generic[I]):
     """Passed to every task: ``await emit(value)`` streams an ``INTERMEDIATE`` envelope.
 
     It waits while the run's envelope buffer is full (backpressure). ``task_id`` and ``key``
-    identify the task it belongs to. (One object per task: it is also the run's record of the
-    task.)
+    identify the task it belongs to; ``attempt`` counts its attempts (1-based). (One object per
+    attempt: it is also the run's record of the task.)
     """
 
     __slots__ = (
         "_run",
+        "attempt",
+        "cancel_kind",
         "cancel_reason",
         "cost",
+        "deadline",
         "fn",
         "key",
+        "node",
+        "queued_at",
         "scope",
+        "spec",
         "started_at",
         "task_id",
         "timeout",
@@ -130,26 +162,43 @@ class Emitter(Generic[I]):
         item: object,
         cost: Vector,
         default_timeout: float | None,
+        *,
+        node: Hashable | None = None,
+        attempt: int = 1,
     ) -> None:
         self._run = run
         self.task_id = task_id
         self.cost = cost
-        if isinstance(item, TaskSpec):
-            self.fn: object = item.fn
+        self.node = node
+        self.attempt = attempt
+        self.spec: ScheduledTask[Any, Any] | None = None
+        self.deadline: float | None = None
+        if isinstance(item, ScheduledTask):
+            self.spec = item
+            self.fn: object = item.runner
             self.key: Hashable | None = item.key
             self.timeout = item.timeout if item.timeout is not None else default_timeout
+            self.deadline = item.deadline
+        elif isinstance(item, TaskSpec):
+            self.fn = item.fn
+            self.key = item.key if item.key is not None else node
+            self.timeout = item.timeout if item.timeout is not None else default_timeout
+            self.deadline = item.deadline
         else:
             self.fn = item
-            self.key = None
+            self.key = node
             self.timeout = default_timeout
         self.started_at = 0.0
+        self.queued_at: float | None = None
         self.scope: trio.CancelScope | None = None
+        self.cancel_kind: str | None = None
         self.cancel_reason: str | None = None
 
     async def __call__(self, value: I) -> None:
         if self.scope is None:
             raise RuntimeError(f"task #{self.task_id} has finished; it cannot emit any more")
         run = self._run
+        now = run.now()
         await run.channel.put_wait(
             TaskEnvelope(
                 self.task_id,
@@ -158,12 +207,16 @@ class Emitter(Generic[I]):
                 None,
                 self.key,
                 self.started_at,
-                run.now(),
+                now,
             )
         )
+        if run.metrics is not None:
+            run.event("intermediate", self, now)
 
 
 Job: TypeAlias = Emitter[Any]
+
+_NO_NODE = object()
 
 
 class Run:
@@ -182,12 +235,17 @@ class Run:
         buffer_size: int,
         task_timeout: float | None,
         counters: Counters,
+        retry: RetryPolicy | None = None,
+        metrics: MetricsCollector | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.lazy = source.lazy
         self.sync_iterable: SourceFromIterable[Any] | None = (
             source if isinstance(source, SourceFromIterable) and source.can_produce_nowait else None
+        )
+        self.graph: DependencySource[Any, Any] | None = (
+            source if isinstance(source, DependencySource) else None
         )
         self.node = node
         self.cost_of = cost_of
@@ -196,27 +254,37 @@ class Run:
         self.stop_on_error = stop_on_error
         self.task_timeout = task_timeout
         self.counters = counters
+        self.retry = retry
+        self.metrics = metrics
         self.channel = EnvelopeChannel(buffer_size, self._on_space)
-        # Admitted tasks not started yet: (item, cost, seconds it waited for capacity).
-        self.ready: deque[tuple[object, Vector, float]] = deque()
+        # Admitted tasks not started yet: (item, cost, seconds waited for capacity, graph key).
+        self.ready: deque[tuple[object, Vector, float, Hashable | None]] = deque()
         # Grants for a lazy source's next item, not produced yet: (cost, seconds waited).
         self.unproduced: deque[tuple[Vector, float]] = deque()
         self.running: dict[int, Job] = {}
         self.producing = 0
+        self.settling = 0  # finished tasks whose graph feedback or callbacks are under way
         self.next_task_id = 1
+        # A graph node keeps its task id and counts its attempts across retries.
+        self.task_ids: dict[Hashable, int] = {}
+        self.attempts: dict[Hashable, int] = {}
+        self.finalizing: object = _NO_NODE  # the node whose own failure is aborting its graph
         self.idle = WaitQueue()
         self.spawn_needed = 0
         self.coming = 0  # workers woken or spawned that have not looked for work yet
         self.spawner: trio.lowlevel.Task | None = None
+        self.timer: trio.lowlevel.Task | None = None
+        self.timer_due: float | None = None
         self.releaser_claim = False
         self.finished = False
         self.stopping = False
+        self.shutting_down = False
         self.source_exhausted = False
         self.abandoned: BaseException | None = None  # why the run gave up on its source
         self.head_since: float | None = None
         self.nursery: trio.Nursery | None = None
         self.demand: _tree.Demand | None = None
-        self.unsubscribe: Callable[[], None] | None = None
+        self.unsubscribe: list[Callable[[], None]] = []
         self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -226,7 +294,10 @@ class Run:
         nursery.start_soon(self._spawner, name=f"{self.name}:spawner")
         if isinstance(self.source, ChannelSource):
             nursery.start_soon(self.source.run_feeder, name=f"{self.name}:feeder")
-        self.unsubscribe = self.source.subscribe(self._on_source_change)
+        self.unsubscribe.append(self.source.subscribe(self._on_source_change))
+        if self.graph is not None:
+            self.unsubscribe.append(self.graph.subscribe_aborts(self._on_node_aborted))
+            nursery.start_soon(self._retry_timer, name=f"{self.name}:retry-timer")
         self.source_exhausted = self.source.exhausted
         if not self.source_exhausted:
             self.demand = _tree.open_demand(self.node, self, validated=self.validated)
@@ -235,9 +306,8 @@ class Run:
     def stop(self) -> None:
         """Withdraw from the tree and give back every grant no task is using (synchronous)."""
         self.stopping = True
-        if self.unsubscribe is not None:
-            self.unsubscribe()
-            self.unsubscribe = None
+        while self.unsubscribe:
+            self.unsubscribe.pop()()
         self._withdraw()
         while self.ready:
             _tree.refund(self.node, self.ready.popleft()[1])
@@ -256,26 +326,28 @@ class Run:
     def _maybe_finish(self) -> None:
         if self.finished or self.stopping:
             return
-        if self.ready or self.unproduced or self.running or self.producing:
+        if self.ready or self.unproduced or self.running or self.producing or self.settling:
             return
-        if not (self.source.exhausted or self.abandoned):
+        if not (self.shutting_down or self.abandoned or self.source.exhausted):
             return
         self.finished = True
         self._withdraw()
-        self.channel.end(self.abandoned or self.source.failure)
+        self.channel.end(self.abandoned or (None if self.shutting_down else self.source.failure))
         self._wake_everyone()
 
     def _wake_everyone(self) -> None:
         self.coming += self.idle.wake_all()
-        if self.spawner is not None:
-            task, self.spawner = self.spawner, None
-            trio.lowlevel.reschedule(task)
+        for name in ("spawner", "timer"):
+            task = getattr(self, name)
+            if task is not None:
+                setattr(self, name, None)
+                trio.lowlevel.reschedule(task)
 
     # -- the demand (called synchronously by the capacity tree) ------------------------------
 
     def _next_cost(self) -> Vector | None:
         """The cost of the task the run would start next, or ``None`` if it starts nothing now."""
-        if self.stopping or self.channel.blocked:
+        if self.stopping or self.shutting_down or self.channel.blocked:
             return None
         if self.lazy:
             # An async iterable is advanced by a worker holding the capacity of the item it will
@@ -283,10 +355,17 @@ class Run:
             if self.source_exhausted or self.unproduced or self.producing:
                 return None
             return self.fixed_cost if self.fixed_cost is not None else self.cost_of(None)
-        item = self.source.peek()
-        if item is NOTHING:
-            return None
-        return self.fixed_cost if self.fixed_cost is not None else self.cost_of(item)
+        source = self.source
+        while True:
+            item = source.peek()
+            if item is NOTHING:
+                return None
+            if self.fixed_cost is not None:
+                return self.fixed_cost
+            try:
+                return self.cost_of(item)
+            except Exception as error:  # a cost that is malformed, unknown or can never fit
+                self._reject(error)  # takes that item; look at the next one
 
     def demand_cost(self) -> Vector | None:
         cost = self._next_cost()
@@ -311,11 +390,14 @@ class Run:
                 _tree.refund(self.node, cost)
                 self._maybe_finish()
                 return
-            self.ready.append((item, cost, waited))
+            self.ready.append((item, cost, waited, None))
         elif self.lazy:
             self.unproduced.append((cost, waited))
+        elif self.graph is not None:
+            key, item = self.graph.take_keyed()
+            self.ready.append((item, cost, waited, key))
         else:
-            self.ready.append((self.source.take(), cost, waited))
+            self.ready.append((self.source.take(), cost, waited, None))
         self._work_available()
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
@@ -328,14 +410,21 @@ class Run:
             self._withdraw()
             self._maybe_finish()
             return
-        item = self.source.take()
-        job: Job = Emitter(self, self.next_task_id, item, cost, None)
-        self.next_task_id += 1
+        self._reject(error)
+
+    def _reject(self, error: Exception) -> None:
+        """Take the next item and report it as failed without running it (its cost is wrong)."""
+        node: Hashable | None = None
+        if self.graph is not None:
+            node, item = self.graph.take_keyed()
+        else:
+            item = self.source.take()
+        job: Job = Emitter(self, self._task_id(node), item, {}, None, node=node)
+        job.started_at = self.now()
         self.counters.failed += 1
-        now = self.now()
-        self.channel.put(
-            TaskEnvelope(job.task_id, EnvelopeKind.ERROR, None, error, job.key, now, now)
-        )
+        self._final(job, EnvelopeKind.ERROR, None, error, job.started_at)
+        if node is not None:
+            self._fail_node(node)
         self._maybe_finish()
 
     def _work_available(self) -> None:
@@ -367,18 +456,97 @@ class Run:
     def _on_source_change(self) -> None:
         if self.finished or self.stopping:
             return
+        if self.timer is not None and self.graph is not None:
+            due = self.graph.next_due()
+            if due is not None and (self.timer_due is None or due < self.timer_due):
+                task, self.timer = self.timer, None  # a retry falls due sooner: re-arm
+                trio.lowlevel.reschedule(task)
         if self.source.exhausted:
             self.source_exhausted = True
             # Nothing more will come (or the source was closed): stop asking the tree at once,
             # so it never peeks a closed source, and return grants no task will use.
             self._withdraw()
             self._maybe_finish()
+            return
+        self.source_exhausted = False
+        if self.demand is None:
+            # The source has work again (a graph that was done got new nodes from a task being
+            # settled): ask the tree again.
+            if not (self.shutting_down or self.abandoned):
+                self.demand = _tree.open_demand(self.node, self, validated=self.validated)
         elif self.node.tree.root.waiting:
             _tree.dispatch(self.node.tree)
 
     def _on_space(self) -> None:
         if not self.finished and self.node.tree.root.waiting:
             _tree.dispatch(self.node.tree)
+
+    # -- graph feedback ----------------------------------------------------------------------------
+
+    def _task_id(self, node: Hashable | None) -> int:
+        """A new task id, or the one a graph node already got on an earlier attempt."""
+        if node is not None:
+            known = self.task_ids.get(node)
+            if known is not None:
+                return known
+        task_id = self.next_task_id
+        self.next_task_id += 1
+        if node is not None:
+            self.task_ids[node] = task_id
+        return task_id
+
+    def _fail_node(self, node: Hashable) -> None:
+        """Give up on ``node``: abort it and its dependents (reported through the listener)."""
+        assert self.graph is not None
+        self.finalizing = node
+        try:
+            self.graph.task_failed(node, None)
+        finally:
+            self.finalizing = _NO_NODE
+
+    def _on_node_aborted(self, node: Hashable, task: object) -> None:
+        """A graph node was aborted (by a cascade, ``abort()`` or a shutdown): act on its task."""
+        if node == self.finalizing or self.stopping:
+            return
+        for job in self.running.values():
+            if job.node == node:
+                self._cancel_job(job, ABORTED, "its node was aborted")
+                return
+        for index, entry in enumerate(self.ready):
+            if entry[3] == node:
+                del self.ready[index]
+                _tree.refund(self.node, entry[1])
+                self._report_aborted(node, entry[0])
+                self._maybe_finish()
+                return
+        if task is not None:
+            self._report_aborted(node, task)
+
+    def _report_aborted(self, node: Hashable, item: object) -> None:
+        job: Job = Emitter(self, self._task_id(node), item, {}, None, node=node)
+        job.started_at = now = self.now()
+        self.counters.aborted += 1
+        error = TaskAbortedError(f"task {job.key!r} was aborted before it ran")
+        self._final(job, EnvelopeKind.ERROR, None, error, now)
+
+    async def _retry_timer(self) -> None:
+        """Wake the tree when the graph's next retry falls due (the node becomes ready then)."""
+        assert self.graph is not None
+        while not (self.finished or self.stopping):
+            due = self.timer_due = self.graph.next_due()
+            with trio.move_on_at(math.inf if due is None else due):
+                self.timer = trio.lowlevel.current_task()
+
+                def abort(_: object) -> trio.lowlevel.Abort:
+                    self.timer = None
+                    return trio.lowlevel.Abort.SUCCEEDED
+
+                await trio.lowlevel.wait_task_rescheduled(abort)
+            self.timer = None
+            if due is not None and due <= trio.current_time():
+                self.graph.peek()  # releases due nodes: they become ready and notify
+                if self.node.tree.root.waiting:
+                    _tree.dispatch(self.node.tree)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -413,8 +581,8 @@ class Run:
                 while True:
                     job = None
                     if self.ready:
-                        item, cost, waited = self.ready.popleft()
-                        job = self._admit(item, cost, waited, stamp)
+                        item, cost, waited, node = self.ready.popleft()
+                        job = self._admit(item, cost, waited, node, stamp)
                         if (self.ready or self.unproduced) and not self.coming:
                             self._work_available()  # the wake-up chain
                     elif self.unproduced:
@@ -433,13 +601,18 @@ class Run:
                         await self._park()
                         continue
                     job.scope = scope
-                    if job.timeout is not None:
-                        scope.deadline = job.started_at + job.timeout
+                    limit = self._deadline_of(job)
+                    if limit is not None:
+                        scope.deadline = limit
                     outcome_value, failure = await self._execute(job)
-                    if job.timeout is not None:
+                    if limit is not None:
                         scope.deadline = math.inf
                     job.scope = None
-                    stamp = self._report(job, outcome_value, failure)
+                    if job.spec is None and job.node is None:
+                        stamp = self._report(job, outcome_value, failure)
+                    else:
+                        stamp = None
+                        await self._settle(job, outcome_value, failure)
                     if scope.cancel_called:
                         break  # the task swallowed our cancellation: take a fresh scope
                     streak += 1
@@ -448,25 +621,54 @@ class Run:
                         stamp = None
                         await trio.lowlevel.checkpoint()
             if job is not None and job.scope is not None:
-                # Our scope was cancelled while this job ran: a timeout or runner.cancel().
+                # Our scope was cancelled while this job ran: a timeout, a cancel or an abort.
                 job.scope = None
-                if job.cancel_reason is not None:
-                    self.counters.cancelled += 1
-                    error: BaseException = TaskCancelledError(
-                        f"task #{job.task_id} was cancelled: {job.cancel_reason}"
-                    )
-                else:
-                    self.counters.timed_out += 1
-                    error = TaskTimeoutError(
-                        f"task #{job.task_id} did not finish within {job.timeout} s"
-                    )
-                self._report(job, None, error)
+                await self._settle(job, None, self._interruption(job))
 
-    def _admit(self, item: object, cost: Vector, waited: float, now: float | None = None) -> Job:
+    def _deadline_of(self, job: Job) -> float | None:
+        limit = job.deadline
+        if job.timeout is not None:
+            by_timeout = job.started_at + job.timeout
+            limit = by_timeout if limit is None else min(limit, by_timeout)
+        return limit
+
+    def _interruption(self, job: Job) -> BaseException:
+        """The error that describes why the run interrupted ``job``."""
+        kind = job.cancel_kind
+        if kind == ABORTED:
+            return TaskAbortedError(f"task {job.key!r} (#{job.task_id}) was aborted while running")
+        if kind is not None:
+            return TaskCancelledError(f"task #{job.task_id} was {kind}: {job.cancel_reason}")
+        if job.timeout is not None and (
+            job.deadline is None or job.started_at + job.timeout <= job.deadline
+        ):
+            return TaskTimeoutError(f"task #{job.task_id} did not finish within {job.timeout} s")
+        return TaskTimeoutError(f"task #{job.task_id} was still running at its deadline")
+
+    def _admit(
+        self,
+        item: object,
+        cost: Vector,
+        waited: float,
+        node: Hashable | None = None,
+        now: float | None = None,
+    ) -> Job:
         """Record a task as started after waiting ``waited`` seconds at the head of the source;
         ``now`` may be passed when the caller just read the clock and nothing awaited since."""
-        job: Job = Emitter(self, self.next_task_id, item, cost, self.task_timeout)
-        self.next_task_id += 1
+        if node is None:
+            task_id = self.next_task_id
+            self.next_task_id += 1
+            job: Job = Emitter(self, task_id, item, cost, self.task_timeout)
+        else:
+            job = Emitter(
+                self,
+                self._task_id(node),
+                item,
+                cost,
+                self.task_timeout,
+                node=node,
+                attempt=self.attempts.get(node, 1),
+            )
         job.started_at = self.now() if now is None else now
         self.running[job.task_id] = job
         counters = self.counters
@@ -476,6 +678,10 @@ class Run:
             counters.wait_total += waited
             if waited > counters.wait_max:  # noqa: PLR1730 - cheaper than max() here
                 counters.wait_max = waited
+        if self.metrics is not None:
+            queued = self.graph.queued_time(node) if self.graph is not None else None
+            job.queued_at = queued if queued is not None else job.started_at - waited
+            self.event("started", job, job.started_at)
         return job
 
     async def _produce(self, cost: Vector, waited: float) -> Job | None:
@@ -537,31 +743,167 @@ class Run:
             and _tree.can_transfer(demand, cost)
             and self._next_cost() is cost
         ):
-            _tree.count_transfer(demand)
+            _tree.count_transfer(demand, cost)
             self._accept(cost)
             return
         _tree.give_back(self.node, cost)
 
+    # -- reporting ---------------------------------------------------------------------------
+
     def _report(self, job: Job, value: Any, error: BaseException | None) -> float:
-        """Deposit the task's final envelope; returns the clock reading it used."""
+        """Deposit a plain task's final envelope; returns the clock reading it used."""
         counters = self.counters
         if error is None:
             counters.finished += 1
             kind = EnvelopeKind.FINAL
         else:
-            if self.stop_on_error:
+            if self.stop_on_error and job.cancel_kind is None:
                 self.stopping = True
                 raise error
-            if not isinstance(error, TaskCancelledError | TaskTimeoutError):
-                counters.failed += 1
+            self._count_failure(job, error)
             kind = EnvelopeKind.ERROR
         now = self.now()
+        self._final(job, kind, value, error, now)
+        self._maybe_finish()
+        return now
+
+    def _count_failure(self, job: Job, error: BaseException) -> None:
+        counters = self.counters
+        if isinstance(error, TaskAbortedError):
+            counters.aborted += 1
+        elif isinstance(error, TaskCancelledError):
+            counters.cancelled += 1
+        elif isinstance(error, TaskTimeoutError) and job.cancel_kind is None:
+            counters.timed_out += 1
+        else:
+            counters.failed += 1
+
+    def _final(
+        self, job: Job, kind: EnvelopeKind, value: Any, error: BaseException | None, now: float
+    ) -> None:
+        """Deposit the envelope that ends a task, and its lifecycle event."""
         envelope: TaskEnvelope[Any, Any] = TaskEnvelope(
             job.task_id, kind, value, error, job.key, job.started_at, now
         )
         self.channel.put(envelope)
+        if job.node is not None:
+            self.task_ids.pop(job.node, None)
+            self.attempts.pop(job.node, None)
+        if self.metrics is not None:
+            self.event(_event_kind(job, error), job, now, error=error)
+
+    async def _settle(self, job: Job, value: Any, error: BaseException | None) -> None:
+        """Finish a scheduled or graph task: feed the graph back, retry, run its callbacks, then
+        deposit its envelope (so dependents are queued before the consumer sees it)."""
+        self.settling += 1
+        try:
+            await self._settle_inner(job, value, error)
+        finally:
+            self.settling -= 1
         self._maybe_finish()
-        return now
+
+    async def _settle_inner(self, job: Job, value: Any, error: BaseException | None) -> None:
+        graph = self.graph
+        node = job.node
+        spec = job.spec
+        if error is None:
+            if graph is not None and node is not None:
+                try:
+                    graph.task_completed(node)  # dependents become ready now
+                except Exception as exc:  # a graph listener raised: report it with the task
+                    error = exc
+            if error is None and spec is not None and spec.on_complete is not None:
+                error = await _call_back(spec.on_complete, job.key, value)
+        else:
+            if self._retry_later(job, error):
+                return
+            if graph is not None and node is not None and job.cancel_kind != ABORTED:
+                try:
+                    self._fail_node(node)
+                except Exception as exc:  # a graph listener raised: keep both errors
+                    exc.__context__ = error
+                    error = exc
+            if spec is not None and spec.on_error is not None:
+                callback_error = await _call_back(spec.on_error, job.key, error)
+                if callback_error is not None:
+                    callback_error.__context__ = error
+                    error = callback_error
+        # Interruptions the user asked for (cancel, abort, shutdown) are reported, never raised.
+        if error is not None and self.stop_on_error and job.cancel_kind is None:
+            self.stopping = True
+            raise error
+        if error is None:
+            self.counters.finished += 1
+        else:
+            self._count_failure(job, error)
+        kind = EnvelopeKind.FINAL if error is None else EnvelopeKind.ERROR
+        self._final(job, kind, value, error, self.now())
+
+    def _retry_later(self, job: Job, error: BaseException) -> bool:
+        """Schedule another attempt of ``job`` if its policy allows; True if it did."""
+        if job.cancel_kind is not None or self.graph is None or job.node is None:
+            return False
+        policy = job.spec.retry if job.spec is not None and job.spec.retry else self.retry
+        if policy is None or self.shutting_down or not policy.should_retry(error, job.attempt):
+            return False
+        now = self.now()
+        retry_at = now + policy.delay(job.attempt, random.random())
+        if not self.graph.task_failed(job.node, retry_at):
+            return False  # its node was aborted meanwhile
+        self.attempts[job.node] = job.attempt + 1
+        self.counters.retried += 1
+        self.channel.put(
+            TaskEnvelope(
+                job.task_id,
+                EnvelopeKind.INTERMEDIATE,
+                RetryScheduled(job.attempt, error, retry_at),
+                None,
+                job.key,
+                job.started_at,
+                now,
+            )
+        )
+        if self.metrics is not None:
+            self.event("retried", job, now, error=error, retry_at=retry_at)
+        return True
+
+    def event(
+        self,
+        kind: TaskEventKind,
+        job: Job,
+        at: float,
+        *,
+        error: BaseException | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """Record a task lifecycle event with the run's metrics collector."""
+        assert self.metrics is not None
+        safe_record(
+            self.metrics,
+            TaskEvent(
+                kind=kind,
+                runner=self.name,
+                at=at,
+                task_id=job.task_id,
+                key=job.key,
+                attempt=job.attempt,
+                cost=public_vector(job.cost) if job.cost else None,
+                error=error,
+                queued_at=job.queued_at if kind == "started" else None,
+                started_at=None if kind in ("started", "queued") else job.started_at,
+                retry_at=retry_at,
+            ),
+        )
+
+    # -- control -------------------------------------------------------------------------------
+
+    def _cancel_job(self, job: Job, kind: str, reason: str) -> bool:
+        if job.scope is None or job.cancel_kind is not None:
+            return False
+        job.cancel_kind = kind
+        job.cancel_reason = reason
+        job.scope.cancel(reason)
+        return True
 
     def cancel(self, task_id: int | None, key: Hashable | None, reason: str) -> int:
         """Cancel running tasks by id or key; returns how many were cancelled."""
@@ -569,13 +911,62 @@ class Run:
             jobs = [self.running[task_id]] if task_id in self.running else []
         else:
             jobs = [job for job in self.running.values() if job.key == key]
-        count = 0
-        for job in jobs:
-            if job.scope is not None and job.cancel_reason is None:
-                job.cancel_reason = reason
-                job.scope.cancel(reason)
-                count += 1
-        return count
+        return sum(self._cancel_job(job, CANCELLED, reason) for job in jobs)
+
+    def shutdown(self, cancel_running: bool) -> None:
+        """Stop starting tasks, abort those not started, and cancel the running ones if asked."""
+        if self.finished or self.stopping:
+            return
+        first = not self.shutting_down
+        self.shutting_down = True
+        graph = self.graph
+        if first:
+            self._withdraw()
+            while self.ready:
+                item, cost, _, node = self.ready.popleft()
+                _tree.refund(self.node, cost)
+                if graph is not None and node is not None:
+                    self.finalizing = node
+                    try:
+                        graph.abort(node)
+                    finally:
+                        self.finalizing = _NO_NODE
+                    self._report_aborted(node, item)
+                else:
+                    job: Job = Emitter(self, self._task_id(None), item, cost, None)
+                    job.started_at = now = self.now()
+                    self.counters.aborted += 1
+                    error = TaskAbortedError("the run shut down before this task started")
+                    self._final(job, EnvelopeKind.ERROR, None, error, now)
+            if graph is not None:
+                graph.abort_pending()  # reported through the abort listener
+        if cancel_running:
+            for job in list(self.running.values()):
+                self._cancel_job(job, SHUT_DOWN, "the run shut down")
+        self._maybe_finish()
 
     def in_flight(self) -> int:
         return len(self.running) + self.producing
+
+
+async def _call_back(callback: Callable[..., object], key: object, arg: object) -> Exception | None:
+    """Run a user callback (sync or async); return the exception it raised, if any."""
+    try:
+        result = callback(key, arg)
+        if type(result) is CoroutineType or hasattr(result, "__await__"):
+            await result
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _event_kind(job: Job, error: BaseException | None) -> TaskEventKind:
+    if error is None:
+        return "finished"
+    if isinstance(error, TaskAbortedError):
+        return "aborted"
+    if isinstance(error, TaskCancelledError):
+        return "cancelled"
+    if isinstance(error, TaskTimeoutError) and job.cancel_kind is None:
+        return "timed_out"
+    return "failed"

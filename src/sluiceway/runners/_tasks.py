@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Awaitable, Callable, Hashable
+import math
+from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Mapping
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
@@ -43,28 +44,175 @@ class TaskFunction(Protocol[I, O]):
     def __call__(self, emit: Emitter[I], /) -> Awaitable[O] | AsyncIterable[I | Final[O]]: ...
 
 
+def check_seconds(value: object, what: str, *, positive: bool) -> None:
+    """Refuse a timeout or deadline that is not a (positive, for timeouts) finite number."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds, got {value!r} ({type_name(value)})")
+    if not math.isfinite(value) or (positive and not value > 0):
+        kind = "a positive, finite" if positive else "a finite"
+        raise ValueError(f"{what} must be {kind} number, got {value!r}")
+
+
 @attrs.frozen
 class TaskSpec(Generic[I, O]):
-    """A task with an identity and options: what to call, a ``key`` and an optional timeout.
+    """A task with an identity and options: what to call, a ``key``, a timeout or a deadline.
 
     Sources may yield bare task functions or ``TaskSpec`` objects. ``key`` travels in every
-    envelope of the task and can be passed to ``runner.cancel(key=...)``; ``timeout`` (seconds)
-    overrides the runner's per-task timeout.
+    envelope of the task and can be passed to ``runner.cancel(key=...)``. ``timeout`` (seconds
+    from the start) overrides the runner's per-task timeout; ``deadline`` is an absolute trio
+    clock time (``trio.current_time()``); the earlier of the two applies.
     """
 
     fn: TaskFunction[I, O]
     key: Hashable | None = None
     timeout: float | None = None
+    deadline: float | None = None
 
     def __attrs_post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"TaskSpec.fn must be callable, got {self.fn!r} ({type_name(self.fn)})")
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, int | float)
-            or not self.timeout > 0
-        ):
-            raise ValueError(f"TaskSpec.timeout must be a positive number, got {self.timeout!r}")
+        check_seconds(self.timeout, "TaskSpec.timeout", positive=True)
+        check_seconds(self.deadline, "TaskSpec.deadline", positive=False)
+
+
+#: A completion callback: ``on_complete(key, result)``; it may be a coroutine function.
+CompleteCallback = Callable[[Any, Any], object]
+#: An error callback: ``on_error(key, error)``; it may be a coroutine function.
+ErrorCallback = Callable[[Any, BaseException], object]
+
+
+@attrs.frozen(eq=False)
+class ScheduledTask(Generic[I, O]):
+    """A task for :class:`~sluiceway.ScheduledTaskPoolRunner`: a key, what to run, what it costs.
+
+    Args:
+        key: the task's identity (its node's key in a dependency source); in every envelope.
+        runner: the task function, ``async def task(emit) -> result`` (see
+            :class:`~sluiceway.TaskFunction`); as in the original, it may also return an async
+            iterator (a streaming task).
+        cost: the resources it holds while it runs, e.g. ``{"memory_gb": 4, "cpu": 2}``. Without
+            one, the runner's ``default_cost`` applies (there is no silent default: a task with
+            neither is reported as an error).
+        on_complete: ``on_complete(key, result)``, called (and awaited, if it returns an
+            awaitable) after the task succeeded and its dependents became ready, before the
+            consumer sees its ``FINAL`` envelope.
+        on_error: ``on_error(key, error)``, called when the task fails for good (after its last
+            attempt), before the consumer sees its ``ERROR`` envelope.
+        timeout: seconds from the start of each attempt; ``deadline``: an absolute trio time.
+        retry: overrides the runner's :class:`~sluiceway.RetryPolicy` for this task.
+
+    An exception raised by a callback is not swallowed: the task is reported as ``ERROR`` with
+    that exception (the ``FINAL`` value, if any, stays in the envelope's ``value``).
+    """
+
+    key: Hashable
+    runner: TaskFunction[I, O]
+    cost: Mapping[str, float] | None = None
+    on_complete: CompleteCallback | None = None
+    on_error: ErrorCallback | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+    retry: RetryPolicy | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not callable(self.runner):
+            raise TypeError(
+                f"ScheduledTask {self.key!r}: runner must be callable, got {self.runner!r}"
+            )
+        for name in ("on_complete", "on_error"):
+            callback = getattr(self, name)
+            if callback is not None and not callable(callback):
+                raise TypeError(f"ScheduledTask {self.key!r}: {name} must be callable")
+        check_seconds(self.timeout, f"ScheduledTask {self.key!r} timeout", positive=True)
+        check_seconds(self.deadline, f"ScheduledTask {self.key!r} deadline", positive=False)
+        if self.retry is not None and not isinstance(self.retry, RetryPolicy):
+            raise TypeError(f"ScheduledTask {self.key!r}: retry must be a RetryPolicy")
+
+
+def _retry_on(value: object) -> tuple[type[BaseException], ...] | Callable[[BaseException], bool]:
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return (value,)
+    if (
+        isinstance(value, tuple)
+        and value
+        and all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in value)
+    ):
+        return value
+    if callable(value):
+        return value
+    raise TypeError(
+        f"retry_on must be an exception type, a tuple of them, or a predicate, got {value!r}"
+    )
+
+
+@attrs.frozen
+class RetryPolicy:
+    """When and how often a failed task is tried again.
+
+    An attempt that raises an error matched by ``retry_on`` is retried until ``attempts``
+    attempts in total have been made; the wait before attempt ``n + 1`` is
+    ``min(backoff * multiplier ** (n - 1), max_backoff)``, spread by ``jitter`` (a fraction:
+    ``0.1`` draws the delay uniformly within +-10 %). While it waits the task holds no capacity
+    and does not block the tasks behind it (its node is not ready until then). Cancellation and
+    aborts are never retried. After the last attempt the task is reported as failed, and in a
+    dependency graph its node and every dependent are aborted.
+
+    The original's documented pattern (3 attempts, 100, 200, 400 ms) is
+    ``RetryPolicy(attempts=3, backoff=0.1)``.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.1
+    multiplier: float = 2.0
+    max_backoff: float = 60.0
+    jitter: float = 0.0
+    retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = attrs.field(
+        default=(Exception,), converter=_retry_on
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"attempts must be an int, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise ValueError(
+                f"attempts must be >= 1 (the first attempt counts), got {self.attempts}"
+            )
+        for name in ("backoff", "multiplier", "max_backoff", "jitter"):
+            check_seconds(getattr(self, name), name, positive=False)
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.jitter > 1:
+            raise ValueError(f"jitter is a fraction of the delay, at most 1, got {self.jitter}")
+
+    def should_retry(self, error: BaseException, attempt: int) -> bool:
+        """Whether attempt number ``attempt`` (1-based), which raised ``error``, is retried."""
+        if attempt >= self.attempts:
+            return False
+        retry_on = self.retry_on
+        if isinstance(retry_on, tuple):
+            return isinstance(error, retry_on)
+        return bool(retry_on(error))
+
+    def delay(self, attempt: int, random_value: float = 0.5) -> float:
+        """Seconds to wait after failed attempt ``attempt``; ``random_value`` in [0, 1) drives the
+        jitter (0.5 gives the undisturbed delay)."""
+        base = min(self.backoff * self.multiplier ** (attempt - 1), self.max_backoff)
+        return max(0.0, base * (1 + self.jitter * (2 * random_value - 1)))
+
+
+@attrs.frozen
+class RetryScheduled:
+    """The value of the ``INTERMEDIATE`` envelope a runner emits when an attempt will be retried.
+
+    ``attempt`` is the attempt that failed (1-based), ``error`` why, ``retry_at`` the trio time
+    from which the next attempt may start.
+    """
+
+    attempt: int
+    error: BaseException
+    retry_at: float
 
 
 def oneshot(

@@ -8,6 +8,8 @@ is; see :func:`as_task_source`.
 
 from ._base import LazySource, PeekableSource
 from ._buffer import BufferMode, SourceBuffer
+from ._dependency import DependencySource, PriorityDependencySource
+from ._graph import DependencyGraph, NodeState
 from ._iterable import ChannelSource, SourceFromIterable, as_task_source
 from ._priority import PrioritySource
 from ._pushpull import (
@@ -21,9 +23,13 @@ from ._pushpull import (
 __all__ = [
     "BufferMode",
     "ChannelSource",
+    "DependencyGraph",
+    "DependencySource",
     "LazySource",
+    "NodeState",
     "OverflowPolicy",
     "PeekableSource",
+    "PriorityDependencySource",
     "PrioritySource",
     "PushPullBuffer",
     "PushPullSink",

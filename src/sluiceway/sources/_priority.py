@@ -92,7 +92,11 @@ class PrioritySource(PeekableSource[T]):
         base = _finite(priority, "priority")
         if self._input_closed or self._receive_closed:
             raise trio.ClosedResourceError("this PrioritySource accepts no more items")
-        now = trio.current_time()
+        self._enqueue_at(item, base, trio.current_time())
+        self._notify()
+
+    def _enqueue_at(self, item: T, base: float, now: float) -> None:
+        """Queue ``item`` as if enqueued at time ``now`` (it ages from then); no notification."""
         rate = self.aging_rate
         self._seq += 1
         if rate and self.max_age_boost < math.inf:
@@ -105,7 +109,6 @@ class PrioritySource(PeekableSource[T]):
             self._cap_order.append(entry)
         self._count += 1
         self._peeked = None
-        self._notify()
 
     def close_input(self) -> None:
         """No more items: the source is exhausted once drained."""
