@@ -679,6 +679,8 @@ class Run:
             if waited > counters.wait_max:  # noqa: PLR1730 - cheaper than max() here
                 counters.wait_max = waited
         if self.metrics is not None:
+            # When the task became ready: a dependency source knows; for other sources, when
+            # the task reached the head of the source (they do not timestamp their items).
             queued = self.graph.queued_time(node) if self.graph is not None else None
             job.queued_at = queued if queued is not None else job.started_at - waited
             self.event("started", job, job.started_at)

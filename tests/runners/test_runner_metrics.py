@@ -1,0 +1,144 @@
+"""Metrics from the capacity tree and the runners, through the default in-memory collector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from sluiceway import (
+    CapacitySource,
+    DependencyGraph,
+    DependencySource,
+    HierarchicalTaskPoolRunner,
+    InMemoryMetrics,
+    ResourceCapacitySource,
+    RetryPolicy,
+    ScheduledTask,
+    ScheduledTaskPoolRunner,
+    TaskEvent,
+)
+
+
+def sleeper(seconds: float, fails: int = 0) -> Any:
+    attempts = 0
+
+    async def body(emit: Any) -> str:
+        nonlocal attempts
+        attempts += 1
+        await emit("tick")
+        await trio.sleep(seconds)
+        if attempts <= fails:
+            raise ConnectionError("flaky")
+        return "ok"
+
+    return body
+
+
+async def test_scheduled_run_metrics(autojump_clock: object) -> None:
+    metrics = InMemoryMetrics()
+    pool = ResourceCapacitySource({"cpu": 2, "mem": 4}, name="pool", metrics=metrics)
+    graph: DependencyGraph[str] = DependencyGraph()
+    runner = ScheduledTaskPoolRunner(
+        "etl",
+        DependencySource(graph),
+        pool,
+        retry=RetryPolicy(attempts=2, backoff=1),
+        metrics=metrics,
+    )
+    runner.add_task(ScheduledTask("a", sleeper(2), cost={"cpu": 1, "mem": 2}))
+    runner.add_task(ScheduledTask("b", sleeper(2), cost={"cpu": 1, "mem": 2}))
+    runner.add_task(ScheduledTask("c", sleeper(1, fails=1), cost={"cpu": 2}), ["a"])
+    runner.add_task(ScheduledTask("d", sleeper(1), cost={"cpu": 1}), ["c"])
+    in_flight_mid: dict[str, dict[str, float]] = {}
+    async with runner.run_tasks() as envelopes:
+        await trio.sleep(1)
+        in_flight_mid = metrics.snapshot().in_flight
+        async for _ in envelopes:
+            pass
+    snap = metrics.snapshot()
+    assert in_flight_mid == {"pool": {"cpu": 2, "mem": 4}}
+    assert snap.in_flight == {"pool": {"cpu": 0, "mem": 0}}
+    tasks = snap.task_counts["etl"]
+    # a, b at 0-2; c at 2-3 fails, retried at 4-5; d at 5-6.
+    assert tasks["started"] == 5
+    assert tasks["finished"] == 4
+    assert tasks["retried"] == 1
+    assert tasks["intermediate"] == 5
+    assert "failed" not in tasks
+    capacity = snap.capacity_counts["pool"]
+    assert capacity["accepted"] == capacity["released"] == 5
+    assert "limits_changed" not in capacity
+    run_time = snap.run_time["etl"]
+    assert (run_time.count, run_time.total, run_time.min, run_time.max) == (5, 7, 1, 2)
+    queue = snap.queue_wait["etl"]
+    # Every task started the moment it became ready (the retry counts from its retry time).
+    assert (queue.count, queue.max) == (5, 0)
+    assert snap.utilization == {"pool": {"cpu": 0.0, "mem": 0.0}}
+    assert trio.current_time() == 6
+
+
+async def test_queue_wait_and_utilisation(autojump_clock: object) -> None:
+    metrics = InMemoryMetrics()
+    glob = CapacitySource(2, name="global", metrics=metrics)
+    child = CapacitySource(2, glob, name="job")  # reports to its ancestor's collector
+    runner = HierarchicalTaskPoolRunner(
+        "job", [sleeper(1) for _ in range(4)], child, metrics=metrics
+    )
+    utilisation: dict[str, dict[str, float]] = {}
+    async with runner.run_tasks() as envelopes:
+        await trio.sleep(0.5)
+        utilisation = metrics.snapshot().utilization
+        async for _ in envelopes:
+            pass
+    assert utilisation["job"] == {"slots": 1.0}
+    snap = metrics.snapshot()
+    wait = snap.queue_wait["job"]
+    # A list does not timestamp its items: the wait counts from when a task reached the head of
+    # the source. Task 3 waited there from 0 to 1; task 4 reached the head at 1 and started.
+    assert (wait.count, wait.total, wait.max) == (4, 1, 1)
+    assert snap.task_counts["job"]["finished"] == 4
+    glob.total_tokens = 5
+    assert metrics.snapshot().capacity_counts["global"]["limits_changed"] == 1
+
+
+async def test_a_failing_collector_never_breaks_scheduling(autojump_clock: object) -> None:
+    class Broken:
+        def record(self, event: object) -> None:
+            raise RuntimeError("sink down")
+
+    pool = ResourceCapacitySource({"cpu": 1}, metrics=Broken())
+    runner = ScheduledTaskPoolRunner(
+        "broken",
+        [ScheduledTask(i, sleeper(1), cost={"cpu": 1}) for i in range(3)],
+        pool,
+        metrics=Broken(),
+    )
+    with pytest.warns(RuntimeWarning, match="sink down"):
+        async with runner.run_tasks() as envelopes:
+            finals = [e async for e in envelopes if e.is_final]
+    assert len(finals) == 3
+    with pytest.raises(TypeError, match="record"):
+        ScheduledTaskPoolRunner("x", [], pool, metrics=object())  # type: ignore[arg-type]
+
+
+async def test_task_events_carry_their_times(autojump_clock: object) -> None:
+    events: list[TaskEvent] = []
+
+    class Collect:
+        def record(self, event: object) -> None:
+            if isinstance(event, TaskEvent):
+                events.append(event)
+
+    runner = HierarchicalTaskPoolRunner(
+        "timed", [sleeper(2), sleeper(3)], CapacitySource(1), metrics=Collect()
+    )
+    async with runner.run_tasks() as envelopes:
+        async for _ in envelopes:
+            pass
+    started = [(e.task_id, e.at, e.queued_at) for e in events if e.kind == "started"]
+    finished = [(e.task_id, e.at, e.started_at) for e in events if e.kind == "finished"]
+    assert started == [(1, 0, 0), (2, 2, 0)]
+    assert finished == [(1, 2, 0), (2, 5, 2)]
