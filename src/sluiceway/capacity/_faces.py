@@ -513,7 +513,7 @@ class ResourceCapacitySource(BaseCapacity):
         """
         node = self._node
         if limits is not None:
-            node.limits.update(vector(limits, what="limits", allow_inf=True))
+            _tree.update_limits(node, vector(limits, what="limits", allow_inf=True))
         if node.quota:
             for key in node.consumed:
                 node.consumed[key] = 0

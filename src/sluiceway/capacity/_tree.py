@@ -79,13 +79,14 @@ def report(node: Node, kind: CapacityEventKind, amounts: Vector, reason: str | N
 class Tree:
     """State shared by all the nodes below one root."""
 
-    __slots__ = ("again", "dispatching", "root", "seq")
+    __slots__ = ("again", "dispatching", "limits_version", "root", "seq")
 
     def __init__(self, root: Node) -> None:
         self.root = root
         self.seq = 0
         self.dispatching = False
         self.again = False
+        self.limits_version = 0  # bumped whenever some node's limits change
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -175,6 +176,8 @@ class Node:
     """
 
     __slots__ = (
+        "_tracked",
+        "_tracked_version",
         "active_children",
         "backfill",
         "chain",
@@ -233,12 +236,22 @@ class Node:
             self.tree = parent.tree
             self.chain = (self, *parent.chain)
         self.quota_in_chain = any(level.quota for level in self.chain)
+        self._tracked: frozenset[str] = frozenset()
+        self._tracked_version = -1
 
     # -- queries ---------------------------------------------------------------------------
 
     def tracks(self, resource: str) -> bool:
         """Whether some level of this node's chain limits ``resource``."""
-        return any(resource in level.limits for level in self.chain)
+        return resource in self.tracked()
+
+    def tracked(self) -> frozenset[str]:
+        """Every resource some level of this node's chain limits (cached per limits version)."""
+        version = self.tree.limits_version
+        if self._tracked_version != version:
+            self._tracked = frozenset(key for level in self.chain for key in level.limits)
+            self._tracked_version = version
+        return self._tracked
 
     def available(self, resource: str) -> Amount:
         """``limit - usage`` at this node alone (may be negative after a limit was lowered)."""
@@ -255,9 +268,12 @@ class Node:
 
     def check_known(self, cost: Vector, *, what: str = "cost") -> None:
         """Raise :class:`UnknownResourceError` for a key no level of the chain tracks."""
+        tracked_now = self.tracked()
+        if cost.keys() <= tracked_now:
+            return
         for resource in cost:
-            if not self.tracks(resource):
-                tracked = sorted({key for level in self.chain for key in level.limits})
+            if resource not in tracked_now:
+                tracked = sorted(tracked_now)
                 raise UnknownResourceError(
                     f"{what} {describe(cost)} names resource {resource!r}, which no level of this "
                     f"capacity chain tracks (tracked: {tracked}); an untracked resource would be "
@@ -329,12 +345,15 @@ def take(node: Node, cost: Vector) -> None:
         report(node, "accepted", cost)
 
 
-def give_back(node: Node, cost: Vector, *, refund: bool = False) -> None:
+def give_back(
+    node: Node, cost: Vector, *, refund: bool = False, redispatch: bool = True
+) -> None:
     """Return ``cost`` at ``node`` and every ancestor, then re-dispatch the tree.
 
     Quota levels keep it consumed (only a reset or refill restores quota), unless ``refund``
     (see :func:`refund`). Raises :class:`OverReleaseError`, changing nothing, when more is
-    released than this node holds.
+    released than this node holds. ``redispatch=False`` skips the dispatch; only for a caller
+    that knows nobody could be granted anything (see the runner's release).
     """
     own = node.own_held
     for resource, value in cost.items():
@@ -356,7 +375,7 @@ def give_back(node: Node, cost: Vector, *, refund: bool = False) -> None:
     node.released_count += 1
     if node.metrics is not None:
         report(node, "refunded" if refund else "released", cost)
-    if node.tree.root.waiting:
+    if redispatch and node.tree.root.waiting:
         dispatch(node.tree)
 
 
@@ -569,7 +588,16 @@ def can_transfer(demand: Demand, cost: Vector) -> bool:
     re-granting is exactly what dispatch would do, and the caller may skip both.
     """
     node = demand.node
-    if node.tree.root.waiting != 1 or node.quota_in_chain or demand not in node.queue:
+    if node.tree.root.waiting != 1 or demand not in node.queue:
+        return False
+    return transfer_fits(demand, cost)
+
+
+def transfer_fits(demand: Demand, cost: Vector) -> bool:
+    """The part of :func:`can_transfer` that remains once the caller knows ``demand`` is the only
+    request in the tree: no quota level, and no level over a limit."""
+    node = demand.node
+    if node.quota_in_chain:
         return False
     for level in node.chain:
         limits = level.limits
@@ -651,13 +679,19 @@ def fail_impossible_waiters(node: Node) -> None:
 def set_limits(node: Node, limits: Vector) -> None:
     """Update (and possibly add) limits at ``node``; never revokes what is held."""
     lowered = any(value < node.limits.get(key, math.inf) for key, value in limits.items())
-    node.limits.update(limits)
+    update_limits(node, limits)
     if node.metrics is not None:
         report(node, "limits_changed", limits)
     if lowered:
         fail_impossible_waiters(node)
     if node.tree.root.waiting:
         dispatch(node.tree)
+
+
+def update_limits(node: Node, limits: Vector) -> None:
+    """Write new limits at ``node`` (the one place limits change, so caches stay right)."""
+    node.limits.update(limits)
+    node.tree.limits_version += 1
 
 
 def open_demand(node: Node, owner: DemandOwner, *, validated: bool) -> Demand:

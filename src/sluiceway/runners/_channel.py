@@ -124,11 +124,18 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         return await wait_until_ready(self.receive_nowait, self._receivers.park)
 
     async def __anext__(self) -> TaskEnvelope[Any, Any]:
-        # ``async for`` is the common way to consume: skip the generic __anext__ -> receive layer.
+        # ``async for`` is the common way to consume, once per envelope: the wait idiom is
+        # inlined here (no helper coroutine, no bound methods) because this is the hottest path.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            return await wait_until_ready(self.receive_nowait, self._receivers.park)
+            try:
+                envelope = self.receive_nowait()
+            except trio.WouldBlock:
+                return await wait_until_ready(self.receive_nowait, self._receivers.park)
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return envelope
 
     def close(self, reason: str | None = None) -> None:
         """Stop consuming: buffered envelopes are dropped and the run starts no new task."""

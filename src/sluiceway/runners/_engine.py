@@ -137,23 +137,17 @@ class Emitter(Generic[I]):
     attempt: it is also the run's record of the task.)
     """
 
-    __slots__ = (
-        "_run",
-        "attempt",
-        "cancel_kind",
-        "cancel_reason",
-        "cost",
-        "deadline",
-        "fn",
-        "key",
-        "node",
-        "queued_at",
-        "scope",
-        "spec",
-        "started_at",
-        "task_id",
-        "timeout",
-    )
+    # Class-level defaults (no __slots__): a plain task sets only what differs from them, which
+    # keeps the per-task cost of the most common case low.
+    spec: ScheduledTask[Any, Any] | None = None
+    deadline: float | None = None
+    node: Hashable | None = None
+    attempt = 1
+    started_at = 0.0
+    queued_at: float | None = None
+    scope: trio.CancelScope | None = None
+    cancel_kind: str | None = None
+    cancel_reason: str | None = None
 
     def __init__(
         self,
@@ -169,10 +163,9 @@ class Emitter(Generic[I]):
         self._run = run
         self.task_id = task_id
         self.cost = cost
-        self.node = node
-        self.attempt = attempt
-        self.spec: ScheduledTask[Any, Any] | None = None
-        self.deadline: float | None = None
+        if node is not None:
+            self.node = node
+            self.attempt = attempt
         if isinstance(item, ScheduledTask):
             self.spec = item
             self.fn: object = item.runner
@@ -188,11 +181,6 @@ class Emitter(Generic[I]):
             self.fn = item
             self.key = node
             self.timeout = default_timeout
-        self.started_at = 0.0
-        self.queued_at: float | None = None
-        self.scope: trio.CancelScope | None = None
-        self.cancel_kind: str | None = None
-        self.cancel_reason: str | None = None
 
     async def __call__(self, value: I) -> None:
         if self.scope is None:
@@ -264,6 +252,10 @@ class Run:
         self.running: dict[int, Job] = {}
         self.producing = 0
         self.settling = 0  # finished tasks whose graph feedback or callbacks are under way
+        # While a completion is fed back to the graph, source changes (each newly ready
+        # dependent) are collected and handled once, with a single dispatch.
+        self.deferring = False
+        self.deferred = False
         self.next_task_id = 1
         # A graph node keeps its task id and counts its attempts across retries.
         self.task_ids: dict[Hashable, int] = {}
@@ -461,6 +453,9 @@ class Run:
             if due is not None and (self.timer_due is None or due < self.timer_due):
                 task, self.timer = self.timer, None  # a retry falls due sooner: re-arm
                 trio.lowlevel.reschedule(task)
+        if self.deferring:
+            self.deferred = True  # handled once the graph feedback under way is complete
+            return
         if self.source.exhausted:
             self.source_exhausted = True
             # Nothing more will come (or the source was closed): stop asking the tree at once,
@@ -601,15 +596,19 @@ class Run:
                         await self._park()
                         continue
                     job.scope = scope
-                    limit = self._deadline_of(job)
-                    if limit is not None:
-                        scope.deadline = limit
+                    limited = job.timeout is not None or job.deadline is not None
+                    if limited:
+                        scope.deadline = self._deadline_of(job)
                     outcome_value, failure = await self._execute(job)
-                    if limit is not None:
+                    if limited:
                         scope.deadline = math.inf
                     job.scope = None
-                    if job.spec is None and job.node is None:
+                    spec = job.spec
+                    if spec is None and job.node is None:
                         stamp = self._report(job, outcome_value, failure)
+                    elif spec is None or (spec.on_complete is None and spec.on_error is None):
+                        stamp = None
+                        self._settle_now(job, outcome_value, failure)
                     else:
                         stamp = None
                         await self._settle(job, outcome_value, failure)
@@ -625,11 +624,11 @@ class Run:
                 job.scope = None
                 await self._settle(job, None, self._interruption(job))
 
-    def _deadline_of(self, job: Job) -> float | None:
-        limit = job.deadline
+    def _deadline_of(self, job: Job) -> float:
+        """The earlier of the job's deadline and its start plus its timeout (one of them set)."""
+        limit = math.inf if job.deadline is None else job.deadline
         if job.timeout is not None:
-            by_timeout = job.started_at + job.timeout
-            limit = by_timeout if limit is None else min(limit, by_timeout)
+            limit = min(limit, job.started_at + job.timeout)
         return limit
 
     def _interruption(self, job: Job) -> BaseException:
@@ -739,15 +738,18 @@ class Run:
         """Give back a finished task's capacity, handing it straight to the next task when this
         run holds the only request in the tree (what dispatch would do, minus the work)."""
         demand = self.demand
-        if (
-            demand is not None
-            and self.node.tree.root.waiting == 1
-            and _tree.can_transfer(demand, cost)
-            and self._next_cost() is cost
-        ):
-            _tree.count_transfer(demand, cost)
-            self._accept(cost)
-            return
+        if demand is not None and self.node.tree.root.waiting == 1:
+            # This run's demand is the only request in the tree (it is queued while it exists).
+            next_cost = self._next_cost()
+            if next_cost is cost and _tree.transfer_fits(demand, cost):
+                _tree.count_transfer(demand, cost)
+                self._accept(cost)
+                return
+            if next_cost is None:
+                # Nothing to start now (a graph's dependents become ready only when the task
+                # is settled): a dispatch could grant nobody anything.
+                _tree.give_back(self.node, cost, redispatch=False)
+                return
         _tree.give_back(self.node, cost)
 
     # -- reporting ---------------------------------------------------------------------------
@@ -765,7 +767,11 @@ class Run:
             self._count_failure(job, error)
             kind = EnvelopeKind.ERROR
         now = self.now()
-        self._final(job, kind, value, error, now)
+        self.channel.put(
+            TaskEnvelope(job.task_id, kind, value, error, job.key, job.started_at, now)
+        )
+        if self.metrics is not None:
+            self.event(_event_kind(job, error), job, now, error=error)
         self._maybe_finish()
         return now
 
@@ -797,39 +803,73 @@ class Run:
     async def _settle(self, job: Job, value: Any, error: BaseException | None) -> None:
         """Finish a scheduled or graph task: feed the graph back, retry, run its callbacks, then
         deposit its envelope (so dependents are queued before the consumer sees it)."""
+        spec = job.spec
+        if spec is None or (spec.on_complete is None and spec.on_error is None):
+            self._settle_now(job, value, error)  # no callback to await: no coroutine either
+            return
         self.settling += 1
         try:
-            await self._settle_inner(job, value, error)
+            error, retried = self._feed_back(job, error)
+            if not retried:
+                if error is None and spec.on_complete is not None:
+                    error = await _call_back(spec.on_complete, job.key, value)
+                elif error is not None and spec.on_error is not None:
+                    callback_error = await _call_back(spec.on_error, job.key, error)
+                    if callback_error is not None:
+                        callback_error.__context__ = error
+                        error = callback_error
+                self._conclude(job, value, error)
         finally:
             self.settling -= 1
         self._maybe_finish()
 
-    async def _settle_inner(self, job: Job, value: Any, error: BaseException | None) -> None:
+    def _settle_now(self, job: Job, value: Any, error: BaseException | None) -> None:
+        """:meth:`_settle` for a task without callbacks (synchronous)."""
+        self.settling += 1
+        try:
+            error, retried = self._feed_back(job, error)
+            if not retried:
+                self._conclude(job, value, error)
+        finally:
+            self.settling -= 1
+        self._maybe_finish()
+
+    def _feed_back(
+        self, job: Job, error: BaseException | None
+    ) -> tuple[BaseException | None, bool]:
+        """Tell the graph how the task ended; returns the error to report and whether the task
+        will be retried instead (then nothing is reported yet)."""
         graph = self.graph
         node = job.node
-        spec = job.spec
+        if graph is None or node is None:
+            return error, False
         if error is None:
-            if graph is not None and node is not None:
-                try:
-                    graph.task_completed(node)  # dependents become ready now
-                except Exception as exc:  # a graph listener raised: report it with the task
-                    error = exc
-            if error is None and spec is not None and spec.on_complete is not None:
-                error = await _call_back(spec.on_complete, job.key, value)
-        else:
-            if self._retry_later(job, error):
-                return
-            if graph is not None and node is not None and job.cancel_kind != ABORTED:
-                try:
-                    self._fail_node(node)
-                except Exception as exc:  # a graph listener raised: keep both errors
-                    exc.__context__ = error
-                    error = exc
-            if spec is not None and spec.on_error is not None:
-                callback_error = await _call_back(spec.on_error, job.key, error)
-                if callback_error is not None:
-                    callback_error.__context__ = error
-                    error = callback_error
+            # The first dependent admitted now is this worker's next task (no wake-up).
+            self.releaser_claim = True
+            self.deferring = True
+            try:
+                graph.task_completed(node)  # dependents become ready now
+            except Exception as exc:  # a graph listener raised: report it with the task
+                error = exc
+            finally:
+                self.deferring = False
+                if self.deferred:
+                    self.deferred = False
+                    self._on_source_change()
+                self.releaser_claim = False
+            return error, False
+        if self._retry_later(job, error):
+            return error, True
+        if job.cancel_kind != ABORTED:
+            try:
+                self._fail_node(node)
+            except Exception as exc:  # a graph listener raised: keep both errors
+                exc.__context__ = error
+                error = exc
+        return error, False
+
+    def _conclude(self, job: Job, value: Any, error: BaseException | None) -> None:
+        """Count the outcome and deposit the final envelope (or raise, under stop_on_error)."""
         # Interruptions the user asked for (cancel, abort, shutdown) are reported, never raised.
         if error is not None and self.stop_on_error and job.cancel_kind is None:
             self.stopping = True

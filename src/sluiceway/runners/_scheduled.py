@@ -71,7 +71,10 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
         self._default_cost = None if default_cost is None else checked_cost(capacity, default_cost)
 
     def _cost_of(self, item: object) -> Vector:
-        cost = item.cost if isinstance(item, ScheduledTask) else None
+        # Called on every peek: the task's cost was normalised when it was built; resource names
+        # are checked against a cached set here, and the capacity tree itself fails a cost that
+        # can never fit (reported through demand_impossible).
+        cost = item.normalized_cost if isinstance(item, ScheduledTask) else None
         if cost is None:
             if self._default_cost is None:
                 what = f"task {item.key!r}" if isinstance(item, ScheduledTask) else repr(item)
@@ -80,7 +83,8 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
                     "task a cost (e.g. cost={'cpu': 1}) or the runner a default_cost"
                 )
             return self._default_cost
-        return checked_cost(self._capacity, cost)
+        self._capacity._node.check_known(cost)
+        return cost
 
     def add_task(
         self, task: ScheduledTask[I, O], dependencies: Iterable[Hashable] = ()
@@ -104,7 +108,10 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
                 f"add_task() needs a DependencySource or PriorityDependencySource; this runner's "
                 f"source is {type_name(source)} (add tasks to it directly)"
             )
-        self._cost_of(task)
+        cost = self._cost_of(task)
+        error = self._capacity._node.impossible(cost)
+        if error is not None:
+            raise error
         return source.add_task(task.key, task, dependencies)
 
     def abort(self, key: Hashable) -> list[Hashable]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 import attrs
 
 from .._util import aclose_after, type_name
+from ..capacity._amounts import Vector, vector
 
 if TYPE_CHECKING:
     from ._engine import Emitter
@@ -115,8 +116,18 @@ class ScheduledTask(Generic[I, O]):
     timeout: float | None = None
     deadline: float | None = None
     retry: RetryPolicy | None = None
+    #: The cost, validated and normalised once (exact amounts; zero entries dropped).
+    normalized_cost: Vector | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.cost is not None:
+            normalised = vector(self.cost, what=f"ScheduledTask {self.key!r} cost", drop_zero=True)
+            if not normalised:
+                raise ValueError(
+                    f"ScheduledTask {self.key!r}: cost {self.cost!r} uses no resource; a task "
+                    "that uses nothing would run unbounded"
+                )
+            object.__setattr__(self, "normalized_cost", normalised)
         if not callable(self.runner):
             raise TypeError(
                 f"ScheduledTask {self.key!r}: runner must be callable, got {self.runner!r}"

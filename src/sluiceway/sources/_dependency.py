@@ -118,9 +118,15 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         if self._receive_closed:
             raise trio.ClosedResourceError("this source was closed")
         key = self._head_key()
-        if key is NOTHING or self._peek() is NOTHING:
+        if key is NOTHING or self._failure is not None:
             raise trio.WouldBlock
-        return key, self._take()
+        task = self._tasks.get(key)
+        if task is None:
+            self._peek()  # records the MissingTaskError
+            raise trio.WouldBlock
+        self._drop_head(key)
+        self.graph.start(key)
+        return key, task
 
     def task_completed(self, key: K) -> None:
         """A runner finished ``key``'s task successfully: complete the node (dependents become
