@@ -345,9 +345,7 @@ def take(node: Node, cost: Vector) -> None:
         report(node, "accepted", cost)
 
 
-def give_back(
-    node: Node, cost: Vector, *, refund: bool = False, redispatch: bool = True
-) -> None:
+def give_back(node: Node, cost: Vector, *, refund: bool = False, redispatch: bool = True) -> None:
     """Return ``cost`` at ``node`` and every ancestor, then re-dispatch the tree.
 
     Quota levels keep it consumed (only a reset or refill restores quota), unless ``refund``
