@@ -143,3 +143,22 @@ def test_matches_a_brute_force_scan(
             remaining.remove(expected)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_items_enqueued_before_the_run_age_from_its_start() -> None:
+    source: PrioritySource[str] = PrioritySource(aging_rate=1)
+    source.enqueue("early-low", 0)  # outside any trio run
+    source.enqueue("early-high", 5)
+
+    async def main() -> list[str]:
+        await trio.sleep(10)
+        source.enqueue("late", 5)  # early items age from the first use (t=10), like this one
+        assert len(source) == 3
+        order = [source.take(), source.take(), source.take()]
+        assert len(source) == 0
+        return order
+
+    order = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    # At t=10 (first use) early-high is 5 + 0 = 5 and late is 5 + 0: a tie, FIFO keeps
+    # early-high first; early-low is 0.
+    assert order == ["early-high", "late", "early-low"]

@@ -48,7 +48,8 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         self.graph = graph
         self._tasks: dict[K, T] = dict(tasks or {})
         self._fifo: deque[K] = deque()
-        self._ready_at: dict[K, float] = {}
+        # When each ready node became ready (None: before a trio run started).
+        self._ready_at: dict[K, float | None] = {}
         self._failure: BaseException | None = None
         self._abort_listeners: list[Callable[[K, T | None], None]] = []
         self._unsubscribe = graph.subscribe(
@@ -166,7 +167,7 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         due = self.graph.next_due()
         if due is not None:
             now = _now()
-            if due <= now:
+            if now is not None and due <= now:
                 self.graph.release_due(now)
 
     # -- graph events ----------------------------------------------------------------------------
@@ -325,7 +326,8 @@ class PriorityDependencySource(DependencySource[K, T]):
                     self._failure = exc
                     self._notify()
                     return None
-            self._queue._enqueue_at(key, base, self._ready_at.get(key, _now()))
+            ready_at = self._ready_at.get(key)
+            self._queue._enqueue_at(key, base, ready_at if ready_at is not None else _now())
         return None
 
     def _head_key(self) -> K | Nothing:
@@ -347,5 +349,9 @@ class PriorityDependencySource(DependencySource[K, T]):
         self._queue._take()
 
 
-def _now() -> float:
-    return trio.current_time()
+def _now() -> float | None:
+    """trio's clock, or ``None`` outside a run (a graph is often built before ``trio.run``)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None

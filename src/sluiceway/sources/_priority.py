@@ -23,6 +23,13 @@ def _finite(value: object, what: str) -> float:
     return float(value)
 
 
+def _clock() -> float | None:
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None
+
+
 class _Entry(Generic[T]):
     __slots__ = ("base", "cap_at", "capped", "item", "key", "live", "seq")
 
@@ -70,6 +77,7 @@ class PrioritySource(PeekableSource[T]):
         self._seq = 0
         self._input_closed = False
         self._peeked: _Entry[T] | None = None
+        self._early: list[tuple[T, float, int]] = []  # enqueued before a trio run started
 
     def __len__(self) -> int:
         return self._count
@@ -92,18 +100,29 @@ class PrioritySource(PeekableSource[T]):
         base = _finite(priority, "priority")
         if self._input_closed or self._receive_closed:
             raise trio.ClosedResourceError("this PrioritySource accepts no more items")
-        self._enqueue_at(item, base, trio.current_time())
+        self._enqueue_at(item, base, _clock())
         self._notify()
 
-    def _enqueue_at(self, item: T, base: float, now: float) -> None:
-        """Queue ``item`` as if enqueued at time ``now`` (it ages from then); no notification."""
-        rate = self.aging_rate
+    def _enqueue_at(self, item: T, base: float, now: float | None) -> None:
+        """Queue ``item`` as if enqueued at time ``now`` (it ages from then); no notification.
+
+        ``now`` is ``None`` outside a trio run: such items age from the first time the source
+        is used inside one.
+        """
         self._seq += 1
+        if now is None:
+            self._early.append((item, base, self._seq))  # keeps its place among equals
+            self._count += 1
+            return
+        self._insert(item, base, now, self._seq)
+
+    def _insert(self, item: T, base: float, now: float, seq: int) -> None:
+        rate = self.aging_rate
         if rate and self.max_age_boost < math.inf:
             cap_at = now + self.max_age_boost / rate
         else:
             cap_at = math.inf
-        entry = _Entry(item, base, base - rate * now, cap_at, self._seq)
+        entry = _Entry(item, base, base - rate * now, cap_at, seq)
         heapq.heappush(self._uncapped, (-entry.key, entry.seq, entry))
         if cap_at < math.inf:
             self._cap_order.append(entry)
@@ -127,6 +146,11 @@ class PrioritySource(PeekableSource[T]):
 
     def _best(self) -> _Entry[T] | None:
         now = trio.current_time()
+        if self._early:
+            early, self._early = self._early, []
+            self._count -= len(early)  # _insert counts them again
+            for item, base, seq in early:
+                self._insert(item, base, now, seq)
         self._advance(now)
         uncapped, capped = self._uncapped, self._capped
         while uncapped and (not uncapped[0][2].live or uncapped[0][2].capped):
@@ -171,6 +195,7 @@ class PrioritySource(PeekableSource[T]):
         return self._input_closed and self._count == 0
 
     def _on_receive_closed(self) -> None:
+        self._early.clear()
         self._uncapped.clear()
         self._capped.clear()
         self._cap_order.clear()
