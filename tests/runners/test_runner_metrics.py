@@ -142,3 +142,10 @@ async def test_task_events_carry_their_times(autojump_clock: object) -> None:
     finished = [(e.task_id, e.at, e.started_at) for e in events if e.kind == "finished"]
     assert started == [(1, 0, 0), (2, 2, 0)]
     assert finished == [(1, 2, 0), (2, 5, 2)]
+
+
+def test_limits_changed_outside_a_run_are_not_reported() -> None:
+    metrics = InMemoryMetrics()
+    cap = CapacitySource(2, metrics=metrics)
+    cap.total_tokens = 4  # before trio.run: no clock, no event, no error
+    assert metrics.snapshot().capacity_counts == {}

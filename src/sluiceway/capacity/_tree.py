@@ -60,14 +60,22 @@ _labels = itertools.count(1)
 
 
 def report(node: Node, kind: CapacityEventKind, amounts: Vector, reason: str | None = None) -> None:
-    """Send a capacity event about ``node`` to its collector (callers check it has one)."""
+    """Send a capacity event about ``node`` to its collector (callers check it has one).
+
+    Events carry trio's clock; a change made outside a trio run (limits set at start-up) is
+    not reported.
+    """
     assert node.metrics is not None
+    try:
+        at = trio.current_time()
+    except RuntimeError:
+        return
     safe_record(
         node.metrics,
         CapacityEvent(
             kind=kind,
             node=node.label,
-            at=trio.current_time(),
+            at=at,
             amounts=public_vector(amounts),
             limits=public_vector(node.limits),
             in_use={key: public(value) for key, value in node.held.items() if value},
