@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .dag import LayeredDag
 from .fanout import NoopFanout, SleepFanout
 from .harness import (
     ASYNCIO,
@@ -32,7 +33,7 @@ from .memory import LazyMemory
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.key: scenario
-    for scenario in (NoopFanout(), SleepFanout(), HierarchicalJobs(), LazyMemory())
+    for scenario in (NoopFanout(), SleepFanout(), HierarchicalJobs(), LazyMemory(), LayeredDag())
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -665,3 +665,29 @@ async def test_a_lazy_run_whose_cost_became_impossible_ends_with_the_error(
     assert sorted(e.value for e in got) == ["t0", "t1"]  # the running tasks finished first
     assert produced == 2
     assert_idle(pool)
+
+
+@pytest.mark.parametrize("mode", ["drain", "cancel"])
+@pytest.mark.parametrize("lazy", [False, True])
+async def test_shutdown_winds_a_run_down(autojump_clock: object, mode: str, lazy: bool) -> None:
+    cap = CapacitySource(2)
+    tracker = Tracker()
+    tasks = [tracker.task(f"t{i}", 5) for i in range(6)]
+    source: Any = iter(tasks) if lazy else tasks
+    runner = HierarchicalTaskPoolRunner("sd", source, cap)
+    async with runner.run_tasks() as envelopes:
+        await trio.sleep(1)
+        runner.shutdown(mode)  # type: ignore[arg-type]
+        runner.shutdown(mode)  # type: ignore[arg-type]  # idempotent
+        got = [envelope async for envelope in envelopes]
+    assert tracker.started == ["t0", "t1"]  # nothing started after the shutdown
+    finals = [e for e in got if e.is_final]
+    assert len(finals) == 2  # the running ones; unstarted items of a plain source never ran
+    if mode == "drain":
+        assert {e.value for e in finals} == {"t0", "t1"}
+        assert trio.current_time() == 5
+    else:
+        assert all(isinstance(e.error, TaskCancelledError) for e in finals)
+        assert trio.current_time() == 1
+    assert runner.statistics().in_flight == 0
+    assert_idle(cap)
