@@ -574,6 +574,8 @@ def dispatch(tree: Tree) -> None:
         while True:
             tree.again = False
             root = tree.root
+            if root.waiting == 1:
+                _serve_sole_request(tree)
             while root.waiting:
                 found = _select(root)
                 if found is None:
@@ -583,6 +585,34 @@ def dispatch(tree: Tree) -> None:
                 return
     finally:
         tree.dispatching = False
+
+
+def _serve_sole_request(tree: Tree) -> None:
+    """Dispatch when exactly one request waits in the whole tree (the common case of a run).
+
+    With one request there is nothing for the fairness rules to decide: grant it while its next
+    cost fits along its chain. As soon as that is not so (or another request appears), return
+    and let the general loop decide.
+    """
+    node = tree.root
+    while not node.queue:
+        node = next(iter(node.active_children))
+    request = next(iter(node.queue))
+    while tree.root.waiting == 1:
+        cost = request.current_cost()
+        if cost is None:
+            return
+        if not node.fits_chain(cost):
+            if request.validated:
+                error = node.impossible(cost)
+                if error is not None:
+                    request.on_impossible(cost, error)
+                    if request in node.queue:
+                        continue  # a demand dropped that task; look at its next one
+            return
+        grant(request, cost)
+        if not request.persistent:
+            return
 
 
 def can_transfer(demand: Demand, cost: Vector) -> bool:

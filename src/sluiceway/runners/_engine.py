@@ -264,6 +264,7 @@ class Run:
         self.idle = WaitQueue()
         self.spawn_needed = 0
         self.coming = 0  # workers woken or spawned that have not looked for work yet
+        self.refilling = False  # admitting after the consumer drained a full envelope buffer
         self.spawner: trio.lowlevel.Task | None = None
         self.timer: trio.lowlevel.Task | None = None
         self.timer_due: float | None = None
@@ -422,22 +423,24 @@ class Run:
     def _work_available(self) -> None:
         """A task was admitted: make sure some worker will pick it up, and wake no more.
 
-        Idle workers are woken in a chain: one at a time, each waking the next when it takes a
-        task and more are waiting. A burst of admissions (a refilled envelope buffer, a raised
-        limit) thus wakes no worker for nothing when the tasks are instant, and still gets one
-        worker per task when they are not. With no idle worker, a new one is spawned per task,
-        so a run's first burst starts at once.
+        Normally one worker is woken (or spawned) per admitted task, so a burst of real tasks
+        starts at once. The burst that follows a refill of a full envelope buffer is different:
+        the run was waiting for its consumer, its tasks are typically instant, and the first
+        worker woken would run them all. There, idle workers are woken in a chain (one at a
+        time, each waking the next when it takes a task and more are waiting), so none is woken
+        for nothing.
         """
         if self.releaser_claim:
             self.releaser_claim = False  # the worker that released the capacity takes it
             return
+        pending = len(self.ready) + len(self.unproduced)
         if self.idle.tasks:
-            if self.coming:
-                return  # a woken worker is on its way; it will wake the next one
+            if self.coming and (self.refilling or self.coming >= pending):
+                return  # workers on their way will take it (a refill wakes them in a chain)
             self.coming += 1
             self.idle.wake_one(newest=True)  # the most recently busy worker
             return
-        if self.coming >= len(self.ready) + len(self.unproduced):
+        if self.coming >= pending:
             return  # workers being spawned will take every admitted task
         self.coming += 1
         self.spawn_needed += 1
@@ -474,7 +477,11 @@ class Run:
 
     def _on_space(self) -> None:
         if not self.finished and self.node.tree.root.waiting:
-            _tree.dispatch(self.node.tree)
+            self.refilling = True
+            try:
+                _tree.dispatch(self.node.tree)
+            finally:
+                self.refilling = False
 
     # -- graph feedback ----------------------------------------------------------------------------
 
