@@ -36,6 +36,8 @@ SCENARIOS: dict[str, Scenario] = {
     for scenario in (NoopFanout(), SleepFanout(), HierarchicalJobs(), LazyMemory(), LayeredDag())
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+QUICK_JSON = Path(__file__).resolve().parent / "results" / "quick.json"
+SCHEMA = 2
 
 
 class ScenarioFailure(Exception):
@@ -100,9 +102,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json",
         type=Path,
-        default=DEFAULT_JSON,
+        default=None,
         metavar="PATH",
-        help="where to write the raw results (default: benchmarks/results/latest.json)",
+        help=(
+            "where to merge the raw results, scenario by scenario (default: "
+            "benchmarks/results/latest.json, or benchmarks/results/quick.json with --quick)"
+        ),
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser.parse_args(argv)
@@ -266,6 +271,37 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(_json_safe(document), indent=2) + "\n", encoding="utf-8")
 
 
+def merge_into(path: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """Fold this run's scenarios into the results already at ``path``.
+
+    Running a subset of scenarios (``--scenario H``) updates those and keeps the others' latest
+    results, each stored with the machine, command and options of the run that produced it.
+    """
+    stamp = {key: document[key] for key in ("command", "options", "machine")}
+    scenarios: dict[str, Any] = {}
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("schema") == SCHEMA:
+            scenarios.update(previous.get("scenarios", {}))
+    for key, record in document["scenarios"].items():
+        scenarios[key] = {**record, "run": stamp}
+    merged = {
+        "schema": SCHEMA,
+        "updated": document["machine"].get("date"),
+        "ok": document["ok"],
+        "scenarios": dict(sorted(scenarios.items())),
+        "targets_met": {
+            key: record.get("target", {}).get("met") for key, record in sorted(scenarios.items())
+        },
+    }
+    if "failure" in document:
+        merged["failure"] = document["failure"]
+    return merged
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -310,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scenarios": {},
         "ok": True,
     }
+    # Quick smoke runs never overwrite the real results.
+    target = args.json if args.json is not None else (QUICK_JSON if args.quick else DEFAULT_JSON)
     records = []
     for key in args.scenario:
         try:
@@ -321,18 +359,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "where": failure.where,
                 "errors": [repr(leaf) for leaf in _leaves(failure.error)],
             }
-            write_json(args.json, document)
-            print(f"partial results written to {args.json}", file=sys.stderr)
+            write_json(target, merge_into(target, document))
+            print(f"partial results written to {target}", file=sys.stderr)
             return 1
         records.append(record)
         document["scenarios"][key] = _record_json(record)
     print()
     print(render_table(records, args.quick, args.repeat))
     met = sum(record["target"].met for record in records)
-    document["targets_met"] = {record["scenario"].key: record["target"].met for record in records}
-    write_json(args.json, document)
+    write_json(target, merge_into(target, document))
     print(
         f"\nAll runs verified (every result delivered once, no limit exceeded). "
-        f"Targets met: {met}/{len(records)}. Raw results: {args.json}"
+        f"Targets met: {met}/{len(records)}. Raw results: {target}"
     )
     return 0
