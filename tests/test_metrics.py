@@ -73,7 +73,7 @@ class Recorder:
 def record_queued(collector: MetricsCollector, n: int, *, safe: bool = True) -> None:
     """Give ``collector`` ``n`` queued events, through safe_record or directly."""
     for i in range(n):
-        event = task("queued", float(i))
+        event = task("started", float(i))
         if safe:
             safe_record(collector, event)
         else:
@@ -89,7 +89,7 @@ def test_counts_per_node_and_per_runner() -> None:
     m.record(cap("accepted", {"slots": 1}, node="a"))
     m.record(cap("rejected", {"slots": 5}, node="a", reason="insufficient_capacity"))
     m.record(cap("limits_changed", {"slots": 3}, node="b"))
-    m.record(task("queued", 0.0, runner="x"))
+    m.record(task("started", 0.0, runner="x"))
     m.record(task("started", 1.0, runner="x"))
     m.record(task("intermediate", 1.5, runner="x"))
     m.record(task("retried", 2.0, runner="x"))
@@ -97,7 +97,7 @@ def test_counts_per_node_and_per_runner() -> None:
     snap = m.snapshot()
     assert snap.capacity_counts == {"a": {"accepted": 2, "rejected": 1}, "b": {"limits_changed": 1}}
     assert snap.task_counts == {
-        "x": {"queued": 1, "started": 1, "intermediate": 1, "retried": 1},
+        "x": {"started": 2, "intermediate": 1, "retried": 1},
         "y": {"aborted": 1},
     }
     assert snap.rates is None
@@ -235,13 +235,14 @@ def test_run_time_counts_every_attempt_end() -> None:
     m.record(task("finished", 3.0, started_at=0.0))
     m.record(task("cancelled", 5.0, started_at=3.0))
     m.record(task("timed_out", 10.0, started_at=0.0))
-    # not attempt ends, or without a start time
-    m.record(task("aborted", 11.0, started_at=0.0))
+    m.record(task("aborted", 11.0, started_at=7.0))  # aborted while running
+    # not attempt ends, or never started
     m.record(task("intermediate", 11.0, started_at=0.0))
     m.record(task("finished", 12.0))
+    m.record(task("aborted", 12.0))
     stats = m.snapshot().run_time["r"]
     assert stats == DurationStats(
-        count=5, total=20.0, mean=4.0, min=1.0, max=10.0, p50=3.0, p95=10.0
+        count=6, total=24.0, mean=4.0, min=1.0, max=10.0, p50=3.0, p95=10.0
     )
 
 
@@ -314,8 +315,8 @@ def test_rates_are_evicted_lazily_by_event_time() -> None:
     # nothing newer recorded: the window still ends at the latest event
     assert m.snapshot().rates == {"a": {"started": 2.0}}
     # an event of another runner moves the window for everybody
-    m.record(task("queued", 6.0, runner="b"))
-    assert m.snapshot().rates == {"a": {"started": 0.0}, "b": {"queued": 0.2}}
+    m.record(task("started", 6.0, runner="b"))
+    assert m.snapshot().rates == {"a": {"started": 0.0}, "b": {"started": 0.2}}
 
 
 def test_rates_decay_when_snapshot_is_given_the_current_time() -> None:
@@ -403,7 +404,7 @@ def test_in_memory_metrics_is_a_collector() -> None:
 
 def test_safe_record_passes_events_on() -> None:
     recorder = Recorder()
-    event = task("queued", 0.0)
+    event = task("started", 0.0)
     safe_record(recorder, event)
     assert recorder.events == [event]
 
@@ -417,7 +418,7 @@ def test_safe_record_warns_once_per_collector_and_never_raises() -> None:
     message = str(caught[0].message)
     assert "Broken" in message
     assert "KeyError('broken sink')" in message
-    assert "'queued'" in message
+    assert "'started'" in message
     assert caught[0].filename == __file__  # attributed to the caller of safe_record
 
     other = Broken()
@@ -425,13 +426,13 @@ def test_safe_record_warns_once_per_collector_and_never_raises() -> None:
         safe_record(other, cap("accepted", {"slots": 1}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        safe_record(broken, task("queued", 9.0))  # already reported: nothing more
+        safe_record(broken, task("started", 9.0))  # already reported: nothing more
 
 
 def test_safe_record_warns_again_for_a_new_collector_at_a_reused_address() -> None:
     for _ in range(3):
         with pytest.warns(RuntimeWarning, match="broken sink"):
-            safe_record(Broken(), task("queued", 0.0))
+            safe_record(Broken(), task("started", 0.0))
         gc.collect()
 
 
@@ -453,7 +454,7 @@ def test_safe_record_logs_when_the_warning_is_turned_into_an_error(
 ) -> None:
     with warnings.catch_warnings(), caplog.at_level(logging.ERROR, logger="sluiceway.metrics"):
         warnings.simplefilter("error")
-        safe_record(Broken(), task("queued", 0.0))  # does not raise
+        safe_record(Broken(), task("started", 0.0))  # does not raise
     assert len(caplog.records) == 1
     assert "broken sink" in caplog.records[0].getMessage()
 
@@ -464,18 +465,18 @@ def test_safe_record_lets_base_exceptions_through() -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        safe_record(Interrupting(), task("queued", 0.0))
+        safe_record(Interrupting(), task("started", 0.0))
 
 
 def test_multi_collector_fans_out_in_order() -> None:
     first, second = Recorder(), InMemoryMetrics()
     multi = MultiCollector(first, second)
     assert multi.collectors == (first, second)
-    events: list[CapacityEvent | TaskEvent] = [task("queued", 0.0), cap("accepted", {"slots": 1})]
+    events: list[CapacityEvent | TaskEvent] = [task("started", 0.0), cap("accepted", {"slots": 1})]
     for event in events:
         multi.record(event)
     assert first.events == events
-    assert second.snapshot().task_counts == {"r": {"queued": 1}}
+    assert second.snapshot().task_counts == {"r": {"started": 1}}
     assert "Recorder" in repr(multi)
 
 

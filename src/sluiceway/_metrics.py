@@ -7,9 +7,9 @@ both layers report to one :class:`MetricsCollector`:
 
 * capacity nodes emit a :class:`CapacityEvent` for every grant, rejection, release, refund and
   change of limits, whichever API caused it;
-* runners emit a :class:`TaskEvent` for every step of a task's life (queued, started,
-  intermediate, finished, failed, retried, aborted, cancelled, timed out), carrying the times
-  needed to derive queue wait and run time.
+* runners emit a :class:`TaskEvent` for every step of a task's life (started, intermediate,
+  finished, failed, retried, aborted, cancelled, timed out), carrying the times needed to derive
+  queue wait (``started`` carries when the task became ready) and run time.
 
 A collector is a plain object with a synchronous ``record(event)`` method. The library calls it
 through :func:`safe_record`, so a failing collector can never break scheduling.
@@ -43,7 +43,6 @@ CapacityEventKind: TypeAlias = Literal[
 ]
 #: What happened to a runner's task.
 TaskEventKind: TypeAlias = Literal[
-    "queued",
     "started",
     "intermediate",
     "finished",
@@ -56,7 +55,7 @@ TaskEventKind: TypeAlias = Literal[
 
 #: Kinds of task event that end one attempt of a task and contribute to ``run_time``.
 _ATTEMPT_ENDS: frozenset[str] = frozenset(
-    {"finished", "failed", "cancelled", "timed_out", "retried"}
+    {"finished", "failed", "cancelled", "timed_out", "retried", "aborted"}
 )
 #: Default bound on the number of duration samples kept per runner for percentiles.
 _DEFAULT_MAX_SAMPLES = 10_000
@@ -104,23 +103,25 @@ class TaskEvent:
     """Something that happened to one task of a runner.
 
     Each attempt of a task ends with exactly one of ``finished``, ``failed``, ``cancelled``,
-    ``timed_out`` or ``retried`` (the latter when the failure will be retried after back-off).
+    ``timed_out``, ``aborted`` or ``retried`` (the latter when the failure will be retried after
+    back-off). A task that never started (aborted, shut out by a shutdown, or rejected for its
+    cost) gets only its ending event, with ``started_at=None``. A graph node aborted before any
+    run took it emits nothing: no runner ever saw it.
 
     Attributes:
-        kind: The lifecycle step: ``"queued"``, ``"started"``, ``"intermediate"``,
-            ``"finished"``, ``"failed"``, ``"retried"``, ``"aborted"``, ``"cancelled"`` or
-            ``"timed_out"``.
+        kind: The lifecycle step: ``"started"``, ``"intermediate"``, ``"finished"``,
+            ``"failed"``, ``"retried"``, ``"aborted"``, ``"cancelled"`` or ``"timed_out"``.
         runner: The runner's label.
         at: Trio clock time (``trio.current_time()``) of the event.
-        task_id: The task's id, or ``None`` for a node aborted before it ever became a task.
+        task_id: The task's id (kept across the attempts of a retried task).
         key: The task's key, if it has one.
         attempt: Which attempt this is, starting at 1.
         cost: The capacity cost of the task, when known.
         error: The exception, for failed, retried, aborted, cancelled and timed_out events.
         queued_at: On ``"started"``: when the task became ready to run. The queue wait is
             ``at - queued_at``.
-        started_at: On the events that end an attempt: when this attempt started. The run time
-            is ``at - started_at``.
+        started_at: On the events that end an attempt: when this attempt started (``None`` if
+            the task never started). The run time is ``at - started_at``.
         retry_at: On ``"retried"``: when the next attempt may start.
     """
 

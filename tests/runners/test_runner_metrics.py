@@ -149,3 +149,20 @@ def test_limits_changed_outside_a_run_are_not_reported() -> None:
     cap = CapacitySource(2, metrics=metrics)
     cap.total_tokens = 4  # before trio.run: no clock, no event, no error
     assert metrics.snapshot().capacity_counts == {}
+
+
+async def test_refusals_are_reported_whichever_api_refused() -> None:
+    metrics = InMemoryMetrics()
+    units = CapacitySource(1, metrics=metrics)
+    resources = ResourceCapacitySource({"mem": 2}, metrics=metrics)
+    units.acquire_nowait()
+    with pytest.raises(trio.WouldBlock):
+        units.acquire_on_behalf_of_nowait("someone else")
+    resources.acquire_nowait({"mem": 2})
+    with pytest.raises(trio.WouldBlock):
+        resources.acquire_nowait({"mem": 1})
+    assert not resources.try_acquire({"mem": 1})
+    counts = metrics.snapshot().capacity_counts
+    assert [counts[name].get("rejected") for name in sorted(counts)] == [1, 2]
+    units.release()
+    resources.release({"mem": 2})

@@ -16,6 +16,7 @@ from sluiceway import (
     EnvelopeKind,
     Final,
     ImpossibleCostError,
+    InvalidTransitionError,
     NodeState,
     PriorityDependencySource,
     PrioritySource,
@@ -182,6 +183,154 @@ async def test_retry_waits_without_holding_capacity(autojump_clock: object) -> N
     assert_idle(pool)
 
 
+async def test_retries_from_a_plain_source(autojump_clock: object) -> None:
+    """Without a graph the run keeps the retried task itself: no capacity is held while it
+    waits, it keeps its task id, and once due it starts ahead of the tasks still queued."""
+    pool = ResourceCapacitySource({"slots": 1})
+    log = Log()
+    tasks = [ScheduledTask("flaky", log.task("flaky", seconds=1, fails=2))]
+    tasks += [ScheduledTask(f"other{i}", log.task(f"other{i}", seconds=4)) for i in range(5)]
+    runner = ScheduledTaskPoolRunner(
+        "plain-retry",
+        tasks,
+        pool,
+        default_cost={"slots": 1},
+        retry=RetryPolicy(attempts=3, backoff=2, multiplier=1.5),
+    )
+    by_key: dict[Any, list[Envelope]] = defaultdict(list)
+    for envelope in await collect(runner):
+        by_key[envelope.key].append(envelope)
+    # Attempt 1 at 0-1 (retry due at 3); other0 runs 1-5, so attempt 2 runs 5-6, ahead of
+    # other1 (retry due at 9); other1 runs 6-10, attempt 3 runs 10-11; then the rest.
+    assert log.started("flaky") == [0, 5, 10]
+    assert [log.started(f"other{i}")[0] for i in range(5)] == [1, 6, 11, 15, 19]
+    flaky = by_key["flaky"]
+    retries = [e.value for e in flaky if e.kind is EnvelopeKind.INTERMEDIATE]
+    assert [(r.attempt, r.retry_at) for r in retries] == [(1, 3), (2, 9)]
+    assert (flaky[-1].kind, flaky[-1].value, flaky[-1].at) == (EnvelopeKind.FINAL, "flaky", 11)
+    assert len({e.task_id for e in flaky}) == 1
+    assert all(len(by_key[f"other{i}"]) == 1 for i in range(5))
+    stats = runner.statistics()
+    assert (stats.retried, stats.started, stats.finished, stats.failed) == (2, 8, 6, 0)
+    assert_idle(pool)
+
+
+async def test_retries_after_a_lazy_source_ended(autojump_clock: object) -> None:
+    """The source is exhausted while a retry waits: the run waits for it, then asks the
+    capacity tree again; the last attempt's error is the one reported."""
+    pool = ResourceCapacitySource({"slots": 1})
+    log = Log()
+
+    async def tasks() -> AsyncIterator[ScheduledTask[Any, Any]]:
+        yield ScheduledTask("doomed", log.task("doomed", fails=9))
+        yield ScheduledTask("fine", log.task("fine"))
+
+    runner = ScheduledTaskPoolRunner(
+        "lazy-retry",
+        tasks(),
+        pool,
+        default_cost={"slots": 1},
+        retry=RetryPolicy(attempts=3, backoff=5, multiplier=1),
+    )
+    results = finals(await collect(runner))
+    assert log.started("doomed") == [0, 6, 12]
+    assert log.started("fine") == [1]
+    assert isinstance(results["doomed"].error, ConnectionError)
+    assert "attempt 3" in str(results["doomed"].error)
+    assert results["fine"].kind is EnvelopeKind.FINAL
+    assert_idle(pool)
+
+
+async def test_tasks_from_an_iterable_are_admitted_for_their_own_costs(
+    autojump_clock: object,
+) -> None:
+    """An (async) iterable of scheduled tasks is read one task ahead, so each is priced by its
+    own cost before it is admitted; the task read ahead holds nothing; the iterable's failure
+    still ends the run."""
+    pool = ResourceCapacitySource({"mem": 8})
+    log = Log(pool)
+    produced: list[tuple[float, str]] = []
+
+    async def tasks() -> AsyncIterator[ScheduledTask[Any, Any]]:
+        for name, mem in [("big", 6), ("small", 2), ("bigger", 8), ("tiny", 1)]:
+            produced.append((trio.current_time(), name))
+            yield ScheduledTask(name, log.task(name, seconds=10), cost={"mem": mem})
+
+    runner = ScheduledTaskPoolRunner("costs", tasks(), pool)  # no default cost needed
+    results = finals(await collect(runner))
+    assert sorted(results) == ["big", "bigger", "small", "tiny"]
+    assert [log.started(k)[0] for k in ("big", "small", "bigger", "tiny")] == [0, 0, 10, 20]
+    assert log.peak["mem"] == 8
+    # "bigger" was read ahead at 0 and waited for its memory without holding any.
+    assert produced == [(0, "big"), (0, "small"), (0, "bigger"), (10, "tiny")]
+
+    def broken() -> Any:
+        yield ScheduledTask("ok", log.task("ok"), cost={"mem": 1})
+        raise OSError("the task list could not be read")
+
+    with pytest.raises(OSError, match="could not be read"):
+        await collect(ScheduledTaskPoolRunner("broken", broken(), pool))
+    assert log.started("ok") == [30]
+    assert_idle(pool)
+
+
+async def test_runner_retry_applies_to_plain_callables(autojump_clock: object) -> None:
+    pool = ResourceCapacitySource({"slots": 2})
+    log = Log()
+    runner: ScheduledTaskPoolRunner[Any, Any] = ScheduledTaskPoolRunner(
+        "callables",
+        [log.task("a", fails=1), log.task("b")],
+        pool,
+        default_cost={"slots": 1},
+        retry=RetryPolicy(attempts=2, backoff=1),
+    )
+    envelopes = await collect(runner)
+    assert log.started("a") == [0, 2]
+    assert [e.value for e in envelopes if e.is_final] == ["b", "a"]
+    with pytest.raises(ConnectionError, match="attempt 2"):
+        # Under stop_on_error only the last attempt's failure stops the run.
+        await collect(
+            ScheduledTaskPoolRunner(
+                "strict",
+                [log.task("c", fails=5)],
+                pool,
+                default_cost={"slots": 1},
+                retry=RetryPolicy(attempts=2, backoff=1),
+            ),
+            stop_on_error=True,
+        )
+    assert log.started("c") == [3, 5]
+    assert_idle(pool)
+
+
+async def test_shutdown_reports_waiting_retries(autojump_clock: object) -> None:
+    pool = ResourceCapacitySource({"slots": 2})
+    log = Log()
+    tasks = [
+        ScheduledTask("flaky", log.task("flaky", fails=9)),
+        ScheduledTask("slow", log.task("slow", seconds=20)),
+    ]
+    runner = ScheduledTaskPoolRunner(
+        "sd-retry",
+        tasks,
+        pool,
+        default_cost={"slots": 1},
+        retry=RetryPolicy(attempts=5, backoff=10),
+    )
+    async with runner.run_tasks() as envelopes:
+        await trio.sleep(2)  # flaky failed at 1 and waits for its retry at 11
+        runner.shutdown("drain")
+        flaky = [e async for e in envelopes if e.key == "flaky"]
+    assert [e.kind for e in flaky] == [EnvelopeKind.INTERMEDIATE, EnvelopeKind.ERROR]
+    assert isinstance(flaky[-1].error, TaskAbortedError)
+    assert "retrying" in str(flaky[-1].error)
+    assert flaky[0].task_id == flaky[1].task_id
+    assert log.started("flaky") == [0]
+    assert trio.current_time() == 20  # drained: slow finished, flaky never ran again
+    assert runner.statistics().aborted == 1
+    assert_idle(pool)
+
+
 async def test_after_the_last_attempt_the_node_and_dependents_are_aborted(
     autojump_clock: object,
 ) -> None:
@@ -232,28 +381,112 @@ async def test_retry_on_decides_what_is_retried(autojump_clock: object) -> None:
     assert RetryPolicy(backoff=10, max_backoff=15).delay(4) == 15
 
 
-async def test_callbacks_run_before_the_envelope_and_dependents_are_queued(
+async def test_on_complete_runs_before_dependents_and_before_the_envelope(
     autojump_clock: object,
 ) -> None:
+    """What on_complete records is there before any dependent starts (the callback may take
+    time), and the dependents are queued before the consumer sees the FINAL envelope."""
     pool = ResourceCapacitySource({"slots": 2})
     graph: DependencyGraph[str] = DependencyGraph()
+    store: dict[str, Any] = {}
     seen_by_callback: list[tuple[str, Any, NodeState]] = []
 
     async def on_complete(key: str, result: Any) -> None:
-        await trio.lowlevel.checkpoint()  # callbacks may be async
+        await trio.sleep(5)  # callbacks may be async, and slow
         seen_by_callback.append((key, result, graph.get_state("child")))
+        store[key] = result
+
+    async def child(emit: Any) -> str:
+        return f"child of {store['parent']}"  # relies on what the parent's callback stored
 
     runner = ScheduledTaskPoolRunner("cb", DependencySource(graph), pool, default_cost={"slots": 1})
     runner.add_task(ScheduledTask("parent", Log().task("parent"), on_complete=on_complete))
-    runner.add_task(ScheduledTask("child", Log().task("child")), ["parent"])
+    runner.add_task(ScheduledTask("child", child), ["parent"])
     async with runner.run_tasks() as envelopes:
         async for envelope in envelopes:
             if envelope.key == "parent":
                 [(key, result, state)] = seen_by_callback
                 assert (key, result) == ("parent", "parent")
-                assert state in (NodeState.READY, NodeState.RUNNING)
-                # The dependent is queued (or already admitted) before we see this envelope.
-                assert graph.get_state("child") in (NodeState.READY, NodeState.RUNNING)
+                assert state is NodeState.PENDING  # the node completes after its callback
+                assert envelope.at == 6
+                # The dependent is queued (or already started) before we see this envelope.
+                assert graph.get_state("child") is not NodeState.PENDING
+            else:
+                assert (envelope.kind, envelope.value) == (EnvelopeKind.FINAL, "child of parent")
+    assert_idle(pool)
+
+
+async def test_a_failing_on_complete_fails_the_node_without_retrying(
+    autojump_clock: object,
+) -> None:
+    pool = ResourceCapacitySource({"slots": 1})
+    log = Log()
+    graph: DependencyGraph[str] = DependencyGraph()
+    errors: list[Any] = []
+
+    def on_complete(key: str, result: Any) -> None:
+        raise LookupError("could not record the result")
+
+    runner = ScheduledTaskPoolRunner(
+        "cb-fails",
+        DependencySource(graph),
+        pool,
+        default_cost={"slots": 1},
+        retry=RetryPolicy(attempts=3, backoff=1),
+    )
+    runner.add_task(
+        ScheduledTask(
+            "a", log.task("a"), on_complete=on_complete, on_error=lambda k, e: errors.append(k)
+        )
+    )
+    runner.add_task(ScheduledTask("b", log.task("b")), ["a"])
+    results = finals(await collect(runner))
+    assert log.started("a") == [0]  # the task itself succeeded: it is not run again
+    assert isinstance(results["a"].error, LookupError)
+    assert results["a"].value == "a"
+    assert isinstance(results["b"].error, TaskAbortedError)
+    assert log.started("b") == []
+    assert errors == []  # on_error is for the task's own failure
+    assert graph.get_state("a") is NodeState.ABORTED
+    assert_idle(pool)
+
+
+async def test_the_originals_bridge_callback_gets_a_clear_error(autojump_clock: object) -> None:
+    pool = ResourceCapacitySource({"slots": 1})
+    source: DependencySource[str, Any] = DependencySource(DependencyGraph())
+    runner = ScheduledTaskPoolRunner("bridge", source, pool, default_cost={"slots": 1})
+    runner.add_task(
+        ScheduledTask("a", Log().task("a"), on_complete=lambda key, _: source.complete(key))
+    )
+    [envelope] = await collect(runner)
+    assert isinstance(envelope.error, InvalidTransitionError)
+    assert "do not complete() or fail() them from a callback" in str(envelope.error)
+
+
+async def test_aborting_a_node_while_its_on_complete_runs(autojump_clock: object) -> None:
+    """The task finished: it is reported once, as it ended; its dependents are aborted."""
+    pool = ResourceCapacitySource({"slots": 1})
+    graph: DependencyGraph[str] = DependencyGraph()
+    log = Log()
+    callback_started = trio.Event()
+
+    async def on_complete(key: str, result: Any) -> None:
+        callback_started.set()
+        await trio.sleep(10)
+
+    runner = ScheduledTaskPoolRunner(
+        "abort-settling", DependencySource(graph), pool, default_cost={"slots": 1}
+    )
+    runner.add_task(ScheduledTask("a", log.task("a"), on_complete=on_complete))
+    runner.add_task(ScheduledTask("b", log.task("b")), ["a"])
+    async with runner.run_tasks() as envelopes:
+        await callback_started.wait()
+        assert sorted(runner.abort("a")) == ["a", "b"]
+        envelopes_seen = [envelope async for envelope in envelopes]
+    results = finals(envelopes_seen)
+    assert (results["a"].kind, results["a"].value, results["a"].at) == (EnvelopeKind.FINAL, "a", 11)
+    assert isinstance(results["b"].error, TaskAbortedError)
+    assert log.started("b") == []
     assert_idle(pool)
 
 

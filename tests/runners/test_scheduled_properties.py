@@ -28,8 +28,10 @@ from sluiceway import (
     EnvelopeKind,
     NodeState,
     PriorityDependencySource,
+    PrioritySource,
     ResourceCapacitySource,
     RetryPolicy,
+    RetryScheduled,
     ScheduledTask,
     ScheduledTaskPoolRunner,
     TaskAbortedError,
@@ -159,6 +161,130 @@ def test_random_dags(plan: Plan) -> None:
                 assert attempts[key] == plan.nodes[key].failures + 1
                 assert attempts[key] <= plan.retries
         assert_idle(glob, pool)
+
+    with pytest.MonkeyPatch.context() as patch, grants_never_exceed_limits(patch):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@dataclass
+class PlainPlan:
+    tasks: list[NodePlan]
+    retries: int
+    source: str
+    shutdown: tuple[float, str] | None
+    limits: dict[str, int]
+
+
+@st.composite
+def plain_plans(draw: st.DrawFn) -> PlainPlan:
+    tasks = [
+        NodePlan(
+            deps=[],
+            cost={"cpu": draw(st.integers(1, 3))},
+            seconds=draw(st.sampled_from([0, 0.5, 1, 2])),
+            failures=draw(st.sampled_from([0, 0, 1, 2, 5])),
+        )
+        for _ in range(draw(st.integers(1, 25)))
+    ]
+    return PlainPlan(
+        tasks=tasks,
+        retries=draw(st.integers(1, 3)),
+        source=draw(st.sampled_from(["list", "priority", "lazy"])),
+        shutdown=draw(
+            st.none()
+            | st.tuples(st.sampled_from([0.25, 1, 2.5, 6]), st.sampled_from(["drain", "cancel"]))
+        ),
+        limits={"cpu": draw(st.integers(3, 6))},
+    )
+
+
+@given(plain_plans())
+def test_random_retries_from_plain_sources(plan: PlainPlan) -> None:
+    """Retries without a graph, from every kind of source, with shutdowns at random times:
+    every task is reported exactly once, under one task id; a task succeeds exactly when one
+    of its allowed attempts does; no limit is exceeded; all capacity comes back."""
+
+    async def main() -> None:
+        pool = ResourceCapacitySource(plan.limits)
+        attempts: dict[int, int] = {}
+
+        def task(key: int, node: NodePlan) -> ScheduledTask[Any, Any]:
+            async def body(emit: Any) -> int:
+                attempts[key] = attempts.get(key, 0) + 1
+                await trio.sleep(node.seconds)
+                if attempts[key] <= node.failures:
+                    raise RuntimeError(f"{key} failed attempt {attempts[key]}")
+                return key
+
+            return ScheduledTask(key, body, cost=node.cost)
+
+        tasks = [task(key, node) for key, node in enumerate(plan.tasks)]
+        source: Any
+        if plan.source == "list":
+            source = tasks
+        elif plan.source == "priority":
+            source = PrioritySource()
+            for item in tasks:
+                source.enqueue(item, priority=-item.key)  # the reverse of the key order
+            source.close_input()
+        else:
+
+            async def produce() -> Any:
+                for item in tasks:
+                    await trio.sleep(0.1)
+                    yield item
+
+            source = produce()
+        runner = ScheduledTaskPoolRunner(
+            "plain", source, pool, retry=RetryPolicy(attempts=plan.retries, backoff=0.5)
+        )
+
+        async def shut_down_later(at: float, mode: Any) -> None:
+            await trio.sleep(at)
+            runner.shutdown(mode)
+
+        finals: dict[int, Any] = {}
+        ids: dict[int, set[int]] = {}
+        retries_announced = 0
+        async with trio.open_nursery() as nursery:
+            if plan.shutdown is not None:
+                nursery.start_soon(shut_down_later, *plan.shutdown)
+            async with runner.run_tasks() as envelopes:
+                async for envelope in envelopes:
+                    ids.setdefault(envelope.key, set()).add(envelope.task_id)
+                    if isinstance(envelope.value, RetryScheduled):
+                        retries_announced += 1
+                    if envelope.is_final:
+                        assert envelope.key not in finals, f"{envelope.key} reported twice"
+                        finals[envelope.key] = envelope
+            nursery.cancel_scope.cancel()
+
+        stats = runner.statistics()
+        event(f"retried: {'some' if stats.retried else 'none'}")
+        event(f"shut down: {plan.shutdown[1] if plan.shutdown else 'no'}")
+        assert all(len(task_ids) == 1 for task_ids in ids.values())
+        if plan.shutdown is None or plan.source != "lazy":
+            # A plain source keeps what was never taken; everything taken is reported.
+            taken = set(attempts) | {k for k, e in finals.items() if e.kind is EnvelopeKind.ERROR}
+            assert taken <= set(finals)
+        if plan.shutdown is None:
+            assert sorted(finals) == list(range(len(plan.tasks)))
+        for key, envelope in finals.items():
+            node = plan.tasks[key]
+            if envelope.kind is EnvelopeKind.FINAL:
+                assert attempts[key] == node.failures + 1 <= plan.retries
+            elif isinstance(envelope.error, RuntimeError):
+                assert attempts[key] <= node.failures
+                # All its attempts were made, unless a shutdown stopped further ones.
+                assert attempts[key] == plan.retries or plan.shutdown is not None
+            else:
+                assert plan.shutdown is not None
+        # Every retry is announced; each one that came due ran another attempt.
+        assert stats.retried == retries_announced
+        assert sum(attempts.values()) - len(attempts) <= retries_announced
+        if plan.shutdown is None:
+            assert sum(attempts.values()) - len(attempts) == retries_announced
+        assert_idle(pool)
 
     with pytest.MonkeyPatch.context() as patch, grants_never_exceed_limits(patch):
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -218,7 +218,10 @@ class CapacitySource(BaseCapacity):
             different tree.
         resource: the resource name units are counted in, so a unit node can sit under a
             :class:`ResourceCapacitySource` that limits the same name.
-        name: a label for ``repr`` and statistics.
+        name: a label for ``repr``, statistics and metrics.
+        metrics: a :class:`~sluiceway.MetricsCollector` that receives a
+            :class:`~sluiceway.CapacityEvent` for every grant, refusal, release, refund and
+            change of limits at this node.
     """
 
     def __init__(
@@ -282,6 +285,8 @@ class CapacitySource(BaseCapacity):
         """
         self._check_new_borrower(borrower)
         if not _tree.try_now(self._node, self._unit, validated=False):
+            if self._node.metrics is not None:
+                _tree.report(self._node, "rejected", self._unit, "insufficient_capacity")
             raise trio.WouldBlock
         self._borrowers.add(borrower)
 
@@ -363,7 +368,10 @@ class ResourceCapacitySource(BaseCapacity):
         parent: an optional parent node (any capacity face).
         backfill: let a smaller request pass a blocked head of line when it uses none of the
             resources the head is short of (so it cannot delay the head). Default: strict FIFO.
-        name: a label for ``repr`` and statistics.
+        name: a label for ``repr``, statistics and metrics.
+        metrics: a :class:`~sluiceway.MetricsCollector` that receives a
+            :class:`~sluiceway.CapacityEvent` for every grant, refusal (including a cost that
+            can never fit), release, refund and change of limits at this node.
     """
 
     _quota = False
@@ -564,6 +572,13 @@ class QuotaCapacitySource(ResourceCapacitySource):
     bucket), usually driven by ``async with quota.refilling(...)``. As a parent of an ordinary
     pool it gives "at most N in flight and M per window"; as a child, releases still return
     capacity to the ordinary levels around it (the original leaked it).
+
+    Args:
+        limits: resource name to the quota of one window (``>= 0``).
+        parent: an optional parent node (any capacity face).
+        name: a label for ``repr``, statistics and metrics.
+        metrics: as for :class:`ResourceCapacitySource`; a quota also reports every ``reset``
+            and ``increment``.
     """
 
     _quota = True

@@ -21,10 +21,13 @@ completes its node (its dependents become ready before the consumer sees the env
 attempt is retried through the graph's delayed readiness (the node is not ready until its retry
 time, so the wait holds no capacity and blocks nobody), and a task that fails for good aborts its
 node and every dependent; every aborted node with a task is reported with an ``ERROR`` envelope.
+With any other source a retried task waits in the run itself (holding no capacity either) and,
+once due, is started ahead of the tasks still in the source.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import deque
@@ -37,6 +40,7 @@ import trio
 
 from .._errors import (
     ImpossibleCostError,
+    InvalidTransitionError,
     TaskAbortedError,
     TaskCancelledError,
     TaskTimeoutError,
@@ -140,6 +144,7 @@ class Emitter(Generic[I]):
     # Class-level defaults (no __slots__): a plain task sets only what differs from them, which
     # keeps the per-task cost of the most common case low.
     spec: ScheduledTask[Any, Any] | None = None
+    task_spec: TaskSpec[Any, Any] | None = None
     deadline: float | None = None
     node: Hashable | None = None
     attempt = 1
@@ -148,6 +153,7 @@ class Emitter(Generic[I]):
     scope: trio.CancelScope | None = None
     cancel_kind: str | None = None
     cancel_reason: str | None = None
+    never_started = False  # reported without running (aborted, shut out, or rejected)
 
     def __init__(
         self,
@@ -173,6 +179,7 @@ class Emitter(Generic[I]):
             self.timeout = item.timeout if item.timeout is not None else default_timeout
             self.deadline = item.deadline
         elif isinstance(item, TaskSpec):
+            self.task_spec = item
             self.fn = item.fn
             self.key = item.key if item.key is not None else node
             self.timeout = item.timeout if item.timeout is not None else default_timeout
@@ -205,6 +212,15 @@ class Emitter(Generic[I]):
 Job: TypeAlias = Emitter[Any]
 
 _NO_NODE = object()
+
+
+@attrs.define(slots=True)
+class Retry:
+    """A task of a source without a graph, waiting for (or due for) its next attempt."""
+
+    item: object
+    task_id: int
+    attempt: int
 
 
 class Run:
@@ -260,6 +276,14 @@ class Run:
         # A graph node keeps its task id and counts its attempts across retries.
         self.task_ids: dict[Hashable, int] = {}
         self.attempts: dict[Hashable, int] = {}
+        # Without a graph, retried tasks wait here: (due time, sequence, retry), then in ``due``
+        # once their time has come (taken before the source's next item).
+        self.retries: list[tuple[float, int, Retry]] = []
+        self.due: deque[Retry] = deque()
+        self.retry_seq = 0
+        self.timer_started = False
+        # Graph nodes whose on_complete callback is running (their node is still RUNNING).
+        self.settling_nodes: set[Hashable] = set()
         self.finalizing: object = _NO_NODE  # the node whose own failure is aborting its graph
         self.idle = WaitQueue()
         self.spawn_needed = 0
@@ -290,7 +314,7 @@ class Run:
         self.unsubscribe.append(self.source.subscribe(self._on_source_change))
         if self.graph is not None:
             self.unsubscribe.append(self.graph.subscribe_aborts(self._on_node_aborted))
-            nursery.start_soon(self._retry_timer, name=f"{self.name}:retry-timer")
+            self._start_timer()
         self.source_exhausted = self.source.exhausted
         if not self.source_exhausted:
             self.demand = _tree.open_demand(self.node, self, validated=self.validated)
@@ -321,6 +345,8 @@ class Run:
             return
         if self.ready or self.unproduced or self.running or self.producing or self.settling:
             return
+        if self.retries or self.due:
+            return
         if not (self.shutting_down or self.abandoned or self.source.exhausted):
             return
         self.finished = True
@@ -342,6 +368,13 @@ class Run:
         """The cost of the task the run would start next, or ``None`` if it starts nothing now."""
         if self.stopping or self.shutting_down or self.channel.blocked:
             return None
+        while self.due:
+            if self.fixed_cost is not None:
+                return self.fixed_cost
+            try:
+                return self.cost_of(self.due[0].item)
+            except Exception as error:  # the limits changed: it can never fit any more
+                self._reject(error)
         if self.lazy:
             # An async iterable is advanced by a worker holding the capacity of the item it will
             # produce; at most one unit per run may wait on the iterable that way.
@@ -375,7 +408,9 @@ class Run:
         if self.head_since is not None:
             waited = self.now() - self.head_since
             self.head_since = None
-        if self.sync_iterable is not None:
+        if self.due:
+            self.ready.append((self.due.popleft(), cost, waited, None))
+        elif self.sync_iterable is not None:
             # A synchronous iterable is advanced in the same step as the grant, like a peek.
             try:
                 item = self.sync_iterable.produce_nowait()
@@ -395,7 +430,7 @@ class Run:
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
         """A limit was lowered below the next task's cost: report it instead of waiting forever."""
-        if self.lazy:
+        if self.lazy and not self.due:
             # A lazy source's next item does not exist yet, and every task of the run has this
             # same cost: none can run any more. Ask for nothing more, and end the run with the
             # error once the running tasks have reported.
@@ -408,12 +443,21 @@ class Run:
     def _reject(self, error: Exception) -> None:
         """Take the next item and report it as failed without running it (its cost is wrong)."""
         node: Hashable | None = None
-        if self.graph is not None:
+        retry: Retry | None = None
+        if self.due:
+            retry = self.due.popleft()
+            item = retry.item
+        elif self.graph is not None:
             node, item = self.graph.take_keyed()
         else:
             item = self.source.take()
-        job: Job = Emitter(self, self._task_id(node), item, {}, None, node=node)
+        if retry is not None:
+            job: Job = Emitter(self, retry.task_id, item, {}, None)
+            job.attempt = retry.attempt
+        else:
+            job = Emitter(self, self._task_id(node), item, {}, None, node=node)
         job.started_at = self.now()
+        job.never_started = True
         self.counters.failed += 1
         self._final(job, EnvelopeKind.ERROR, None, error, job.started_at)
         if node is not None:
@@ -452,10 +496,7 @@ class Run:
         if self.finished or self.stopping:
             return
         if self.timer is not None and self.graph is not None:
-            due = self.graph.next_due()
-            if due is not None and (self.timer_due is None or due < self.timer_due):
-                task, self.timer = self.timer, None  # a retry falls due sooner: re-arm
-                trio.lowlevel.reschedule(task)
+            self._rearm_timer(self.graph.next_due())
         if self.deferring:
             self.deferred = True  # handled once the graph feedback under way is complete
             return
@@ -508,8 +549,8 @@ class Run:
 
     def _on_node_aborted(self, node: Hashable, task: object) -> None:
         """A graph node was aborted (by a cascade, ``abort()`` or a shutdown): act on its task."""
-        if node == self.finalizing or self.stopping:
-            return
+        if node == self.finalizing or self.stopping or node in self.settling_nodes:
+            return  # a node being settled is reported by its settling, with its real outcome
         for job in self.running.values():
             if job.node == node:
                 self._cancel_job(job, ABORTED, "its node was aborted")
@@ -527,15 +568,37 @@ class Run:
     def _report_aborted(self, node: Hashable, item: object) -> None:
         job: Job = Emitter(self, self._task_id(node), item, {}, None, node=node)
         job.started_at = now = self.now()
+        job.never_started = True
         self.counters.aborted += 1
         error = TaskAbortedError(f"task {job.key!r} was aborted before it ran")
         self._final(job, EnvelopeKind.ERROR, None, error, now)
 
+    def _start_timer(self) -> None:
+        if not self.timer_started and self.nursery is not None:
+            self.timer_started = True
+            self.nursery.start_soon(self._retry_timer, name=f"{self.name}:retry-timer")
+
+    def _rearm_timer(self, due: float | None) -> None:
+        """Wake the parked retry timer if a retry now falls due sooner than it waits for."""
+        if (
+            self.timer is not None
+            and due is not None
+            and (self.timer_due is None or due < self.timer_due)
+        ):
+            task, self.timer = self.timer, None
+            trio.lowlevel.reschedule(task)
+
+    def _next_due(self) -> float | None:
+        due = self.graph.next_due() if self.graph is not None else None
+        if self.retries and (due is None or self.retries[0][0] < due):
+            due = self.retries[0][0]
+        return due
+
     async def _retry_timer(self) -> None:
-        """Wake the tree when the graph's next retry falls due (the node becomes ready then)."""
-        assert self.graph is not None
+        """Make retries ready when they fall due: the graph's delayed nodes, or the run's own
+        retries of a source without a graph; then ask the tree for capacity for them."""
         while not (self.finished or self.stopping):
-            due = self.timer_due = self.graph.next_due()
+            due = self.timer_due = self._next_due()
             with trio.move_on_at(math.inf if due is None else due):
                 self.timer = trio.lowlevel.current_task()
 
@@ -545,10 +608,20 @@ class Run:
 
                 await trio.lowlevel.wait_task_rescheduled(abort)
             self.timer = None
-            if due is not None and due <= trio.current_time():
+            now = trio.current_time()
+            if due is None or due > now or self.finished or self.stopping:
+                continue
+            if self.graph is not None:
                 self.graph.peek()  # releases due nodes: they become ready and notify
-                if self.node.tree.root.waiting:
-                    _tree.dispatch(self.node.tree)
+            released = False
+            while self.retries and self.retries[0][0] <= now:
+                self.due.append(heapq.heappop(self.retries)[2])
+                released = True
+            if released and self.demand is None:
+                if not (self.shutting_down or self.abandoned):
+                    self.demand = _tree.open_demand(self.node, self, validated=self.validated)
+            elif self.node.tree.root.waiting:
+                _tree.dispatch(self.node.tree)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -611,7 +684,7 @@ class Run:
                         scope.deadline = math.inf
                     job.scope = None
                     spec = job.spec
-                    if spec is None and job.node is None:
+                    if spec is None and job.node is None and self.retry is None:
                         stamp = self._report(job, outcome_value, failure)
                     elif spec is None or (spec.on_complete is None and spec.on_error is None):
                         stamp = None
@@ -662,9 +735,13 @@ class Run:
         """Record a task as started after waiting ``waited`` seconds at the head of the source;
         ``now`` may be passed when the caller just read the clock and nothing awaited since."""
         if node is None:
-            task_id = self.next_task_id
-            self.next_task_id += 1
-            job: Job = Emitter(self, task_id, item, cost, self.task_timeout)
+            if type(item) is Retry:
+                job: Job = Emitter(self, item.task_id, item.item, cost, self.task_timeout)
+                job.attempt = item.attempt
+            else:
+                task_id = self.next_task_id
+                self.next_task_id += 1
+                job = Emitter(self, task_id, item, cost, self.task_timeout)
         else:
             job = Emitter(
                 self,
@@ -815,12 +892,24 @@ class Run:
             self._settle_now(job, value, error)  # no callback to await: no coroutine either
             return
         self.settling += 1
+        node = job.node
         try:
-            error, retried = self._feed_back(job, error)
-            if not retried:
-                if error is None and spec.on_complete is not None:
+            completed = error is None
+            callback_failed = False
+            if completed and spec.on_complete is not None:
+                # Before the graph hears of it: dependents may rely on what the callback records.
+                if node is not None:
+                    self.settling_nodes.add(node)
+                try:
                     error = await _call_back(spec.on_complete, job.key, value)
-                elif error is not None and spec.on_error is not None:
+                finally:
+                    self.settling_nodes.discard(node)
+                callback_failed = error is not None
+            # A failed on_complete fails the node (never retried: the task itself succeeded).
+            error, retried = self._feed_back(job, error, retry=not callback_failed)
+            if not retried:
+                if not completed and spec.on_error is not None:
+                    assert error is not None
                     callback_error = await _call_back(spec.on_error, job.key, error)
                     if callback_error is not None:
                         callback_error.__context__ = error
@@ -842,13 +931,15 @@ class Run:
         self._maybe_finish()
 
     def _feed_back(
-        self, job: Job, error: BaseException | None
+        self, job: Job, error: BaseException | None, *, retry: bool = True
     ) -> tuple[BaseException | None, bool]:
         """Tell the graph how the task ended; returns the error to report and whether the task
         will be retried instead (then nothing is reported yet)."""
         graph = self.graph
         node = job.node
         if graph is None or node is None:
+            if error is not None and retry and self._retry_later(job, error):
+                return error, True
             return error, False
         if error is None:
             # The first dependent admitted now is this worker's next task (no wake-up).
@@ -856,6 +947,12 @@ class Run:
             self.deferring = True
             try:
                 graph.task_completed(node)  # dependents become ready now
+            except InvalidTransitionError as exc:  # someone else settled the node meanwhile
+                error = InvalidTransitionError(
+                    f"{exc}; the run settles the nodes of its tasks itself: do not complete() "
+                    "or fail() them from a callback (the original's bridge pattern)"
+                )
+                error.__cause__ = exc
             except Exception as exc:  # a graph listener raised: report it with the task
                 error = exc
             finally:
@@ -865,7 +962,7 @@ class Run:
                     self._on_source_change()
                 self.releaser_claim = False
             return error, False
-        if self._retry_later(job, error):
+        if retry and self._retry_later(job, error):
             return error, True
         if job.cancel_kind != ABORTED:
             try:
@@ -890,16 +987,24 @@ class Run:
 
     def _retry_later(self, job: Job, error: BaseException) -> bool:
         """Schedule another attempt of ``job`` if its policy allows; True if it did."""
-        if job.cancel_kind is not None or self.graph is None or job.node is None:
+        if job.cancel_kind is not None:
             return False
         policy = job.spec.retry if job.spec is not None and job.spec.retry else self.retry
         if policy is None or self.shutting_down or not policy.should_retry(error, job.attempt):
             return False
         now = self.now()
         retry_at = now + policy.delay(job.attempt, random.random())
-        if not self.graph.task_failed(job.node, retry_at):
-            return False  # its node was aborted meanwhile
-        self.attempts[job.node] = job.attempt + 1
+        if self.graph is not None and job.node is not None:
+            if not self.graph.task_failed(job.node, retry_at):
+                return False  # its node was aborted meanwhile
+            self.attempts[job.node] = job.attempt + 1
+        else:
+            item = job.spec or job.task_spec or job.fn
+            self.retry_seq += 1
+            entry = Retry(item, job.task_id, job.attempt + 1)
+            heapq.heappush(self.retries, (retry_at, self.retry_seq, entry))
+            self._start_timer()
+            self._rearm_timer(retry_at)
         self.counters.retried += 1
         self.channel.put(
             TaskEnvelope(
@@ -939,7 +1044,7 @@ class Run:
                 cost=public_vector(job.cost) if job.cost else None,
                 error=error,
                 queued_at=job.queued_at if kind == "started" else None,
-                started_at=None if kind in ("started", "queued") else job.started_at,
+                started_at=None if kind == "started" or job.never_started else job.started_at,
                 retry_at=retry_at,
             ),
         )
@@ -982,17 +1087,30 @@ class Run:
                         self.finalizing = _NO_NODE
                     self._report_aborted(node, item)
                 else:
-                    job: Job = Emitter(self, self._task_id(None), item, cost, None)
-                    job.started_at = now = self.now()
-                    self.counters.aborted += 1
-                    error = TaskAbortedError("the run shut down before this task started")
-                    self._final(job, EnvelopeKind.ERROR, None, error, now)
+                    self._report_shut_out(item, "the run shut down before this task started")
+            retries = [*self.due, *(entry for _, _, entry in sorted(self.retries))]
+            self.due.clear()
+            self.retries.clear()
+            for retry in retries:
+                self._report_shut_out(retry, "the run shut down before retrying this task")
             if graph is not None:
                 graph.abort_pending()  # reported through the abort listener
         if cancel_running:
             for job in list(self.running.values()):
                 self._cancel_job(job, SHUT_DOWN, "the run shut down")
         self._maybe_finish()
+
+    def _report_shut_out(self, item: object, reason: str) -> None:
+        """Report a task of a source without a graph that the shutdown kept from starting."""
+        if type(item) is Retry:
+            job: Job = Emitter(self, item.task_id, item.item, {}, None)
+            job.attempt = item.attempt
+        else:
+            job = Emitter(self, self._task_id(None), item, {}, None)
+        job.started_at = now = self.now()
+        job.never_started = True
+        self.counters.aborted += 1
+        self._final(job, EnvelopeKind.ERROR, None, TaskAbortedError(reason), now)
 
     def in_flight(self) -> int:
         return len(self.running) + self.producing

@@ -157,11 +157,15 @@ class TaskPoolRunner(Generic[I, O]):
         """Wind the current run down: start nothing new and abort every task not started yet.
 
         ``"drain"`` lets running tasks finish; ``"cancel"`` cancels them too (reported with
-        :class:`~sluiceway.TaskCancelledError`). Every task that will not run is reported with
-        :class:`~sluiceway.TaskAbortedError` (with a dependency source: every node that has not
-        started, so the graph ends done). The envelope stream then ends once the running tasks
-        have reported; the run's ``async with`` does not raise for it. Calling it again with
-        ``"cancel"`` escalates a drain. Without an active run it does nothing.
+        :class:`~sluiceway.TaskCancelledError`). A task that fails meanwhile is not retried.
+        Every task the run had taken but will not run (admitted and not started yet, or
+        waiting for a retry) is reported with :class:`~sluiceway.TaskAbortedError`. With a
+        dependency source that is every node that has not started, so the graph ends done;
+        any other source keeps the items it still holds (they were never taken: a list's rest,
+        a buffer's queue, an iterable not advanced further), and they are not reported. The
+        envelope stream then ends once the running tasks have reported; the run's
+        ``async with`` does not raise for it. Calling it again with ``"cancel"`` escalates a
+        drain. Without an active run it does nothing.
         """
         if mode not in ("drain", "cancel"):
             raise ValueError(f"mode must be 'drain' or 'cancel', got {mode!r}")

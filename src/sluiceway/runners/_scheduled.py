@@ -10,7 +10,8 @@ from .._util import type_name
 from ..capacity import BaseCapacity
 from ..capacity._amounts import Vector
 from ..capacity._faces import checked_cost
-from ..sources import DependencySource, NodeState
+from ..sources import DependencySource, NodeState, SourceFromIterable
+from ..sources._iterable import read_ahead
 from ._runner import DEFAULT_BUFFER_SIZE, I, O, TaskPoolRunner
 from ._tasks import RetryPolicy, ScheduledTask
 
@@ -20,17 +21,21 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
 
     The source is usually a :class:`~sluiceway.DependencySource` or
     :class:`~sluiceway.PriorityDependencySource` (tasks run once their dependencies completed),
-    but any source of scheduled tasks works. For each task the runner peeks the source, checks
-    the task's cost against every level of ``capacity`` and takes it, in one synchronous step:
-    the task it admits is the task it checked. The head of the source is served first (strict
-    head of line, no starvation of large tasks); with ``backfill=True`` on the capacity node, a
-    smaller task may pass a blocked head when that cannot delay it.
+    but any source of scheduled tasks works (a plain iterable is read one task ahead, so each
+    task is priced by its own cost before it is admitted). For each task the runner peeks the
+    source, checks the task's cost against every level of ``capacity`` and takes it, in one
+    synchronous step: the task it admits is the task it checked. The run's tasks are started in
+    source order: a head that does not fit waits, and the smaller tasks behind it wait with it
+    (strict head of line, no starvation of large tasks). ``backfill=True`` on a capacity node
+    lets *other* requests at that node (another runner, a direct ``acquire()``) pass this run's
+    blocked head when that cannot delay it; it does not reorder one run's own tasks.
 
-    With a dependency source the runner drives the graph: a task that succeeds completes its
-    node, so its dependents are queued before the consumer sees the ``FINAL`` envelope; a task
-    that fails is retried according to its :class:`~sluiceway.RetryPolicy` (waiting without
-    holding capacity), and after its last attempt its node and every dependent are aborted and
-    reported. ``on_complete`` / ``on_error`` run before the consumer sees the task's envelope.
+    A task that fails is retried according to its :class:`~sluiceway.RetryPolicy`, waiting
+    without holding capacity. With a dependency source the runner also drives the graph: after
+    a task's ``on_complete`` returns its node completes, so its dependents are queued before
+    the consumer sees the ``FINAL`` envelope; after a task's last attempt its node and every
+    dependent are aborted and reported. ``on_complete`` / ``on_error`` run before the consumer
+    sees the task's envelope.
 
     A task whose cost is malformed, names a resource no level tracks, or can never fit is
     rejected with a clear error (in :meth:`add_task` at once, or as an ``ERROR`` envelope if it
@@ -69,6 +74,9 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
             metrics=metrics,
         )
         self._default_cost = None if default_cost is None else checked_cost(capacity, default_cost)
+        if isinstance(self._source, SourceFromIterable):
+            # Each task is admitted for its own cost, so it must exist before it is admitted.
+            self._source = read_ahead(self._source)
 
     def _cost_of(self, item: object) -> Vector:
         # Called on every peek: the task's cost was normalised when it was built; resource names

@@ -97,15 +97,24 @@ class ScheduledTask(Generic[I, O]):
             one, the runner's ``default_cost`` applies (there is no silent default: a task with
             neither is reported as an error).
         on_complete: ``on_complete(key, result)``, called (and awaited, if it returns an
-            awaitable) after the task succeeded and its dependents became ready, before the
-            consumer sees its ``FINAL`` envelope.
-        on_error: ``on_error(key, error)``, called when the task fails for good (after its last
-            attempt), before the consumer sees its ``ERROR`` envelope.
+            awaitable) once the task succeeded (its capacity is already released) and *before*
+            its node completes: what the callback records is there before any dependent
+            starts. Its dependents become ready when it returns, before the consumer sees the
+            ``FINAL`` envelope.
+        on_error: ``on_error(key, error)``, called when an attempt that ran ends in an error
+            that is not retried: its last failure, a timeout, a cancellation or an abort while
+            running. It runs before the consumer sees the ``ERROR`` envelope (in a dependency
+            graph, after the node and its dependents were aborted). A task reported without
+            ever running (aborted while waiting, shut out by a shutdown, rejected for its
+            cost) gets no callback.
         timeout: seconds from the start of each attempt; ``deadline``: an absolute trio time.
         retry: overrides the runner's :class:`~sluiceway.RetryPolicy` for this task.
 
     An exception raised by a callback is not swallowed: the task is reported as ``ERROR`` with
-    that exception (the ``FINAL`` value, if any, stays in the envelope's ``value``).
+    that exception (the ``FINAL`` value, if any, stays in the envelope's ``value``). When
+    ``on_complete`` raises, the task is not retried (it did succeed) and in a dependency graph
+    its node and every dependent are aborted, since the dependents may rely on what the
+    callback failed to do; ``on_error`` is not called for it.
     """
 
     key: Hashable
@@ -166,12 +175,17 @@ class RetryPolicy:
     attempts in total have been made; the wait before attempt ``n + 1`` is
     ``min(backoff * multiplier ** (n - 1), max_backoff)``, spread by ``jitter`` (a fraction:
     ``0.1`` draws the delay uniformly within +-10 %). While it waits the task holds no capacity
-    and does not block the tasks behind it (its node is not ready until then). Cancellation and
-    aborts are never retried. After the last attempt the task is reported as failed, and in a
-    dependency graph its node and every dependent are aborted.
+    and does not block the tasks behind it: with a dependency source its node is not ready
+    until then (and then queues like any ready node); with any other source the run keeps it
+    aside and, once due, starts it ahead of the tasks still in the source. Every attempt keeps
+    the task's id, and each retry is announced by an ``INTERMEDIATE`` envelope carrying a
+    :class:`~sluiceway.RetryScheduled`. Cancellation, aborts and shutdowns are never retried
+    (a retry still waiting when the run shuts down is reported with
+    :class:`~sluiceway.TaskAbortedError`). After the last attempt the task is reported as
+    failed, and in a dependency graph its node and every dependent are aborted.
 
-    The original's documented pattern (3 attempts, 100, 200, 400 ms) is
-    ``RetryPolicy(attempts=3, backoff=0.1)``.
+    The original's documented pattern (3 attempts in total, waiting 100 ms after the first
+    failure and 200 ms after the second) is ``RetryPolicy(attempts=3, backoff=0.1)``.
     """
 
     attempts: int = 3

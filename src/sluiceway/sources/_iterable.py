@@ -236,6 +236,29 @@ class ChannelSource(PeekableSource[T]):
         await self._channel.aclose()
 
 
+class _ProducerChannel(trio.abc.ReceiveChannel[T]):
+    """A :class:`SourceFromIterable` read as a channel (each receive produces one item)."""
+
+    def __init__(self, source: SourceFromIterable[T]) -> None:
+        self._source = source
+
+    async def receive(self) -> T:
+        return await self._source.produce()
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
+def read_ahead(source: SourceFromIterable[T]) -> ChannelSource[T]:
+    """A peekable source over ``source`` that reads one item ahead (a feeder task produces it).
+
+    Runners that price each task by its own cost need to see a task before they admit it; a
+    lazy source's items exist only once capacity is held. The item read ahead waits without
+    holding any capacity.
+    """
+    return ChannelSource(_ProducerChannel(source))
+
+
 def as_task_source(source: object) -> PeekableSource[Any]:
     """Turn anything runners accept into a :class:`PeekableSource`.
 
