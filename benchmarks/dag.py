@@ -38,7 +38,7 @@ import graphlib
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -364,6 +364,27 @@ def _sluiceway(params: Params) -> Sample:
 Completion = tuple[int, bool, object]  # (key, ok, value or error)
 
 
+async def _drive_asyncio(
+    sorter: graphlib.TopologicalSorter[int],
+    run_one: Callable[[int], Coroutine[Any, Any, None]],
+    queue: asyncio.Queue[Completion],
+    results: Results,
+    what: str,
+) -> None:
+    """Start every ready node, then each node its completions make ready, until none is left."""
+    async with asyncio.TaskGroup() as group:
+        for key in sorter.get_ready():
+            group.create_task(run_one(key))
+        while sorter.is_active():
+            key, ok, value = await queue.get()
+            if not ok:
+                raise task_failed(f"{what} {key}", value)
+            results.add(value)
+            sorter.done(key)
+            for ready in sorter.get_ready():
+                group.create_task(run_one(ready))
+
+
 def _asyncio(params: Params) -> Sample:
     dag = dag_of(params)
     limits: dict[str, int] = dict(params["limits"])
@@ -405,17 +426,7 @@ def _asyncio(params: Params) -> Sample:
             queue.put_nowait(completion)
 
         cpu_start, start = time.process_time(), time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            for key in sorter.get_ready():
-                group.create_task(run_one(key))
-            while sorter.is_active():
-                key, ok, value = await queue.get()
-                if not ok:
-                    raise task_failed(f"asyncio task {key}", value)
-                results.add(value)
-                sorter.done(key)
-                for ready in sorter.get_ready():
-                    group.create_task(run_one(ready))
+        await _drive_asyncio(sorter, run_one, queue, results, "asyncio task")
         elapsed = time.perf_counter() - start
         out["cpu_seconds"] = time.process_time() - cpu_start
         info = {**results.verify(), **checker.verify()}
@@ -492,17 +503,7 @@ def _asyncio_floor(params: Params) -> tuple[float, dict[str, Any]]:
                 queue.put_nowait((key, False, exc))
 
         start = time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            for key in sorter.get_ready():
-                group.create_task(run_one(key))
-            while sorter.is_active():
-                key, ok, value = await queue.get()
-                if not ok:
-                    raise task_failed(f"asyncio floor task {key}", value)
-                results.add(value)
-                sorter.done(key)
-                for ready in sorter.get_ready():
-                    group.create_task(run_one(ready))
+        await _drive_asyncio(sorter, run_one, queue, results, "asyncio floor task")
         elapsed = time.perf_counter() - start
         out["info"] = {**results.verify(), **checker.verify()}
         return elapsed

@@ -65,6 +65,14 @@ _RATE_BUCKETS = 1_000
 _logger = logging.getLogger("sluiceway.metrics")
 
 
+def _count(table: dict[str, dict[str, int]], label: str, kind: str) -> None:
+    """Add one to ``table[label][kind]``."""
+    counts = table.get(label)
+    if counts is None:
+        counts = table[label] = {}
+    counts[kind] = counts.get(kind, 0) + 1
+
+
 @attrs.frozen
 class CapacityEvent:
     """Something that happened at one node of a capacity tree.
@@ -507,10 +515,7 @@ class InMemoryMetrics:
     def _record_capacity(self, event: CapacityEvent) -> None:
         node = event.node
         kind = event.kind
-        counts = self._capacity_counts.get(node)
-        if counts is None:
-            counts = self._capacity_counts[node] = {}
-        counts[kind] = counts.get(kind, 0) + 1
+        _count(self._capacity_counts, node, kind)
         self._latest[node] = event
         if kind == "accepted":
             held = self._held.get(node)
@@ -529,10 +534,7 @@ class InMemoryMetrics:
     def _record_task(self, event: TaskEvent) -> None:
         runner = event.runner
         kind = event.kind
-        counts = self._task_counts.get(runner)
-        if counts is None:
-            counts = self._task_counts[runner] = {}
-        counts[kind] = counts.get(kind, 0) + 1
+        _count(self._task_counts, runner, kind)
         if kind == "started":
             if event.queued_at is not None:
                 self._durations(self._queue_wait, runner).add(event.at - event.queued_at)
