@@ -15,6 +15,7 @@ from sluiceway import (
     DependencySource,
     EnvelopeKind,
     Final,
+    HierarchicalTaskPoolRunner,
     ImpossibleCostError,
     InvalidTransitionError,
     NodeState,
@@ -740,3 +741,31 @@ async def test_token_bucket(autojump_clock: object) -> None:
     starts = sorted(t for t, kind, _ in log.events if kind == "start")
     assert starts[:10] == [0] * 10  # the initial burst
     assert starts[10:] == [t for t in range(1, 11) for _ in range(2)]  # then 2 per second
+
+
+async def test_retries_waiting_when_a_lazy_run_becomes_impossible(autojump_clock: object) -> None:
+    """A lazy run whose (fixed) cost can no longer ever fit gives up its source; a retry still
+    waiting is reported with the same error rather than left behind (or waited for forever)."""
+    pool = ResourceCapacitySource({"mem": 8})
+    log = Log()
+
+    async def tasks() -> AsyncIterator[Any]:
+        yield ScheduledTask("flaky", log.task("flaky", fails=9), retry=RetryPolicy(backoff=5))
+        yield ScheduledTask("slow", log.task("slow", seconds=10))
+        yield ScheduledTask("third", log.task("third", seconds=20))
+        yield ScheduledTask("never", log.task("never"))
+
+    runner = HierarchicalTaskPoolRunner("lazy", tasks(), pool, cost={"mem": 4})
+    seen: list[Envelope] = []
+    with pytest.raises(ImpossibleCostError):
+        async with runner.run_tasks() as envelopes:
+            await trio.sleep(2)  # flaky failed at 1 (retry due at 6); third took its memory
+            pool.set_limits({"mem": 2})
+            async for envelope in envelopes:
+                seen.append(envelope)
+    results = finals(seen)
+    assert isinstance(results["flaky"].error, ImpossibleCostError)
+    assert (results["slow"].kind, results["third"].kind) == (EnvelopeKind.FINAL,) * 2
+    assert log.started("flaky") == [0]
+    assert log.started("never") == []
+    assert pool.in_use == {}

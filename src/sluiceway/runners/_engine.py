@@ -436,6 +436,7 @@ class Run:
             # error once the running tasks have reported.
             self.abandoned = error
             self._withdraw()
+            self._drop_retries(lambda: ImpossibleCostError(str(error)))
             self._maybe_finish()
             return
         self._reject(error)
@@ -1087,12 +1088,11 @@ class Run:
                         self.finalizing = _NO_NODE
                     self._report_aborted(node, item)
                 else:
-                    self._report_shut_out(item, "the run shut down before this task started")
-            retries = [*self.due, *(entry for _, _, entry in sorted(self.retries))]
-            self.due.clear()
-            self.retries.clear()
-            for retry in retries:
-                self._report_shut_out(retry, "the run shut down before retrying this task")
+                    error = TaskAbortedError("the run shut down before this task started")
+                    self._report_unstarted(item, error)
+            self._drop_retries(
+                lambda: TaskAbortedError("the run shut down before retrying this task")
+            )
             if graph is not None:
                 graph.abort_pending()  # reported through the abort listener
         if cancel_running:
@@ -1100,8 +1100,9 @@ class Run:
                 self._cancel_job(job, SHUT_DOWN, "the run shut down")
         self._maybe_finish()
 
-    def _report_shut_out(self, item: object, reason: str) -> None:
-        """Report a task of a source without a graph that the shutdown kept from starting."""
+    def _report_unstarted(self, item: object, error: Exception) -> None:
+        """Report a task of a source without a graph that will not start (again): shut out by
+        a shutdown, or a retry that can no longer run."""
         if type(item) is Retry:
             job: Job = Emitter(self, item.task_id, item.item, {}, None)
             job.attempt = item.attempt
@@ -1109,8 +1110,19 @@ class Run:
             job = Emitter(self, self._task_id(None), item, {}, None)
         job.started_at = now = self.now()
         job.never_started = True
-        self.counters.aborted += 1
-        self._final(job, EnvelopeKind.ERROR, None, TaskAbortedError(reason), now)
+        if isinstance(error, TaskAbortedError):
+            self.counters.aborted += 1
+        else:
+            self.counters.failed += 1
+        self._final(job, EnvelopeKind.ERROR, None, error, now)
+
+    def _drop_retries(self, error: Callable[[], Exception]) -> None:
+        """Report every retry still waiting (due first, then by due time) with ``error()``."""
+        retries = [*self.due, *(entry for _, _, entry in sorted(self.retries))]
+        self.due.clear()
+        self.retries.clear()
+        for retry in retries:
+            self._report_unstarted(retry, error())
 
     def in_flight(self) -> int:
         return len(self.running) + self.producing
