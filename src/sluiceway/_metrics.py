@@ -7,9 +7,9 @@ both layers report to one :class:`MetricsCollector`:
 
 * capacity nodes emit a :class:`CapacityEvent` for every grant, rejection, release, refund and
   change of limits, whichever API caused it;
-* runners emit a :class:`TaskEvent` for every step of a task's life (started, intermediate,
-  finished, failed, retried, aborted, cancelled, timed out), carrying the times needed to derive
-  queue wait (``started`` carries when the task became ready) and run time.
+* runners emit a :class:`TaskEvent` for every step of a task's life (queued, started,
+  intermediate, finished, failed, retried, aborted, cancelled, timed out), carrying the times
+  needed to derive queue wait and run time.
 
 A collector is a plain object with a synchronous ``record(event)`` method. The library calls it
 through :func:`safe_record`, so a failing collector can never break scheduling.
@@ -43,6 +43,7 @@ CapacityEventKind: TypeAlias = Literal[
 ]
 #: What happened to a runner's task.
 TaskEventKind: TypeAlias = Literal[
+    "queued",
     "started",
     "intermediate",
     "finished",
@@ -116,12 +117,22 @@ class TaskEvent:
     cost) gets only its ending event, with ``started_at=None``. A graph node aborted before any
     run took it emits nothing: no runner ever saw it.
 
+    ``queued`` marks when an attempt became ready to run, waiting only for capacity. With a
+    dependency source it is recorded the moment the node becomes ready (for nodes ready before
+    the run, when the run starts), so ``queued`` minus ``started`` events is the live queue
+    depth. Other sources do not timestamp their items: their ``queued`` event is recorded when
+    the task is admitted, just before ``started``, with ``at`` set to when the task reached the
+    head of the run. Either way ``at`` of ``queued`` equals ``queued_at`` of the ``started``
+    that follows.
+
     Attributes:
-        kind: The lifecycle step: ``"started"``, ``"intermediate"``, ``"finished"``,
-            ``"failed"``, ``"retried"``, ``"aborted"``, ``"cancelled"`` or ``"timed_out"``.
+        kind: The lifecycle step: ``"queued"``, ``"started"``, ``"intermediate"``,
+            ``"finished"``, ``"failed"``, ``"retried"``, ``"aborted"``, ``"cancelled"`` or
+            ``"timed_out"``.
         runner: The runner's label.
         at: Trio clock time (``trio.current_time()``) of the event.
-        task_id: The task's id (kept across the attempts of a retried task).
+        task_id: The task's id (kept across the attempts of a retried task); ``None`` on the
+            first ``queued`` of a graph node, whose task gets its id when it is taken.
         key: The task's key, if it has one.
         attempt: Which attempt this is, starting at 1.
         cost: The capacity cost of the task, when known.

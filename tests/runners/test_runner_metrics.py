@@ -166,3 +166,70 @@ async def test_refusals_are_reported_whichever_api_refused() -> None:
     assert [counts[name].get("rejected") for name in sorted(counts)] == [1, 2]
     units.release()
     resources.release({"mem": 2})
+
+
+class Events:
+    """A collector that keeps the task events."""
+
+    def __init__(self) -> None:
+        self.events: list[TaskEvent] = []
+
+    def record(self, event: object) -> None:
+        if isinstance(event, TaskEvent):
+            self.events.append(event)
+
+    def of(self, kind: str) -> list[TaskEvent]:
+        return [e for e in self.events if e.kind == kind]
+
+
+def assert_each_start_was_queued(events: Events) -> None:
+    """Every start follows a queued event of the same attempt, stamped with its queued_at."""
+    waiting: dict[tuple[object, int], float] = {}
+    for event in events.events:
+        if event.kind == "queued":
+            waiting[(event.key, event.attempt)] = event.at
+        elif event.kind == "started":
+            assert waiting.pop((event.key, event.attempt)) == event.queued_at
+
+
+async def test_queued_events_of_a_graph_run(autojump_clock: object) -> None:
+    """A graph node is queued when it becomes ready (a node ready before the run, when the run
+    starts), and again when its retry time comes."""
+    events = Events()
+    pool = ResourceCapacitySource({"slots": 1})
+    graph: DependencyGraph[str] = DependencyGraph()
+    runner = ScheduledTaskPoolRunner(
+        "graph",
+        DependencySource(graph),
+        pool,
+        default_cost={"slots": 1},
+        retry=RetryPolicy(attempts=2, backoff=5),
+        metrics=events,
+    )
+    runner.add_task(ScheduledTask("a", sleeper(2)))
+    runner.add_task(ScheduledTask("b", sleeper(1)))
+    runner.add_task(ScheduledTask("c", sleeper(1, fails=1)), ["a"])
+    await trio.sleep(3)  # the run starts at 3: a and b have been ready since 0
+    async with runner.run_tasks() as envelopes:
+        async for _ in envelopes:
+            pass
+    queued = [(e.key, e.at, e.attempt, e.task_id) for e in events.of("queued")]
+    # a 3-5, b 5-6 (ready since 0), c ready at 5, runs 6-7, fails; retry ready at 12, runs 12-13.
+    assert queued == [("a", 0, 1, None), ("b", 0, 1, None), ("c", 5, 1, None), ("c", 12, 2, 3)]
+    started = [(e.key, e.at, e.queued_at) for e in events.of("started")]
+    assert started == [("a", 3, 0), ("b", 5, 0), ("c", 6, 5), ("c", 12, 12)]
+    assert_each_start_was_queued(events)
+
+
+async def test_queued_events_of_plain_and_lazy_sources(autojump_clock: object) -> None:
+    for source in ([sleeper(2) for _ in range(3)], (sleeper(2) for _ in range(3))):
+        events = Events()
+        runner = HierarchicalTaskPoolRunner("plain", source, CapacitySource(2), metrics=events)
+        async with runner.run_tasks() as envelopes:
+            async for _ in envelopes:
+                pass
+        start = events.of("started")[0].at
+        # Tasks 1 and 2 start at once; task 3 reached the head at once and waited 2 s.
+        assert [e.at - start for e in events.of("queued")] == [0, 0, 0]
+        assert [e.at - start for e in events.of("started")] == [0, 0, 2]
+        assert_each_start_was_queued(events)

@@ -303,6 +303,7 @@ class Run:
         self.demand: _tree.Demand | None = None
         self.unsubscribe: list[Callable[[], None]] = []
         self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        self.started_at = self.now()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -315,6 +316,10 @@ class Run:
         if self.graph is not None:
             self.unsubscribe.append(self.graph.subscribe_aborts(self._on_node_aborted))
             self._start_timer()
+            if self.metrics is not None:
+                for node in list(self.graph.graph.ready):  # ready before the run: queued now
+                    self._on_node_ready(node)
+                self.unsubscribe.append(self.graph.graph.subscribe(on_ready=self._on_node_ready))
         self.source_exhausted = self.source.exhausted
         if not self.source_exhausted:
             self.demand = _tree.open_demand(self.node, self, validated=self.validated)
@@ -763,12 +768,37 @@ class Run:
             if waited > counters.wait_max:  # noqa: PLR1730 - cheaper than max() here
                 counters.wait_max = waited
         if self.metrics is not None:
-            # When the task became ready: a dependency source knows; for other sources, when
-            # the task reached the head of the source (they do not timestamp their items).
-            queued = self.graph.queued_time(node) if self.graph is not None else None
-            job.queued_at = queued if queued is not None else job.started_at - waited
+            # When the task became ready: a dependency source knows (and its "queued" event
+            # was recorded then); other sources do not timestamp their items, so the wait
+            # counts from when the task reached the head of the run, recorded now.
+            if self.graph is not None:
+                job.queued_at = self._ready_time(node)
+            else:
+                job.queued_at = job.started_at - waited
+                self.event("queued", job, job.queued_at)
             self.event("started", job, job.started_at)
         return job
+
+    def _ready_time(self, node: Hashable) -> float:
+        """When a graph node became ready; the run's start if that was before ``trio.run``."""
+        assert self.graph is not None
+        ready = self.graph.queued_time(node)
+        return self.started_at if ready is None else ready
+
+    def _on_node_ready(self, node: Hashable) -> None:
+        """Record that a graph node became ready (its task is queued for capacity)."""
+        assert self.metrics is not None
+        safe_record(
+            self.metrics,
+            TaskEvent(
+                kind="queued",
+                runner=self.name,
+                at=self._ready_time(node),
+                task_id=self.task_ids.get(node),
+                key=node,
+                attempt=self.attempts.get(node, 1),
+            ),
+        )
 
     async def _produce(self, cost: Vector, waited: float) -> Job | None:
         """Advance a lazy source while holding ``cost``; ``None`` if it had nothing more."""
@@ -1045,7 +1075,9 @@ class Run:
                 cost=public_vector(job.cost) if job.cost else None,
                 error=error,
                 queued_at=job.queued_at if kind == "started" else None,
-                started_at=None if kind == "started" or job.never_started else job.started_at,
+                started_at=None
+                if kind in ("started", "queued") or job.never_started
+                else job.started_at,
                 retry_at=retry_at,
             ),
         )
