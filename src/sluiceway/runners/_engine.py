@@ -31,7 +31,8 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
+from contextlib import asynccontextmanager
 from types import CoroutineType
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -154,6 +155,8 @@ class Emitter(Generic[I]):
     cancel_kind: str | None = None
     cancel_reason: str | None = None
     never_started = False  # reported without running (aborted, shut out, or rejected)
+    released_depth = 0  # inside released(): how many blocks deep
+    paused = False  # its capacity is given back (a released() block, or waiting to retake it)
 
     def __init__(
         self,
@@ -208,10 +211,54 @@ class Emitter(Generic[I]):
         if run.metrics is not None:
             run.event("intermediate", self, now)
 
+    @asynccontextmanager
+    async def released(self) -> AsyncIterator[None]:
+        """Give the task's capacity back while the block runs, and take it back after.
+
+        For a task that waits on something outside the pool (a message, a timer): while it
+        waits, its capacity goes to other tasks, so a pool full of waiting tasks cannot
+        deadlock. On leaving the block the task waits for its capacity again, ahead of the
+        tasks its run has not started yet (it is work in progress). Nested blocks, or several
+        at once in one task, release it once. If the wait to take it back is cancelled, the
+        task holds nothing and the run does not release anything for it.
+
+        Raises:
+            RuntimeError: the task has finished.
+            ImpossibleCostError: a limit was lowered so that the task's cost can never fit
+                again.
+        """
+        if self.scope is None:
+            raise RuntimeError(f"task #{self.task_id} has finished; it holds no capacity")
+        if self.released_depth:
+            self.released_depth += 1
+            try:
+                yield
+            finally:
+                self.released_depth -= 1
+            return
+        run = self._run
+        self.released_depth = 1
+        run.pause(self)
+        try:
+            yield
+        finally:
+            self.released_depth = 0
+            await run.resume(self)
+
 
 Job: TypeAlias = Emitter[Any]
 
 _NO_NODE = object()
+
+
+@attrs.define(slots=True)
+class Resume:
+    """A paused task waiting to take its capacity back (see ``Emitter.released``)."""
+
+    job: Emitter[Any]
+    event: trio.Event = attrs.field(factory=trio.Event)
+    granted: bool = False
+    error: BaseException | None = None
 
 
 @attrs.define(slots=True)
@@ -284,6 +331,8 @@ class Run:
         self.timer_started = False
         # Graph nodes whose on_complete callback is running (their node is still RUNNING).
         self.settling_nodes: set[Hashable] = set()
+        # Paused tasks waiting to take their capacity back, served before new tasks.
+        self.resumes: deque[Resume] = deque()
         self.finalizing: object = _NO_NODE  # the node whose own failure is aborting its graph
         self.idle = WaitQueue()
         self.spawn_needed = 0
@@ -371,7 +420,12 @@ class Run:
 
     def _next_cost(self) -> Vector | None:
         """The cost of the task the run would start next, or ``None`` if it starts nothing now."""
-        if self.stopping or self.shutting_down or self.channel.blocked:
+        if self.stopping:
+            return None
+        if self.resumes:
+            # Work in progress first, even while shutting down or blocked on the consumer.
+            return self.resumes[0].job.cost
+        if self.shutting_down or self.channel.blocked:
             return None
         while self.due:
             if self.fixed_cost is not None:
@@ -409,6 +463,12 @@ class Run:
 
     def _accept(self, cost: Vector) -> None:
         """Take the granted task (synchronously, with the grant) and get a worker for it."""
+        if self.resumes:
+            resume = self.resumes.popleft()
+            resume.granted = True
+            resume.event.set()
+            self.head_since = None
+            return
         waited = 0.0
         if self.head_since is not None:
             waited = self.now() - self.head_since
@@ -435,6 +495,11 @@ class Run:
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
         """A limit was lowered below the next task's cost: report it instead of waiting forever."""
+        if self.resumes:
+            resume = self.resumes.popleft()  # it can never take its capacity back
+            resume.error = error
+            resume.event.set()
+            return
         if self.lazy and not self.due:
             # A lazy source's next item does not exist yet, and every task of the run has this
             # same cost: none can run any more. Ask for nothing more, and end the run with the
@@ -511,6 +576,7 @@ class Run:
             # Nothing more will come (or the source was closed): stop asking the tree at once,
             # so it never peeks a closed source, and return grants no task will use.
             self._withdraw()
+            self._ensure_demand()  # unless paused tasks still need their capacity back
             self._maybe_finish()
             return
         self.source_exhausted = False
@@ -521,6 +587,44 @@ class Run:
                 self.demand = _tree.open_demand(self.node, self, validated=self.validated)
         elif self.node.tree.root.waiting:
             _tree.dispatch(self.node.tree)
+
+    # -- paused tasks (Emitter.released) -----------------------------------------------------
+
+    def pause(self, job: Job) -> None:
+        """Give a running task's capacity back while it waits on something else."""
+        job.paused = True
+        _tree.give_back(self.node, job.cost)
+
+    async def resume(self, job: Job) -> None:
+        """Wait until the run's demand grants a paused task its capacity again (before any new
+        task of the run). Cancelled while waiting, the task holds nothing and stays paused."""
+        resume = Resume(job)
+        self.resumes.append(resume)
+        try:
+            if self.demand is None:
+                self._ensure_demand()
+            elif self.node.tree.root.waiting:
+                _tree.dispatch(self.node.tree)
+            if not resume.granted:
+                await resume.event.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+        except BaseException:
+            if not resume.granted and resume in self.resumes:
+                self.resumes.remove(resume)
+                if self.node.tree.root.waiting:
+                    _tree.dispatch(self.node.tree)  # it may have held back the head of line
+            raise
+        finally:
+            if resume.granted:
+                job.paused = False  # it holds its capacity again, even if cancelled just now
+        if resume.error is not None:
+            raise resume.error
+
+    def _ensure_demand(self) -> None:
+        """Ask the tree again for paused tasks (or due retries) after the demand was withdrawn."""
+        if self.demand is None and (self.resumes or self.due) and not self.stopping:
+            self.demand = _tree.open_demand(self.node, self, validated=self.validated)
 
     def _on_space(self) -> None:
         if not self.finished and self.node.tree.root.waiting:
@@ -843,11 +947,12 @@ class Run:
             return value, None
         finally:
             del self.running[job.task_id]
-            self.releaser_claim = True
-            try:
-                self._release(job.cost)
-            finally:
-                self.releaser_claim = False
+            if not job.paused:  # a paused task gave its capacity back already
+                self.releaser_claim = True
+                try:
+                    self._release(job.cost)
+                finally:
+                    self.releaser_claim = False
 
     def _release(self, cost: Vector) -> None:
         """Give back a finished task's capacity, handing it straight to the next task when this
@@ -1127,6 +1232,7 @@ class Run:
             )
             if graph is not None:
                 graph.abort_pending()  # reported through the abort listener
+            self._ensure_demand()  # paused tasks still take their capacity back to finish
         if cancel_running:
             for job in list(self.running.values()):
                 self._cancel_job(job, SHUT_DOWN, "the run shut down")
