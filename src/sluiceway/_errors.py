@@ -88,3 +88,93 @@ class TaskAbortedError(TaskError):
 
 class MissingTaskError(SluicewayError, LookupError):
     """A dependency source reached a ready key for which it has no task."""
+
+
+# -- entity store ------------------------------------------------------------------------------
+
+
+class StoreError(SluicewayError):
+    """Base class of errors raised by an entity store."""
+
+
+class StoreSchemaError(StoreError):
+    """The database is not an entity store this version understands.
+
+    Raised for a file that is not a database, a database that belongs to something else, or one
+    written by a newer version of sluiceway (its schema version is above the highest known).
+    """
+
+
+class EntityNotFoundError(StoreError, LookupError):
+    """No entity has this id (or, for a lookup by name, this name under this parent)."""
+
+
+class DuplicateEntityError(StoreError, ValueError):
+    """An entity with this name already exists under this parent (``append_call`` is strict)."""
+
+
+class LeaseLostError(StoreError):
+    """This runtime no longer holds the lease of the entity it tried to write for.
+
+    Another runtime took the entity over after the lease expired, or the entity was cancelled.
+    The write was refused, so nothing this runtime did afterwards is recorded.
+    """
+
+
+# -- entities ----------------------------------------------------------------------------------
+
+
+class EntityError(SluicewayError):
+    """Base class of errors about entity types, connections and runs."""
+
+
+class UnknownEntityTypeError(EntityError, LookupError):
+    """An entity type that is not registered with the runtime."""
+
+
+class ConnectionNotAllowedError(EntityError, ValueError):
+    """An edge whose target type the source type does not allow (``allowed_connections``)."""
+
+
+class EntityFailedError(EntityError):
+    """An entity's run raised; the entity is FAILED.
+
+    ``entity_id``, ``entity_type`` and ``entity_name`` name it; ``error`` is the stored
+    ``{"type", "message"}`` of what it raised. In the process that ran it, the original
+    exception is the ``__cause__``.
+    """
+
+    def __init__(
+        self, entity_id: str, entity_type: str, entity_name: str, error: dict[str, str]
+    ) -> None:
+        super().__init__(
+            f"{entity_type} {entity_name!r} ({entity_id}) failed: "
+            f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+        )
+        self.entity_id = entity_id
+        self.entity_type = entity_type
+        self.entity_name = entity_name
+        self.error = error
+
+
+class EntityCancelledError(EntityError):
+    """The entity was cancelled (``runtime.cancel()``); it does not run again by itself."""
+
+    def __init__(self, entity_id: str, entity_type: str, entity_name: str) -> None:
+        super().__init__(f"{entity_type} {entity_name!r} ({entity_id}) was cancelled")
+        self.entity_id = entity_id
+        self.entity_type = entity_type
+        self.entity_name = entity_name
+
+
+class EntityBusyError(EntityError):
+    """Another runtime holds the entity's lease: it is running there (or its lease has not
+    expired yet). Follow it with ``runtime.stream()``, or ``recover()`` it once it expired."""
+
+
+class EntityNotWaitingError(EntityError, RuntimeError):
+    """A message was sent to an entity that has finished (COMPLETED, FAILED or CANCELLED)."""
+
+
+class WaitTimeoutError(EntityError, TimeoutError):
+    """``wait_for_message`` reached its timeout without a message (also after a restart)."""

@@ -1,0 +1,616 @@
+"""RunContext: what an entity's ``run_impl`` uses to report progress and to call children."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from .._errors import EntityError, WaitTimeoutError
+from ..runners import Emitter, TaskSpec
+from ..store import (
+    EdgeRecord,
+    EntityRecord,
+    NewEntity,
+    WaitKind,
+    WaitRecord,
+    WaitState,
+)
+from ._entity import CALLS, RunnableEntity
+from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
+
+if TYPE_CHECKING:
+    from ._runtime import LiveRun, Runtime
+
+#: STATUS values only the runtime emits.
+_RESERVED_STATUSES = frozenset({"STARTED", "COMPLETED", "FAILED", "CANCELLED", "WAITING"})
+#: Envelope types only the runtime emits.
+_RESERVED_TYPES = frozenset({"WAITING", "ERROR", "MESSAGE"})
+
+
+class CapacityHolder(Protocol):
+    """Something holding capacity that it can give back while waiting (a runner task's
+    :class:`~sluiceway.Emitter`)."""
+
+    def released(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+@attrs.frozen
+class Message:
+    """A message an entity received while waiting: ``message`` (a short label such as
+    ``"approved"``), ``data`` (any JSON), when it was sent and its id in the store."""
+
+    message: str
+    data: Any
+    sent_at: float
+    id: int
+
+
+@attrs.frozen(eq=False)
+class ChildCall:
+    """A child an entity created (or found again) with ``append_call`` or
+    ``append_or_retrieve_call``: its stored record, whether this call created it, and
+    :meth:`run`."""
+
+    record: EntityRecord
+    created: bool
+    _ctx: RunContext
+
+    @property
+    def id(self) -> str:
+        """The child's id."""
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        """The child's name (unique under its parent)."""
+        return self.record.name
+
+    @property
+    def type_name(self) -> str:
+        """The child's entity type."""
+        return self.record.type
+
+    async def run(self) -> Any:
+        """Run the child (or return its stored result if it is COMPLETED) and return its result.
+
+        Raises:
+            EntityFailedError: the child failed (its error is stored with it).
+            EntityCancelledError: the child was cancelled.
+        """
+        return await self._ctx.runtime._execute(self.record, holder=self._ctx._holder)
+
+
+class RunContext:
+    """What ``run_impl(self, ctx)`` gets: progress, data, children, edges, keys and waits.
+
+    One context exists per run of an entity. Its methods write through the runtime's store on
+    behalf of the entity's lease; if the lease was lost (the entity was cancelled, or another
+    runtime took it over), they raise :class:`~sluiceway.LeaseLostError` and the run ends.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        entity: RunnableEntity,
+        live: LiveRun,
+        holder: CapacityHolder | None,
+    ) -> None:
+        self.runtime = runtime
+        self.entity = entity
+        self._live = live
+        self._holder = holder
+        self._waits = 0
+
+    # -- identity ------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The running entity's id."""
+        return self.entity.id
+
+    @property
+    def name(self) -> str:
+        """The running entity's name."""
+        return self.entity.name
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The entity's data (as of the last ``update_data``)."""
+        return self.entity.data
+
+    @property
+    def attempt(self) -> int:
+        """Which run of the entity this is (1 for the first)."""
+        return self.entity.attempt
+
+    def idempotency_key(self, *parts: str | int) -> str:
+        """A key for an external side effect, stable across re-runs and restarts.
+
+        It is derived from the entity's id (fixed when the entity was created) and ``parts``,
+        so the same call in a re-run gives the same key, and no other entity gets it: pass it
+        to a service that de-duplicates requests (``idempotency_key("send", contact_id)``).
+        """
+        for part in parts:
+            if isinstance(part, bool) or not isinstance(part, str | int):
+                raise TypeError(f"idempotency key parts must be str or int, got {part!r}")
+        return ":".join([self.entity.type_name, self.entity.id, *map(str, parts)])
+
+    # -- progress --------------------------------------------------------------------------------
+
+    async def status(
+        self, status: str, message: str | None = None, **metadata: Any
+    ) -> EntityEnvelope:
+        """Emit a STATUS envelope (``await ctx.status("RUNNING", "Sent 3/15")``).
+
+        STARTED, WAITING, COMPLETED, FAILED and CANCELLED are emitted by the runtime itself.
+        """
+        return await self.emit(
+            EnvelopeType.STATUS, status=status, message=message, metadata=metadata
+        )
+
+    async def emit(
+        self,
+        type: str | EnvelopeType,
+        *,
+        status: str | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        value: Any = None,
+        data: Any = None,
+        sub_type: str | None = None,
+    ) -> EntityEnvelope:
+        """Store an envelope in this entity's log (and so in every stream that covers it) and
+        return it with its sequence numbers.
+
+        ``type`` is INTERNAL_UPDATE, VALUE, STATUS or a type of the application's own
+        (``"BOT_PROGRESS"``); WAITING, ERROR and MESSAGE envelopes, a VALUE with
+        ``sub_type="return"`` and the lifecycle statuses are produced by the runtime.
+        """
+        kind = type.value if isinstance(type, EnvelopeType) else type
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"an envelope type is a non-empty string, got {type!r}")
+        if kind in _RESERVED_TYPES:
+            raise ValueError(f"{kind} envelopes are emitted by the runtime, not by run_impl")
+        if kind == "STATUS":
+            if not isinstance(status, str) or not status:
+                raise ValueError("a STATUS envelope needs a status, e.g. ctx.status('RUNNING')")
+            if status in _RESERVED_STATUSES:
+                raise ValueError(
+                    f"STATUS {status} is emitted by the runtime; use another status "
+                    "(e.g. RUNNING) for progress"
+                )
+        if kind == "VALUE" and sub_type == "return":
+            raise ValueError("the VALUE 'return' envelope is emitted when run_impl returns")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"message must be a string, got {message!r}")
+        meta = dict(metadata or {})
+        check_json(meta, "envelope metadata")
+        check_json(value, "an envelope value")
+        check_json(data, "envelope data")
+        envelope = self.runtime._envelope(
+            self.entity,
+            kind,
+            status=status,
+            message=message,
+            metadata=meta,
+            value=value,
+            data=data,
+            sub_type=sub_type,
+        )
+        [stored] = await self.runtime._append(self.entity, [envelope])
+        return stored
+
+    async def update_data(self, **partial: Any) -> dict[str, Any]:
+        """Merge ``partial`` into the entity's stored data atomically (each key replaced, the
+        others kept; no read-modify-write race) and return the new data."""
+        check_json(partial, "entity data")
+        runtime = self.runtime
+        new = await runtime.store.update_data(
+            self.entity.id, runtime.owner, partial, now=runtime.clock()
+        )
+        self.entity.data = new
+        return new
+
+    # -- children and edges ------------------------------------------------------------------------
+
+    async def append_call(
+        self,
+        entity_type: type[RunnableEntity] | str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> ChildCall:
+        """Create the child ``name`` (with a Calls edge); raise if the name exists.
+
+        Raises:
+            DuplicateEntityError: this entity already has a child called ``name``. A re-run
+                makes the same call again, so this is rarely what a workflow wants:
+                :meth:`append_or_retrieve_call` is.
+        """
+        return await self._child(entity_type, name, data, strict=True)
+
+    async def append_or_retrieve_call(
+        self,
+        entity_type: type[RunnableEntity] | str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> ChildCall:
+        """The child ``name`` of this entity, created (with ``data`` and a Calls edge) if it
+        does not exist. ``data`` is stored only when the child is created; a re-run finds the
+        same child, whatever ``data`` it passes then.
+
+        Raises:
+            UnknownEntityTypeError: ``entity_type`` is not registered.
+            ConnectionNotAllowedError: this type does not allow Calls to it.
+        """
+        return await self._child(entity_type, name, data, strict=False)
+
+    async def call(
+        self,
+        entity_type: type[RunnableEntity] | str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Create or find the child ``name``, run it and return its result.
+
+        A COMPLETED child returns its stored result at once; any other child runs (again).
+        Its envelopes are stored under it, so a stream of this entity shows them as they
+        happen.
+
+        Raises:
+            EntityFailedError: the child failed; catch it to go on without it.
+            EntityCancelledError: the child was cancelled.
+        """
+        child = await self.append_or_retrieve_call(entity_type, name, data)
+        return await child.run()
+
+    def parallel_calls(
+        self,
+        entity_type: type[RunnableEntity] | str,
+        items: Iterable[tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
+    ) -> AsyncIterator[TaskSpec[Any, Any]]:
+        """A lazy source of child tasks for a task pool runner.
+
+        ``items`` gives each child's ``(name, data)`` (or ``{"name": ..., "data": ...}``).
+        Each task, when the runner starts it, runs its child and returns the child's result
+        (a COMPLETED child returns its stored one at once). Children are created only as the
+        runner pulls the tasks, that is when it has capacity for them, and a re-run finds the
+        children it created before. Tasks carry the child's name as their key::
+
+            runner = HierarchicalTaskPoolRunner(
+                "send", ctx.parallel_calls(Recipient, items), CapacitySource(3, GLOBAL)
+            )
+            async with runner.run_tasks() as envelopes:
+                async for envelope in envelopes:
+                    ...  # FINAL: a child's result; ERROR: EntityFailedError
+
+        A child that waits (``wait_for_message``, ``sleep``) gives its task's capacity back
+        while it waits.
+
+        Raises:
+            UnknownEntityTypeError, ConnectionNotAllowedError: at once.
+            ValueError: when the runner reaches an item whose name was already used.
+        """
+        cls = self._child_type(entity_type)
+        return self._parallel(cls, items)
+
+    async def _parallel(
+        self,
+        cls: type[RunnableEntity],
+        items: Iterable[tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
+    ) -> AsyncIterator[TaskSpec[Any, Any]]:
+        runtime = self.runtime
+        # One query for the children that exist (a resumed run finds most of them here).
+        existing = {record.name: record for record in await runtime.store.children(self.id)}
+        seen: set[str] = set()
+        for item in items:
+            name, data = _parse_item(item)
+            if name in seen:
+                raise ValueError(
+                    f"parallel_calls got the name {name!r} twice; child names must be unique "
+                    "under their parent"
+                )
+            seen.add(name)
+            record = existing.pop(name, None)
+            if record is None:
+                record = (await self._create(cls, name, data, strict=False)).record
+            else:
+                _check_child_type(self.entity, record, cls)
+            yield TaskSpec(_ChildTask(runtime, record), key=name)
+
+    async def _child(
+        self,
+        entity_type: type[RunnableEntity] | str,
+        name: str,
+        data: Mapping[str, Any] | None,
+        *,
+        strict: bool,
+    ) -> ChildCall:
+        cls = self._child_type(entity_type)
+        return await self._create(cls, name, data, strict=strict)
+
+    def _child_type(self, entity_type: type[RunnableEntity] | str) -> type[RunnableEntity]:
+        registry = self.runtime.registry
+        cls = registry.get(entity_type, context=f"{self.entity.type_name} {self.entity.name!r}")
+        registry.check_connection(self.entity.type_name, CALLS, cls.type_name)
+        return cls
+
+    async def _create(
+        self,
+        cls: type[RunnableEntity],
+        name: str,
+        data: Mapping[str, Any] | None,
+        *,
+        strict: bool,
+    ) -> ChildCall:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a child's name must be a non-empty string, got {name!r}")
+        payload = dict(data or {})
+        check_json(payload, f"the data of child {name!r}")
+        runtime = self.runtime
+        record, created = await runtime.store.create_entity(
+            NewEntity(
+                id=str(uuid.uuid4()),
+                name=name,
+                type=cls.type_name,
+                general_type=cls.general_type,
+                data=payload,
+                created_at=runtime.clock(),
+                parent_id=self.id,
+            ),
+            strict=strict,
+        )
+        if not created:
+            _check_child_type(self.entity, record, cls)
+        return ChildCall(record, created, self)
+
+    async def connect(
+        self,
+        edge_type: str,
+        other: str | EntityRecord | ChildCall,
+        *,
+        data: Mapping[str, Any] | None = None,
+    ) -> EdgeRecord:
+        """Add a typed edge from this entity to ``other`` (an id, a record or a child).
+
+        The edge type must list ``other``'s type in this type's ``allowed_connections``.
+        Adding the same edge again returns it unchanged. Edges of one type are numbered in
+        the order they were added (``position``).
+
+        Raises:
+            ConnectionNotAllowedError: naming both types and the edge type.
+            EntityNotFoundError: ``other`` does not exist.
+        """
+        if not isinstance(edge_type, str) or not edge_type:
+            raise TypeError(f"an edge type is a non-empty string, got {edge_type!r}")
+        if isinstance(other, ChildCall):
+            target = other.record
+        elif isinstance(other, EntityRecord):
+            target = other
+        elif isinstance(other, str):
+            target = await self.runtime.store.get_entity(other)
+        else:
+            raise TypeError(f"connect() takes an entity id, record or child, got {other!r}")
+        self.runtime.registry.check_connection(self.entity.type_name, edge_type, target.type)
+        payload = dict(data or {})
+        check_json(payload, "edge data")
+        return await self.runtime.store.add_edge(
+            self.id, target.id, edge_type, now=self.runtime.clock(), data=payload
+        )
+
+    # -- durable waits ---------------------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: the deadline (now + ``seconds``, fixed by the first run that gets
+        here) survives a restart, so a re-run sleeps only what is left. The entity gives its
+        runner task's capacity back while it sleeps."""
+        seconds = check_finite(seconds, "sleep seconds")
+        if seconds < 0:
+            raise ValueError(f"sleep seconds must be >= 0, got {seconds}")
+        await self._timer(lambda now: now + seconds)
+
+    async def sleep_until(self, when: float | datetime.datetime) -> None:
+        """Sleep durably until ``when``: a wall-clock timestamp (seconds since the epoch, as
+        ``time.time()``, on the runtime's clock) or an aware ``datetime``."""
+        if isinstance(when, datetime.datetime):
+            if when.tzinfo is None:
+                raise ValueError("sleep_until needs an aware datetime (with a tzinfo)")
+            deadline = when.timestamp()
+        else:
+            deadline = check_finite(when, "sleep_until time")
+        await self._timer(lambda now: deadline)
+
+    async def _timer(self, deadline_from_now: Any) -> None:
+        runtime = self.runtime
+        index = self._next_wait()
+        now = runtime.clock()
+        wait = await runtime.store.begin_wait(
+            self.id,
+            runtime.owner,
+            index,
+            WaitKind.TIMER,
+            now=now,
+            deadline=deadline_from_now(now),
+        )
+        _check_wait_kind(wait, WaitKind.TIMER, index)
+        if wait.state is not WaitState.WAITING:
+            return
+        assert wait.deadline is not None
+        left = wait.deadline - runtime.clock()
+        if left > 0:
+            async with self._released():
+                await trio.sleep(left)
+        await runtime.store.end_wait(
+            self.id, runtime.owner, index, WaitState.ELAPSED, now=runtime.clock()
+        )
+
+    async def wait_for_message(
+        self,
+        prompt: str | None = None,
+        data: Any = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - durable: a cancel scope is not
+    ) -> Message:
+        """Wait durably for a message (``runtime.send_message``) and return it.
+
+        The first time a run gets here, a WAITING envelope (``prompt`` as its message,
+        ``data``) is stored and the entity's status becomes WAITING; messages are received
+        oldest first. A message sent while no process runs the entity is kept and delivered
+        when it runs again; a re-run that gets here again receives the message this wait
+        received before, without waiting. The entity gives its runner task's capacity back
+        while it waits. ``timeout`` (seconds, fixed the first time) still applies after a
+        restart.
+
+        Raises:
+            WaitTimeoutError: the timeout passed without a message.
+            TypeError: the entity's type is not a :class:`~sluiceway.WaitableEntity`.
+        """
+        if not self.entity.waitable:
+            raise TypeError(
+                f"{self.entity.type_name} cannot wait for messages: derive it from WaitableEntity"
+            )
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {prompt!r}")
+        check_json(data, "the data of a wait")
+        if timeout is not None:
+            timeout = check_finite(timeout, "timeout")
+            if timeout < 0:
+                raise ValueError(f"timeout must be >= 0, got {timeout}")
+        runtime = self.runtime
+        store = runtime.store
+        index = self._next_wait()
+        now = runtime.clock()
+        waiting = runtime._envelope(
+            self.entity,
+            EnvelopeType.WAITING.value,
+            message=prompt,
+            data=data,
+            metadata={"wait": index, **({"timeout": timeout} if timeout is not None else {})},
+        )
+        wait = await store.begin_wait(
+            self.id,
+            runtime.owner,
+            index,
+            WaitKind.MESSAGE,
+            now=now,
+            prompt=prompt,
+            data=data,
+            deadline=None if timeout is None else now + timeout,
+            envelope=waiting.body(),
+        )
+        runtime._changed()
+        _check_wait_kind(wait, WaitKind.MESSAGE, index)
+        fresh = wait.state is WaitState.WAITING
+        if fresh:
+            wait = await store.take_message(self.id, runtime.owner, index, now=runtime.clock())
+        if wait.state is WaitState.WAITING:
+            async with self._released():
+                wait = await self._await_message(index, wait)
+        if wait.state is WaitState.TIMED_OUT:
+            raise WaitTimeoutError(
+                f"{self.entity.type_name} {self.entity.name!r} got no message for wait "
+                f"{index} ({prompt!r}) before its timeout"
+            )
+        message = wait.message
+        assert message is not None
+        if fresh:
+            received = runtime._envelope(
+                self.entity,
+                EnvelopeType.MESSAGE.value,
+                message=message.message,
+                data=message.data,
+                metadata={"wait": index, "message_id": message.id},
+            )
+            await runtime._append(self.entity, [received])
+        return Message(message.message, message.data, message.sent_at, message.id)
+
+    async def _await_message(self, index: int, wait: WaitRecord) -> WaitRecord:
+        """Poll the store for a message (woken at once by ``send_message`` in this runtime)
+        until one arrives or the wait's deadline passes."""
+        runtime = self.runtime
+        store = runtime.store
+        while wait.state is WaitState.WAITING:
+            wakeup = self._live.wakeup
+            now = runtime.clock()
+            if wait.deadline is not None and now >= wait.deadline:
+                return await store.end_wait(
+                    self.id, runtime.owner, index, WaitState.TIMED_OUT, now=now
+                )
+            pause = runtime.poll_interval
+            if wait.deadline is not None:
+                pause = min(pause, wait.deadline - now)
+            with trio.move_on_after(max(pause, 0)):
+                await wakeup.wait()
+            wait = await store.take_message(self.id, runtime.owner, index, now=runtime.clock())
+        return wait
+
+    def _next_wait(self) -> int:
+        self._waits += 1
+        return self._waits
+
+    def _released(self) -> contextlib.AbstractAsyncContextManager[None]:
+        if self._holder is None:
+            return contextlib.nullcontext()
+        return self._holder.released()
+
+    def __repr__(self) -> str:
+        return f"<RunContext of {self.entity!r} attempt {self.entity.attempt}>"
+
+
+@attrs.frozen(eq=False)
+class _ChildTask:
+    """The task ``parallel_calls`` gives a runner for one child: run it in the task, with the
+    task's emitter as the capacity to give back while it waits."""
+
+    runtime: Runtime
+    record: EntityRecord
+
+    async def __call__(self, emit: Emitter[Any]) -> Any:
+        return await self.runtime._execute(self.record, holder=emit)
+
+
+def _parse_item(item: object) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, Mapping):
+        name = item.get("name")
+        data = item.get("data")
+        extra = set(item) - {"name", "data"}
+        if extra:
+            raise ValueError(
+                f"a parallel_calls item has 'name' and 'data' only, got {sorted(extra)}"
+            )
+    elif isinstance(item, tuple) and len(item) == 2:
+        name, data = item
+    else:
+        raise TypeError(
+            f"parallel_calls items are (name, data) tuples or {{'name', 'data'}} mappings, "
+            f"got {item!r}"
+        )
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a child's name must be a non-empty string, got {name!r}")
+    if data is not None and not isinstance(data, Mapping):
+        raise TypeError(f"the data of child {name!r} must be a mapping, got {data!r}")
+    return name, dict(data or {})
+
+
+def _check_child_type(
+    parent: RunnableEntity, record: EntityRecord, cls: type[RunnableEntity]
+) -> None:
+    if record.type != cls.type_name:
+        raise EntityError(
+            f"{parent.type_name} {parent.name!r} already has a child named {record.name!r} of "
+            f"type {record.type}, not {cls.type_name}"
+        )
+
+
+def _check_wait_kind(wait: WaitRecord, kind: WaitKind, index: int) -> None:
+    if wait.kind is not kind:
+        raise EntityError(
+            f"wait {index} of this entity was a {wait.kind.value} wait in an earlier run and is "
+            f"a {kind.value} wait now: run_impl must make the same waits in the same order "
+            "every time it runs"
+        )

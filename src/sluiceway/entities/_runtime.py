@@ -1,0 +1,661 @@
+"""The entity runtime: runs entities under leases, streams their envelopes, recovers them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import attrs
+import trio
+
+from .._errors import (
+    EntityBusyError,
+    EntityCancelledError,
+    EntityError,
+    EntityFailedError,
+    LeaseLostError,
+)
+from ..runners._envelopes import error_to_dict
+from ..store import (
+    EntityRecord,
+    EntityStatus,
+    EntityStore,
+    MessageRecord,
+    NewEntity,
+    SqliteStore,
+)
+from ._context import CapacityHolder, RunContext
+from ._entity import RunnableEntity, TypeRegistry
+from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
+
+#: Envelopes read from the store per query while streaming.
+_PAGE = 500
+
+
+@attrs.frozen
+class RecoveredRun:
+    """What :meth:`Runtime.recover` did with one abandoned run: its entity, and its result or
+    the error that ended it."""
+
+    entity_id: str
+    entity_type: str
+    entity_name: str
+    result: Any = None
+    error: BaseException | None = None
+
+
+class LiveRun:
+    """A run of an entity in this runtime: how to cancel it, wake it, and wait for it."""
+
+    def __init__(self, record: EntityRecord) -> None:
+        self.record = record
+        self.scope: trio.CancelScope | None = None
+        self.cancelled = False  # cancelled on request (runtime.cancel, here or elsewhere)
+        self.lease_lost = False  # another runtime took the entity over
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.wakeup = trio.Event()  # set (and replaced) when a message arrives
+
+    def wake(self) -> None:
+        self.wakeup.set()
+        self.wakeup = trio.Event()
+
+    def cancel(self, *, lease_lost: bool = False) -> None:
+        if lease_lost:
+            self.lease_lost = True
+        else:
+            self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def outcome(self) -> Any:
+        """Wait for the run to end; return its result or raise what ended it."""
+        await self.done.wait()
+        if self.error is not None:
+            raise _copy_error(self.error)
+        return self.result
+
+
+class Runtime:
+    """Runs entities stored in an :class:`~sluiceway.EntityStore`; made by
+    :func:`open_runtime`.
+
+    Every run holds a lease on its entity (renewed by a heartbeat), so two runtimes sharing a
+    store never run the same entity at once; an entity whose runtime stopped is taken over by
+    :meth:`recover`. Children run in their parent's run (``ctx.call``) or in a task pool
+    (``ctx.parallel_calls``); their envelopes are stored once, under them, and a stream of any
+    entity covers its whole subtree.
+    """
+
+    def __init__(
+        self,
+        store: EntityStore,
+        registry: TypeRegistry,
+        *,
+        owner: str,
+        lease_seconds: float,
+        clock: Callable[[], float],
+        poll_interval: float,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self._live: dict[str, LiveRun] = {}
+        self._changes = trio.Event()
+
+    # -- entities ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        entity_type: type[RunnableEntity] | str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        exist_ok: bool = False,
+    ) -> EntityRecord:
+        """Create a root entity (PENDING: nothing runs until :meth:`run`).
+
+        ``name`` (default: the new id) is unique among roots. With ``exist_ok=True`` an
+        existing root of that name and type is returned unchanged (its data is not updated).
+
+        Raises:
+            UnknownEntityTypeError: the type is not registered.
+            DuplicateEntityError: the name is taken (and not ``exist_ok``).
+        """
+        cls = self.registry.get(entity_type)
+        payload = dict(data or {})
+        check_json(payload, "entity data")
+        entity_id = str(uuid.uuid4())
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"an entity name must be a non-empty string, got {name!r}")
+        record, created = await self.store.create_entity(
+            NewEntity(
+                id=entity_id,
+                name=entity_id if name is None else name,
+                type=cls.type_name,
+                general_type=cls.general_type,
+                data=payload,
+                created_at=self.clock(),
+            ),
+            strict=not exist_ok,
+        )
+        if not created and record.type != cls.type_name:
+            raise EntityError(
+                f"a root named {record.name!r} exists with type {record.type}, not {cls.type_name}"
+            )
+        return record
+
+    async def get(self, entity_id: str) -> EntityRecord:
+        """The entity as stored now (status, data, result or error, lease).
+
+        Raises:
+            EntityNotFoundError.
+        """
+        return await self.store.get_entity(entity_id)
+
+    async def children(self, entity_id: str) -> list[EntityRecord]:
+        """The entity's children, oldest first."""
+        return await self.store.children(entity_id)
+
+    async def run(self, entity_id: str) -> Any:
+        """Run the entity and return its result.
+
+        A COMPLETED entity returns its stored result at once. A PENDING, FAILED or abandoned
+        one runs (again) from the top of ``run_impl``; children it created before are found
+        again, and COMPLETED ones are not run again. If the entity is running in this runtime
+        already, this waits for that run.
+
+        Raises:
+            EntityFailedError: ``run_impl`` raised (the entity is FAILED, the error stored).
+            EntityCancelledError: the entity was cancelled.
+            EntityBusyError: another runtime holds its lease.
+            EntityNotFoundError, UnknownEntityTypeError.
+        """
+        record = await self.store.get_entity(entity_id)
+        return await self._execute(record, holder=None)
+
+    async def send_message(self, entity_id: str, message: str, data: Any = None) -> MessageRecord:
+        """Send a message to an entity: it is stored and delivered to the entity's next wait
+        (now if it is waiting in this runtime, else when it waits or runs again).
+
+        Raises:
+            EntityNotFoundError.
+            EntityNotWaitingError: the entity is COMPLETED or CANCELLED.
+        """
+        if not isinstance(message, str) or not message:
+            raise TypeError(f"a message is a non-empty string, got {message!r}")
+        check_json(data, "message data")
+        record = await self.store.send_message(entity_id, message, data, now=self.clock())
+        live = self._live.get(entity_id)
+        if live is not None:
+            live.wake()
+        return record
+
+    async def cancel(self, entity_id: str) -> list[str]:
+        """Cancel the entity and its unfinished descendants: they become CANCELLED (with a
+        STATUS CANCELLED envelope each) and their runs stop, here at once, in another runtime
+        at its next heartbeat or write. Returns the ids cancelled. A cancelled entity does
+        not run again; :meth:`run` raises :class:`~sluiceway.EntityCancelledError` for it.
+
+        Raises:
+            EntityNotFoundError.
+        """
+        record = await self.store.get_entity(entity_id)
+        envelope = {
+            "type": EnvelopeType.STATUS.value,
+            "status": "CANCELLED",
+            "message": "cancelled on request",
+        }
+        cancelled = await self.store.cancel(record.id, now=self.clock(), envelope=envelope)
+        self._changed()
+        for cancelled_id in cancelled:
+            live = self._live.get(cancelled_id)
+            if live is not None:
+                live.cancel()
+        return cancelled
+
+    async def recover(self) -> list[RecoveredRun]:
+        """Resume every abandoned run and wait for them: entities left IN_PROGRESS or WAITING
+        whose lease has expired, is free, or belongs to a process of this machine that no
+        longer exists. Runs are resumed from their topmost abandoned entity (a parent resumes
+        its children). Returns what each resumed run ended with."""
+        now = self.clock()
+        candidates: list[tuple[EntityRecord, str | None]] = []
+        for record in await self.store.active():
+            if record.id in self._live:
+                continue
+            if record.parent_id is not None:
+                parent = await self.store.get_entity(record.parent_id)
+                if parent.status in (EntityStatus.FAILED, EntityStatus.CANCELLED):
+                    continue  # interrupted with its parent: it resumes when the parent runs
+            steal: str | None = None
+            if record.lease_owner is None or (record.lease_expires or 0.0) <= now:
+                pass
+            elif record.lease_owner != self.owner and owner_is_dead(record.lease_owner):
+                steal = record.lease_owner
+            else:
+                continue  # a live runtime holds it
+            candidates.append((record, steal))
+        outcomes: list[RecoveredRun] = []
+
+        async def resume(record: EntityRecord, steal: str | None) -> None:
+            try:
+                result = await self._execute(record, holder=None, steal_from=steal)
+            except (EntityError, LeaseLostError) as exc:
+                outcomes.append(RecoveredRun(record.id, record.type, record.name, error=exc))
+            else:
+                outcomes.append(RecoveredRun(record.id, record.type, record.name, result=result))
+
+        async with trio.open_nursery() as nursery:
+            for record, steal in candidates:
+                nursery.start_soon(resume, record, steal, name=f"recover {record.name}")
+        return outcomes
+
+    def is_running(self, entity_id: str) -> bool:
+        """Whether the entity is running in this runtime now."""
+        return entity_id in self._live
+
+    # -- envelopes ---------------------------------------------------------------------------
+
+    async def envelopes(
+        self, entity_id: str, *, after_seq: int = 0, subtree: bool = True
+    ) -> list[EntityEnvelope]:
+        """The stored envelopes of the entity (and its descendants, with ``subtree``) after
+        ``after_seq``, in order."""
+        out: list[EntityEnvelope] = []
+        while True:
+            page = await self.store.read_envelopes(
+                entity_id, after_seq=after_seq, limit=_PAGE, subtree=subtree
+            )
+            out.extend(EntityEnvelope.from_stored(stored) for stored in page)
+            if len(page) < _PAGE:
+                return out
+            after_seq = page[-1].seq
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, entity_id: str, *, after_seq: int = 0, buffer: int = 256
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[EntityEnvelope]]:
+        """Follow the envelopes of an entity's subtree: ``async with runtime.stream(id) as
+        envelopes: async for envelope in envelopes``.
+
+        It replays the stored envelopes after ``after_seq``, in ``seq`` order, then follows
+        new ones as they are stored, and ends after the entity's run has ended (its
+        COMPLETED, FAILED or CANCELLED status envelope) and everything before it was
+        delivered. A subscriber that reconnects with the ``seq`` of the last envelope it got
+        misses nothing and sees nothing twice. Envelopes stored by another process sharing
+        the store are picked up within ``poll_interval``. At most ``buffer`` envelopes wait
+        for a slow reader; the reading from the store waits meanwhile.
+
+        Raises:
+            EntityNotFoundError: at once, for an unknown id.
+        """
+        await self.store.get_entity(entity_id)
+        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+            raise ValueError(f"after_seq must be an int >= 0, got {after_seq!r}")
+        send, receive = trio.open_memory_channel[EntityEnvelope](buffer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, entity_id, after_seq, send, name=f"stream {entity_id}")
+            with receive:
+                try:
+                    yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _pump(
+        self, entity_id: str, after_seq: int, send: trio.MemorySendChannel[EntityEnvelope]
+    ) -> None:
+        with send:
+            cursor = after_seq
+            while True:
+                changes = self._changes
+                # Status first, envelopes second: if the run had ended when the status was
+                # read, every envelope of it is in the read that follows.
+                root = await self.store.get_entity(entity_id)
+                page = await self.store.read_envelopes(entity_id, after_seq=cursor, limit=_PAGE)
+                for stored in page:
+                    await send.send(EntityEnvelope.from_stored(stored))
+                    cursor = stored.seq
+                if len(page) == _PAGE:
+                    continue
+                if root.status in (
+                    EntityStatus.COMPLETED,
+                    EntityStatus.FAILED,
+                    EntityStatus.CANCELLED,
+                ) and not self.is_running(entity_id):
+                    return
+                with trio.move_on_after(self.poll_interval):
+                    await changes.wait()
+
+    def _changed(self) -> None:
+        """Wake the streams of this runtime: something was stored."""
+        self._changes.set()
+        self._changes = trio.Event()
+
+    def _envelope(
+        self,
+        entity: RunnableEntity | EntityRecord,
+        kind: str,
+        **fields: Any,
+    ) -> EntityEnvelope:
+        if isinstance(entity, EntityRecord):
+            ident, type_name, name = entity.id, entity.type, entity.name
+        else:
+            ident, type_name, name = entity.id, entity.type_name, entity.name
+        return EntityEnvelope(
+            type=kind,
+            entity_id=ident,
+            entity_type=type_name,
+            entity_name=name,
+            ts=self.clock(),
+            **{key: value for key, value in fields.items() if value is not None},
+        )
+
+    async def _append(
+        self, entity: RunnableEntity, envelopes: Sequence[EntityEnvelope]
+    ) -> list[EntityEnvelope]:
+        seqs = await self.store.append_envelopes(
+            self.owner, [(entity.id, envelope.ts, envelope.body()) for envelope in envelopes]
+        )
+        self._changed()
+        return [
+            attrs.evolve(envelope, seq=seq) for envelope, seq in zip(envelopes, seqs, strict=True)
+        ]
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _execute(
+        self,
+        record: EntityRecord,
+        *,
+        holder: CapacityHolder | None,
+        steal_from: str | None = None,
+    ) -> Any:
+        """Run one entity to its end (or return its stored result); see :meth:`run`."""
+        if record.status is EntityStatus.COMPLETED:
+            await trio.lowlevel.checkpoint()
+            return record.result
+        if record.status is EntityStatus.CANCELLED:
+            await trio.lowlevel.checkpoint()
+            raise EntityCancelledError(record.id, record.type, record.name)
+        live = self._live.get(record.id)
+        if live is not None:
+            return await live.outcome()  # running here already: wait for that run
+        cls = self.registry.get(record.type, context=f"entity {record.name!r} ({record.id})")
+        now = self.clock()
+        started = self._envelope(
+            record,
+            EnvelopeType.STATUS.value,
+            status="STARTED",
+            metadata={"attempt": record.attempt + 1},
+        )
+        claimed = await self.store.claim(
+            record.id,
+            self.owner,
+            now=now,
+            expires=now + self.lease_seconds,
+            started=started.body(),
+            steal_from=steal_from,
+        )
+        if claimed is None:
+            fresh = await self.store.get_entity(record.id)
+            holder_id = fresh.lease_owner
+            if (
+                fresh.status.is_active
+                and holder_id is not None
+                and holder_id != self.owner
+                and owner_is_dead(holder_id)
+            ):
+                # Left by a process of this machine that died (a child of the run being
+                # resumed, typically): take it over without waiting for its lease to expire.
+                now = self.clock()
+                claimed = await self.store.claim(
+                    record.id,
+                    self.owner,
+                    now=now,
+                    expires=now + self.lease_seconds,
+                    started=started.body(),
+                    steal_from=holder_id,
+                )
+        if claimed is None:
+            return await self._not_claimed(record)
+        self._changed()
+        live = self._live.get(record.id)
+        if live is not None:  # claimed concurrently by another call in this runtime
+            return await live.outcome()
+        live = LiveRun(claimed)
+        self._live[record.id] = live
+        try:
+            result = await self._run_claimed(cls, claimed, live, holder)
+        except BaseException as exc:
+            live.error = (
+                exc
+                if isinstance(exc, Exception)
+                else EntityError(f"the run of {record.type} {record.name!r} was interrupted")
+            )
+            raise
+        else:
+            live.result = result
+            return result
+        finally:
+            del self._live[record.id]
+            live.done.set()
+
+    async def _not_claimed(self, record: EntityRecord) -> Any:
+        fresh = await self.store.get_entity(record.id)
+        if fresh.status is EntityStatus.COMPLETED:
+            return fresh.result
+        if fresh.status is EntityStatus.CANCELLED:
+            raise EntityCancelledError(fresh.id, fresh.type, fresh.name)
+        raise EntityBusyError(
+            f"{fresh.type} {fresh.name!r} ({fresh.id}) is held by {fresh.lease_owner} until "
+            f"{fresh.lease_expires}: it is running elsewhere (follow it with stream()), or its "
+            "lease has not expired yet (recover() takes it over then)"
+        )
+
+    async def _run_claimed(
+        self,
+        cls: type[RunnableEntity],
+        record: EntityRecord,
+        live: LiveRun,
+        holder: CapacityHolder | None,
+    ) -> Any:
+        entity = cls()
+        entity._bind(record)
+        ctx = RunContext(self, entity, live, holder)
+        try:
+            with trio.CancelScope() as scope:
+                live.scope = scope
+                if live.cancelled or live.lease_lost:
+                    scope.cancel()
+                result = await entity.run_impl(ctx)
+                check_json(result, f"the result of {record.type} {record.name!r}")
+        except LeaseLostError:
+            await self._after_lost_lease(record, live)
+            raise
+        except Exception as exc:
+            if live.cancelled or live.lease_lost:
+                # Raised while the run was being stopped: report why it was stopped.
+                await self._after_lost_lease(record, live)
+                raise EntityCancelledError(record.id, record.type, record.name) from exc
+            await self._fail(record, exc)
+        except BaseException:
+            # Cancelled from outside (the runtime or the caller is leaving), or interrupted:
+            # give the lease back without finishing, so the entity runs again later.
+            with trio.CancelScope(shield=True), contextlib.suppress(LeaseLostError):
+                await self.store.release(record.id, self.owner)
+            raise
+        if scope.cancelled_caught:
+            await self._after_lost_lease(record, live)
+            raise EntityCancelledError(record.id, record.type, record.name)
+        now = self.clock()
+        envelopes = [
+            self._envelope(record, EnvelopeType.VALUE.value, sub_type="return", value=result),
+            self._envelope(record, EnvelopeType.STATUS.value, status="COMPLETED"),
+        ]
+        with trio.CancelScope(shield=True):
+            await self.store.finish(
+                record.id,
+                self.owner,
+                EntityStatus.COMPLETED,
+                now=now,
+                result=result,
+                envelopes=[envelope.body() for envelope in envelopes],
+            )
+        self._changed()
+        return result
+
+    async def _after_lost_lease(self, record: EntityRecord, live: LiveRun) -> None:
+        """The run lost its lease: cancelled (report that) or taken over (say so)."""
+        fresh = await self.store.get_entity(record.id)
+        if fresh.status is EntityStatus.CANCELLED:
+            live.cancelled = True
+            raise EntityCancelledError(record.id, record.type, record.name)
+        if live.lease_lost or fresh.lease_owner != self.owner:
+            raise LeaseLostError(
+                f"{record.type} {record.name!r} ({record.id}) was taken over by "
+                f"{fresh.lease_owner}; this run stopped without recording anything more"
+            )
+
+    async def _fail(self, record: EntityRecord, exc: BaseException) -> NoReturn:
+        error = error_to_dict(exc)
+        envelopes = [
+            self._envelope(record, EnvelopeType.ERROR.value, error=error),
+            self._envelope(record, EnvelopeType.STATUS.value, status="FAILED", message=str(exc)),
+        ]
+        with trio.CancelScope(shield=True):
+            await self.store.finish(
+                record.id,
+                self.owner,
+                EntityStatus.FAILED,
+                now=self.clock(),
+                error=error,
+                envelopes=[envelope.body() for envelope in envelopes],
+            )
+        self._changed()
+        raise EntityFailedError(record.id, record.type, record.name, error) from exc
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Renew this runtime's leases every third of their duration, and stop the runs whose
+        lease was lost (cancelled or taken over elsewhere)."""
+        while True:
+            await trio.sleep(self.lease_seconds / 3)
+            if not self._live:
+                continue
+            renewed = await self.store.renew_leases(
+                self.owner, expires=self.clock() + self.lease_seconds
+            )
+            if renewed >= len(self._live):
+                continue
+            for entity_id, live in list(self._live.items()):
+                fresh = await self.store.get_entity(entity_id)
+                if fresh.lease_owner == self.owner:
+                    continue
+                live.cancel(lease_lost=fresh.status is not EntityStatus.CANCELLED)
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """A fresh exception equal to ``error`` for another waiter (one object is raised once)."""
+    if isinstance(error, EntityFailedError):
+        copy: BaseException = EntityFailedError(
+            error.entity_id, error.entity_type, error.entity_name, error.error
+        )
+    elif isinstance(error, EntityCancelledError):
+        copy = EntityCancelledError(error.entity_id, error.entity_type, error.entity_name)
+    else:
+        copy = EntityError(str(error))
+    copy.__cause__ = error
+    return copy
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether ``owner`` names a process of this machine that no longer exists.
+
+    Owners are ``host:pid:random``. Only processes of this host can be checked; any other
+    owner counts as alive (its lease must expire).
+    """
+    host, _, rest = owner.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # another runtime of this process: it releases its leases when it stops
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def new_owner() -> str:
+    """A new owner id: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    store: EntityStore | str | os.PathLike[str],
+    types: Sequence[type[RunnableEntity]],
+    *,
+    lease_seconds: float = 30.0,
+    poll_interval: float = 0.5,
+    clock: Callable[[], float] = time.time,
+    owner: str | None = None,
+) -> AsyncIterator[Runtime]:
+    """Open a runtime over ``store`` for the entity ``types``:
+    ``async with open_runtime(store="app.db", types=[Campaign, Recipient]) as runtime:``.
+
+    Args:
+        store: an entity store (opened and closed by the runtime), or the path of a SQLite
+            file (a :class:`~sluiceway.SqliteStore`).
+        types: the entity classes this runtime can run. Their ``allowed_connections`` must
+            name registered types.
+        lease_seconds: how long a run's lease lasts without a heartbeat (renewed every third
+            of it). A crashed process's runs are taken over by :meth:`Runtime.recover` once
+            their lease expires (at once for a dead process of this machine).
+        poll_interval: how often waits and streams look for messages and envelopes stored by
+            other processes (those of this runtime wake them at once).
+        clock: the wall clock for leases and durable deadlines (``time.time``); it must agree
+            across the processes sharing the store.
+        owner: this runtime's lease owner id (default ``host:pid:random``).
+    """
+    lease_seconds = check_finite(lease_seconds, "lease_seconds")
+    poll_interval = check_finite(poll_interval, "poll_interval")
+    if lease_seconds <= 0 or poll_interval <= 0:
+        raise ValueError("lease_seconds and poll_interval must be > 0")
+    if not callable(clock):
+        raise TypeError(f"clock must be callable, got {clock!r}")
+    registry = TypeRegistry(types)
+    if isinstance(store, str | os.PathLike):
+        store = SqliteStore(store)
+    if not isinstance(store, EntityStore):
+        raise TypeError(f"store must be an EntityStore or a path, got {store!r}")
+    async with store:
+        runtime = Runtime(
+            store,
+            registry,
+            owner=new_owner() if owner is None else owner,
+            lease_seconds=lease_seconds,
+            clock=clock,
+            poll_interval=poll_interval,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runtime._heartbeat, name="lease heartbeat")
+            try:
+                yield runtime
+            finally:
+                nursery.cancel_scope.cancel()

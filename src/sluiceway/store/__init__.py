@@ -1,0 +1,36 @@
+"""Entity stores: where entities, their edges, envelopes, messages and waits are kept.
+
+:class:`EntityStore` is the protocol the runtime uses; :class:`SqliteStore` is the embedded
+default.
+"""
+
+from ._protocol import EntityStore
+from ._records import (
+    JSON,
+    EdgeRecord,
+    EntityRecord,
+    EntityStatus,
+    MessageRecord,
+    NewEntity,
+    StoredEnvelope,
+    WaitKind,
+    WaitRecord,
+    WaitState,
+)
+from ._sqlite import SqliteStore, SqliteStoreStatistics
+
+__all__ = [
+    "JSON",
+    "EdgeRecord",
+    "EntityRecord",
+    "EntityStatus",
+    "EntityStore",
+    "MessageRecord",
+    "NewEntity",
+    "SqliteStore",
+    "SqliteStoreStatistics",
+    "StoredEnvelope",
+    "WaitKind",
+    "WaitRecord",
+    "WaitState",
+]

@@ -1,0 +1,327 @@
+"""The entity store protocol: everything the runtime asks of a database.
+
+SQL, transactions and locking stay behind this protocol: the embedded
+:class:`~sluiceway.SqliteStore` implements it, and a PostgreSQL store will. Every method is
+async and is **atomic**: it either happens entirely or not at all, and readers never see half
+of it. Methods that write on behalf of a running entity take the runtime's ``owner`` id and are
+**fenced**: if ``owner`` no longer holds the entity's lease (another runtime took it over, or it
+was cancelled), they change nothing and raise :class:`~sluiceway.LeaseLostError`.
+
+A store is an async context manager: ``async with store:`` opens it (creating or migrating the
+schema), and leaving the block finishes pending writes and closes it. Methods may only be called
+while it is open. Times are passed in by the caller (wall-clock seconds); a store never reads a
+clock itself.
+
+Writes are durable when the method returns, and are applied in the order they were called.
+Stores are free to group the writes of concurrent callers into one transaction (group commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from ._records import (
+    JSON,
+    EdgeRecord,
+    EntityRecord,
+    EntityStatus,
+    MessageRecord,
+    NewEntity,
+    StoredEnvelope,
+    WaitKind,
+    WaitRecord,
+    WaitState,
+)
+
+
+@runtime_checkable
+class EntityStore(Protocol):
+    """What the entity runtime needs from a database (see the module documentation)."""
+
+    async def __aenter__(self) -> EntityStore: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    # -- entities --------------------------------------------------------------------------
+
+    async def create_entity(
+        self, new: NewEntity, *, strict: bool = False
+    ) -> tuple[EntityRecord, bool]:
+        """Create ``new`` unless an entity with its name exists under its parent.
+
+        Returns ``(record, created)``. If the name is taken, the existing entity is returned
+        unchanged (its data is *not* updated) and ``created`` is ``False``; with
+        ``strict=True`` that raises :class:`~sluiceway.DuplicateEntityError` instead. A child
+        is created with the edge ``new.edge_type`` from its parent in the same transaction.
+        Names are unique per parent, and among roots.
+
+        Raises:
+            EntityNotFoundError: ``new.parent_id`` names no entity.
+            DuplicateEntityError: ``strict`` and the name is taken, or ``new.id`` is taken.
+        """
+        ...
+
+    async def get_entity(self, entity_id: str) -> EntityRecord:
+        """The entity with this id.
+
+        Raises:
+            EntityNotFoundError: there is none.
+        """
+        ...
+
+    async def find_entity(self, parent_id: str | None, name: str) -> EntityRecord | None:
+        """The child of ``parent_id`` (a root if ``None``) called ``name``, if any."""
+        ...
+
+    async def children(self, parent_id: str) -> list[EntityRecord]:
+        """The children of ``parent_id`` (created with it as parent), oldest first."""
+        ...
+
+    async def count_children(self, parent_id: str) -> dict[EntityStatus, int]:
+        """How many children of ``parent_id`` are in each status (absent statuses omitted)."""
+        ...
+
+    async def update_data(
+        self, entity_id: str, owner: str | None, partial: Mapping[str, JSON], *, now: float
+    ) -> dict[str, JSON]:
+        """Merge ``partial`` into the entity's data (top-level keys are replaced, others kept)
+        atomically, and return the new data. Fenced unless ``owner`` is ``None`` (an update
+        from outside any run).
+
+        Raises:
+            EntityNotFoundError, LeaseLostError.
+        """
+        ...
+
+    # -- runs and leases ---------------------------------------------------------------------
+
+    async def claim(
+        self,
+        entity_id: str,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        started: Mapping[str, JSON],
+        steal_from: str | None = None,
+    ) -> EntityRecord | None:
+        """Take the entity's lease to run it, if nobody else holds it.
+
+        The claim succeeds if the entity is PENDING, IN_PROGRESS, WAITING or FAILED, and its
+        lease is free, expired (``lease_expires <= now``), already ``owner``'s, or held by
+        ``steal_from`` (an owner the caller knows to be dead). It then sets the lease
+        (``owner``, ``expires``), the status IN_PROGRESS (WAITING stays WAITING), adds 1 to
+        ``attempt``, clears ``error``, and appends the envelope ``started`` (at ``now``), all
+        in one transaction, and returns the updated record. Otherwise (COMPLETED, CANCELLED,
+        or leased by someone else) it changes nothing and returns ``None``.
+
+        Raises:
+            EntityNotFoundError.
+        """
+        ...
+
+    async def renew_leases(self, owner: str, *, expires: float) -> int:
+        """Extend every lease ``owner`` holds to ``expires`` (a heartbeat); returns how many."""
+        ...
+
+    async def release(self, entity_id: str, owner: str) -> bool:
+        """Give up the lease without finishing (the run was interrupted): the status stays as
+        it is, so the entity is found by :meth:`abandoned` and runs again. Returns ``False``
+        (changing nothing) if ``owner`` did not hold it."""
+        ...
+
+    async def set_status(
+        self,
+        entity_id: str,
+        owner: str,
+        status: EntityStatus,
+        *,
+        now: float,
+        envelope: Mapping[str, JSON] | None = None,
+    ) -> None:
+        """Move a running entity between IN_PROGRESS and WAITING, appending ``envelope`` if
+        given, atomically. Fenced.
+
+        Raises:
+            ValueError: ``status`` is neither IN_PROGRESS nor WAITING.
+            EntityNotFoundError, LeaseLostError.
+        """
+        ...
+
+    async def finish(
+        self,
+        entity_id: str,
+        owner: str,
+        status: EntityStatus,
+        *,
+        now: float,
+        result: JSON = None,
+        error: Mapping[str, str] | None = None,
+        envelopes: Sequence[Mapping[str, JSON]] = (),
+    ) -> None:
+        """End a run: set the status (COMPLETED with ``result``, or FAILED with ``error``),
+        clear the lease and append ``envelopes`` (at ``now``), in one transaction. Fenced.
+
+        Raises:
+            ValueError: ``status`` is neither COMPLETED nor FAILED.
+            EntityNotFoundError, LeaseLostError.
+        """
+        ...
+
+    async def cancel(
+        self, entity_id: str, *, now: float, envelope: Mapping[str, JSON]
+    ) -> list[str]:
+        """Cancel the entity and every descendant that is not COMPLETED or CANCELLED already:
+        set CANCELLED, clear their leases (fencing out their runs) and append ``envelope`` to
+        each, in one transaction. Returns the ids cancelled, the entity first (empty if it was
+        already COMPLETED or CANCELLED).
+
+        Raises:
+            EntityNotFoundError.
+        """
+        ...
+
+    async def active(self) -> list[EntityRecord]:
+        """The IN_PROGRESS or WAITING entities, whoever holds their lease (held, expired or
+        free), topmost only: an entity whose parent is also IN_PROGRESS or WAITING is left out,
+        because running the parent runs it again. The runtime decides which of them are
+        abandoned (lease free or expired, or held by an owner it knows is dead)."""
+        ...
+
+    # -- envelopes -----------------------------------------------------------------------------
+
+    async def append_envelopes(
+        self, owner: str, items: Sequence[tuple[str, float, Mapping[str, JSON]]]
+    ) -> list[int]:
+        """Append ``(entity_id, ts, body)`` envelopes in order; returns their ``seq`` numbers.
+        Fenced per entity: if ``owner`` does not hold the lease of any of them, nothing is
+        appended.
+
+        Raises:
+            EntityNotFoundError, LeaseLostError.
+        """
+        ...
+
+    async def read_envelopes(
+        self,
+        entity_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 1000,
+        subtree: bool = True,
+    ) -> list[StoredEnvelope]:
+        """Envelopes with ``seq > after_seq`` in ``seq`` order, at most ``limit``: of the entity
+        and all its descendants (``subtree=True``) or of the entity alone; each with the id,
+        type and name of the entity that emitted it.
+
+        Raises:
+            EntityNotFoundError.
+        """
+        ...
+
+    async def last_seq(self) -> int:
+        """The highest ``seq`` stored (0 if none)."""
+        ...
+
+    # -- edges ---------------------------------------------------------------------------------
+
+    async def add_edge(
+        self,
+        from_id: str,
+        to_id: str,
+        edge_type: str,
+        *,
+        now: float,
+        data: Mapping[str, JSON] | None = None,
+    ) -> EdgeRecord:
+        """Add the edge, or return it unchanged if ``(from_id, edge_type, to_id)`` exists.
+        Its ``position`` is one more than the highest of ``(from_id, edge_type)``.
+
+        Raises:
+            EntityNotFoundError: either end names no entity.
+        """
+        ...
+
+    async def edges(self, entity_id: str) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
+        """``(outgoing, incoming)`` edges of the entity, each by type, then position."""
+        ...
+
+    # -- messages and durable waits ---------------------------------------------------------------
+
+    async def send_message(
+        self, entity_id: str, message: str, data: JSON, *, now: float
+    ) -> MessageRecord:
+        """Store a message for the entity; it is kept until a wait receives it.
+
+        Raises:
+            EntityNotFoundError.
+            EntityNotWaitingError: the entity is COMPLETED or CANCELLED.
+        """
+        ...
+
+    async def messages(self, entity_id: str) -> list[MessageRecord]:
+        """Every message sent to the entity, oldest first."""
+        ...
+
+    async def begin_wait(
+        self,
+        entity_id: str,
+        owner: str,
+        index: int,
+        kind: WaitKind,
+        *,
+        now: float,
+        prompt: str | None = None,
+        data: JSON = None,
+        deadline: float | None = None,
+        envelope: Mapping[str, JSON] | None = None,
+    ) -> WaitRecord:
+        """Start wait ``index`` of the entity, or return it as stored if it exists (a re-run
+        reaching a wait it made before: nothing else changes then).
+
+        A new wait is stored with state WAITING; for a message wait the entity's status
+        becomes WAITING and ``envelope`` (the WAITING envelope) is appended, in the same
+        transaction. Fenced.
+
+        Raises:
+            EntityNotFoundError, LeaseLostError.
+        """
+        ...
+
+    async def take_message(
+        self, entity_id: str, owner: str, index: int, *, now: float
+    ) -> WaitRecord:
+        """Give wait ``index`` the oldest unread message, if it has none yet and one is
+        stored: the message is marked read by it, the wait ANSWERED, and the entity
+        IN_PROGRESS again, atomically. Returns the wait as it is then (still WAITING if there
+        was no message). Fenced.
+
+        Raises:
+            EntityNotFoundError: the entity, or its wait ``index``, does not exist.
+            LeaseLostError.
+        """
+        ...
+
+    async def end_wait(
+        self, entity_id: str, owner: str, index: int, state: WaitState, *, now: float
+    ) -> WaitRecord:
+        """Close a wait that is still WAITING as TIMED_OUT or ELAPSED (the entity becomes
+        IN_PROGRESS again); a wait that is no longer WAITING is returned unchanged (a message
+        may have arrived first). Fenced.
+
+        Raises:
+            ValueError: ``state`` is WAITING or ANSWERED.
+            EntityNotFoundError, LeaseLostError.
+        """
+        ...
+
+    async def get_wait(self, entity_id: str, index: int) -> WaitRecord | None:
+        """Wait ``index`` of the entity, if it was made."""
+        ...
