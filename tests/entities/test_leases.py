@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import trio
-from tests.entities.workflows import ALL_TYPES, EXECUTIONS, GATES, Leaf, started
 
 from sluiceway import (
     EntityBusyError,
@@ -22,6 +21,7 @@ from sluiceway import (
     open_runtime,
 )
 from sluiceway.entities._runtime import owner_is_dead
+from tests.entities.workflows import ALL_TYPES, EXECUTIONS, GATES, Leaf, started
 
 
 class WallClock:

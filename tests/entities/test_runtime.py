@@ -7,17 +7,6 @@ from typing import Any
 
 import pytest
 import trio
-from tests.entities.workflows import (
-    ALL_TYPES,
-    EXECUTIONS,
-    GATES,
-    GLOBAL,
-    Chain,
-    FanOut,
-    Leaf,
-    started,
-)
-from tests.helpers import assert_idle
 
 from sluiceway import (
     ConnectionNotAllowedError,
@@ -32,6 +21,17 @@ from sluiceway import (
     UnknownEntityTypeError,
     open_runtime,
 )
+from tests.entities.workflows import (
+    ALL_TYPES,
+    EXECUTIONS,
+    GATES,
+    GLOBAL,
+    Chain,
+    FanOut,
+    Leaf,
+    started,
+)
+from tests.helpers import assert_idle
 
 
 def chain_data(*children: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from tests.entities.workflows import ALL_TYPES, EXECUTIONS, GLOBAL, Asker, FanOut, Sleeper
-from tests.helpers import assert_idle
 
 from sluiceway import (
     EntityEnvelope,
@@ -23,6 +21,8 @@ from sluiceway import (
     WaitState,
     open_runtime,
 )
+from tests.entities.workflows import ALL_TYPES, EXECUTIONS, GLOBAL, Asker, FanOut, Sleeper
+from tests.helpers import assert_idle
 
 
 async def until_waiting(runtime: Runtime, entity_id: str, count: int = 1) -> None:

@@ -314,6 +314,39 @@ async def test_claim_a_pending_entity(store: SqliteStore) -> None:
     )
 
 
+async def test_create_and_claim(store: SqliteStore) -> None:
+    await store.create_entity(new("parent"))
+    record, created, claimed_now = await store.create_and_claim(
+        new("c1", parent="parent", data={"v": 1}), "a", now=10.0, expires=40.0, started=STARTED
+    )
+    assert (created, claimed_now) == (True, True)
+    assert (record.status, record.attempt, record.lease_owner) == (IN_PROGRESS, 1, "a")
+    assert record.data == {"v": 1}
+    [edge], _ = await store.edges("parent")
+    assert (edge.to_id, edge.type, edge.position) == ("c1", "Calls", 1)
+    # The name exists: found, not created; another owner's valid lease: not claimed.
+    again, created, claimed_now = await store.create_and_claim(
+        new("c2", parent="parent", name="c1", data={"v": 2}),
+        "b",
+        now=20.0,
+        expires=50.0,
+        started=STARTED,
+    )
+    assert (again.id, created, claimed_now) == ("c1", False, False)
+    assert again == await store.get_entity("c1")
+    # After it completes, nobody claims it again.
+    await store.finish("c1", "a", COMPLETED, now=30.0, result=3)
+    done, created, claimed_now = await store.create_and_claim(
+        new("c3", parent="parent", name="c1"), "b", now=60.0, expires=90.0, started=STARTED
+    )
+    assert (done.status, done.result, created, claimed_now) == (COMPLETED, 3, False, False)
+    with pytest.raises(EntityNotFoundError):
+        await store.create_and_claim(
+            new("orphan", parent="nobody"), "a", now=1.0, expires=2.0, started=STARTED
+        )
+    assert await store.find_entity("nobody", "orphan") is None
+
+
 async def test_claim_is_refused_while_another_owner_holds_a_valid_lease(
     store: SqliteStore,
 ) -> None:

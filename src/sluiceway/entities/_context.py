@@ -189,10 +189,7 @@ class RunContext:
             raise ValueError("the VALUE 'return' envelope is emitted when run_impl returns")
         if message is not None and not isinstance(message, str):
             raise TypeError(f"message must be a string, got {message!r}")
-        meta = dict(metadata or {})
-        check_json(meta, "envelope metadata")
-        check_json(value, "an envelope value")
-        check_json(data, "envelope data")
+        meta = dict(metadata or {})  # JSON is checked when the store encodes it
         envelope = self.runtime._envelope(
             self.entity,
             kind,
@@ -317,11 +314,11 @@ class RunContext:
                 )
             seen.add(name)
             record = existing.pop(name, None)
-            if record is None:
-                record = (await self._create(cls, name, data, strict=False)).record
-            else:
+            if record is not None:
                 _check_child_type(self.entity, record, cls)
-            yield TaskSpec(_ChildTask(runtime, record), key=name)
+            # A new child is created by its task, once the runner holds its capacity: the
+            # creations of concurrent tasks then share store transactions.
+            yield TaskSpec(_ChildTask(self, cls, name, data, record), key=name)
 
     async def _child(
         self,
@@ -348,26 +345,27 @@ class RunContext:
         *,
         strict: bool,
     ) -> ChildCall:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"a child's name must be a non-empty string, got {name!r}")
-        payload = dict(data or {})
-        check_json(payload, f"the data of child {name!r}")
-        runtime = self.runtime
-        record, created = await runtime.store.create_entity(
-            NewEntity(
-                id=str(uuid.uuid4()),
-                name=name,
-                type=cls.type_name,
-                general_type=cls.general_type,
-                data=payload,
-                created_at=runtime.clock(),
-                parent_id=self.id,
-            ),
-            strict=strict,
-        )
+        new = self._new_child(cls, name, data)
+        record, created = await self.runtime.store.create_entity(new, strict=strict)
         if not created:
             _check_child_type(self.entity, record, cls)
         return ChildCall(record, created, self)
+
+    def _new_child(
+        self, cls: type[RunnableEntity], name: str, data: Mapping[str, Any] | None
+    ) -> NewEntity:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a child's name must be a non-empty string, got {name!r}")
+        payload = dict(data or {})  # JSON is checked when the store encodes it
+        return NewEntity(
+            id=str(uuid.uuid4()),
+            name=name,
+            type=cls.type_name,
+            general_type=cls.general_type,
+            data=payload,
+            created_at=self.runtime.clock(),
+            parent_id=self.id,
+        )
 
     async def connect(
         self,
@@ -564,14 +562,22 @@ class RunContext:
 
 @attrs.frozen(eq=False)
 class _ChildTask:
-    """The task ``parallel_calls`` gives a runner for one child: run it in the task, with the
-    task's emitter as the capacity to give back while it waits."""
+    """The task ``parallel_calls`` gives a runner for one child: create the child if it does
+    not exist yet, then run it in the task, with the task's emitter as the capacity to give
+    back while it waits."""
 
-    runtime: Runtime
-    record: EntityRecord
+    ctx: RunContext
+    cls: type[RunnableEntity]
+    name: str
+    data: dict[str, Any]
+    record: EntityRecord | None
 
     async def __call__(self, emit: Emitter[Any]) -> Any:
-        return await self.runtime._execute(self.record, holder=emit)
+        runtime = self.ctx.runtime
+        if self.record is not None:
+            return await runtime._execute(self.record, holder=emit)
+        new = self.ctx._new_child(self.cls, self.name, self.data)
+        return await runtime._execute_new(self.cls, new, holder=emit)
 
 
 def _parse_item(item: object) -> tuple[str, dict[str, Any]]:

@@ -58,6 +58,7 @@ class LiveRun:
         self.cancelled = False  # cancelled on request (runtime.cancel, here or elsewhere)
         self.lease_lost = False  # another runtime took the entity over
         self.done = trio.Event()
+        self.ran = False  # it claimed the entity and ran (result or error is its outcome)
         self.result: Any = None
         self.error: BaseException | None = None
         self.wakeup = trio.Event()  # set (and replaced) when a message arrives
@@ -74,9 +75,8 @@ class LiveRun:
         if self.scope is not None:
             self.scope.cancel()
 
-    async def outcome(self) -> Any:
-        """Wait for the run to end; return its result or raise what ended it."""
-        await self.done.wait()
+    def outcome(self) -> Any:
+        """The ended run's result, or (a copy of) what ended it."""
         if self.error is not None:
             raise _copy_error(self.error)
         return self.result
@@ -389,66 +389,111 @@ class Runtime:
             raise EntityCancelledError(record.id, record.type, record.name)
         live = self._live.get(record.id)
         if live is not None:
-            return await live.outcome()  # running here already: wait for that run
+            return await self._attach(live, holder)  # running here already: wait for that run
         cls = self.registry.get(record.type, context=f"entity {record.name!r} ({record.id})")
+        started = self._started(record.attempt + 1)
+        live = self._live[record.id] = LiveRun(record)  # before claiming: callers attach
+        try:
+            now = self.clock()
+            claimed = await self.store.claim(
+                record.id,
+                self.owner,
+                now=now,
+                expires=now + self.lease_seconds,
+                started=started,
+                steal_from=steal_from,
+            )
+            if claimed is None:
+                claimed = await self._claim_from_dead_owner(record.id, started)
+        except BaseException as exc:
+            self._settle(live, record, None, exc)
+            raise
+        if claimed is None:
+            del self._live[record.id]
+            live.done.set()  # attachers look again (the entity is done or busy)
+            return await self._not_claimed(record)
+        return await self._run_live(cls, claimed, live, holder)
+
+    async def _attach(self, live: LiveRun, holder: CapacityHolder | None) -> Any:
+        """Wait for a run of this runtime and end as it ends (or, if it could not claim the
+        entity after all, try again as a new caller would)."""
+        await live.done.wait()
+        if live.ran:
+            return live.outcome()
+        return await self._execute(await self.store.get_entity(live.record.id), holder=holder)
+
+    async def _execute_new(
+        self, cls: type[RunnableEntity], new: NewEntity, *, holder: CapacityHolder | None
+    ) -> Any:
+        """Create a child and run it at once, claiming it in the same transaction (a task
+        pool starting a child it creates)."""
+        started = self._started(1)
         now = self.clock()
-        started = self._envelope(
-            record,
-            EnvelopeType.STATUS.value,
-            status="STARTED",
-            metadata={"attempt": record.attempt + 1},
+        record, _, claimed = await self.store.create_and_claim(
+            new, self.owner, now=now, expires=now + self.lease_seconds, started=started
         )
-        claimed = await self.store.claim(
-            record.id,
+        if not claimed or record.id in self._live:
+            return await self._execute(record, holder=holder)  # it existed: the usual way
+        live = self._live[record.id] = LiveRun(record)
+        return await self._run_live(cls, record, live, holder)
+
+    async def _claim_from_dead_owner(
+        self, entity_id: str, started: dict[str, Any]
+    ) -> EntityRecord | None:
+        """Claim an entity whose lease a dead process of this machine holds (a child of the
+        run being resumed, typically), without waiting for the lease to expire."""
+        fresh = await self.store.get_entity(entity_id)
+        owner = fresh.lease_owner
+        if not fresh.status.is_active or owner is None or owner == self.owner:
+            return None
+        if not owner_is_dead(owner):
+            return None
+        now = self.clock()
+        return await self.store.claim(
+            entity_id,
             self.owner,
             now=now,
             expires=now + self.lease_seconds,
-            started=started.body(),
-            steal_from=steal_from,
+            started=started,
+            steal_from=owner,
         )
-        if claimed is None:
-            fresh = await self.store.get_entity(record.id)
-            holder_id = fresh.lease_owner
-            if (
-                fresh.status.is_active
-                and holder_id is not None
-                and holder_id != self.owner
-                and owner_is_dead(holder_id)
-            ):
-                # Left by a process of this machine that died (a child of the run being
-                # resumed, typically): take it over without waiting for its lease to expire.
-                now = self.clock()
-                claimed = await self.store.claim(
-                    record.id,
-                    self.owner,
-                    now=now,
-                    expires=now + self.lease_seconds,
-                    started=started.body(),
-                    steal_from=holder_id,
-                )
-        if claimed is None:
-            return await self._not_claimed(record)
+
+    @staticmethod
+    def _started(attempt: int) -> dict[str, Any]:
+        """The body of the STATUS STARTED envelope of a run."""
+        return {
+            "type": EnvelopeType.STATUS.value,
+            "status": "STARTED",
+            "metadata": {"attempt": attempt},
+        }
+
+    async def _run_live(
+        self,
+        cls: type[RunnableEntity],
+        claimed: EntityRecord,
+        live: LiveRun,
+        holder: CapacityHolder | None,
+    ) -> Any:
+        """Run a claimed entity registered as ``live``; record how it ended for attachers."""
         self._changed()
-        live = self._live.get(record.id)
-        if live is not None:  # claimed concurrently by another call in this runtime
-            return await live.outcome()
-        live = LiveRun(claimed)
-        self._live[record.id] = live
+        live.record = claimed
         try:
             result = await self._run_claimed(cls, claimed, live, holder)
         except BaseException as exc:
-            live.error = (
-                exc
-                if isinstance(exc, Exception)
-                else EntityError(f"the run of {record.type} {record.name!r} was interrupted")
-            )
+            self._settle(live, claimed, None, exc)
             raise
-        else:
-            live.result = result
-            return result
-        finally:
+        self._settle(live, claimed, result, None)
+        return result
+
+    def _settle(
+        self, live: LiveRun, record: EntityRecord, result: Any, error: BaseException | None
+    ) -> None:
+        if error is not None and not isinstance(error, Exception):
+            error = EntityError(f"the run of {record.type} {record.name!r} was interrupted")
+        live.result, live.error, live.ran = result, error, True
+        if self._live.get(record.id) is live:
             del self._live[record.id]
-            live.done.set()
+        live.done.set()
 
     async def _not_claimed(self, record: EntityRecord) -> Any:
         fresh = await self.store.get_entity(record.id)

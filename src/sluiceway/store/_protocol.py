@@ -127,6 +127,28 @@ class EntityStore(Protocol):
         """
         ...
 
+    async def create_and_claim(
+        self,
+        new: NewEntity,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        started: Mapping[str, JSON],
+    ) -> tuple[EntityRecord, bool, bool]:
+        """:meth:`create_entity` (not strict) then :meth:`claim`, in one transaction: the
+        entity ``new`` describes, created if its name is free under its parent, then claimed
+        for ``owner`` (a task pool starting a child it creates does both at once).
+
+        Returns ``(record, created, claimed)``: the record as it is afterwards, whether it was
+        created, and whether ``owner`` holds its lease now.
+
+        Raises:
+            EntityNotFoundError: ``new.parent_id`` names no entity.
+            DuplicateEntityError: ``new.id`` is taken by another entity.
+        """
+        ...
+
     async def renew_leases(self, owner: str, *, expires: float) -> int:
         """Extend every lease ``owner`` holds to ``expires`` (a heartbeat); returns how many."""
         ...

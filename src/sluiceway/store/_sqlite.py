@@ -197,15 +197,16 @@ class _State(enum.Enum):
 
 
 class _Op(Generic[T]):
-    """One queued write: ``fn`` runs in the writer thread inside its own savepoint."""
+    """One queued write: ``fn`` runs in the writer thread inside its own savepoint; ``task``
+    waits (uncancellably) until the writer reschedules it."""
 
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("error", "fn", "result", "task")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], task: trio.lowlevel.Task) -> None:
         self.fn = fn
+        self.task = task
         self.result: T | None = None
         self.error: BaseException | None = None
-        self.done = trio.Event()
 
 
 class _ReadSlot:
@@ -548,7 +549,7 @@ class SqliteStore:
                 self._batches += 1
                 self._largest_batch = max(self._largest_batch, count)
                 for op in batch:
-                    op.done.set()
+                    trio.lowlevel.reschedule(op.task)
 
     def _apply_batch(self, ops: Sequence[_Op[Any]]) -> None:
         """Run ``ops`` in one transaction, each in its own savepoint, then commit (in the
@@ -592,11 +593,12 @@ class SqliteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_writable()
         await trio.lowlevel.checkpoint_if_cancelled()
-        op = _Op(fn)
+        op = _Op(fn, trio.lowlevel.current_task())
         self._queue.append(op)
         self._work.set()
-        with trio.CancelScope(shield=True):
-            await op.done.wait()
+        # Not cancellable (cheaper than a shielded scope): the caller always learns how its
+        # write ended; a cancellation is delivered at its next checkpoint.
+        await trio.lowlevel.wait_task_rescheduled(_not_abortable)
         error = op.error
         if error is not None:
             op.error = None
@@ -771,38 +773,45 @@ class SqliteStore:
         """
         self._check_writable()
         body = _dump_object(started, f"the started envelope of entity {entity_id!r}")
+        return await self._write(
+            lambda conn: _claim(
+                conn, entity_id, owner, now=now, expires=expires, body=body, steal_from=steal_from
+            )
+        )
 
-        def write(conn: sqlite3.Connection) -> EntityRecord | None:
-            row = conn.execute(
-                "SELECT status, lease_owner, lease_expires FROM entities WHERE id = ?",
-                (entity_id,),
-            ).fetchone()
-            if row is None:
-                raise _not_found(entity_id)
-            status, holder, holder_expires = row
-            if status in _TERMINAL:
-                return None
-            free = (
-                holder is None
-                or holder == owner
-                or (steal_from is not None and holder == steal_from)
-                or holder_expires is None
-                or holder_expires <= now
+    async def create_and_claim(
+        self,
+        new: NewEntity,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        started: Mapping[str, JSON],
+    ) -> tuple[EntityRecord, bool, bool]:
+        """:meth:`create_entity` (not strict) then :meth:`claim`, in one transaction: the
+        entity ``new`` describes, created if its name is free, then claimed for ``owner``.
+
+        Returns ``(record, created, claimed)``: the record as it is afterwards, whether it was
+        created, and whether ``owner`` holds its lease now.
+
+        Raises:
+            EntityNotFoundError: ``new.parent_id`` names no entity.
+            DuplicateEntityError: ``new.id`` is taken by another entity.
+            TypeError, ValueError: data or ``started`` is not JSON.
+        """
+        self._check_writable()
+        if not isinstance(new, NewEntity):
+            raise TypeError(f"create_and_claim() takes a NewEntity, got {new!r}")
+        data = _dump_object(new.data, f"entity data of {new.name!r}")
+        edge_data = _dump_object(new.edge_data, f"edge data of {new.name!r}")
+        body = _dump_object(started, f"the started envelope of entity {new.name!r}")
+
+        def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool, bool]:
+            record, created = _create_entity(conn, new, data, edge_data, False)
+            claimed = _claim(
+                conn, record.id, owner, now=now, expires=expires, body=body, steal_from=None
             )
-            if not free:
-                return None
-            new_status = (
-                EntityStatus.WAITING.value
-                if status == EntityStatus.WAITING.value
-                else EntityStatus.IN_PROGRESS.value
-            )
-            conn.execute(
-                "UPDATE entities SET lease_owner = ?, lease_expires = ?, status = ?,"
-                " attempt = attempt + 1, error = NULL, modified_at = ? WHERE id = ?",
-                (owner, expires, new_status, now, entity_id),
-            )
-            _append(conn, entity_id, now, body)
-            return _require_entity(conn, entity_id)
+            return (record if claimed is None else claimed), created, claimed is not None
 
         return await self._write(write)
 
@@ -1543,6 +1552,51 @@ def _add_edge(
         (from_id, to_id, edge_type, from_id, edge_type, data, now),
     ).fetchone()
     return _edge(row)
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    entity_id: str,
+    owner: str,
+    *,
+    now: float,
+    expires: float,
+    body: str,
+    steal_from: str | None,
+) -> EntityRecord | None:
+    row = conn.execute(
+        "SELECT status, lease_owner, lease_expires FROM entities WHERE id = ?", (entity_id,)
+    ).fetchone()
+    if row is None:
+        raise _not_found(entity_id)
+    status, holder, holder_expires = row
+    if status in _TERMINAL:
+        return None
+    free = (
+        holder is None
+        or holder == owner
+        or (steal_from is not None and holder == steal_from)
+        or holder_expires is None
+        or holder_expires <= now
+    )
+    if not free:
+        return None
+    new_status = (
+        EntityStatus.WAITING.value
+        if status == EntityStatus.WAITING.value
+        else EntityStatus.IN_PROGRESS.value
+    )
+    conn.execute(
+        "UPDATE entities SET lease_owner = ?, lease_expires = ?, status = ?,"
+        " attempt = attempt + 1, error = NULL, modified_at = ? WHERE id = ?",
+        (owner, expires, new_status, now, entity_id),
+    )
+    _append(conn, entity_id, now, body)
+    return _require_entity(conn, entity_id)
+
+
+def _not_abortable(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
 
 
 def _create_entity(
