@@ -424,3 +424,46 @@ async def test_root_names_and_exist_ok(db: Path) -> None:
         assert again.data == {"value": 1}
         anonymous = await runtime.create(Leaf)
         assert anonymous.name == anonymous.id
+
+
+async def test_concurrent_runs_in_one_runtime_share_one_execution(db: Path) -> None:
+    async with open_runtime(db, ALL_TYPES) as runtime:
+        good = await runtime.create(Leaf, {"value": 5, "gate": True}, name="shared")
+        bad = await runtime.create(Leaf, {"gate": True, "fail": True}, name="shared-bad")
+        outcomes: dict[str, list[Any]] = {"shared": [], "shared-bad": []}
+        GATES["shared"], GATES["shared-bad"] = trio.Event(), trio.Event()
+
+        async def run(name: str, entity_id: str) -> None:
+            try:
+                outcomes[name].append(await runtime.run(entity_id))
+            except EntityFailedError as exc:
+                outcomes[name].append(type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(run, "shared", good.id)
+                nursery.start_soon(run, "shared-bad", bad.id)
+            await started("shared").wait()
+            await started("shared-bad").wait()
+            assert runtime.is_running(good.id)
+            GATES["shared"].set()
+            GATES["shared-bad"].set()
+        assert outcomes["shared"] == [{"name": "shared", "value": 10}] * 3
+        assert outcomes["shared-bad"] == ["EntityFailedError"] * 3
+        assert (await runtime.get(good.id)).attempt == 1
+    assert EXECUTIONS == {"shared": 1, "shared-bad": 1}
+
+
+def test_subclasses_inherit_their_connections() -> None:
+    class Base(RunnableEntity, allowed_connections={"Calls": [Leaf]}):
+        pass
+
+    class Derived(Base):
+        pass
+
+    class Narrowed(Base, allowed_connections={}):
+        pass
+
+    assert Derived.type_name == "Derived"
+    assert Derived.allowed_connections == {"Calls": ("Leaf",)}
+    assert Narrowed.allowed_connections == {}

@@ -30,7 +30,8 @@ class RunnableEntity:
     * ``allowed_connections`` maps an edge type to the types this one may connect to with it.
       Children are created with a ``"Calls"`` edge, so a type that calls children lists them
       under ``"Calls"``. Classes or type names are accepted. Anything not listed is refused
-      with :class:`~sluiceway.ConnectionNotAllowedError` naming both types.
+      with :class:`~sluiceway.ConnectionNotAllowedError` naming both types. A subclass
+      without the keyword keeps its base class's connections.
 
     The runtime creates the instance when the entity runs; ``id``, ``name``, ``type_name``,
     ``parent_id``, ``attempt`` and ``data`` (a copy of the stored data, kept up to date by
@@ -69,8 +70,7 @@ class RunnableEntity:
         cls.general_type = general
         if allowed_connections is not None:
             cls.allowed_connections = _normalise_connections(name, allowed_connections)
-        else:
-            cls.allowed_connections = {}
+        # else: inherited from the base class (RunnableEntity allows nothing)
 
     def _bind(self, record: EntityRecord) -> None:
         self.id = record.id

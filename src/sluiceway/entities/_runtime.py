@@ -58,6 +58,7 @@ class LiveRun:
         self.cancelled = False  # cancelled on request (runtime.cancel, here or elsewhere)
         self.lease_lost = False  # another runtime took the entity over
         self.done = trio.Event()
+        self.claimed = False  # it holds the entity's lease (set once its claim succeeded)
         self.ran = False  # it claimed the entity and ran (result or error is its outcome)
         self.result: Any = None
         self.error: BaseException | None = None
@@ -477,6 +478,7 @@ class Runtime:
         """Run a claimed entity registered as ``live``; record how it ended for attachers."""
         self._changed()
         live.record = claimed
+        live.claimed = True
         try:
             result = await self._run_claimed(cls, claimed, live, holder)
         except BaseException as exc:
@@ -532,7 +534,7 @@ class Runtime:
                 # Raised while the run was being stopped: report why it was stopped.
                 await self._after_lost_lease(record, live)
                 raise EntityCancelledError(record.id, record.type, record.name) from exc
-            await self._fail(record, exc)
+            await self._fail(record, live, exc)
         except BaseException:
             # Cancelled from outside (the runtime or the caller is leaving), or interrupted:
             # give the lease back without finishing, so the entity runs again later.
@@ -547,15 +549,19 @@ class Runtime:
             self._envelope(record, EnvelopeType.VALUE.value, sub_type="return", value=result),
             self._envelope(record, EnvelopeType.STATUS.value, status="COMPLETED"),
         ]
-        with trio.CancelScope(shield=True):
-            await self.store.finish(
-                record.id,
-                self.owner,
-                EntityStatus.COMPLETED,
-                now=now,
-                result=result,
-                envelopes=[envelope.body() for envelope in envelopes],
-            )
+        try:
+            with trio.CancelScope(shield=True):
+                await self.store.finish(
+                    record.id,
+                    self.owner,
+                    EntityStatus.COMPLETED,
+                    now=now,
+                    result=result,
+                    envelopes=[envelope.body() for envelope in envelopes],
+                )
+        except LeaseLostError:
+            await self._after_lost_lease(record, live)  # cancelled or taken over meanwhile
+            raise
         self._changed()
         return result
 
@@ -566,26 +572,32 @@ class Runtime:
             live.cancelled = True
             raise EntityCancelledError(record.id, record.type, record.name)
         if live.lease_lost or fresh.lease_owner != self.owner:
+            held = f", held by {fresh.lease_owner}" if fresh.lease_owner else ""
             raise LeaseLostError(
-                f"{record.type} {record.name!r} ({record.id}) was taken over by "
-                f"{fresh.lease_owner}; this run stopped without recording anything more"
+                f"{record.type} {record.name!r} ({record.id}) lost its lease to another runtime "
+                f"(it is {fresh.status.value} now{held}); this run stopped without recording "
+                "anything more"
             )
 
-    async def _fail(self, record: EntityRecord, exc: BaseException) -> NoReturn:
+    async def _fail(self, record: EntityRecord, live: LiveRun, exc: BaseException) -> NoReturn:
         error = error_to_dict(exc)
         envelopes = [
             self._envelope(record, EnvelopeType.ERROR.value, error=error),
             self._envelope(record, EnvelopeType.STATUS.value, status="FAILED", message=str(exc)),
         ]
-        with trio.CancelScope(shield=True):
-            await self.store.finish(
-                record.id,
-                self.owner,
-                EntityStatus.FAILED,
-                now=self.clock(),
-                error=error,
-                envelopes=[envelope.body() for envelope in envelopes],
-            )
+        try:
+            with trio.CancelScope(shield=True):
+                await self.store.finish(
+                    record.id,
+                    self.owner,
+                    EntityStatus.FAILED,
+                    now=self.clock(),
+                    error=error,
+                    envelopes=[envelope.body() for envelope in envelopes],
+                )
+        except LeaseLostError:
+            await self._after_lost_lease(record, live)  # cancelled or taken over meanwhile
+            raise
         self._changed()
         raise EntityFailedError(record.id, record.type, record.name, error) from exc
 
@@ -596,15 +608,18 @@ class Runtime:
         lease was lost (cancelled or taken over elsewhere)."""
         while True:
             await trio.sleep(self.lease_seconds / 3)
-            if not self._live:
+            held = [live for live in self._live.values() if live.claimed]
+            if not held:
                 continue
             renewed = await self.store.renew_leases(
                 self.owner, expires=self.clock() + self.lease_seconds
             )
-            if renewed >= len(self._live):
+            if renewed >= len(held):
                 continue
-            for entity_id, live in list(self._live.items()):
-                fresh = await self.store.get_entity(entity_id)
+            for live in held:
+                if not live.claimed or self._live.get(live.record.id) is not live:
+                    continue  # it ended meanwhile
+                fresh = await self.store.get_entity(live.record.id)
                 if fresh.lease_owner == self.owner:
                     continue
                 live.cancel(lease_lost=fresh.status is not EntityStatus.CANCELLED)
