@@ -173,7 +173,9 @@ class EntityBusyError(EntityError):
 
 
 class EntityNotWaitingError(EntityError, RuntimeError):
-    """A message was sent to an entity that has finished (COMPLETED, FAILED or CANCELLED)."""
+    """A message was sent to an entity that will not run again (COMPLETED or CANCELLED).
+
+    A PENDING or FAILED entity takes messages: they wait for its next run."""
 
 
 class WaitTimeoutError(EntityError, TimeoutError):

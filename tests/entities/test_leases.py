@@ -17,6 +17,8 @@ from sluiceway import (
     EntityStatus,
     LeaseLostError,
     NewEntity,
+    RunContext,
+    RunnableEntity,
     SqliteStore,
     open_runtime,
 )
@@ -173,3 +175,48 @@ async def test_cancel_from_another_runtime_stops_the_run(db: Path) -> None:
         assert len(outcome) == 1
         record = await first.get(entity.id)
         assert record.status is EntityStatus.CANCELLED
+
+
+async def test_a_run_that_lost_its_lease_starts_no_child(db: Path) -> None:
+    """A's run of the parent was taken over by B; when A's run goes on, it can neither create
+    nor start a child: only B's run does, once."""
+    gate = trio.Event()
+
+    class Parent(RunnableEntity, allowed_connections={"Calls": [Leaf]}):
+        async def run_impl(self, ctx: RunContext) -> Any:
+            EXECUTIONS[self.name] += 1
+            started(self.name, EXECUTIONS[self.name]).set()
+            await gate.wait()
+            return await ctx.call(Leaf, "kid", {"value": 7})
+
+    clock_a = WallClock()
+    clock_b = WallClock(clock_a.now + 100)  # B lives after A's lease expired
+    types = [Parent, Leaf]
+    async with (
+        open_runtime(SqliteStore(db), types, clock=clock_a) as a,
+        open_runtime(SqliteStore(db), types, clock=clock_b) as b,
+    ):
+        parent = await a.create(Parent, name="parent")
+        outcomes: dict[str, Any] = {}
+
+        async def run_a() -> None:
+            try:
+                outcomes["a"] = await a.run(parent.id)
+            except LeaseLostError as exc:
+                outcomes["a"] = exc
+
+        async def recover_b() -> None:
+            [recovered] = await b.recover()
+            outcomes["b"] = recovered.result
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_a)
+            await wait_for_execution("parent")
+            nursery.start_soon(recover_b)
+            await wait_for_execution("parent", 2)
+            gate.set()
+        assert isinstance(outcomes["a"], LeaseLostError)
+        assert outcomes["b"] == {"name": "kid", "value": 14}
+        [kid] = await b.children(parent.id)
+        assert (kid.status, kid.attempt) == (EntityStatus.COMPLETED, 1)
+    assert EXECUTIONS["kid"] == 1

@@ -315,7 +315,7 @@ async def test_claim_a_pending_entity(store: SqliteStore) -> None:
 
 
 async def test_create_and_claim(store: SqliteStore) -> None:
-    await store.create_entity(new("parent"))
+    await claimed(store, "parent", "a")
     record, created, claimed_now = await store.create_and_claim(
         new("c1", parent="parent", data={"v": 1}), "a", now=10.0, expires=40.0, started=STARTED
     )
@@ -324,27 +324,49 @@ async def test_create_and_claim(store: SqliteStore) -> None:
     assert record.data == {"v": 1}
     [edge], _ = await store.edges("parent")
     assert (edge.to_id, edge.type, edge.position) == ("c1", "Calls", 1)
-    # The name exists: found, not created; another owner's valid lease: not claimed.
+    # The name exists and another owner holds it: found, not created, not claimed.
+    await store.create_entity(new("c2", parent="parent"))
+    assert await store.claim("c2", "x", now=10.0, expires=90.0, started=STARTED) is not None
     again, created, claimed_now = await store.create_and_claim(
-        new("c2", parent="parent", name="c1", data={"v": 2}),
-        "b",
-        now=20.0,
-        expires=50.0,
-        started=STARTED,
+        new("c2-again", parent="parent", name="c2"), "a", now=20.0, expires=50.0, started=STARTED
     )
-    assert (again.id, created, claimed_now) == ("c1", False, False)
-    assert again == await store.get_entity("c1")
+    assert (again.id, again.lease_owner, created, claimed_now) == ("c2", "x", False, False)
     # After it completes, nobody claims it again.
     await store.finish("c1", "a", COMPLETED, now=30.0, result=3)
     done, created, claimed_now = await store.create_and_claim(
-        new("c3", parent="parent", name="c1"), "b", now=60.0, expires=90.0, started=STARTED
+        new("c3", parent="parent", name="c1"), "a", now=60.0, expires=90.0, started=STARTED
     )
     assert (done.status, done.result, created, claimed_now) == (COMPLETED, 3, False, False)
     with pytest.raises(EntityNotFoundError):
         await store.create_and_claim(
             new("orphan", parent="nobody"), "a", now=1.0, expires=2.0, started=STARTED
         )
-    assert await store.find_entity("nobody", "orphan") is None
+
+
+async def test_a_parent_run_that_lost_its_lease_starts_no_child(store: SqliteStore) -> None:
+    """Creating, starting and connecting children are fenced by the parent's lease."""
+    await claimed(store, "parent", "a")
+    await store.create_entity(new("old", parent="parent"))
+    before = await snapshot(store, "parent")
+    with pytest.raises(LeaseLostError):
+        await store.create_and_claim(
+            new("kid", parent="parent"), "b", now=10.0, expires=40.0, started=STARTED
+        )
+    with pytest.raises(LeaseLostError):
+        await store.create_entity(new("kid", parent="parent"), owner="b")
+    with pytest.raises(LeaseLostError):
+        await store.claim("old", "b", now=10.0, expires=40.0, started=STARTED, fence="parent")
+    with pytest.raises(LeaseLostError):
+        await store.add_edge("parent", "old", "Owns", now=10.0, owner="b")
+    assert await store.find_entity("parent", "kid") is None
+    assert (await store.get_entity("old")).lease_owner is None
+    assert await snapshot(store, "parent") == before
+    # The holder of the parent's lease may do all of it.
+    _, created = await store.create_entity(new("kid", parent="parent"), owner="a")
+    assert created
+    assert await store.claim("old", "a", now=10.0, expires=40.0, started=STARTED, fence="parent")
+    edge = await store.add_edge("parent", "old", "Owns", now=10.0, owner="a")
+    assert edge.type == "Owns"
 
 
 async def test_claim_is_refused_while_another_owner_holds_a_valid_lease(

@@ -82,8 +82,11 @@ class ChildCall:
         Raises:
             EntityFailedError: the child failed (its error is stored with it).
             EntityCancelledError: the child was cancelled.
+            EntityBusyError: another runtime holds the child's lease.
+            LeaseLostError: this run lost its own lease (it may start nothing more).
         """
-        return await self._ctx.runtime._execute(self.record, holder=self._ctx._holder)
+        ctx = self._ctx
+        return await ctx.runtime._execute(self.record, holder=ctx._holder, fence=ctx.id)
 
 
 class RunContext:
@@ -262,6 +265,7 @@ class RunContext:
         Raises:
             EntityFailedError: the child failed; catch it to go on without it.
             EntityCancelledError: the child was cancelled.
+            EntityBusyError: another runtime holds the child's lease.
         """
         child = await self.append_or_retrieve_call(entity_type, name, data)
         return await child.run()
@@ -346,7 +350,9 @@ class RunContext:
         strict: bool,
     ) -> ChildCall:
         new = self._new_child(cls, name, data)
-        record, created = await self.runtime.store.create_entity(new, strict=strict)
+        record, created = await self.runtime.store.create_entity(
+            new, strict=strict, owner=self.runtime.owner
+        )
         if not created:
             _check_child_type(self.entity, record, cls)
         return ChildCall(record, created, self)
@@ -398,7 +404,12 @@ class RunContext:
         payload = dict(data or {})
         check_json(payload, "edge data")
         return await self.runtime.store.add_edge(
-            self.id, target.id, edge_type, now=self.runtime.clock(), data=payload
+            self.id,
+            target.id,
+            edge_type,
+            now=self.runtime.clock(),
+            data=payload,
+            owner=self.runtime.owner,
         )
 
     # -- durable waits ---------------------------------------------------------------------------
@@ -575,7 +586,7 @@ class _ChildTask:
     async def __call__(self, emit: Emitter[Any]) -> Any:
         runtime = self.ctx.runtime
         if self.record is not None:
-            return await runtime._execute(self.record, holder=emit)
+            return await runtime._execute(self.record, holder=emit, fence=self.ctx.id)
         new = self.ctx._new_child(self.cls, self.name, self.data)
         return await runtime._execute_new(self.cls, new, holder=emit)
 

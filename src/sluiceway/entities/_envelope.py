@@ -25,8 +25,8 @@ _COLUMNS = ("seq", "entity_seq", "ts", "entity_id", "entity_type", "entity_name"
 class EnvelopeType(enum.Enum):
     """The envelope types the runtime itself produces (a run may ``emit`` others too)."""
 
-    #: A lifecycle or progress step: ``status`` is STARTED, RUNNING, WAITING, COMPLETED, FAILED
-    #: or CANCELLED, ``message`` says more.
+    #: A lifecycle or progress step: ``status`` is STARTED, RUNNING (or another progress status
+    #: of the application), COMPLETED, FAILED or CANCELLED; ``message`` says more.
     STATUS = "STATUS"
     #: Progress details an entity emits: ``message`` and ``metadata``.
     INTERNAL_UPDATE = "INTERNAL_UPDATE"

@@ -380,8 +380,12 @@ class Runtime:
         *,
         holder: CapacityHolder | None,
         steal_from: str | None = None,
+        fence: str | None = None,
     ) -> Any:
-        """Run one entity to its end (or return its stored result); see :meth:`run`."""
+        """Run one entity to its end (or return its stored result); see :meth:`run`.
+
+        ``fence`` is the parent whose run starts it: the claim is refused (LeaseLostError) if
+        this runtime no longer holds that parent's lease."""
         if record.status is EntityStatus.COMPLETED:
             await trio.lowlevel.checkpoint()
             return record.result
@@ -403,9 +407,10 @@ class Runtime:
                 expires=now + self.lease_seconds,
                 started=started,
                 steal_from=steal_from,
+                fence=fence,
             )
             if claimed is None:
-                claimed = await self._claim_from_dead_owner(record.id, started)
+                claimed = await self._claim_from_dead_owner(record.id, started, fence)
         except BaseException as exc:
             self._settle(live, record, None, exc)
             raise
@@ -421,7 +426,8 @@ class Runtime:
         await live.done.wait()
         if live.ran:
             return live.outcome()
-        return await self._execute(await self.store.get_entity(live.record.id), holder=holder)
+        record = await self.store.get_entity(live.record.id)
+        return await self._execute(record, holder=holder)
 
     async def _execute_new(
         self, cls: type[RunnableEntity], new: NewEntity, *, holder: CapacityHolder | None
@@ -434,12 +440,13 @@ class Runtime:
             new, self.owner, now=now, expires=now + self.lease_seconds, started=started
         )
         if not claimed or record.id in self._live:
-            return await self._execute(record, holder=holder)  # it existed: the usual way
+            # It existed already: the usual way.
+            return await self._execute(record, holder=holder, fence=new.parent_id)
         live = self._live[record.id] = LiveRun(record)
         return await self._run_live(cls, record, live, holder)
 
     async def _claim_from_dead_owner(
-        self, entity_id: str, started: dict[str, Any]
+        self, entity_id: str, started: dict[str, Any], fence: str | None
     ) -> EntityRecord | None:
         """Claim an entity whose lease a dead process of this machine holds (a child of the
         run being resumed, typically), without waiting for the lease to expire."""
@@ -457,6 +464,7 @@ class Runtime:
             expires=now + self.lease_seconds,
             started=started,
             steal_from=owner,
+            fence=fence,
         )
 
     @staticmethod

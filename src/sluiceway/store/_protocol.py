@@ -12,7 +12,9 @@ schema), and leaving the block finishes pending writes and closes it. Methods ma
 while it is open. Times are passed in by the caller (wall-clock seconds); a store never reads a
 clock itself.
 
-Writes are durable when the method returns, and are applied in the order they were called.
+Writes are committed when the method returns (durable against a crash of the process; against
+power loss as far as the store's settings make them), and are applied in the order they were
+called.
 Stores are free to group the writes of concurrent callers into one transaction (group commit).
 """
 
@@ -52,7 +54,7 @@ class EntityStore(Protocol):
     # -- entities --------------------------------------------------------------------------
 
     async def create_entity(
-        self, new: NewEntity, *, strict: bool = False
+        self, new: NewEntity, *, strict: bool = False, owner: str | None = None
     ) -> tuple[EntityRecord, bool]:
         """Create ``new`` unless an entity with its name exists under its parent.
 
@@ -60,11 +62,13 @@ class EntityStore(Protocol):
         unchanged (its data is *not* updated) and ``created`` is ``False``; with
         ``strict=True`` that raises :class:`~sluiceway.DuplicateEntityError` instead. A child
         is created with the edge ``new.edge_type`` from its parent in the same transaction.
-        Names are unique per parent, and among roots.
+        Names are unique per parent, and among roots. With ``owner`` (a run creating its
+        child), the write is fenced by the parent's lease.
 
         Raises:
             EntityNotFoundError: ``new.parent_id`` names no entity.
             DuplicateEntityError: ``strict`` and the name is taken, or ``new.id`` is taken.
+            LeaseLostError: ``owner`` was given and does not hold the parent's lease.
         """
         ...
 
@@ -111,6 +115,7 @@ class EntityStore(Protocol):
         expires: float,
         started: Mapping[str, JSON],
         steal_from: str | None = None,
+        fence: str | None = None,
     ) -> EntityRecord | None:
         """Take the entity's lease to run it, if nobody else holds it.
 
@@ -120,10 +125,13 @@ class EntityStore(Protocol):
         (``owner``, ``expires``), the status IN_PROGRESS (WAITING stays WAITING), adds 1 to
         ``attempt``, clears ``error``, and appends the envelope ``started`` (at ``now``), all
         in one transaction, and returns the updated record. Otherwise (COMPLETED, CANCELLED,
-        or leased by someone else) it changes nothing and returns ``None``.
+        or leased by someone else) it changes nothing and returns ``None``. With ``fence`` (the
+        id of the parent whose run starts this entity), ``owner`` must also hold that entity's
+        lease.
 
         Raises:
             EntityNotFoundError.
+            LeaseLostError: ``fence`` was given and ``owner`` does not hold its lease.
         """
         ...
 
@@ -141,11 +149,12 @@ class EntityStore(Protocol):
         for ``owner`` (a task pool starting a child it creates does both at once).
 
         Returns ``(record, created, claimed)``: the record as it is afterwards, whether it was
-        created, and whether ``owner`` holds its lease now.
+        created, and whether ``owner`` holds its lease now. Fenced by the parent's lease.
 
         Raises:
             EntityNotFoundError: ``new.parent_id`` names no entity.
             DuplicateEntityError: ``new.id`` is taken by another entity.
+            LeaseLostError: ``owner`` does not hold the parent's lease.
         """
         ...
 
@@ -155,7 +164,7 @@ class EntityStore(Protocol):
 
     async def release(self, entity_id: str, owner: str) -> bool:
         """Give up the lease without finishing (the run was interrupted): the status stays as
-        it is, so the entity is found by :meth:`abandoned` and runs again. Returns ``False``
+        it is, so the entity is found by :meth:`active` and runs again. Returns ``False``
         (changing nothing) if ``owner`` did not hold it."""
         ...
 
@@ -262,12 +271,15 @@ class EntityStore(Protocol):
         *,
         now: float,
         data: Mapping[str, JSON] | None = None,
+        owner: str | None = None,
     ) -> EdgeRecord:
         """Add the edge, or return it unchanged if ``(from_id, edge_type, to_id)`` exists.
-        Its ``position`` is one more than the highest of ``(from_id, edge_type)``.
+        Its ``position`` is one more than the highest of ``(from_id, edge_type)``. With
+        ``owner`` (a run connecting its entity), fenced by ``from_id``'s lease.
 
         Raises:
             EntityNotFoundError: either end names no entity.
+            LeaseLostError: ``owner`` was given and does not hold ``from_id``'s lease.
         """
         ...
 

@@ -21,7 +21,7 @@ class EntityStatus(enum.Enum):
     """The lifecycle state of an entity.
 
     ``PENDING`` (created, never started), ``IN_PROGRESS`` (running, or abandoned by a process
-    that stopped), ``WAITING`` (running and waiting for a message or a durable timer),
+    that stopped; also while it sleeps durably), ``WAITING`` (waiting for a message),
     ``COMPLETED`` (its result is stored; it never runs again), ``FAILED`` (its error is stored;
     running it again re-runs it), ``CANCELLED`` (cancelled on request; it does not run again).
 

@@ -652,7 +652,7 @@ class SqliteStore:
     # -- entities ------------------------------------------------------------------------------
 
     async def create_entity(
-        self, new: NewEntity, *, strict: bool = False
+        self, new: NewEntity, *, strict: bool = False, owner: str | None = None
     ) -> tuple[EntityRecord, bool]:
         """Create ``new`` unless an entity with its name exists under its parent.
 
@@ -662,9 +662,13 @@ class SqliteStore:
         is created with the edge ``new.edge_type`` from its parent in the same transaction
         (its position follows the parent's other edges of that type).
 
+        With ``owner``, the write is fenced by the parent's lease (a run creating its child):
+        if ``owner`` does not hold it, nothing is created.
+
         Raises:
             EntityNotFoundError: ``new.parent_id`` names no entity.
             DuplicateEntityError: ``strict`` and the name is taken, or ``new.id`` is taken.
+            LeaseLostError: ``owner`` was given and does not hold the parent's lease.
             TypeError, ValueError: ``new.data`` or ``new.edge_data`` is not JSON.
         """
         self._check_writable()
@@ -672,7 +676,13 @@ class SqliteStore:
             raise TypeError(f"create_entity() takes a NewEntity, got {new!r}")
         data = _dump_object(new.data, f"entity data of {new.name!r}")
         edge_data = _dump_object(new.edge_data, f"edge data of {new.name!r}")
-        return await self._write(lambda conn: _create_entity(conn, new, data, edge_data, strict))
+
+        def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool]:
+            if owner is not None and new.parent_id is not None:
+                _fence(conn, new.parent_id, owner, f"create child {new.name!r}")
+            return _create_entity(conn, new, data, edge_data, strict)
+
+        return await self._write(write)
 
     async def get_entity(self, entity_id: str) -> EntityRecord:
         """The entity with this id.
@@ -756,6 +766,7 @@ class SqliteStore:
         expires: float,
         started: Mapping[str, JSON],
         steal_from: str | None = None,
+        fence: str | None = None,
     ) -> EntityRecord | None:
         """Take the entity's lease to run it, if nobody else holds it.
 
@@ -773,11 +784,15 @@ class SqliteStore:
         """
         self._check_writable()
         body = _dump_object(started, f"the started envelope of entity {entity_id!r}")
-        return await self._write(
-            lambda conn: _claim(
+
+        def write(conn: sqlite3.Connection) -> EntityRecord | None:
+            if fence is not None:
+                _fence(conn, fence, owner, f"start child {entity_id!r}")
+            return _claim(
                 conn, entity_id, owner, now=now, expires=expires, body=body, steal_from=steal_from
             )
-        )
+
+        return await self._write(write)
 
     async def create_and_claim(
         self,
@@ -792,11 +807,13 @@ class SqliteStore:
         entity ``new`` describes, created if its name is free, then claimed for ``owner``.
 
         Returns ``(record, created, claimed)``: the record as it is afterwards, whether it was
-        created, and whether ``owner`` holds its lease now.
+        created, and whether ``owner`` holds its lease now. Fenced by the parent's lease (a
+        parent's run creates and starts its child).
 
         Raises:
             EntityNotFoundError: ``new.parent_id`` names no entity.
             DuplicateEntityError: ``new.id`` is taken by another entity.
+            LeaseLostError: ``owner`` does not hold the parent's lease.
             TypeError, ValueError: data or ``started`` is not JSON.
         """
         self._check_writable()
@@ -807,6 +824,8 @@ class SqliteStore:
         body = _dump_object(started, f"the started envelope of entity {new.name!r}")
 
         def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool, bool]:
+            if new.parent_id is not None:
+                _fence(conn, new.parent_id, owner, f"create child {new.name!r}")
             record, created = _create_entity(conn, new, data, edge_data, False)
             claimed = _claim(
                 conn, record.id, owner, now=now, expires=expires, body=body, steal_from=None
@@ -1117,12 +1136,15 @@ class SqliteStore:
         *,
         now: float,
         data: Mapping[str, JSON] | None = None,
+        owner: str | None = None,
     ) -> EdgeRecord:
         """Add the edge, or return it unchanged if ``(from_id, edge_type, to_id)`` exists.
-        Its ``position`` is one more than the highest of ``(from_id, edge_type)``.
+        Its ``position`` is one more than the highest of ``(from_id, edge_type)``. With
+        ``owner``, fenced by ``from_id``'s lease (a run connecting its entity).
 
         Raises:
             EntityNotFoundError: either end names no entity.
+            LeaseLostError: ``owner`` was given and does not hold ``from_id``'s lease.
             TypeError, ValueError: ``data`` is not a mapping of JSON values.
         """
         self._check_writable()
@@ -1134,6 +1156,8 @@ class SqliteStore:
             for end in (from_id, to_id):
                 if conn.execute("SELECT 1 FROM entities WHERE id = ?", (end,)).fetchone() is None:
                     raise _not_found(end)
+            if owner is not None:
+                _fence(conn, from_id, owner, f"{edge_type} edge")
             return _add_edge(conn, from_id, to_id, edge_type, now=now, data=data_json)
 
         return await self._write(write)
