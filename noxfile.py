@@ -47,6 +47,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The main job: a visible fan-out of two jobs sharing a global limit."""
+    """The main job: two durable campaigns on the embedded SQLite store, interrupted halfway and
+    resumed without sending any email twice."""
     session.install("-e", ".")
-    session.run("python", "-m", "sluiceway.demos.fanout", *session.posargs)
+    session.run("python", "-m", "sluiceway.demos.campaigns", *session.posargs)
