@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from docutils import nodes
+from sphinx.addnodes import pending_xref
 from sphinx.application import Sphinx
+from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 
 import sluiceway
@@ -82,10 +85,13 @@ def _no_inline_attribute_types(app: Sphinx, what: str, *event: Any) -> None:
 #: private arguments, so no constructor signature is shown.
 _NOT_CONSTRUCTED_BY_USERS = frozenset(
     {
+        "sluiceway.ChildCall",
         "sluiceway.Emitter",
         "sluiceway.EnvelopeChannel",
         "sluiceway.PushPullSink",
         "sluiceway.PushPullSource",
+        "sluiceway.RunContext",
+        "sluiceway.Runtime",
         "sluiceway.TaskFunction",
     }
 )
@@ -100,7 +106,25 @@ def _hide_private_constructors(
     return None
 
 
+class _BuiltinTypeIsNotAnAttribute(SphinxPostTransform):
+    """Leave the builtin ``type`` of a signature (``entity_type: type[RunnableEntity]``) unlinked.
+
+    Sphinx looks an annotation's names up in "fuzzy" mode, where ``type`` also matches every
+    documented attribute called ``type`` (``EntityRecord.type``, ``EdgeRecord.type``...), and
+    warns that the reference is ambiguous. The builtin has no page here to link to, so these
+    references become plain text before they are resolved.
+    """
+
+    default_priority = 5  # before the ReferencesResolver (10)
+
+    def run(self, **kwargs: Any) -> None:
+        for node in list(self.document.findall(pending_xref)):
+            if node.get("refdomain") == "py" and node.get("reftarget") == "type":
+                node.replace_self(node.children or [nodes.Text("type")])
+
+
 def setup(app: Sphinx) -> None:
+    app.add_post_transform(_BuiltinTypeIsNotAnAttribute)
     app.connect("autodoc-process-signature", _hide_private_constructors)
     app.connect("autodoc-process-docstring", _no_inline_attribute_types, priority=400)
     app.connect("env-check-consistency", _check_public_api)
