@@ -552,11 +552,12 @@ class SqliteStore:
                     trio.lowlevel.reschedule(op.task)
 
     def _apply_batch(self, ops: Sequence[_Op[Any]]) -> None:
-        """Run ``ops`` in one transaction, each in its own savepoint, then commit (in the
-        writer's worker thread).
+        """Run ``ops`` in one transaction, then commit (in the writer's worker thread).
 
         An op that raises is rolled back alone and keeps its error; if the transaction as a
-        whole fails, it is rolled back and every op gets a :class:`StoreError`.
+        whole fails, it is rolled back and every op gets a :class:`StoreError`. Ops are first
+        run without savepoints (they almost never fail); if one raises, the transaction is
+        rolled back and the batch runs again with a savepoint around each op.
         """
         conn = self._write_conn
         try:
@@ -565,6 +566,34 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for op in ops:
+                    op.result = op.fn(conn)
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the cause is raised below
+                        conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+                return
+        except BaseException as exc:
+            _fail_batch(ops, exc)
+            return
+        self._apply_batch_carefully(ops)
+
+    def _apply_batch_carefully(self, ops: Sequence[_Op[Any]]) -> None:
+        """:meth:`_apply_batch` with a savepoint around each op, so that the ops that fail are
+        rolled back alone."""
+        conn = self._write_conn
+        try:
+            if conn is None:
+                raise RuntimeError("the write connection is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in ops:
+                    op.result = None
                     conn.execute("SAVEPOINT op")
                     try:
                         op.result = op.fn(conn)
@@ -803,12 +832,13 @@ class SqliteStore:
         expires: float,
         started: Mapping[str, JSON],
     ) -> tuple[EntityRecord, bool, bool]:
-        """:meth:`create_entity` (not strict) then :meth:`claim`, in one transaction: the
-        entity ``new`` describes, created if its name is free, then claimed for ``owner``.
+        """Create the entity ``new`` describes and claim it for ``owner``, in one transaction
+        (a parent's run creating and starting its child). If its name is taken, the existing
+        entity is returned unchanged and not claimed (the caller claims it the usual way).
 
         Returns ``(record, created, claimed)``: the record as it is afterwards, whether it was
-        created, and whether ``owner`` holds its lease now. Fenced by the parent's lease (a
-        parent's run creates and starts its child).
+        created, and whether ``owner`` holds its lease now (exactly when it was created).
+        Fenced by the parent's lease.
 
         Raises:
             EntityNotFoundError: ``new.parent_id`` names no entity.
@@ -826,11 +856,20 @@ class SqliteStore:
         def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool, bool]:
             if new.parent_id is not None:
                 _fence(conn, new.parent_id, owner, f"create child {new.name!r}")
-            record, created = _create_entity(conn, new, data, edge_data, False)
-            claimed = _claim(
-                conn, record.id, owner, now=now, expires=expires, body=body, steal_from=None
+            existing = _find_entity(conn, new.parent_id, new.name)
+            if existing is not None:
+                return existing, False, False
+            record = _insert_claimed(
+                conn,
+                new,
+                data=data,
+                edge_data=edge_data,
+                owner=owner,
+                now=now,
+                expires=expires,
+                body=body,
             )
-            return (record if claimed is None else claimed), created, claimed is not None
+            return record, True, True
 
         return await self._write(write)
 
@@ -946,14 +985,13 @@ class SqliteStore:
         bodies = _dump_envelopes(envelopes, entity_id)
 
         def write(conn: sqlite3.Connection) -> None:
-            _fence(conn, entity_id, owner, "finish")
+            last = _bump_seq(conn, entity_id, owner, len(bodies), "finish")
             conn.execute(
                 "UPDATE entities SET status = ?, result = ?, error = ?, lease_owner = NULL,"
                 " lease_expires = NULL, modified_at = ? WHERE id = ?",
                 (status.value, result_json, error_json, now, entity_id),
             )
-            for body in bodies:
-                _append(conn, entity_id, now, body)
+            _insert_envelopes(conn, entity_id, last, now, bodies)
 
         await self._write(write)
 
@@ -1053,6 +1091,10 @@ class SqliteStore:
             return []
 
         def write(conn: sqlite3.Connection) -> list[int]:
+            if len(prepared) == 1:  # the common case: one envelope of one entity
+                entity_id, ts, body = prepared[0]
+                last = _bump_seq(conn, entity_id, owner, 1, "envelopes")
+                return _insert_envelopes(conn, entity_id, last, ts, [body])
             for entity_id in dict.fromkeys(entity_id for entity_id, _, _ in prepared):
                 _fence(conn, entity_id, owner, "envelopes")
             return [_append(conn, entity_id, ts, body) for entity_id, ts, body in prepared]
@@ -1617,6 +1659,107 @@ def _claim(
     )
     _append(conn, entity_id, now, body)
     return _require_entity(conn, entity_id)
+
+
+def _insert_claimed(
+    conn: sqlite3.Connection,
+    new: NewEntity,
+    *,
+    data: str,
+    edge_data: str,
+    owner: str,
+    now: float,
+    expires: float,
+    body: str,
+) -> EntityRecord:
+    """Insert ``new`` already claimed by ``owner`` (attempt 1, its STARTED envelope as entity
+    sequence number 1), with its edge from its parent: three statements, no re-read."""
+    try:
+        conn.execute(
+            f"INSERT INTO entities ({_ENTITY_COLUMNS}) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?, ?, 1)",
+            (
+                new.id,
+                new.parent_id,
+                new.name,
+                new.type,
+                new.general_type,
+                EntityStatus.IN_PROGRESS.value,
+                data,
+                owner,
+                expires,
+                new.created_at,
+                now,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise DuplicateEntityError(f"the entity id {new.id!r} is taken") from exc
+    if new.parent_id is not None:
+        conn.execute(
+            "INSERT INTO edges (from_id, to_id, type, position, data, created_at)"
+            " VALUES (?, ?, ?, (SELECT coalesce(max(position), 0) + 1 FROM edges"
+            " WHERE from_id = ? AND type = ?), ?, ?)",
+            (
+                new.parent_id,
+                new.id,
+                new.edge_type,
+                new.parent_id,
+                new.edge_type,
+                edge_data,
+                new.created_at,
+            ),
+        )
+    conn.execute(
+        "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, 1, ?, ?)",
+        (new.id, now, body),
+    )
+    return EntityRecord(
+        id=new.id,
+        parent_id=new.parent_id,
+        name=new.name,
+        type=new.type,
+        general_type=new.general_type,
+        status=EntityStatus.IN_PROGRESS,
+        data=json.loads(data),
+        result=None,
+        error=None,
+        attempt=1,
+        lease_owner=owner,
+        lease_expires=expires,
+        created_at=new.created_at,
+        modified_at=now,
+        last_entity_seq=1,
+    )
+
+
+def _bump_seq(conn: sqlite3.Connection, entity_id: str, owner: str, count: int, what: str) -> int:
+    """Reserve ``count`` entity sequence numbers for a fenced write; returns the last one.
+    Raises (through :func:`_fence`) if ``owner`` does not hold the lease."""
+    row = conn.execute(
+        "UPDATE entities SET last_entity_seq = last_entity_seq + ?"
+        " WHERE id = ? AND lease_owner = ? RETURNING last_entity_seq",
+        (count, entity_id, owner),
+    ).fetchone()
+    if row is None:
+        _fence(conn, entity_id, owner, what)  # raises: not found, or the lease is lost
+        raise AssertionError("unreachable")  # pragma: no cover
+    return int(row[0])
+
+
+def _insert_envelopes(
+    conn: sqlite3.Connection, entity_id: str, last: int, ts: float, bodies: Sequence[str]
+) -> list[int]:
+    """Insert ``bodies`` numbered up to ``last`` (reserved by :func:`_bump_seq`)."""
+    seqs = []
+    first = last - len(bodies) + 1
+    for offset, body in enumerate(bodies):
+        cursor = conn.execute(
+            "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)",
+            (entity_id, first + offset, ts, body),
+        )
+        assert cursor.lastrowid is not None
+        seqs.append(cursor.lastrowid)
+    return seqs
 
 
 def _not_abortable(_: object) -> trio.lowlevel.Abort:
