@@ -16,6 +16,7 @@ from ..runners import Emitter, TaskSpec
 from ..store import (
     EdgeRecord,
     EntityRecord,
+    EntityStatus,
     NewEntity,
     WaitKind,
     WaitRecord,
@@ -585,8 +586,13 @@ class _ChildTask:
 
     async def __call__(self, emit: Emitter[Any]) -> Any:
         runtime = self.ctx.runtime
-        if self.record is not None:
-            return await runtime._execute(self.record, holder=emit, fence=self.ctx.id)
+        record = self.record
+        if record is not None:
+            if record.status is EntityStatus.COMPLETED:
+                # Its stored result, at once: a resumed run skips its finished children
+                # quickly (the runner checkpoints between tasks that do not block).
+                return record.result
+            return await runtime._execute(record, holder=emit, fence=self.ctx.id)
         new = self.ctx._new_child(self.cls, self.name, self.data)
         return await runtime._execute_new(self.cls, new, holder=emit)
 
