@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .dag import LayeredDag
+from .entities import EntityFanout
+from .entities_resume import EntityResume
 from .fanout import NoopFanout, SleepFanout
 from .harness import (
     ASYNCIO,
@@ -33,7 +35,15 @@ from .memory import LazyMemory
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.key: scenario
-    for scenario in (NoopFanout(), SleepFanout(), HierarchicalJobs(), LazyMemory(), LayeredDag())
+    for scenario in (
+        NoopFanout(),
+        SleepFanout(),
+        HierarchicalJobs(),
+        LazyMemory(),
+        EntityFanout(),
+        EntityResume(),
+        LayeredDag(),
+    )
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 QUICK_JSON = Path(__file__).resolve().parent / "results" / "quick.json"
