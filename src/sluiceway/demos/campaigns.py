@@ -211,10 +211,11 @@ async def main(
                 f"{dict(sorted(runs.items()))}"
             )
     repeats = sum(count - 1 for count in service.requests.values())
+    again = "1 repeated request" if repeats == 1 else f"{repeats} repeated requests"
     out(
         f"mail service: {sum(service.requests.values())} requests, {len(service.sent)} emails "
-        f"sent ({repeats} repeated requests of interrupted sends, each answered from its "
-        "idempotency key without sending again)"
+        f"sent ({again} of interrupted sends, answered from the idempotency key without "
+        "sending again)"
     )
     if keep:
         out(f"inspect it: python -m sluiceway graph --db {db} tree campaign-A")
