@@ -21,6 +21,7 @@ from sluiceway import (
     UnknownEntityTypeError,
     open_runtime,
 )
+from sluiceway.entities import _runtime as runtime_module
 from tests.entities.workflows import (
     ALL_TYPES,
     EXECUTIONS,
@@ -467,3 +468,37 @@ def test_subclasses_inherit_their_connections() -> None:
     assert Derived.type_name == "Derived"
     assert Derived.allowed_connections == {"Calls": ("Leaf",)}
     assert Narrowed.allowed_connections == {}
+
+
+@pytest.mark.parametrize("window", [4096, 3])
+async def test_many_streams_of_one_run_share_its_reads(
+    db: Path, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty followers of one run (some from the start, some joining late from a cursor, the
+    window of shared envelopes large or tiny) each get every envelope once, in order."""
+    monkeypatch.setattr(runtime_module, "_WINDOW", window)
+    async with open_runtime(db, ALL_TYPES) as runtime:
+        parent = await runtime.create(
+            FanOut, {"count": 30, "per_parent": 4, "child_type": "Leaf"}, name="fan"
+        )
+        received: dict[int, list[int]] = {}
+
+        async def follow(index: int, after: int) -> None:
+            got = received.setdefault(index, [])
+            async with runtime.stream(parent.id, after_seq=after) as envelopes:
+                async for envelope in envelopes:
+                    got.append(envelope.seq)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(25):
+                nursery.start_soon(follow, index, 0)
+            nursery.start_soon(runtime.run, parent.id)
+            await started("child-10").wait()
+            midway = (await runtime.envelopes(parent.id))[20].seq
+            for index in range(25, 50):
+                nursery.start_soon(follow, index, midway)
+        stored = [envelope.seq for envelope in await runtime.envelopes(parent.id)]
+        assert stored == sorted(stored)
+        for index, seqs in received.items():
+            assert seqs == (stored if index < 25 else [s for s in stored if s > midway])
+    assert_idle(GLOBAL)

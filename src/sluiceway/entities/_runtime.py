@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -35,6 +36,8 @@ from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
 
 #: Envelopes read from the store per query while streaming.
 _PAGE = 500
+#: The latest envelopes of a followed subtree kept in memory for its streams.
+_WINDOW = 4096
 
 
 @attrs.frozen
@@ -112,6 +115,8 @@ class Runtime:
         self.poll_interval = poll_interval
         self._live: dict[str, LiveRun] = {}
         self._changes = trio.Event()
+        # One shared reader per followed subtree (see _Tail).
+        self._tails: dict[tuple[str, bool], _Tail] = {}
 
     # -- entities ----------------------------------------------------------------------------
 
@@ -315,27 +320,56 @@ class Runtime:
     async def _pump(
         self, entity_id: str, after_seq: int, send: trio.MemorySendChannel[EntityEnvelope]
     ) -> None:
-        with send:
-            cursor = after_seq
-            while True:
-                changes = self._changes
-                # Status first, envelopes second: if the run had ended when the status was
-                # read, every envelope of it is in the read that follows.
-                root = await self.store.get_entity(entity_id)
-                page = await self.store.read_envelopes(entity_id, after_seq=cursor, limit=_PAGE)
+        key = (entity_id, True)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = _Tail(entity_id, base=await self.store.last_seq())
+        tail.users += 1
+        try:
+            with send:
+                await self._follow(tail, after_seq, send)
+        finally:
+            tail.users -= 1
+            if not tail.users and self._tails.get(key) is tail:
+                del self._tails[key]
+
+    async def _follow(
+        self, tail: _Tail, after_seq: int, send: trio.MemorySendChannel[EntityEnvelope]
+    ) -> None:
+        """Deliver the entity's subtree after ``after_seq``: from the store while behind the
+        shared tail's window, from the window after that, ending once the run has ended and
+        everything before its end was delivered."""
+        position = after_seq  # every envelope of the subtree up to here was delivered
+        while True:
+            if position < tail.base:
+                # Behind the window: replay from the store. Everything up to the highest seq
+                # stored before the read is in it, if the page is not full.
+                highest = await self.store.last_seq()
+                page = await self.store.read_envelopes(
+                    tail.entity_id, after_seq=position, limit=_PAGE
+                )
                 for stored in page:
                     await send.send(EntityEnvelope.from_stored(stored))
-                    cursor = stored.seq
-                if len(page) == _PAGE:
-                    continue
-                if root.status in (
-                    EntityStatus.COMPLETED,
-                    EntityStatus.FAILED,
-                    EntityStatus.CANCELLED,
-                ) and not self.is_running(entity_id):
-                    return
-                with trio.move_on_after(self.poll_interval):
-                    await changes.wait()
+                if page:
+                    position = page[-1].seq
+                if len(page) < _PAGE:
+                    position = max(position, highest)  # (the page may go beyond it)
+                continue
+            if not tail.version:  # nobody has read the tail yet
+                await tail.advance(self.store, 0)
+                continue
+            # Take the window's content and its end together: the tail may move while the
+            # envelopes are being delivered.
+            ended, last, envelopes = tail.ended, tail.last, tail.after(position)
+            for envelope in envelopes:
+                await send.send(envelope)
+            position = max(position, last)
+            if ended and not self.is_running(tail.entity_id):
+                return
+            changes, version = self._changes, tail.version
+            with trio.move_on_after(self.poll_interval):
+                await changes.wait()
+            await tail.advance(self.store, version)
 
     def _changed(self) -> None:
         """Wake the streams of this runtime: something was stored."""
@@ -631,6 +665,59 @@ class Runtime:
                 if fresh.lease_owner == self.owner:
                     continue
                 live.cancel(lease_lost=fresh.status is not EntityStatus.CANCELLED)
+
+
+class _Tail:
+    """The latest envelopes of one entity's subtree, read once for all its streams.
+
+    Every envelope of the subtree with a seq in ``(base, last]`` is in ``window`` (older ones
+    drop out of it and move ``base``); ``ended`` says whether the entity's run had ended when
+    ``last`` was read. A stream behind ``base`` replays from the store, then joins the window.
+    """
+
+    def __init__(self, entity_id: str, *, base: int, size: int | None = None) -> None:
+        self.entity_id = entity_id
+        self.base = base
+        self.last = base
+        self.window: deque[EntityEnvelope] = deque()
+        self.size = _WINDOW if size is None else size
+        self.ended = False
+        self.version = 0  # advanced this many times
+        self.users = 0
+        self.lock = trio.Lock()
+
+    def after(self, position: int) -> list[EntityEnvelope]:
+        """The envelopes of the window with a seq above ``position``."""
+        if not self.window or self.window[-1].seq <= position:
+            return []
+        return [envelope for envelope in self.window if envelope.seq > position]
+
+    async def advance(self, store: EntityStore, version: int) -> None:
+        """Read what was stored since ``last`` (unless another stream did it since
+        ``version``)."""
+        async with self.lock:
+            if self.version != version:
+                return
+            # The entity first: if its run had ended then, its last envelopes are in the read.
+            record = await store.get_entity(self.entity_id)
+            while True:
+                highest = await store.last_seq()
+                page = await store.read_envelopes(self.entity_id, after_seq=self.last, limit=_PAGE)
+                for stored in page:
+                    self.window.append(EntityEnvelope.from_stored(stored))
+                if page:
+                    self.last = page[-1].seq
+                if len(page) < _PAGE:
+                    self.last = max(self.last, highest)  # (the page may go beyond it)
+                    break
+            while len(self.window) > self.size:
+                self.base = self.window.popleft().seq
+            self.ended = record.status in (
+                EntityStatus.COMPLETED,
+                EntityStatus.FAILED,
+                EntityStatus.CANCELLED,
+            )
+            self.version += 1
 
 
 def _copy_error(error: BaseException) -> BaseException:
