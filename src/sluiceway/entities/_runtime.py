@@ -21,6 +21,7 @@ from .._errors import (
     EntityFailedError,
     LeaseLostError,
 )
+from .._util import open_owned_nursery
 from ..runners._envelopes import error_to_dict
 from ..store import (
     EntityRecord,
@@ -229,11 +230,14 @@ class Runtime:
                 live.cancel()
         return cancelled
 
-    async def recover(self) -> list[RecoveredRun]:
-        """Resume every abandoned run and wait for them: entities left IN_PROGRESS or WAITING
-        whose lease has expired, is free, or belongs to a process of this machine that no
-        longer exists. Runs are resumed from their topmost abandoned entity (a parent resumes
-        its children). Returns what each resumed run ended with."""
+    async def abandoned(self) -> list[EntityRecord]:
+        """The runs to resume now: entities left IN_PROGRESS or WAITING whose lease has
+        expired, is free, or belongs to a process of this machine that no longer exists; the
+        topmost of each run only (a parent resumes its children), and not those interrupted
+        together with a parent that failed or was cancelled (they resume when it does)."""
+        return [record for record, _ in await self._abandoned()]
+
+    async def _abandoned(self) -> list[tuple[EntityRecord, str | None]]:
         now = self.clock()
         candidates: list[tuple[EntityRecord, str | None]] = []
         for record in await self.store.active():
@@ -251,6 +255,12 @@ class Runtime:
             else:
                 continue  # a live runtime holds it
             candidates.append((record, steal))
+        return candidates
+
+    async def recover(self) -> list[RecoveredRun]:
+        """Resume every abandoned run (see :meth:`abandoned`) and wait for them. Returns what
+        each resumed run ended with."""
+        candidates = await self._abandoned()
         outcomes: list[RecoveredRun] = []
 
         async def resume(record: EntityRecord, steal: str | None) -> None:
@@ -261,7 +271,7 @@ class Runtime:
             else:
                 outcomes.append(RecoveredRun(record.id, record.type, record.name, result=result))
 
-        async with trio.open_nursery() as nursery:
+        async with open_owned_nursery() as nursery:
             for record, steal in candidates:
                 nursery.start_soon(resume, record, steal, name=f"recover {record.name}")
         return outcomes
@@ -309,7 +319,7 @@ class Runtime:
         if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
             raise ValueError(f"after_seq must be an int >= 0, got {after_seq!r}")
         send, receive = trio.open_memory_channel[EntityEnvelope](buffer)
-        async with trio.open_nursery() as nursery:
+        async with open_owned_nursery() as nursery:
             nursery.start_soon(self._pump, entity_id, after_seq, send, name=f"stream {entity_id}")
             with receive:
                 try:
@@ -808,7 +818,7 @@ async def open_runtime(
             clock=clock,
             poll_interval=poll_interval,
         )
-        async with trio.open_nursery() as nursery:
+        async with open_owned_nursery() as nursery:
             nursery.start_soon(runtime._heartbeat, name="lease heartbeat")
             try:
                 yield runtime

@@ -1,0 +1,43 @@
+"""Seed 000's notification service, for real: ``POST /send/email`` de-duplicated by idempotency
+key, its state in SQLite, served on 127.0.0.1 by hypercorn's trio worker, with a fault switch.
+
+HTTP contract (JSON in and out; every error is ``{"error": {"code", "message", "details"}}``):
+
+``POST /send/email``
+    ``{idempotencyKey (1-256 chars), to [1-50 addresses], subject, html and/or text, from?,
+    replyTo?, cc? and bcc? (<= 50 addresses each), attachments? (<= 10 of {name, contentType,
+    contentBase64}), correlationId?, metadata? (object)}``; unknown fields are ignored.
+
+    * **202** a SendResult ``{id, providerMessageId, status: "accepted", channel: "email",
+      provider: "local", timestamp, idempotencyKey, to}`` (and ``Location``) for a new key;
+    * **200** the *stored* SendResult for a key already sent, whatever else the body says
+      and whatever the faults (concurrent requests with one key make exactly one send);
+    * **400** ``VALIDATION_ERROR`` (``details``: ``[{field, message}]``, e.g. ``to[2]``,
+      ``attachments``, ``html|text``) or ``INVALID_JSON``; **415** ``UNSUPPORTED_MEDIA_TYPE``
+      (a content type other than JSON); **413** ``PAYLOAD_TOO_LARGE``;
+    * **422** ``CHANNEL_DISABLED``; **502** ``INVALID_RECIPIENT`` (``fail_recipients``) or
+      the injected ``fail_status``/``fail_code`` (502 ``PROVIDER_ERROR`` by default;
+      ``RATE_LIMITED`` adds ``Retry-After``). **A failed attempt is not stored**: a retry with
+      the same key sends once the fault is gone;
+    * **500** ``INTERNAL_ERROR`` for anything unexpected (logged; no traceback in the body).
+
+``GET /notifications/{id}``: the SendResult, or 404 ``NOT_FOUND``. ``GET /health``:
+``{"status": "ok"}``. ``GET /stats``: ``{"sends", "requests", "repeats", "failures",
+"inFlight"}``. ``GET``/``POST /admin/faults``: the :class:`Faults` settings (partial updates,
+400 ``VALIDATION_ERROR`` for a bad or unknown setting). Unknown paths: 404 ``NOT_FOUND``; a
+wrong method: 405 ``METHOD_NOT_ALLOWED`` with ``Allow``.
+
+Command line: ``python -m sluiceway.apps.notification --db PATH --port N [--fail-rate ...]``.
+"""
+
+from ._cli import main
+from ._faults import Faults
+from ._service import DEFAULT_MAX_BODY_BYTES, NotificationService, serve_notifications
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "Faults",
+    "NotificationService",
+    "main",
+    "serve_notifications",
+]

@@ -1,0 +1,229 @@
+"""Validation of ``POST /send/email`` bodies into :class:`EmailRequest`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+MAX_KEY_LENGTH = 256
+MAX_RECIPIENTS = 50  # per list: to, cc, bcc
+MAX_ATTACHMENTS = 10
+MAX_SUBJECT_LENGTH = 998  # RFC 5322's line limit
+MAX_SHORT_STRING = 320  # from, replyTo, attachment names, content types
+
+_EMAIL = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
+    r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(?:\s*;.*)?")
+
+
+class ValidationFailed(Exception):
+    """A request body failed validation; ``details`` names each bad field."""
+
+    def __init__(self, details: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{d['field']}: {d['message']}" for d in details))
+        self.details = details
+
+
+def is_email(value: str) -> bool:
+    """Whether ``value`` is a plain ``local@domain.tld`` address (no display name)."""
+    return _EMAIL.fullmatch(value) is not None
+
+
+@attrs.frozen
+class Attachment:
+    """One validated attachment (its content stays base64)."""
+
+    name: str
+    content_type: str
+    content_base64: str
+    size: int
+
+
+@attrs.frozen
+class EmailRequest:
+    """A validated ``POST /send/email`` body."""
+
+    idempotency_key: str
+    to: tuple[str, ...]
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    sender: str | None = None
+    reply_to: str | None = None
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    correlation_id: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """Every address the email goes to: ``to``, then ``cc``, then ``bcc``."""
+        return self.to + self.cc + self.bcc
+
+    def summary(self) -> dict[str, Any]:
+        """What the store records of the message (attachments by name and size only)."""
+        return {
+            "to": list(self.to),
+            "cc": list(self.cc),
+            "bcc": list(self.bcc),
+            "from": self.sender,
+            "replyTo": self.reply_to,
+            "subject": self.subject,
+            "html": self.html,
+            "text": self.text,
+            "attachments": [
+                {"name": a.name, "contentType": a.content_type, "size": a.size}
+                for a in self.attachments
+            ],
+            "correlationId": self.correlation_id,
+            "metadata": dict(self.metadata),
+        }
+
+
+class _Checker:
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self.body = body
+        self.details: list[dict[str, str]] = []
+
+    def bad(self, field: str, message: str) -> None:
+        self.details.append({"field": field, "message": message})
+
+    def string(
+        self, field: str, *, required: bool = False, min_length: int = 0, max_length: int
+    ) -> str | None:
+        value = self.body.get(field)
+        if value is None:
+            if required:
+                self.bad(field, "is required")
+            return None
+        if not isinstance(value, str):
+            self.bad(field, "must be a string")
+            return None
+        if not min_length <= len(value) <= max_length:
+            if min_length:
+                self.bad(field, f"must be {min_length} to {max_length} characters long")
+            else:
+                self.bad(field, f"must be at most {max_length} characters long")
+            return None
+        return value
+
+    def addresses(self, field: str, *, required: bool = False) -> tuple[str, ...]:
+        value = self.body.get(field)
+        if value is None:
+            if required:
+                self.bad(field, "is required")
+            return ()
+        if not isinstance(value, list):
+            self.bad(field, "must be a list of email addresses")
+            return ()
+        if required and not value:
+            self.bad(field, "must hold at least one email address")
+            return ()
+        if len(value) > MAX_RECIPIENTS:
+            self.bad(field, f"must hold at most {MAX_RECIPIENTS} email addresses")
+            return ()
+        good = True
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not is_email(item):
+                self.bad(f"{field}[{index}]", "must be an email address")
+                good = False
+        return tuple(value) if good else ()
+
+    def attachments(self) -> tuple[Attachment, ...]:
+        value = self.body.get("attachments")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.bad("attachments", "must be a list")
+            return ()
+        if len(value) > MAX_ATTACHMENTS:
+            self.bad("attachments", f"must hold at most {MAX_ATTACHMENTS} attachments")
+            return ()
+        result = []
+        for index, item in enumerate(value):
+            where = f"attachments[{index}]"
+            if not isinstance(item, Mapping):
+                self.bad(where, "must be an object {name, contentType, contentBase64}")
+                continue
+            name = item.get("name")
+            content_type = item.get("contentType")
+            content = item.get("contentBase64")
+            size = -1
+            if not isinstance(name, str) or not 1 <= len(name) <= MAX_SHORT_STRING:
+                self.bad(f"{where}.name", "must be a non-empty string")
+            if not isinstance(content_type, str) or not _MEDIA_TYPE.fullmatch(content_type):
+                self.bad(f"{where}.contentType", "must be a media type such as text/plain")
+            if not isinstance(content, str):
+                self.bad(f"{where}.contentBase64", "must be a base64 string")
+            else:
+                try:
+                    size = len(base64.b64decode(content, validate=True))
+                except (binascii.Error, ValueError):
+                    self.bad(f"{where}.contentBase64", "is not valid base64")
+            if (
+                isinstance(name, str)
+                and isinstance(content_type, str)
+                and isinstance(content, str)
+                and size >= 0
+            ):
+                result.append(Attachment(name, content_type, content, size))
+        return tuple(result)
+
+
+def parse_email_request(body: object) -> EmailRequest:
+    """Validate a decoded JSON body; raises :class:`ValidationFailed` naming every bad field.
+
+    Unknown fields are ignored. ``from`` is any non-empty string (seed 000 sends the actor id
+    there), ``replyTo`` an email address, ``to`` 1 to 50 addresses, ``cc``/``bcc`` up to 50.
+    """
+    if not isinstance(body, Mapping):
+        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
+    check = _Checker(body)
+    key = check.string("idempotencyKey", required=True, min_length=1, max_length=MAX_KEY_LENGTH)
+    to = check.addresses("to", required=True)
+    subject = check.string("subject", required=True, min_length=1, max_length=MAX_SUBJECT_LENGTH)
+    html = check.string("html", max_length=2**31)
+    text = check.string("text", max_length=2**31)
+    raw = (body.get("html"), body.get("text"))
+    if raw == (None, None):
+        check.bad("html|text", "at least one of html or text is required")
+    elif not html and not text and all(v is None or isinstance(v, str) for v in raw):
+        check.bad("html|text", "at least one of html or text must be non-empty")
+    sender = check.string("from", min_length=1, max_length=MAX_SHORT_STRING)
+    reply_to = check.string("replyTo", min_length=1, max_length=MAX_SHORT_STRING)
+    if reply_to is not None and not is_email(reply_to):
+        check.bad("replyTo", "must be an email address")
+    cc = check.addresses("cc")
+    bcc = check.addresses("bcc")
+    attachments = check.attachments()
+    correlation_id = check.string("correlationId", min_length=1, max_length=MAX_KEY_LENGTH)
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        check.bad("metadata", "must be an object")
+    if check.details:
+        raise ValidationFailed(check.details)
+    assert key is not None
+    assert subject is not None
+    return EmailRequest(
+        idempotency_key=key,
+        to=to,
+        subject=subject,
+        html=html,
+        text=text,
+        sender=sender,
+        reply_to=reply_to,
+        cc=cc,
+        bcc=bcc,
+        attachments=attachments,
+        correlation_id=correlation_id,
+        metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
+    )

@@ -1,0 +1,403 @@
+"""An async client (trio) for the sluiceway WebSocket server, reconnecting with resume."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from .._errors import SluicewayError
+from .._util import open_owned_nursery
+from ..entities import EntityEnvelope
+from ..server._protocol import PROTOCOL_VERSION, dumps
+
+log = logging.getLogger("sluiceway.client")
+
+
+class ServerError(SluicewayError):
+    """The server answered a request with an error: its ``code`` (see the protocol's error
+    codes), ``message`` and ``details``."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class ConnectionLostError(SluicewayError):
+    """The connection to the server was lost (and could not be restored in time, or a request
+    was in flight when it dropped: it may or may not have been carried out)."""
+
+
+@attrs.define(eq=False)
+class _Pending:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Subscription:
+    """The envelopes of one subscription: ``async for envelope in subscription``.
+
+    Iteration ends after the run's end (``status`` then says how it ended), or raises
+    :class:`ConnectionLostError` if the connection could not be restored. After a reconnection
+    the subscription resumes from ``last_seq``: nothing is missed, nothing is seen twice.
+    """
+
+    def __init__(self, entity_id: str, after_seq: int, subtree: bool, buffer: int) -> None:
+        self.entity_id = entity_id
+        self.subtree = subtree
+        self.last_seq = after_seq
+        self.status: str | None = None  # the entity's status when the subscription ended
+        self.number: int | None = None  # the server's number for it on the current connection
+        self._send, self._receive = trio.open_memory_channel[EntityEnvelope | BaseException](buffer)
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[EntityEnvelope]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[EntityEnvelope]:
+        async for item in self._receive:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def _deliver(self, envelope: EntityEnvelope) -> None:
+        if envelope.seq <= self.last_seq:
+            return  # delivered before a reconnection
+        self.last_seq = envelope.seq
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._send.send(envelope)
+
+    def _end(self, status: str | None = None, error: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.status = status
+        if error is not None:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                self._send.send_nowait(error)
+        self._send.close()
+
+
+class Client:
+    """A connection to a sluiceway server; made by :func:`connect`.
+
+    Requests (:meth:`request` and the helpers named after the operations) wait for their
+    response. :meth:`subscribe` follows a run. If the connection drops, the client reconnects
+    (for up to ``reconnect_timeout`` seconds) and resumes every subscription from its last
+    ``seq``; a request in flight at that moment fails with :class:`ConnectionLostError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None,
+        reconnect_timeout: float,
+        buffer: int,
+        max_frame_bytes: int,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.reconnect_timeout = reconnect_timeout
+        self.buffer = buffer
+        self.max_frame_bytes = max_frame_bytes
+        self.hello: dict[str, Any] = {}
+        self._socket: WebSocketConnection | None = None
+        self._connected = trio.Event()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._subscriptions: dict[int, Subscription] = {}  # by the server's number
+        self._active: set[Subscription] = set()
+        self._failure: BaseException | None = None
+        self.reconnections = 0
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request(self, op: str, **fields: Any) -> Any:
+        """Send one request and return its result.
+
+        Raises:
+            ServerError: the server refused it.
+            ConnectionLostError: the connection dropped before the response came.
+        """
+        socket = await self._ready()
+        ident = next(self._ids)
+        pending = self._pending[ident] = _Pending()
+        try:
+            await socket.send_message(
+                dumps({"v": PROTOCOL_VERSION, "id": ident, "op": op, **fields})
+            )
+            await pending.done.wait()
+        except ConnectionClosed as exc:
+            raise ConnectionLostError(
+                f"the connection closed before the response to {op} came: {exc.reason}"
+            ) from None
+        finally:
+            self._pending.pop(ident, None)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def create(
+        self,
+        entity_type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        exist_ok: bool = False,
+    ) -> dict[str, Any]:
+        """Create a root entity; returns it."""
+        fields: dict[str, Any] = {"type": entity_type, "data": data or {}, "exist_ok": exist_ok}
+        if name is not None:
+            fields["name"] = name
+        result: dict[str, Any] = await self.request("create", **fields)
+        return result
+
+    async def start(self, entity_id: str) -> dict[str, Any]:
+        """Run an entity in the server; returns ``{"entity_id", "state"}``."""
+        result: dict[str, Any] = await self.request("start", entity_id=entity_id)
+        return result
+
+    async def get(self, entity_id: str) -> dict[str, Any]:
+        """The entity as stored."""
+        result: dict[str, Any] = await self.request("get", entity_id=entity_id)
+        return result
+
+    async def tree(
+        self, entity_id: str, *, depth: int | None = None, max_children: int = 20
+    ) -> dict[str, Any]:
+        """The entity's call tree (see the ``tree`` operation)."""
+        result: dict[str, Any] = await self.request(
+            "tree", entity_id=entity_id, depth=depth, max_children=max_children
+        )
+        return result
+
+    async def send_message(self, entity_id: str, message: str, data: Any = None) -> int:
+        """Send a message to an entity; returns its id."""
+        result = await self.request("send_message", entity_id=entity_id, message=message, data=data)
+        return int(result["message_id"])
+
+    async def cancel(self, entity_id: str) -> list[str]:
+        """Cancel an entity and its unfinished descendants; returns the ids cancelled."""
+        result = await self.request("cancel", entity_id=entity_id)
+        return list(result["cancelled"])
+
+    async def call(self, endpoint: str, body: dict[str, Any] | None = None) -> Any:
+        """Call one of the application's endpoints."""
+        return await self.request("call", endpoint=endpoint, body=body or {})
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, entity_id: str, *, after_seq: int = 0, subtree: bool = True
+    ) -> AsyncIterator[Subscription]:
+        """Follow an entity (its subtree by default) from ``after_seq``::
+
+            async with client.subscribe(entity_id) as envelopes:
+                async for envelope in envelopes:
+                    ...
+
+        Raises:
+            ServerError: at once, e.g. ``not_found``.
+        """
+        subscription = Subscription(entity_id, after_seq, subtree, self.buffer)
+        self._active.add(subscription)
+        try:
+            await self._subscribe(subscription)
+            yield subscription
+        finally:
+            self._active.discard(subscription)
+            number = subscription.number
+            if number is not None and not subscription.closed:
+                self._subscriptions.pop(number, None)
+                subscription._end("unsubscribed")
+                if self._socket is not None:
+                    with trio.move_on_after(5), contextlib.suppress(Exception):
+                        await self.request("unsubscribe", subscription=number)
+
+    async def _subscribe(self, subscription: Subscription) -> None:
+        result = await self.request(
+            "subscribe",
+            entity_id=subscription.entity_id,
+            after_seq=subscription.last_seq,
+            subtree=subscription.subtree,
+        )
+        subscription.number = int(result["subscription"])
+        self._subscriptions[subscription.number] = subscription
+
+    # -- the connection ------------------------------------------------------------------------
+
+    async def _ready(self) -> WebSocketConnection:
+        if self._failure is not None:
+            raise ConnectionLostError(str(self._failure)) from self._failure
+        await self._connected.wait()
+        if self._socket is None:
+            raise ConnectionLostError(f"not connected to {self.url}")
+        return self._socket
+
+    async def _connection(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Keep a connection open: read its frames; reconnect when it drops."""
+        headers = (
+            [] if self.token is None else [(b"authorization", f"Bearer {self.token}".encode())]
+        )
+        first = True
+        deadline: float | None = None
+        delay = 0.05
+        while True:
+            connected = False
+            try:
+                async with open_websocket_url(
+                    self.url,
+                    extra_headers=headers,
+                    max_message_size=self.max_frame_bytes,
+                    message_queue_size=64,
+                ) as socket:
+                    connected = True
+                    self._socket = socket
+                    await self._read_hello(socket)
+                    self._connected.set()
+                    deadline, delay = None, 0.05
+                    if first:
+                        first = False
+                        task_status.started()
+                    else:
+                        self.reconnections += 1
+                        for subscription in list(self._active):
+                            if not subscription.closed:
+                                await self._resume(subscription)
+                    await self._read(socket)
+            except (OSError, HandshakeError, ConnectionClosed) as exc:
+                if first:
+                    raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
+                if not connected:
+                    log.debug("reconnecting to %s failed: %s", self.url, exc)
+            self._lost("the connection closed")
+            now = trio.current_time()
+            if deadline is None:
+                deadline = now + self.reconnect_timeout
+            if now >= deadline:
+                self._fail(
+                    ConnectionLostError(
+                        f"the connection to {self.url} was lost and could not be restored "
+                        f"within {self.reconnect_timeout} s"
+                    )
+                )
+                return
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 2.0)
+
+    async def _read_hello(self, socket: WebSocketConnection) -> None:
+        frame = json.loads(await socket.get_message())
+        if frame.get("event") != "hello" or frame.get("protocol") != PROTOCOL_VERSION:
+            raise ConnectionLostError(
+                f"the server does not speak protocol {PROTOCOL_VERSION}: {frame}"
+            )
+        self.hello = frame
+
+    async def _resume(self, subscription: Subscription) -> None:
+        try:
+            await self._subscribe(subscription)
+        except ServerError as exc:
+            subscription._end(error=exc)
+
+    async def _read(self, socket: WebSocketConnection) -> None:
+        while True:
+            try:
+                text = await socket.get_message()
+            except ConnectionClosed:
+                return
+            frame = json.loads(text)
+            if "event" in frame:
+                await self._on_event(frame)
+                continue
+            pending = self._pending.get(frame.get("id"))
+            if pending is None:
+                continue
+            if frame.get("ok"):
+                pending.result = frame.get("result")
+            else:
+                error = frame.get("error") or {}
+                pending.error = ServerError(
+                    str(error.get("code")), str(error.get("message")), error.get("details")
+                )
+            pending.done.set()
+
+    async def _on_event(self, frame: dict[str, Any]) -> None:
+        subscription = self._subscriptions.get(frame.get("subscription"))  # type: ignore[arg-type]
+        if subscription is None:
+            return
+        if frame["event"] == "envelope":
+            await subscription._deliver(EntityEnvelope.from_dict(frame["envelope"]))
+        elif frame["event"] == "end":
+            self._subscriptions.pop(frame["subscription"], None)
+            subscription._end(frame.get("status"))
+
+    def _lost(self, reason: str) -> None:
+        """The connection dropped: fail the requests in flight; subscriptions wait."""
+        self._socket = None
+        self._connected = trio.Event()
+        self._subscriptions.clear()
+        for pending in self._pending.values():
+            pending.error = ConnectionLostError(f"{reason} before the response came")
+            pending.done.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self._failure = error
+        self._connected.set()
+        for subscription in list(self._active):
+            subscription._end(error=error)
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    reconnect_timeout: float = 30.0,
+    buffer: int = 1024,
+    max_frame_bytes: int = 16 * 1024 * 1024,
+) -> AsyncIterator[Client]:
+    """Connect to a sluiceway server: ``async with connect("ws://127.0.0.1:8765") as client``.
+
+    Args:
+        url: the server's ``ws://`` (or ``wss://``) URL.
+        token: the bearer token, if the server requires one.
+        reconnect_timeout: how long to keep trying to reconnect after the connection drops
+            (``0`` to give up at once).
+        buffer: envelopes each subscription keeps for a slow reader (then the client stops
+            reading; the server may drop it as a slow consumer, and the client resumes).
+        max_frame_bytes: the largest frame accepted from the server.
+
+    Raises:
+        ConnectionLostError: the server cannot be reached (or refuses the token).
+    """
+    if reconnect_timeout < 0 or math.isnan(reconnect_timeout):
+        raise ValueError("reconnect_timeout must be >= 0")
+    client = Client(
+        url,
+        token=token,
+        reconnect_timeout=reconnect_timeout,
+        buffer=buffer,
+        max_frame_bytes=max_frame_bytes,
+    )
+    async with open_owned_nursery() as nursery:
+        await nursery.start(client._connection)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,137 @@
+"""Applications: the entity types and endpoints a server serves."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._errors import SluicewayError
+from ..entities import RunnableEntity, Runtime
+
+if TYPE_CHECKING:
+    from ._server import RuntimeServer
+
+
+class EndpointError(SluicewayError):
+    """An endpoint refused a call: the client gets an ``endpoint_error`` response carrying
+    ``code`` (the application's own, e.g. ``"template_not_approved"``), the message and
+    ``details``."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+@attrs.define
+class EndpointContext:
+    """What an endpoint gets besides the request body: the runtime, the application's state
+    (whatever its ``lifespan`` yielded) and the server (to start runs in it)."""
+
+    runtime: Runtime
+    state: Any
+    server: RuntimeServer | None = None
+
+    def start(self, entity_id: str) -> bool:
+        """Start running an entity in the server (as the ``start`` operation does); returns
+        whether a new run started (``False`` if it runs already).
+
+        Raises:
+            RuntimeError: there is no server (the endpoint was called directly).
+        """
+        if self.server is None:
+            raise RuntimeError("start() needs a server: this endpoint was called without one")
+        return self.server.start_run(entity_id)
+
+
+#: An endpoint: ``async def endpoint(ctx, body) -> result`` (``body`` and the result are JSON).
+Endpoint = Callable[[EndpointContext, dict[str, Any]], Awaitable[Any]]
+
+
+def _no_lifespan(runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+@attrs.define
+class Application:
+    """An application a server serves: a name, its entity types, its endpoints and an
+    optional ``lifespan``.
+
+    ``lifespan(runtime)`` is an async context manager entered when the server starts, with
+    the runtime open; what it yields is ``ctx.state`` in every endpoint (HTTP clients,
+    configuration...), and it is left when the server stops. Endpoints are called with
+    ``call`` requests by name (``"campaigns/execute"``)::
+
+        app = Application("crm", types=[Campaign, Recipient])
+
+        @app.endpoint("campaigns/execute")
+        async def execute(ctx, body):
+            ...
+            return {"entity_id": campaign.id}
+    """
+
+    name: str
+    types: Sequence[type[RunnableEntity]]
+    endpoints: dict[str, Endpoint] = attrs.field(factory=dict)
+    lifespan: Callable[[Runtime], contextlib.AbstractAsyncContextManager[Any]] = _no_lifespan
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"an application name is a non-empty string, got {self.name!r}")
+        for path, function in self.endpoints.items():
+            _check_endpoint(path, function)
+
+    def endpoint(self, path: str) -> Callable[[Endpoint], Endpoint]:
+        """Register the decorated coroutine function as the endpoint ``path``."""
+
+        def register(function: Endpoint) -> Endpoint:
+            _check_endpoint(path, function)
+            if path in self.endpoints:
+                raise ValueError(f"{self.name} has an endpoint {path!r} already")
+            self.endpoints[path] = function
+            return function
+
+        return register
+
+    @contextlib.asynccontextmanager
+    async def running(self, runtime: Runtime) -> AsyncIterator[Any]:
+        """Enter the application's lifespan; yields its state."""
+        async with self.lifespan(runtime) as state:
+            yield state
+
+
+def _check_endpoint(path: object, function: object) -> None:
+    if not isinstance(path, str) or not path or path != path.strip():
+        raise ValueError(f"an endpoint path is a non-empty string, got {path!r}")
+    if not callable(function):
+        raise TypeError(f"endpoint {path!r} must be an async function, got {function!r}")
+
+
+def load_app(spec: str) -> Application:
+    """The application named by ``"package.module:name"`` (an :class:`Application`, or a
+    function without arguments that returns one).
+
+    Raises:
+        ValueError: the spec is malformed, or names something that is not an application.
+        ImportError: the module cannot be imported.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"an application is named MODULE:NAME (e.g. myapp.crm:app), got {spec!r}")
+    module = importlib.import_module(module_name)
+    try:
+        target: Any = module
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(target, Application) and callable(target):
+        target = target()
+    if not isinstance(target, Application):
+        raise ValueError(f"{spec} is not a sluiceway Application (got {type(target).__name__})")
+    return target

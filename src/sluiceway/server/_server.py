@@ -1,0 +1,559 @@
+"""The WebSocket server: serves a runtime and its application to progress clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, ClassVar
+
+import attrs
+import cattrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from .. import __version__
+from .._errors import (
+    DuplicateEntityError,
+    EntityBusyError,
+    EntityCancelledError,
+    EntityNotFoundError,
+    EntityNotWaitingError,
+    UnknownEntityTypeError,
+)
+from .._util import open_owned_nursery
+from ..entities import Runtime
+from ..store import EntityRecord, EntityStatus
+from ._app import Application, EndpointContext, EndpointError
+from ._protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_SLOW_CONSUMER,
+    PROTOCOL_VERSION,
+    CallRequest,
+    CancelRequest,
+    CreateRequest,
+    ErrorCode,
+    GetRequest,
+    PingRequest,
+    ProtocolError,
+    Request,
+    SendMessageRequest,
+    StartRequest,
+    SubscribeRequest,
+    TreeRequest,
+    UnsubscribeRequest,
+    dumps,
+    error_frame,
+    event_frame,
+    parse_request,
+    result_frame,
+)
+
+log = logging.getLogger("sluiceway.server")
+
+#: Converts records (and anything attrs) to JSON-safe values for results.
+_out = cattrs.Converter()
+
+
+@attrs.frozen
+class ServerLimits:
+    """Per-connection limits.
+
+    Attributes:
+        max_frame_bytes: the largest frame a client may send; a larger one gets a
+            ``frame_too_large`` error (one over four times this closes the connection with
+            1009, the transport's own limit).
+        queue_frames: how many frames may wait to be sent to a client. A client that lets
+            more pile up is a slow consumer: its connection is closed with code 4008 (it may
+            reconnect and subscribe again from its last ``seq``), so it never slows the runs
+            or the other clients.
+        max_pending: requests of one connection in progress at once (``too_many_requests``
+            beyond).
+        max_subscriptions: subscriptions of one connection at once.
+    """
+
+    max_frame_bytes: int = 1024 * 1024
+    queue_frames: int = 4096
+    max_pending: int = 64
+    max_subscriptions: int = 256
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_frame_bytes", "queue_frames", "max_pending", "max_subscriptions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+@attrs.frozen
+class ServerAddress:
+    """Where a server listens: its host, port and ``ws://`` URL."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port``."""
+        return f"ws://{self.host}:{self.port}"
+
+
+def record_to_json(record: EntityRecord) -> dict[str, Any]:
+    """An entity record as a JSON object (the status as its name)."""
+    out: dict[str, Any] = _out.unstructure(record)
+    out["status"] = record.status.value
+    return out
+
+
+class RuntimeServer:
+    """Serves a :class:`~sluiceway.Runtime` and its :class:`Application` over WebSockets.
+
+    ``await server.run(host, port)`` (usually through ``nursery.start``) listens until
+    :meth:`shutdown` is called or the task is cancelled. Entities started by clients run in
+    the server's own nursery, so a client that disconnects does not stop them. At start and
+    then every ``recover_every`` seconds, abandoned runs are recovered, so a server restarted
+    after a crash resumes its work by itself.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        app: Application,
+        *,
+        state: Any = None,
+        token: str | None = None,
+        limits: ServerLimits | None = None,
+        recover_every: float | None = None,
+    ) -> None:
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty string (or None for no authentication)")
+        self.runtime = runtime
+        self.app = app
+        self.state = state
+        self.token = token
+        self.limits = ServerLimits() if limits is None else limits
+        self.recover_every = runtime.lease_seconds if recover_every is None else recover_every
+        self.address: ServerAddress | None = None
+        self._runs: trio.Nursery | None = None
+        self._connections: set[_Connection] = set()
+        self._no_connections = trio.Event()
+        self._no_connections.set()
+        self._started_runs = 0  # runs started by the server and not finished
+        self._no_runs = trio.Event()
+        self._no_runs.set()
+        self._stopping = trio.Event()
+        self._accepting = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        grace: float = 5.0,
+        task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until :meth:`shutdown` (then return) or cancellation.
+
+        On shutdown the server stops accepting connections, closes the open ones with code
+        1001, lets the runs it started finish for up to ``grace`` seconds, then cancels them
+        (their leases are given back, nothing is half written: they resume when a server runs
+        again). Reports the listening address through ``task_status``.
+        """
+        async with open_owned_nursery() as runs:
+            self._runs = runs
+            runs.start_soon(self._recover_loop, name="recover abandoned runs")
+            async with open_owned_nursery() as listening:
+                server = await listening.start(
+                    partial(
+                        serve_websocket,
+                        self._handle,
+                        host,
+                        port,
+                        None,
+                        max_message_size=self.limits.max_frame_bytes * 4 + 1024,
+                    )
+                )
+                self.address = ServerAddress(host, server.port)
+                self._accepting = True
+                log.info("serving %s on %s", self.app.name, self.address.url)
+                task_status.started(self.address)
+                await self._stopping.wait()
+                self._accepting = False
+                for connection in list(self._connections):
+                    connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
+                with trio.move_on_after(5):
+                    await self._no_connections.wait()
+                listening.cancel_scope.cancel()
+            with trio.move_on_after(grace):
+                await self._no_runs.wait()
+            runs.cancel_scope.cancel()
+        self._runs = None
+
+    def shutdown(self) -> None:
+        """Ask :meth:`run` to stop (see there); idempotent."""
+        self._stopping.set()
+
+    def start_run(self, entity_id: str) -> bool:
+        """Run an entity in the server's nursery unless it runs in this runtime already;
+        returns whether a run was started.
+
+        Raises:
+            ProtocolError: ``shutting_down``.
+        """
+        if self._runs is None or self._stopping.is_set():
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+        if self.runtime.is_running(entity_id):
+            return False
+        self._runs.start_soon(self._run_entity, entity_id, name=f"run {entity_id}")
+        return True
+
+    async def _run_entity(self, entity_id: str) -> None:
+        if not self._started_runs:
+            self._no_runs = trio.Event()
+        self._started_runs += 1
+        try:
+            await self.runtime.run(entity_id)
+        except Exception as exc:  # the outcome is stored; clients see it in their streams
+            log.info("run of %s ended with %s: %s", entity_id, type(exc).__name__, exc)
+        finally:
+            self._started_runs -= 1
+            if not self._started_runs:
+                self._no_runs.set()
+
+    async def _recover_loop(self) -> None:
+        while True:
+            try:
+                for record in await self.runtime.abandoned():
+                    if not self.runtime.is_running(record.id):
+                        self.start_run(record.id)
+            except ProtocolError:
+                return  # shutting down
+            except Exception:  # a store failure: try again next time
+                log.exception("recovering abandoned runs failed")
+            await trio.sleep(self.recover_every)
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if not self._accepting:
+            await request.reject(503, body=b'{"error":"the server is shutting down"}')
+            return
+        if self.token is not None and not _authorized(request, self.token):
+            await request.reject(
+                401,
+                extra_headers=[
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="sluiceway"'),
+                ],
+                body=_UNAUTHORIZED,
+            )
+            return
+        socket = await request.accept()
+        connection = _Connection(self, socket)
+        if not self._connections:
+            self._no_connections = trio.Event()
+        self._connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
+            if not self._connections:
+                self._no_connections.set()
+
+
+_UNAUTHORIZED = b'{"error":{"code":"unauthorized","message":"a valid bearer token is required"}}'
+
+
+def _authorized(request: WebSocketRequest, token: str) -> bool:
+    expected = f"Bearer {token}".encode()
+    for name, value in request.headers:
+        if name.lower() == b"authorization":
+            return value.strip() == expected
+    return False
+
+
+class _Connection:
+    """One client: a reader of requests, a writer of frames, its subscriptions."""
+
+    def __init__(self, server: RuntimeServer, socket: WebSocketConnection) -> None:
+        self.server = server
+        self.socket = socket
+        self.limits = server.limits
+        send, receive = trio.open_memory_channel[str](self.limits.queue_frames)
+        self.outgoing, self._queued = send, receive
+        self.nursery: trio.Nursery | None = None
+        self.pending = 0
+        self.subscriptions: dict[int, trio.CancelScope] = {}
+        self.next_subscription = 1
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    async def serve(self) -> None:
+        async with open_owned_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._writer, name="websocket writer")
+            self.emit(
+                event_frame(
+                    "hello",
+                    protocol=PROTOCOL_VERSION,
+                    server="sluiceway",
+                    version=__version__,
+                    app=self.server.app.name,
+                )
+            )
+            while True:
+                try:
+                    message = await self.socket.get_message()
+                except ConnectionClosed:
+                    break
+                self._on_frame(message)
+            nursery.cancel_scope.cancel()
+        if self.close_code is not None:
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                await self.socket.aclose(self.close_code, self.close_reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with ``code`` (after the frames already sent)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    def emit(self, frame: dict[str, Any]) -> None:
+        """Queue a frame for the client; a full queue closes the connection (slow consumer)."""
+        if self.close_code is not None:
+            return
+        try:
+            self.outgoing.send_nowait(dumps(frame))
+        except trio.WouldBlock:
+            self.close(
+                CLOSE_SLOW_CONSUMER,
+                f"slow consumer: more than {self.limits.queue_frames} frames waited; "
+                "reconnect and subscribe again from the last seq you received",
+            )
+        except trio.ClosedResourceError:
+            pass
+
+    async def _writer(self) -> None:
+        async with self._queued:
+            async for text in self._queued:
+                try:
+                    await self.socket.send_message(text)
+                except ConnectionClosed:
+                    return
+
+    def _on_frame(self, message: str | bytes) -> None:
+        try:
+            request = parse_request(message, self.limits.max_frame_bytes)
+        except ProtocolError as error:
+            ident = error.details.get("id") if isinstance(error.details, dict) else None
+            self.emit(error_frame(ident, error))
+            return
+        if self.pending >= self.limits.max_pending:
+            self.emit(
+                error_frame(
+                    request.id,
+                    ProtocolError(
+                        ErrorCode.TOO_MANY_REQUESTS,
+                        f"at most {self.limits.max_pending} requests may be in progress at once",
+                    ),
+                )
+            )
+            return
+        assert self.nursery is not None
+        self.pending += 1
+        self.nursery.start_soon(self._answer, request, name=f"{request.op} {request.id}")
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            handler = self._handlers[request.op]
+            result = await handler(self, request)
+        except ProtocolError as error:
+            self.emit(error_frame(request.id, error))
+        except Exception as exc:
+            self.emit(error_frame(request.id, _as_protocol_error(exc)))
+        else:
+            if result is not _ANSWERED:
+                self.emit(result_frame(request.id, result))
+        finally:
+            self.pending -= 1
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def _create(self, request: Request) -> Any:
+        body: CreateRequest = request.body
+        record = await self.server.runtime.create(
+            body.type, body.data, name=body.name, exist_ok=body.exist_ok
+        )
+        return record_to_json(record)
+
+    async def _start(self, request: Request) -> Any:
+        body: StartRequest = request.body
+        record = await self.server.runtime.get(body.entity_id)
+        if record.status is EntityStatus.COMPLETED:
+            return {"entity_id": record.id, "state": "completed", "result": record.result}
+        if record.status is EntityStatus.CANCELLED:
+            raise EntityCancelledError(record.id, record.type, record.name)
+        started = self.server.start_run(record.id)
+        return {"entity_id": record.id, "state": "started" if started else "running"}
+
+    async def _subscribe(self, request: Request) -> Any:
+        body: SubscribeRequest = request.body
+        if body.after_seq < 0:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "after_seq must be >= 0")
+        if len(self.subscriptions) >= self.limits.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"at most {self.limits.max_subscriptions} subscriptions per connection",
+            )
+        runtime = self.server.runtime
+        await runtime.get(body.entity_id)  # not_found before anything is promised
+        number = self.next_subscription
+        self.next_subscription += 1
+        last = body.after_seq
+        with trio.CancelScope() as scope:
+            self.subscriptions[number] = scope
+            try:
+                self.emit(result_frame(request.id, {"subscription": number}))
+                async with runtime.stream(body.entity_id, after_seq=body.after_seq) as stream:
+                    async for envelope in stream:
+                        last = envelope.seq
+                        if body.subtree or envelope.entity_id == body.entity_id:
+                            self.emit(
+                                event_frame(
+                                    "envelope", subscription=number, envelope=envelope.to_dict()
+                                )
+                            )
+                final = await runtime.get(body.entity_id)
+                self.emit(
+                    event_frame("end", subscription=number, status=final.status.value, seq=last)
+                )
+            finally:
+                self.subscriptions.pop(number, None)
+        if scope.cancelled_caught:
+            self.emit(event_frame("end", subscription=number, status="unsubscribed", seq=last))
+        return _ANSWERED
+
+    async def _unsubscribe(self, request: Request) -> Any:
+        body: UnsubscribeRequest = request.body
+        scope = self.subscriptions.pop(body.subscription, None)
+        if scope is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_SUBSCRIPTION,
+                f"this connection has no subscription {body.subscription}",
+            )
+        scope.cancel()
+        await trio.lowlevel.checkpoint()
+        return {}
+
+    async def _send_message(self, request: Request) -> Any:
+        body: SendMessageRequest = request.body
+        record = await self.server.runtime.send_message(body.entity_id, body.message, body.data)
+        return {"message_id": record.id}
+
+    async def _cancel(self, request: Request) -> Any:
+        body: CancelRequest = request.body
+        return {"cancelled": await self.server.runtime.cancel(body.entity_id)}
+
+    async def _get(self, request: Request) -> Any:
+        body: GetRequest = request.body
+        return record_to_json(await self.server.runtime.get(body.entity_id))
+
+    async def _tree(self, request: Request) -> Any:
+        body: TreeRequest = request.body
+        if body.depth is not None and body.depth < 0:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "depth must be >= 0")
+        if body.max_children < 0:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, "max_children must be >= 0")
+        runtime = self.server.runtime
+        root = await runtime.get(body.entity_id)
+        return await _tree(runtime, root, body.depth, body.max_children)
+
+    async def _call(self, request: Request) -> Any:
+        body: CallRequest = request.body
+        endpoint = self.server.app.endpoints.get(body.endpoint)
+        if endpoint is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_ENDPOINT,
+                f"{self.server.app.name} has no endpoint {body.endpoint!r}; it has "
+                f"{sorted(self.server.app.endpoints)}",
+            )
+        context = EndpointContext(self.server.runtime, self.server.state, self.server)
+        return await endpoint(context, body.body)
+
+    async def _ping(self, request: Request) -> Any:
+        assert isinstance(request.body, PingRequest)
+        await trio.lowlevel.checkpoint()
+        return {"pong": True}
+
+    _handlers: ClassVar[dict[str, Callable[[_Connection, Request], Awaitable[Any]]]] = {
+        "create": _create,
+        "start": _start,
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "send_message": _send_message,
+        "cancel": _cancel,
+        "get": _get,
+        "tree": _tree,
+        "call": _call,
+        "ping": _ping,
+    }
+
+
+#: A handler that has sent its own response (a subscription answers before it streams).
+_ANSWERED = object()
+
+
+async def _tree(
+    runtime: Runtime, record: EntityRecord, depth: int | None, max_children: int
+) -> dict[str, Any]:
+    store = runtime.store
+    counts = await store.count_children(record.id)
+    node: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "type": record.type,
+        "status": record.status.value,
+        "children_by_status": {status.value: count for status, count in counts.items()},
+        "children": [],
+    }
+    total = sum(counts.values())
+    if total and (depth is None or depth > 0) and max_children:
+        children = await store.children(record.id)
+        below = None if depth is None else depth - 1
+        for child in children[:max_children]:
+            node["children"].append(await _tree(runtime, child, below, max_children))
+        node["more"] = max(total - max_children, 0)
+    elif total:
+        node["more"] = total
+    return node
+
+
+def _as_protocol_error(exc: Exception) -> ProtocolError:
+    """The error response for an exception a request raised."""
+    if isinstance(exc, EntityNotFoundError):
+        return ProtocolError(ErrorCode.NOT_FOUND, str(exc))
+    if isinstance(exc, DuplicateEntityError):
+        return ProtocolError(ErrorCode.CONFLICT, str(exc))
+    if isinstance(exc, EntityBusyError):
+        return ProtocolError(ErrorCode.BUSY, str(exc))
+    if isinstance(exc, EntityNotWaitingError):
+        return ProtocolError(ErrorCode.NOT_WAITING, str(exc))
+    if isinstance(exc, EntityCancelledError):
+        return ProtocolError(ErrorCode.CANCELLED, str(exc))
+    if isinstance(exc, UnknownEntityTypeError):
+        return ProtocolError(ErrorCode.UNKNOWN_TYPE, str(exc))
+    if isinstance(exc, EndpointError):
+        return ProtocolError(
+            ErrorCode.ENDPOINT_ERROR,
+            exc.message,
+            {"code": exc.code, **({"details": exc.details} if exc.details is not None else {})},
+        )
+    if isinstance(exc, TypeError | ValueError):
+        return ProtocolError(ErrorCode.INVALID_REQUEST, str(exc))
+    log.exception("a request failed inside the server", exc_info=exc)
+    return ProtocolError(
+        ErrorCode.INTERNAL_ERROR, f"the server failed to answer: {type(exc).__name__}"
+    )
