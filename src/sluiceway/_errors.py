@@ -172,6 +172,11 @@ class EntityBusyError(EntityError):
     expired yet). Follow it with ``runtime.stream()``, or ``recover()`` it once it expired."""
 
 
+class EntityNotRunnableError(EntityError, TypeError):
+    """The entity's type is a :class:`~sluiceway.DataEntity`: it holds data and edges and is
+    never run."""
+
+
 class EntityNotWaitingError(EntityError, RuntimeError):
     """A message was sent to an entity that will not run again (COMPLETED or CANCELLED).
 

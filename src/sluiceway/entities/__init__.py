@@ -5,7 +5,7 @@ and :class:`RunContext` for what a run can do.
 """
 
 from ._context import CapacityHolder, ChildCall, Message, RunContext
-from ._entity import CALLS, RunnableEntity, TypeRegistry, WaitableEntity
+from ._entity import CALLS, DataEntity, RunnableEntity, TypeRegistry, WaitableEntity
 from ._envelope import EntityEnvelope, EnvelopeType
 from ._runtime import RecoveredRun, Runtime, open_runtime
 
@@ -13,6 +13,7 @@ __all__ = [
     "CALLS",
     "CapacityHolder",
     "ChildCall",
+    "DataEntity",
     "EntityEnvelope",
     "EnvelopeType",
     "Message",

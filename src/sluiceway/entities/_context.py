@@ -225,37 +225,48 @@ class RunContext:
         entity_type: type[RunnableEntity] | str,
         name: str,
         data: Mapping[str, Any] | None = None,
+        *,
+        edge_type: str = CALLS,
     ) -> ChildCall:
-        """Create the child ``name`` (with a Calls edge); raise if the name exists.
+        """Create the child ``name`` (with a Calls edge, or ``edge_type``); raise if the name
+        exists.
 
         Raises:
             DuplicateEntityError: this entity already has a child called ``name``. A re-run
                 makes the same call again, so this is rarely what a workflow wants:
                 :meth:`append_or_retrieve_call` is.
         """
-        return await self._child(entity_type, name, data, strict=True)
+        return await self._child(entity_type, name, data, edge_type, strict=True)
 
     async def append_or_retrieve_call(
         self,
         entity_type: type[RunnableEntity] | str,
         name: str,
         data: Mapping[str, Any] | None = None,
+        *,
+        edge_type: str = CALLS,
     ) -> ChildCall:
         """The child ``name`` of this entity, created (with ``data`` and a Calls edge) if it
         does not exist. ``data`` is stored only when the child is created; a re-run finds the
         same child, whatever ``data`` it passes then.
 
+        ``edge_type`` names the edge from this entity to the child (``"HasRecipient"``
+        instead of ``"Calls"``); this type's ``allowed_connections`` must list the child's
+        type under it.
+
         Raises:
             UnknownEntityTypeError: ``entity_type`` is not registered.
-            ConnectionNotAllowedError: this type does not allow Calls to it.
+            ConnectionNotAllowedError: this type does not allow the edge to it.
         """
-        return await self._child(entity_type, name, data, strict=False)
+        return await self._child(entity_type, name, data, edge_type, strict=False)
 
     async def call(
         self,
         entity_type: type[RunnableEntity] | str,
         name: str,
         data: Mapping[str, Any] | None = None,
+        *,
+        edge_type: str = CALLS,
     ) -> Any:
         """Create or find the child ``name``, run it and return its result.
 
@@ -268,13 +279,15 @@ class RunContext:
             EntityCancelledError: the child was cancelled.
             EntityBusyError: another runtime holds the child's lease.
         """
-        child = await self.append_or_retrieve_call(entity_type, name, data)
+        child = await self.append_or_retrieve_call(entity_type, name, data, edge_type=edge_type)
         return await child.run()
 
     def parallel_calls(
         self,
         entity_type: type[RunnableEntity] | str,
         items: Iterable[tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
+        *,
+        edge_type: str = CALLS,
     ) -> AsyncIterator[TaskSpec[Any, Any]]:
         """A lazy source of child tasks for a task pool runner.
 
@@ -292,19 +305,21 @@ class RunContext:
                     ...  # FINAL: a child's result; ERROR: EntityFailedError
 
         A child that waits (``wait_for_message``, ``sleep``) gives its task's capacity back
-        while it waits.
+        while it waits. ``edge_type`` names the edge to each new child, as for
+        :meth:`append_or_retrieve_call`.
 
         Raises:
             UnknownEntityTypeError, ConnectionNotAllowedError: at once.
             ValueError: when the runner reaches an item whose name was already used.
         """
-        cls = self._child_type(entity_type)
-        return self._parallel(cls, items)
+        cls = self._child_type(entity_type, edge_type)
+        return self._parallel(cls, items, edge_type)
 
     async def _parallel(
         self,
         cls: type[RunnableEntity],
         items: Iterable[tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
+        edge_type: str,
     ) -> AsyncIterator[TaskSpec[Any, Any]]:
         runtime = self.runtime
         # One query for the children that exist (a resumed run finds most of them here).
@@ -323,23 +338,28 @@ class RunContext:
                 _check_child_type(self.entity, record, cls)
             # A new child is created by its task, once the runner holds its capacity: the
             # creations of concurrent tasks then share store transactions.
-            yield TaskSpec(_ChildTask(self, cls, name, data, record), key=name)
+            yield TaskSpec(_ChildTask(self, cls, name, data, record, edge_type), key=name)
 
     async def _child(
         self,
         entity_type: type[RunnableEntity] | str,
         name: str,
         data: Mapping[str, Any] | None,
+        edge_type: str,
         *,
         strict: bool,
     ) -> ChildCall:
-        cls = self._child_type(entity_type)
-        return await self._create(cls, name, data, strict=strict)
+        cls = self._child_type(entity_type, edge_type)
+        return await self._create(cls, name, data, edge_type, strict=strict)
 
-    def _child_type(self, entity_type: type[RunnableEntity] | str) -> type[RunnableEntity]:
+    def _child_type(
+        self, entity_type: type[RunnableEntity] | str, edge_type: str
+    ) -> type[RunnableEntity]:
+        if not isinstance(edge_type, str) or not edge_type:
+            raise TypeError(f"an edge type is a non-empty string, got {edge_type!r}")
         registry = self.runtime.registry
         cls = registry.get(entity_type, context=f"{self.entity.type_name} {self.entity.name!r}")
-        registry.check_connection(self.entity.type_name, CALLS, cls.type_name)
+        registry.check_connection(self.entity.type_name, edge_type, cls.type_name)
         return cls
 
     async def _create(
@@ -347,10 +367,11 @@ class RunContext:
         cls: type[RunnableEntity],
         name: str,
         data: Mapping[str, Any] | None,
+        edge_type: str,
         *,
         strict: bool,
     ) -> ChildCall:
-        new = self._new_child(cls, name, data)
+        new = self._new_child(cls, name, data, edge_type)
         record, created = await self.runtime.store.create_entity(
             new, strict=strict, owner=self.runtime.owner
         )
@@ -359,7 +380,11 @@ class RunContext:
         return ChildCall(record, created, self)
 
     def _new_child(
-        self, cls: type[RunnableEntity], name: str, data: Mapping[str, Any] | None
+        self,
+        cls: type[RunnableEntity],
+        name: str,
+        data: Mapping[str, Any] | None,
+        edge_type: str = CALLS,
     ) -> NewEntity:
         if not isinstance(name, str) or not name:
             raise TypeError(f"a child's name must be a non-empty string, got {name!r}")
@@ -372,6 +397,7 @@ class RunContext:
             data=payload,
             created_at=self.runtime.clock(),
             parent_id=self.id,
+            edge_type=edge_type,
         )
 
     async def connect(
@@ -583,6 +609,7 @@ class _ChildTask:
     name: str
     data: dict[str, Any]
     record: EntityRecord | None
+    edge_type: str = CALLS
 
     async def __call__(self, emit: Emitter[Any]) -> Any:
         runtime = self.ctx.runtime
@@ -593,7 +620,7 @@ class _ChildTask:
                 # quickly (the runner checkpoints between tasks that do not block).
                 return record.result
             return await runtime._execute(record, holder=emit, fence=self.ctx.id)
-        new = self.ctx._new_child(self.cls, self.name, self.data)
+        new = self.ctx._new_child(self.cls, self.name, self.data, self.edge_type)
         return await runtime._execute_new(self.cls, new, holder=emit)
 
 

@@ -44,6 +44,8 @@ class RunnableEntity:
     allowed_connections: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: Whether the type may call ``ctx.wait_for_message`` (set by :class:`WaitableEntity`).
     waitable: ClassVar[bool] = False
+    #: Whether entities of the type run (``False`` for a :class:`DataEntity`).
+    runnable: ClassVar[bool] = True
 
     id: str
     name: str
@@ -106,6 +108,22 @@ class WaitableEntity(RunnableEntity):
     waitable: ClassVar[bool] = True
 
 
+class DataEntity(RunnableEntity):
+    """An entity that holds data and edges only (a contact, a template): it is stored, read,
+    updated and connected like any entity, but never run. Running one raises
+    :class:`~sluiceway.EntityNotRunnableError`. Declare it with the same class keywords as a
+    :class:`RunnableEntity`::
+
+        class Contact(DataEntity):
+            pass
+    """
+
+    runnable: ClassVar[bool] = False
+
+    async def run_impl(self, ctx: RunContext) -> Any:  # pragma: no cover - never called
+        raise NotImplementedError(f"{self.type_name} is a DataEntity: it is never run")
+
+
 def _normalise_connections(
     owner: str, connections: Mapping[str, Iterable[type[RunnableEntity] | str]]
 ) -> dict[str, tuple[str, ...]]:
@@ -146,7 +164,7 @@ class TypeRegistry:
         for cls in types:
             if not (isinstance(cls, type) and issubclass(cls, RunnableEntity)):
                 raise TypeError(f"types must be RunnableEntity subclasses, got {cls!r}")
-            if cls is RunnableEntity or cls is WaitableEntity:
+            if cls is RunnableEntity or cls is WaitableEntity or cls is DataEntity:
                 raise TypeError(f"register subclasses of {cls.__name__}, not the class itself")
             known = self._types.get(cls.type_name)
             if known is not None and known is not cls:

@@ -19,11 +19,13 @@ from .._errors import (
     EntityCancelledError,
     EntityError,
     EntityFailedError,
+    EntityNotRunnableError,
     LeaseLostError,
 )
 from .._util import open_owned_nursery
 from ..runners._envelopes import error_to_dict
 from ..store import (
+    EdgeRecord,
     EntityRecord,
     EntityStatus,
     EntityStore,
@@ -32,7 +34,7 @@ from ..store import (
     SqliteStore,
 )
 from ._context import CapacityHolder, RunContext
-from ._entity import RunnableEntity, TypeRegistry
+from ._entity import CALLS, RunnableEntity, TypeRegistry
 from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
 
 #: Envelopes read from the store per query while streaming.
@@ -128,17 +130,27 @@ class Runtime:
         *,
         name: str | None = None,
         exist_ok: bool = False,
+        parent_id: str | None = None,
+        edge_type: str = CALLS,
     ) -> EntityRecord:
-        """Create a root entity (PENDING: nothing runs until :meth:`run`).
+        """Create an entity (PENDING: nothing runs until :meth:`run`): a root, or with
+        ``parent_id`` a child of that entity, connected to it by an ``edge_type`` edge (which
+        the parent's type must allow), as a contact is filed under its address book.
 
-        ``name`` (default: the new id) is unique among roots. With ``exist_ok=True`` an
-        existing root of that name and type is returned unchanged (its data is not updated).
+        ``name`` (default: the new id) is unique among roots, or among the parent's children.
+        With ``exist_ok=True`` an existing entity of that name and type is returned unchanged
+        (its data is not updated).
 
         Raises:
             UnknownEntityTypeError: the type is not registered.
             DuplicateEntityError: the name is taken (and not ``exist_ok``).
+            EntityNotFoundError: ``parent_id`` names no entity.
+            ConnectionNotAllowedError: the parent's type does not allow the edge.
         """
         cls = self.registry.get(entity_type)
+        if parent_id is not None:
+            parent = await self.store.get_entity(parent_id)
+            self.registry.check_connection(parent.type, edge_type, cls.type_name)
         payload = dict(data or {})
         check_json(payload, "entity data")
         entity_id = str(uuid.uuid4())
@@ -152,14 +164,58 @@ class Runtime:
                 general_type=cls.general_type,
                 data=payload,
                 created_at=self.clock(),
+                parent_id=parent_id,
+                edge_type=edge_type,
             ),
             strict=not exist_ok,
         )
         if not created and record.type != cls.type_name:
+            where = "a root" if parent_id is None else "an entity"
             raise EntityError(
-                f"a root named {record.name!r} exists with type {record.type}, not {cls.type_name}"
+                f"{where} named {record.name!r} exists with type {record.type}, not {cls.type_name}"
             )
         return record
+
+    async def update_data(self, entity_id: str, **partial: Any) -> dict[str, Any]:
+        """Merge ``partial`` into the entity's stored data atomically, from outside any run
+        (an endpoint approving a template), and return the new data. A running entity updates
+        its own data with ``ctx.update_data`` instead.
+
+        Raises:
+            EntityNotFoundError.
+        """
+        check_json(partial, "entity data")
+        return await self.store.update_data(entity_id, None, partial, now=self.clock())
+
+    async def connect(
+        self,
+        from_id: str,
+        edge_type: str,
+        to_id: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+    ) -> EdgeRecord:
+        """Add a typed edge between two entities from outside any run (a run connects its own
+        entity with ``ctx.connect``). The source's type must allow ``edge_type`` to the
+        target's. Adding the same edge again returns it unchanged.
+
+        Raises:
+            EntityNotFoundError, ConnectionNotAllowedError.
+        """
+        if not isinstance(edge_type, str) or not edge_type:
+            raise TypeError(f"an edge type is a non-empty string, got {edge_type!r}")
+        source = await self.store.get_entity(from_id)
+        target = await self.store.get_entity(to_id)
+        self.registry.check_connection(source.type, edge_type, target.type)
+        payload = dict(data or {})
+        check_json(payload, "edge data")
+        return await self.store.add_edge(
+            source.id, target.id, edge_type, now=self.clock(), data=payload
+        )
+
+    async def edges(self, entity_id: str) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
+        """``(outgoing, incoming)`` edges of the entity, each by type, then position."""
+        return await self.store.edges(entity_id)
 
     async def get(self, entity_id: str) -> EntityRecord:
         """The entity as stored now (status, data, result or error, lease).
@@ -440,6 +496,7 @@ class Runtime:
         if live is not None:
             return await self._attach(live, holder)  # running here already: wait for that run
         cls = self.registry.get(record.type, context=f"entity {record.name!r} ({record.id})")
+        _check_runnable(cls, record.name, record.id)
         started = self._started(record.attempt + 1)
         live = self._live[record.id] = LiveRun(record)  # before claiming: callers attach
         try:
@@ -478,6 +535,7 @@ class Runtime:
     ) -> Any:
         """Create a child and run it at once, claiming it in the same transaction (a task
         pool starting a child it creates)."""
+        _check_runnable(cls, new.name, new.id)
         started = self._started(1)
         now = self.clock()
         record, _, claimed = await self.store.create_and_claim(
@@ -742,6 +800,14 @@ def _copy_error(error: BaseException) -> BaseException:
         copy = EntityError(str(error))
     copy.__cause__ = error
     return copy
+
+
+def _check_runnable(cls: type[RunnableEntity], name: str, entity_id: str) -> None:
+    if not cls.runnable:
+        raise EntityNotRunnableError(
+            f"{cls.type_name} {name!r} ({entity_id}) is a DataEntity: it holds data and is "
+            "never run"
+        )
 
 
 def owner_is_dead(owner: str) -> bool:

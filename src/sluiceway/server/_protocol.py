@@ -61,6 +61,8 @@ class ErrorCode(enum.Enum):
     NOT_WAITING = "not_waiting"
     #: The entity was cancelled.
     CANCELLED = "cancelled"
+    #: The entity holds data only (a ``DataEntity``): it does not run.
+    NOT_RUNNABLE = "not_runnable"
     #: The entity type is not registered with the application.
     UNKNOWN_TYPE = "unknown_type"
     #: The application has no endpoint of that name.

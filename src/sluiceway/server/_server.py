@@ -18,6 +18,7 @@ from .._errors import (
     EntityBusyError,
     EntityCancelledError,
     EntityNotFoundError,
+    EntityNotRunnableError,
     EntityNotWaitingError,
     UnknownEntityTypeError,
 )
@@ -396,6 +397,10 @@ class _Connection:
             return {"entity_id": record.id, "state": "completed", "result": record.result}
         if record.status is EntityStatus.CANCELLED:
             raise EntityCancelledError(record.id, record.type, record.name)
+        if not self.server.runtime.registry.get(record.type).runnable:
+            raise EntityNotRunnableError(
+                f"{record.type} {record.name!r} ({record.id}) holds data only; it does not run"
+            )
         started = self.server.start_run(record.id)
         return {"entity_id": record.id, "state": "started" if started else "running"}
 
@@ -543,6 +548,8 @@ def _as_protocol_error(exc: Exception) -> ProtocolError:
         return ProtocolError(ErrorCode.NOT_WAITING, str(exc))
     if isinstance(exc, EntityCancelledError):
         return ProtocolError(ErrorCode.CANCELLED, str(exc))
+    if isinstance(exc, EntityNotRunnableError):
+        return ProtocolError(ErrorCode.NOT_RUNNABLE, str(exc))
     if isinstance(exc, UnknownEntityTypeError):
         return ProtocolError(ErrorCode.UNKNOWN_TYPE, str(exc))
     if isinstance(exc, EndpointError):
