@@ -47,7 +47,8 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The main job: two durable campaigns on the embedded SQLite store, interrupted halfway and
-    resumed without sending any email twice."""
+    """The main job: seed 000's campaign application served over WebSockets on the embedded
+    SQLite store, its progress shown live; the server is killed mid-campaign, restarted, and
+    resumes without sending any email twice."""
     session.install("-e", ".")
-    session.run("python", "-m", "sluiceway.demos.campaigns", *session.posargs)
+    session.run("python", "-m", "sluiceway.demos.live", *session.posargs)

@@ -275,12 +275,16 @@ class Client:
                     if first:
                         first = False
                         task_status.started()
+                        await self._read(socket)
                     else:
                         self.reconnections += 1
-                        for subscription in list(self._active):
-                            if not subscription.closed:
-                                await self._resume(subscription)
-                    await self._read(socket)
+                        # The resumed subscriptions' answers come through _read: both at once.
+                        async with trio.open_nursery() as resuming:
+                            for subscription in list(self._active):
+                                if not subscription.closed:
+                                    resuming.start_soon(self._resume, subscription)
+                            await self._read(socket)
+                            resuming.cancel_scope.cancel()
             except (OSError, HandshakeError, ConnectionClosed) as exc:
                 if first:
                     raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
@@ -314,6 +318,8 @@ class Client:
             await self._subscribe(subscription)
         except ServerError as exc:
             subscription._end(error=exc)
+        except ConnectionLostError:
+            pass  # dropped again: the next connection resumes it
 
     async def _read(self, socket: WebSocketConnection) -> None:
         while True:

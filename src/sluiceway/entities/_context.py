@@ -129,6 +129,12 @@ class RunContext:
         return self.entity.data
 
     @property
+    def state(self) -> Any:
+        """The application's state (``runtime.state``): the services runs share, such as an
+        HTTP client or a process-wide capacity source."""
+        return self.runtime.state
+
+    @property
     def attempt(self) -> int:
         """Which run of the entity this is (1 for the first)."""
         return self.entity.attempt

@@ -98,7 +98,15 @@ class Runtime:
     :meth:`recover`. Children run in their parent's run (``ctx.call``) or in a task pool
     (``ctx.parallel_calls``); their envelopes are stored once, under them, and a stream of any
     entity covers its whole subtree.
+
+    ``state`` is the application's own: services its runs use (an HTTP client, capacity
+    sources shared by every run of the process, configuration). Runs read it as
+    ``ctx.state``; an :class:`~sluiceway.server.Application` sets it to what its lifespan
+    yields while it is entered.
     """
+
+    #: The application's state, for runs as ``ctx.state`` (``None`` until set).
+    state: Any = None
 
     def __init__(
         self,

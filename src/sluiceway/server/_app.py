@@ -100,9 +100,14 @@ class Application:
 
     @contextlib.asynccontextmanager
     async def running(self, runtime: Runtime) -> AsyncIterator[Any]:
-        """Enter the application's lifespan; yields its state."""
+        """Enter the application's lifespan; yields its state, which is also
+        ``runtime.state`` (``ctx.state`` in runs) until it is left."""
         async with self.lifespan(runtime) as state:
-            yield state
+            previous, runtime.state = runtime.state, state
+            try:
+                yield state
+            finally:
+                runtime.state = previous
 
 
 def _check_endpoint(path: object, function: object) -> None:

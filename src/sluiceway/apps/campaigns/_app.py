@@ -1,0 +1,414 @@
+"""The campaign application: its lifespan and endpoints."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import cattrs
+import httpx
+
+from ..._errors import DuplicateEntityError, EntityNotFoundError
+from ...capacity import CapacitySource
+from ...entities import Runtime
+from ...server import Application, EndpointContext, EndpointError
+from ...server._protocol import request_converter
+from ..notification._validation import is_email
+from ._config import CampaignConfig, CampaignServices
+from ._entities import (
+    CONTACT_LIST,
+    TYPES,
+    Campaign,
+    Contact,
+    ContactList,
+    EmailTemplate,
+    now_iso,
+)
+from ._personalize import FIELDS, Personalizer, TemplatePersonalizer, unknown_placeholders
+
+# -- request bodies ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class NewContact:
+    first_name: str
+    last_name: str
+    email: str
+    company: str | None = None
+    tags: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class ImportContacts:
+    contacts: list[NewContact]
+
+
+@attrs.frozen(kw_only=True)
+class ListContacts:
+    tag: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NewTemplate:
+    name: str
+    subject_template: str
+    body_html: str
+
+
+@attrs.frozen(kw_only=True)
+class TemplateRef:
+    template_id: str
+
+
+@attrs.frozen(kw_only=True)
+class RejectTemplate:
+    template_id: str
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NewCampaign:
+    name: str
+    template_id: str
+    tag_filter: list[str]
+    description: str = ""
+    actor_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ExecuteCampaign:
+    campaign_id: str
+    actor_id: str | None = None
+
+
+def _structure(body: dict[str, Any], cls: type[Any], endpoint: str) -> Any:
+    try:
+        return request_converter.structure(body, cls)
+    except Exception as exc:
+        problems = (
+            cattrs.transform_error(exc)
+            if isinstance(exc, cattrs.BaseValidationError)
+            else [str(exc)]
+        )
+        raise EndpointError(
+            "invalid_body", f"invalid {endpoint} body: " + "; ".join(problems), problems
+        ) from None
+
+
+def _check_contact(contact: NewContact, where: str = "") -> dict[str, Any]:
+    problems = []
+    for field in ("first_name", "last_name"):
+        if not getattr(contact, field).strip():
+            problems.append(f"{where}{field}: must not be empty")
+    if not is_email(contact.email):
+        problems.append(f"{where}email: not an email address: {contact.email!r}")
+    for index, tag in enumerate(contact.tags):
+        if not tag.strip():
+            problems.append(f"{where}tags[{index}]: a tag must not be empty")
+    if problems:
+        raise EndpointError("invalid_contact", "; ".join(problems), problems)
+    return {
+        "first_name": contact.first_name.strip(),
+        "last_name": contact.last_name.strip(),
+        "email": contact.email.lower(),
+        "company": contact.company,
+        "tags": sorted({tag.strip() for tag in contact.tags}),
+        "created_at": now_iso(),
+    }
+
+
+def _contact_json(record_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record_id,
+        **{key: data.get(key) for key in ("first_name", "last_name")},
+        "email": data.get("email"),
+        "company": data.get("company"),
+        "tags": data.get("tags", []),
+    }
+
+
+async def _entity(ctx: EndpointContext, entity_id: str, entity_type: str, what: str) -> Any:
+    try:
+        record = await ctx.runtime.get(entity_id)
+    except EntityNotFoundError:
+        raise EndpointError(f"{what}_not_found", f"no {what} has the id {entity_id!r}") from None
+    if record.type != entity_type:
+        raise EndpointError(
+            f"{what}_not_found", f"{entity_id!r} is a {record.type}, not a {entity_type}"
+        )
+    return record
+
+
+def _services(ctx: EndpointContext) -> CampaignServices:
+    assert isinstance(ctx.state, CampaignServices)
+    return ctx.state
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+
+
+async def create_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``contacts/create``: ``{first_name, last_name, email, company?, tags?}`` → the contact.
+    Errors: ``invalid_body``, ``invalid_contact``, ``contact_exists`` (the address is taken)."""
+    contact = _structure(body, NewContact, "contacts/create")
+    data = _check_contact(contact)
+    try:
+        record = await ctx.runtime.create(
+            Contact,
+            data,
+            name=data["email"],
+            parent_id=_services(ctx).contact_list_id,
+            edge_type="HasContact",
+        )
+    except DuplicateEntityError:
+        raise EndpointError(
+            "contact_exists", f"a contact with the address {data['email']} exists"
+        ) from None
+    return _contact_json(record.id, record.data)
+
+
+async def import_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``contacts/import``: ``{contacts: [contact, ...]}`` → ``{created, existing, ids}``; all
+    are checked before any is created, and an address already there is kept as it is."""
+    batch = _structure(body, ImportContacts, "contacts/import")
+    rows = [_check_contact(c, f"contacts[{i}].") for i, c in enumerate(batch.contacts)]
+    created = existing = 0
+    ids = []
+    list_id = _services(ctx).contact_list_id
+    for data in rows:
+        record = await ctx.runtime.store.find_entity(list_id, data["email"])
+        if record is None:
+            record = await ctx.runtime.create(
+                Contact, data, name=data["email"], parent_id=list_id, edge_type="HasContact"
+            )
+            created += 1
+        else:
+            existing += 1
+        ids.append(record.id)
+    return {"created": created, "existing": existing, "ids": ids}
+
+
+async def list_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``contacts/list``: ``{tag?}`` → ``{contacts: [...]}`` (those with the tag, or all)."""
+    query = _structure(body, ListContacts, "contacts/list")
+    contacts = await _contacts(ctx)
+    if query.tag is not None:
+        contacts = [c for c in contacts if query.tag in c["tags"]]
+    return {"contacts": contacts}
+
+
+async def _contacts(ctx: EndpointContext) -> list[dict[str, Any]]:
+    children = await ctx.runtime.children(_services(ctx).contact_list_id)
+    return [_contact_json(r.id, r.data) for r in children if r.type == Contact.type_name]
+
+
+async def create_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``templates/create``: ``{name, subject_template, body_html}`` → ``{template_id, status:
+    "draft"}``. Errors: ``invalid_template`` (empty parts, a placeholder that names no contact
+    field), ``template_exists``."""
+    new = _structure(body, NewTemplate, "templates/create")
+    problems = [
+        f"{f}: must not be empty"
+        for f in ("name", "subject_template", "body_html")
+        if not getattr(new, f).strip()
+    ]
+    unknown = unknown_placeholders(new.subject_template + new.body_html)
+    if unknown:
+        problems.append(f"unknown placeholders {unknown}; the fields are {list(FIELDS)}")
+    if problems:
+        raise EndpointError("invalid_template", "; ".join(problems), problems)
+    data = {
+        "name": new.name,
+        "subject_template": new.subject_template,
+        "body_html": new.body_html,
+        "status": "draft",
+        "created_at": now_iso(),
+    }
+    try:
+        record = await ctx.runtime.create(EmailTemplate, data, name=f"template:{new.name}")
+    except DuplicateEntityError:
+        raise EndpointError("template_exists", f"a template is named {new.name!r}") from None
+    return {"template_id": record.id, "status": "draft"}
+
+
+async def _review(ctx: EndpointContext, template_id: str, status: str, **extra: Any) -> Any:
+    record = await _entity(ctx, template_id, EmailTemplate.type_name, "template")
+    current = record.data.get("status")
+    if current != "draft":
+        raise EndpointError(
+            "template_not_draft",
+            f"template {record.data.get('name')!r} is {current}; only a draft is reviewed",
+        )
+    await ctx.runtime.update_data(record.id, status=status, reviewed_at=now_iso(), **extra)
+    return {"template_id": record.id, "status": status}
+
+
+async def approve_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``templates/approve``: ``{template_id}`` (a draft) → ``{template_id, status}``."""
+    ref = _structure(body, TemplateRef, "templates/approve")
+    return await _review(ctx, ref.template_id, "approved")
+
+
+async def reject_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``templates/reject``: ``{template_id, reason?}`` (a draft) → ``{template_id, status}``."""
+    ref = _structure(body, RejectTemplate, "templates/reject")
+    return await _review(ctx, ref.template_id, "rejected", rejection_reason=ref.reason)
+
+
+async def create_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``campaigns/create``: ``{name, template_id, tag_filter, description?, actor_id?}`` →
+    ``{campaign_id, status: "draft"}``, with a ``UsesTemplate`` edge to the template.
+    Errors: ``invalid_campaign``, ``template_not_found``, ``campaign_exists``."""
+    new = _structure(body, NewCampaign, "campaigns/create")
+    tags = sorted({tag.strip() for tag in new.tag_filter if tag.strip()})
+    problems = []
+    if not new.name.strip():
+        problems.append("name: must not be empty")
+    if not tags:
+        problems.append("tag_filter: name at least one tag")
+    if problems:
+        raise EndpointError("invalid_campaign", "; ".join(problems), problems)
+    template = await _entity(ctx, new.template_id, EmailTemplate.type_name, "template")
+    data = {
+        "name": new.name,
+        "description": new.description,
+        "template_id": template.id,
+        "status": "draft",
+        "tag_filter": tags,
+        "total_recipients": 0,
+        "sent_count": 0,
+        "failed_count": 0,
+        "actor_id": new.actor_id,
+        "created_at": now_iso(),
+        "updated_at": now_iso(),
+    }
+    try:
+        record = await ctx.runtime.create(Campaign, data, name=f"campaign:{new.name}")
+    except DuplicateEntityError:
+        raise EndpointError("campaign_exists", f"a campaign is named {new.name!r}") from None
+    await ctx.runtime.connect(record.id, "UsesTemplate", template.id)
+    return {"campaign_id": record.id, "entity_id": record.id, "status": "draft"}
+
+
+async def execute_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``campaigns/execute``: ``{campaign_id, actor_id?}``. Checks that the campaign is a draft
+    and its template approved, snapshots the matching contacts and the template onto the
+    campaign (``_contacts``, ``_template``), marks it ``executing`` and starts its run.
+    Errors: ``campaign_not_found``, ``campaign_not_draft``, ``template_not_found``,
+    ``template_not_approved``, ``no_recipients``."""
+    request = _structure(body, ExecuteCampaign, "campaigns/execute")
+    async with _services(ctx).execute_lock:  # two executes of one draft: one wins
+        campaign = await _entity(ctx, request.campaign_id, Campaign.type_name, "campaign")
+        data = campaign.data
+        if data.get("status") != "draft":
+            raise EndpointError(
+                "campaign_not_draft",
+                f"campaign {data.get('name')!r} cannot be executed (status: {data.get('status')})",
+            )
+        template = await _entity(ctx, data["template_id"], EmailTemplate.type_name, "template")
+        if template.data.get("status") != "approved":
+            raise EndpointError(
+                "template_not_approved",
+                f"template {template.data.get('name')!r} is not approved "
+                f"(status: {template.data.get('status')})",
+            )
+        tags = set(data.get("tag_filter") or [])
+        matching = [c for c in await _contacts(ctx) if tags.intersection(c["tags"])]
+        if not matching:
+            raise EndpointError("no_recipients", f"no contact has any of the tags {sorted(tags)}")
+        snapshot = [
+            {key: c[key] for key in ("id", "first_name", "last_name", "email", "company")}
+            for c in matching
+        ]
+        await ctx.runtime.update_data(
+            campaign.id,
+            status="executing",
+            total_recipients=len(snapshot),
+            actor_id=request.actor_id or data.get("actor_id"),
+            updated_at=now_iso(),
+            _contacts=snapshot,
+            _template={
+                "subject_template": template.data["subject_template"],
+                "body_html": template.data["body_html"],
+            },
+        )
+    ctx.start(campaign.id)
+    return {
+        "campaign_id": campaign.id,
+        "entity_id": campaign.id,
+        "status": "executing",
+        "total_recipients": len(snapshot),
+        "message": f"campaign execution started: follow it with `sluiceway run {campaign.id}`",
+    }
+
+
+async def campaign_status(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``campaigns/status``: ``{campaign_id}`` → its status and counts."""
+    ref = _structure(body, ExecuteCampaign, "campaigns/status")
+    record = await _entity(ctx, ref.campaign_id, Campaign.type_name, "campaign")
+    d = record.data
+    return {
+        "campaign_id": record.id,
+        "name": d.get("name"),
+        "status": d.get("status"),
+        "run": record.status.value,
+        "total_recipients": d.get("total_recipients", 0),
+        "sent_count": d.get("sent_count", 0),
+        "failed_count": d.get("failed_count", 0),
+    }
+
+
+ENDPOINTS = {
+    "contacts/create": create_contact,
+    "contacts/import": import_contacts,
+    "contacts/list": list_contacts,
+    "templates/create": create_template,
+    "templates/approve": approve_template,
+    "templates/reject": reject_template,
+    "campaigns/create": create_campaign,
+    "campaigns/execute": execute_campaign,
+    "campaigns/status": campaign_status,
+}
+
+
+def create_app(
+    config: CampaignConfig | None = None,
+    *,
+    personalizer: Personalizer | None = None,
+    transport: Callable[[], httpx.AsyncBaseTransport] | None = None,
+) -> Application:
+    """The campaign application (seed 000), to serve with a
+    :class:`~sluiceway.server.RuntimeServer` or ``sluiceway serve --app
+    sluiceway.apps.campaigns:app``.
+
+    Args:
+        config: how campaigns run (default: :meth:`CampaignConfig.from_env`, read when the
+            server starts).
+        personalizer: makes each email (default: :class:`TemplatePersonalizer`).
+        transport: makes the HTTP transport of the notification client (default: httpx's).
+    """
+    if personalizer is not None and not isinstance(personalizer, Personalizer):
+        raise TypeError(
+            f"personalizer must have an async personalize(request), got {personalizer!r}"
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(runtime: Runtime) -> AsyncIterator[CampaignServices]:
+        settings = config if config is not None else CampaignConfig.from_env()
+        async with httpx.AsyncClient(
+            base_url=settings.notify_url,
+            timeout=settings.send_timeout,
+            transport=None if transport is None else transport(),
+        ) as http:
+            book = await runtime.create(ContactList, {}, name=CONTACT_LIST, exist_ok=True)
+            yield CampaignServices(
+                config=settings,
+                http=http,
+                global_capacity=CapacitySource(settings.global_limit),
+                personalizer=personalizer or TemplatePersonalizer(),
+                contact_list_id=book.id,
+            )
+
+    return Application("campaigns", types=TYPES, endpoints=dict(ENDPOINTS), lifespan=lifespan)

@@ -1,0 +1,149 @@
+"""The live progress display of a run: counts by type and status, a bar of the children
+finished, and the latest messages (``sluiceway run`` and the demo)."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ..entities import EntityEnvelope
+
+#: Lifecycle statuses, in the order the display lists them.
+STATES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
+_LIFECYCLE = {
+    "STARTED": "running",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+}
+_STYLE = {
+    "running": "cyan",
+    "waiting": "yellow",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "pending": "dim",
+}
+
+
+class RunProgress:
+    """What is known of a run from its envelopes (and, when given, the store's counts of the
+    root's children): build it, feed it with :meth:`add`, show :meth:`render`."""
+
+    def __init__(self, root_id: str, *, messages: int = 8) -> None:
+        self.root_id = root_id
+        self.root_name = root_id
+        self.root_type = ""
+        self.root_state = "pending"
+        self.states: dict[str, tuple[str, str]] = {}  # entity id -> (type, state)
+        self.children: dict[str, int] = {}  # the root's children by stored status
+        self.total: int | None = None  # the root's own "total" (STATUS metadata), if any
+        self.messages: collections.deque[str] = collections.deque(maxlen=messages)
+        self.envelopes = 0
+        self.last_seq = 0
+        self.result: Any = None
+        self.started = time.monotonic()
+
+    def add(self, envelope: EntityEnvelope) -> None:
+        """Account for one envelope."""
+        self.envelopes += 1
+        self.last_seq = max(self.last_seq, envelope.seq)
+        is_root = envelope.entity_id == self.root_id
+        if is_root:
+            self.root_name, self.root_type = envelope.entity_name, envelope.entity_type
+        state = None
+        if envelope.type == "STATUS" and envelope.status in _LIFECYCLE:
+            state = _LIFECYCLE[envelope.status]
+        elif envelope.type == "WAITING":
+            state = "waiting"
+        elif envelope.type == "MESSAGE":
+            state = "running"
+        if state is not None:
+            if is_root:
+                self.root_state = state
+            else:
+                self.states[envelope.entity_id] = (envelope.entity_type, state)
+        who = envelope.entity_name
+        if envelope.type == "STATUS" and envelope.status not in _LIFECYCLE and envelope.message:
+            self.messages.append(f"{who}: {envelope.message}")
+            total = envelope.metadata.get("total") if is_root else None
+            if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+                self.total = total
+        elif envelope.type == "ERROR":
+            error = envelope.error or {}
+            self.messages.append(f"✗ {who}: {error.get('type')}: {error.get('message')}")
+        elif envelope.type == "WAITING":
+            self.messages.append(f"{who} waits: {envelope.message or ''}".rstrip(": "))
+        elif envelope.type == "VALUE" and envelope.sub_type == "return" and is_root:
+            self.result = envelope.value
+
+    def set_children(self, by_status: Mapping[str, int]) -> None:
+        """The store's counts of the root's children by status (from a ``tree`` request)."""
+        self.children = dict(by_status)
+
+    def by_type(self) -> dict[str, collections.Counter[str]]:
+        """Descendants (not the root) by type, then lifecycle state."""
+        out: dict[str, collections.Counter[str]] = {}
+        for entity_type, state in self.states.values():
+            out.setdefault(entity_type, collections.Counter())[state] += 1
+        return out
+
+    def finished(self) -> tuple[int, int | None]:
+        """``(finished, total)`` of the root's children (total ``None`` while unknown)."""
+        if self.children:
+            done = sum(
+                count
+                for status, count in self.children.items()
+                if status in ("COMPLETED", "FAILED", "CANCELLED")
+            )
+            known = sum(self.children.values())
+        else:  # no counts from the store: the descendants seen to finish
+            done = sum(1 for _, state in self.states.values() if state in ("completed", "failed"))
+            known = len(self.states)
+        total = max(self.total, known) if self.total is not None else (known or None)
+        return done, total
+
+    def render(self) -> RenderableType:
+        """The display, for :class:`rich.live.Live`."""
+        elapsed = time.monotonic() - self.started
+        header = Text.assemble(
+            (f"{self.root_type or 'entity'} ", "bold"),
+            (self.root_name, "bold cyan"),
+            "  ",
+            (self.root_state.upper(), _STYLE.get(self.root_state, "")),
+            f"  {elapsed:5.1f}s  {self.envelopes} envelopes (seq {self.last_seq})",
+        )
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        table.add_column("type", style="bold")
+        for state in STATES[1:]:
+            table.add_column(state, justify="right", style=_STYLE[state])
+        for entity_type, counts in sorted(self.by_type().items()):
+            table.add_row(entity_type, *(str(counts.get(state, 0)) for state in STATES[1:]))
+        done, total = self.finished()
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=float(total or 1), completed=float(done), width=40),
+            f"{done}/{total if total is not None else '?'} children finished",
+        )
+        lines = Text("\n".join(self.messages) or "(no messages yet)", style="dim")
+        return Group(header, table, bar, Text("latest:", style="bold"), lines, Text(""))
+
+    def summary(self) -> str:
+        """One line on how the run ended."""
+        done, total = self.finished()
+        counts = ", ".join(
+            f"{entity_type}: " + " ".join(f"{n} {state}" for state, n in sorted(counter.items()))
+            for entity_type, counter in sorted(self.by_type().items())
+        )
+        return (
+            f"{self.root_type} {self.root_name} {self.root_state.upper()}: "
+            f"{done}/{total if total is not None else '?'} children finished"
+            + (f" ({counts})" if counts else "")
+        )

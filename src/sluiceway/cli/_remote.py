@@ -1,0 +1,222 @@
+"""The client commands: ``sluiceway run``, ``call``, ``send`` and ``cancel``.
+
+They talk to a ``sluiceway serve`` server at ``--url`` (default ``$SLUICEWAY_URL``, else
+``ws://127.0.0.1:8765``) with the bearer token ``--token`` (default ``$SLUICEWAY_TOKEN``).
+Results are printed as JSON on stdout; errors as ``sluiceway <command>: <message>`` on
+stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.live import Live
+
+from ..client import Client, ConnectionLostError, ServerError, connect
+from ._progress import RunProgress
+from ._serve import DEFAULT_PORT, TOKEN_VAR
+
+#: The environment variable of the server's URL.
+URL_VAR = "SLUICEWAY_URL"
+DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}"
+
+_Action = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run``, ``call``, ``send`` and ``cancel`` to the ``sluiceway`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=None, help=f"the server (default: ${URL_VAR}, else {DEFAULT_URL})"
+    )
+    common.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_VAR})")
+    common.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to keep reconnecting after the connection drops (default 30)",
+    )
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="start or attach to a run and follow it live",
+        description=(
+            "Start the entity's run in the server (or attach to it if it runs already) and "
+            "follow its subtree live: counts by type and status, a bar of the children "
+            "finished and the latest messages. With --json, print one envelope per line "
+            "instead. If the connection drops, the command reconnects and resumes from the "
+            "last envelope it printed: nothing is missed or printed twice. Exits 0 when the "
+            "entity completed, 1 when it failed or was cancelled."
+        ),
+    )
+    run.add_argument("entity", metavar="<entity_id>", help="the entity to run and follow")
+    run.add_argument("--after", type=int, default=0, metavar="N", help="only envelopes after seq N")
+    run.add_argument("--json", action="store_true", help="one JSON envelope per line")
+    run.add_argument("--no-start", action="store_true", help="follow only: do not start the run")
+    run.set_defaults(handler=functools.partial(_main, action=_run, name="run"))
+
+    call = commands.add_parser(
+        "call",
+        parents=[common],
+        help="call one of the application's endpoints",
+        description="Call an application endpoint with a JSON body; print its JSON result.",
+    )
+    call.add_argument("endpoint", metavar="ENDPOINT", help="e.g. campaigns/execute")
+    call.add_argument("--body", default="{}", help="the JSON object to send (default {})")
+    call.set_defaults(handler=functools.partial(_main, action=_call, name="call"))
+
+    send = commands.add_parser(
+        "send",
+        parents=[common],
+        help="send a message to an entity",
+        description="Send a message (and optional JSON data) to an entity's wait.",
+    )
+    send.add_argument("entity", metavar="<entity_id>")
+    send.add_argument("message", metavar="MESSAGE")
+    send.add_argument("--data", default=None, help="JSON data carried by the message")
+    send.set_defaults(handler=functools.partial(_main, action=_send, name="send"))
+
+    cancel = commands.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel an entity and its unfinished descendants",
+        description="Cancel an entity and its unfinished descendants; print the ids cancelled.",
+    )
+    cancel.add_argument("entity", metavar="<entity_id>")
+    cancel.set_defaults(handler=functools.partial(_main, action=_cancel, name="cancel"))
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _main(args: argparse.Namespace, *, action: _Action, name: str) -> int:
+    url = args.url or os.environ.get(URL_VAR) or DEFAULT_URL
+    token = args.token if args.token is not None else os.environ.get(TOKEN_VAR) or None
+    if args.reconnect_timeout < 0:
+        print(f"sluiceway {name}: --reconnect-timeout must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(_session, url, token, args, action)
+    except _UsageError as exc:
+        print(f"sluiceway {name}: {exc}", file=sys.stderr)
+        return 2
+    except ServerError as exc:
+        print(f"sluiceway {name}: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionLostError as exc:
+        print(f"sluiceway {name}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _session(url: str, token: str | None, args: argparse.Namespace, action: _Action) -> int:
+    async with connect(url, token=token, reconnect_timeout=args.reconnect_timeout) as client:
+        return await action(client, args)
+
+
+def _json_arg(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _UsageError(f"{option} is not JSON: {exc}") from None
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+async def _call(client: Client, args: argparse.Namespace) -> int:
+    body = _json_arg(args.body, "--body")
+    if not isinstance(body, dict):
+        raise _UsageError("--body must be a JSON object")
+    _print(await client.call(args.endpoint, body))
+    return 0
+
+
+async def _send(client: Client, args: argparse.Namespace) -> int:
+    data = None if args.data is None else _json_arg(args.data, "--data")
+    _print({"message_id": await client.send_message(args.entity, args.message, data)})
+    return 0
+
+
+async def _cancel(client: Client, args: argparse.Namespace) -> int:
+    _print({"cancelled": await client.cancel(args.entity)})
+    return 0
+
+
+async def _run(client: Client, args: argparse.Namespace) -> int:
+    if args.after < 0:
+        raise _UsageError("--after must be >= 0")
+    entity = await client.get(args.entity)
+    if not args.no_start:
+        await client.start(entity["id"])
+    if args.json:
+        async with client.subscribe(entity["id"], after_seq=args.after) as envelopes:
+            async for envelope in envelopes:
+                _print(envelope.to_dict())
+    else:
+        await follow(client, entity["id"], after_seq=args.after)
+    final = await client.get(entity["id"])
+    status = final["status"]
+    if status == "COMPLETED":
+        if not args.json:
+            _print(final["result"])
+        return 0
+    reason = (final.get("error") or {}).get("message") or ""
+    print(
+        f"sluiceway run: {final['type']} {final['name']} is {status}"
+        + (f": {reason}" if reason else ""),
+        file=sys.stderr,
+    )
+    return 1
+
+
+async def follow(
+    client: Client,
+    entity_id: str,
+    *,
+    after_seq: int = 0,
+    console: Console | None = None,
+    refresh_every: float = 0.5,
+) -> RunProgress:
+    """Follow a run with the live display until it ends; returns what was seen. The store's
+    counts of the root's children are refreshed every ``refresh_every`` seconds."""
+    progress = RunProgress(entity_id)
+    console = console or Console(stderr=True)
+
+    async def refresh_counts() -> None:
+        while True:
+            try:
+                tree = await client.tree(entity_id, depth=0, max_children=0)
+                progress.set_children(tree["children_by_status"])
+            except ConnectionLostError:
+                pass  # reconnecting: the next refresh will do
+            await trio.sleep(refresh_every)
+
+    with Live(
+        progress.render(),
+        console=console,
+        refresh_per_second=4,
+        get_renderable=progress.render,
+        transient=False,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(refresh_counts)
+            async with client.subscribe(entity_id, after_seq=after_seq) as envelopes:
+                async for envelope in envelopes:
+                    progress.add(envelope)
+            tree = await client.tree(entity_id, depth=0, max_children=0)
+            progress.set_children(tree["children_by_status"])
+            nursery.cancel_scope.cancel()
+    console.print(progress.summary())
+    return progress

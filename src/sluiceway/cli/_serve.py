@@ -1,0 +1,167 @@
+"""``sluiceway serve``: serve an application's runtime over WebSockets.
+
+``sluiceway serve --app MODULE:OBJECT --db PATH [--host 127.0.0.1] [--port 8765] [--token T]``
+opens the runtime on the SQLite store, enters the application's lifespan and serves until
+Ctrl-C or SIGTERM. Then it stops taking connections and work, lets the runs it started finish
+for ``--grace`` seconds and stops the others cleanly: their leases are given back and nothing
+is half written, so the next server on the store resumes them by itself.
+
+Once listening it prints ``sluiceway serve: serving <app> on ws://HOST:PORT`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import sys
+import textwrap
+
+import trio
+
+from .._errors import SluicewayError
+from ..entities import open_runtime
+from ..server import Application, RuntimeServer, ServerLimits, load_app
+
+#: The default port of ``serve`` and the default URL of the client commands.
+DEFAULT_PORT = 8765
+#: The environment variables of the token and the store.
+TOKEN_VAR = "SLUICEWAY_TOKEN"
+DB_VAR = "SLUICEWAY_DB"
+
+
+class CommandError(Exception):
+    """An error reported as ``sluiceway <command>: <message>`` (exit code 1)."""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``serve`` command to the ``sluiceway`` parser's ``commands``."""
+    serve = commands.add_parser(
+        "serve",
+        help="serve an application's entity runtime over WebSockets",
+        description=textwrap.dedent(__doc__ or "").split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--app",
+        required=True,
+        metavar="MODULE:OBJECT",
+        help="the application, e.g. sluiceway.apps.campaigns:app",
+    )
+    serve.add_argument(
+        "--db", metavar="PATH", default=None, help=f"the SQLite entity store (default: ${DB_VAR})"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"the port (default {DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--token",
+        default=None,
+        help=f"require this bearer token from clients (default: ${TOKEN_VAR}; none if unset)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="seconds runs get to finish on shutdown before they are stopped (default 5)",
+    )
+    serve.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=30.0,
+        help="lease of a run without a heartbeat (default 30)",
+    )
+    serve.add_argument(
+        "--max-frame-bytes", type=int, default=ServerLimits().max_frame_bytes, help="frame limit"
+    )
+    serve.add_argument(
+        "--queue-frames",
+        type=int,
+        default=ServerLimits().queue_frames,
+        help="frames queued per connection before it is closed as a slow consumer (4008)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="log the server's events")
+    serve.set_defaults(handler=functools.partial(_main, parser=serve))
+
+
+def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
+    db = args.db or os.environ.get(DB_VAR)
+    if not db:
+        parser.error(f"no entity store given: pass --db PATH or set {DB_VAR}")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0..65535, got {args.port}")
+    if args.grace < 0 or args.lease_seconds <= 0:
+        parser.error("--grace must be >= 0 and --lease-seconds > 0")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_VAR) or None
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        app = load_app(args.app)
+        limits = ServerLimits(max_frame_bytes=args.max_frame_bytes, queue_frames=args.queue_frames)
+    except (ImportError, ValueError) as exc:
+        print(f"sluiceway serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        trio.run(
+            functools.partial(
+                serve,
+                app=app,
+                db=os.path.expanduser(db),
+                host=args.host,
+                port=args.port,
+                token=token,
+                grace=args.grace,
+                lease_seconds=args.lease_seconds,
+                limits=limits,
+            )
+        )
+    except (SluicewayError, OSError, CommandError) as exc:
+        print(f"sluiceway serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve(
+    *,
+    app: Application,
+    db: str,
+    host: str,
+    port: int,
+    token: str | None,
+    grace: float,
+    lease_seconds: float,
+    limits: ServerLimits,
+) -> None:
+    """Serve ``app`` on the store ``db`` until SIGINT or SIGTERM, then shut down."""
+    async with (
+        open_runtime(db, app.types, lease_seconds=lease_seconds) as runtime,
+        app.running(runtime) as state,
+        trio.open_nursery() as nursery,
+    ):
+        server = RuntimeServer(runtime, app, state=state, token=token, limits=limits)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            try:
+                address = await nursery.start(
+                    functools.partial(server.run, host, port, grace=grace)
+                )
+            except OSError as exc:
+                raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
+            auth = "with a bearer token" if token else "without authentication"
+            print(
+                f"sluiceway serve: serving {app.name} on {address.url} ({auth}; store {db})",
+                flush=True,
+            )
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                print(
+                    f"sluiceway serve: {name}: shutting down (runs get {grace:g} s to finish)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                server.shutdown()
+                break
