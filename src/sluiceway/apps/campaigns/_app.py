@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -83,9 +84,25 @@ class ExecuteCampaign:
     actor_id: str | None = None
 
 
+#: The protocol's strict converter, also strict about lists (a string is not a list of tags).
+_converter = request_converter.copy()
+
+
+def _structure_list(value: Any, kind: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    (item,) = typing.get_args(kind) or (Any,)
+    return [_converter.structure(element, item) for element in value]
+
+
+_converter.register_structure_hook_func(
+    lambda kind: typing.get_origin(kind) is list, _structure_list
+)
+
+
 def _structure(body: dict[str, Any], cls: type[Any], endpoint: str) -> Any:
     try:
-        return request_converter.structure(body, cls)
+        return _converter.structure(body, cls)
     except Exception as exc:
         problems = (
             cattrs.transform_error(exc)
