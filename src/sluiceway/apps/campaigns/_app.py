@@ -95,9 +95,12 @@ def _structure_list(value: Any, kind: Any) -> list[Any]:
     return [_converter.structure(element, item) for element in value]
 
 
-_converter.register_structure_hook_func(
-    lambda kind: typing.get_origin(kind) is list, _structure_list
-)
+def _is_list(kind: Any) -> bool:
+    origin: Any = typing.get_origin(kind)
+    return origin is list
+
+
+_converter.register_structure_hook_func(_is_list, _structure_list)
 
 
 def _structure(body: dict[str, Any], cls: type[Any], endpoint: str) -> Any:
