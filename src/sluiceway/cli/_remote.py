@@ -101,7 +101,7 @@ class _UsageError(Exception):
 
 def _main(args: argparse.Namespace, *, action: _Action, name: str) -> int:
     url = args.url or os.environ.get(URL_VAR) or DEFAULT_URL
-    token = args.token if args.token is not None else os.environ.get(TOKEN_VAR) or None
+    token = (args.token if args.token is not None else os.environ.get(TOKEN_VAR)) or None
     if args.reconnect_timeout < 0:
         print(f"sluiceway {name}: --reconnect-timeout must be >= 0", file=sys.stderr)
         return 2

@@ -95,7 +95,7 @@ def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.grace < 0 or args.lease_seconds <= 0:
         parser.error("--grace must be >= 0 and --lease-seconds > 0")
-    token = args.token if args.token is not None else os.environ.get(TOKEN_VAR) or None
+    token = (args.token if args.token is not None else os.environ.get(TOKEN_VAR)) or None
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +137,15 @@ def load_app(spec: str) -> Application:
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(target, Application) and callable(target):
+        try:
+            inspect.signature(target).bind()
+        except TypeError:
+            raise ValueError(
+                f"{spec} is neither an Application nor a function without arguments that "
+                "returns one"
+            ) from None
+        except ValueError:
+            pass  # no signature to check (a builtin): call it and see
         target = target()
     if not isinstance(target, Application):
         raise ValueError(f"{spec} is not a sluiceway Application (got {type(target).__name__})")

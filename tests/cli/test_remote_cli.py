@@ -1,0 +1,180 @@
+"""``sluiceway serve`` in a child process, driven by ``sluiceway run/call/send/cancel``
+in this one (``main()`` returns the exit code; output is read from capsys)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluiceway.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "s3cret"
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process, self.url = process, url
+
+
+def serve(db: Path, *extra: str, app: str = "tests.cli.remote_app:app") -> Served:
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "sluiceway", "serve"),
+            *("--app", app, "--db", str(db), "--port", "0", *extra),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait(30)
+        raise AssertionError(f"serve exited: {process.stderr.read() if process.stderr else ''}")
+    assert line.startswith("sluiceway serve: serving cli-test on ws://127.0.0.1:"), line
+    return Served(process, line.split(" on ", 1)[1].split(" ", 1)[0])
+
+
+def stop(served: Served, signum: int = signal.SIGTERM) -> tuple[int, str]:
+    served.process.send_signal(signum)
+    _, err = served.process.communicate(timeout=60)
+    return served.process.returncode, err
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = serve(tmp_path_factory.mktemp("serve") / "store.db", "--token", TOKEN)
+    yield served
+    code, err = stop(served)
+    assert code == 0, err
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], server: Served, *args: str) -> tuple[int, str, str]:
+    code = main([*args[:1], "--url", server.url, "--token", TOKEN, *args[1:]])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def call(capsys: pytest.CaptureFixture[str], server: Served, endpoint: str, body: Any) -> Any:
+    code, out, err = run_cli(capsys, server, "call", endpoint, "--body", json.dumps(body))
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_run_json_streams_every_envelope_once_and_in_order(
+    capsys: pytest.CaptureFixture[str], server: Served
+) -> None:
+    entity = call(capsys, server, "fanout", {"count": 12})["entity_id"]
+    code, out, err = run_cli(capsys, server, "run", entity, "--json")
+    assert code == 0, err
+    envelopes = [json.loads(line) for line in out.splitlines()]
+    seqs = [e["seq"] for e in envelopes]
+    assert seqs == sorted(set(seqs))
+    children = {e["entity_id"] for e in envelopes if e["entity_id"] != entity}
+    assert len(children) == 12
+    last = envelopes[-1]
+    assert (last["entity_id"], last["type"], last["status"]) == (entity, "STATUS", "COMPLETED")
+
+    # --after: only what came later; a completed run is not started again.
+    code, out, _ = run_cli(capsys, server, "run", entity, "--json", "--after", str(seqs[-3]))
+    assert code == 0
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == seqs[-2:]
+
+
+def test_run_shows_live_progress_and_prints_the_result(
+    capsys: pytest.CaptureFixture[str], server: Served
+) -> None:
+    entity = call(capsys, server, "fanout", {"count": 6, "failing": [2]})["entity_id"]
+    code, out, err = run_cli(capsys, server, "run", entity)
+    assert code == 0
+    assert json.loads(out) == {"ok": 5, "failed": 1, "total": 26, "status": "completed_with_errors"}
+    assert "6/6 children finished" in err
+    assert "Leaf: 1 failed" in err or "1 failed" in err
+    assert "COMPLETED" in err
+
+
+def test_send_delivers_a_message_to_a_waiting_entity(
+    capsys: pytest.CaptureFixture[str], server: Served
+) -> None:
+    entity = call(capsys, server, "ask", {})["entity_id"]
+    code, out, err = run_cli(capsys, server, "send", entity, "yes", "--data", '{"by": "cli"}')
+    assert code == 0, err
+    assert isinstance(json.loads(out)["message_id"], int)
+    code, out, err = run_cli(capsys, server, "run", entity, "--no-start")
+    assert code == 0, err
+    assert json.loads(out)["answer"] == "yes"
+    assert json.loads(out)["data"] == {"by": "cli"}
+
+
+def test_cancel_stops_a_run(capsys: pytest.CaptureFixture[str], server: Served) -> None:
+    entity = call(capsys, server, "ask", {})["entity_id"]
+    code, out, err = run_cli(capsys, server, "cancel", entity)
+    assert code == 0, err
+    assert json.loads(out) == {"cancelled": [entity]}
+    code, _, err = run_cli(capsys, server, "run", entity, "--json")
+    assert code == 1
+    assert "cancelled" in err
+
+
+def test_errors_are_reported_with_exit_codes(
+    capsys: pytest.CaptureFixture[str], server: Served
+) -> None:
+    code, _, err = run_cli(capsys, server, "call", "refuse", "--body", "{}")
+    assert code == 1
+    assert "endpoint_error: this endpoint refuses everything" in err
+    code, _, err = run_cli(capsys, server, "call", "nothing-here")
+    assert code == 1
+    assert "unknown_endpoint" in err
+    code, _, err = run_cli(capsys, server, "call", "refuse", "--body", "{not json")
+    assert code == 2
+    assert "--body is not JSON" in err
+    code, _, err = run_cli(capsys, server, "call", "refuse", "--body", "[1]")
+    assert code == 2
+    code, _, err = run_cli(capsys, server, "run", "no-such-entity")
+    assert (code, err.count("not_found")) == (1, 1)
+    code, _, err = run_cli(capsys, server, "send", "no-such-entity", "hi", "--data", "{x")
+    assert code == 2
+    code, _, err = run_cli(capsys, server, "run", "x", "--after", "-1")
+    assert code == 2
+
+
+def test_without_the_token_nothing_is_readable(
+    capsys: pytest.CaptureFixture[str], server: Served
+) -> None:
+    for token in ("", "wrong"):
+        code = main(
+            ["call", "fanout", "--url", server.url, "--token", token, "--reconnect-timeout", "0"]
+        )
+        _, err = capsys.readouterr()
+        assert code == 1
+        assert "cannot connect" in err
+
+
+def test_serve_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--app", "no_such_module:app", "--db", str(tmp_path / "x.db")]) == 1
+    assert "no_such_module" in capsys.readouterr().err
+    assert main(["serve", "--app", "json:dumps", "--db", str(tmp_path / "x.db")]) == 1
+    assert main(["serve", "--app", "nocolon", "--db", str(tmp_path / "x.db")]) == 1
+    assert main(["serve", "--app", "tests.cli.remote_app:app", "--port", "70000"]) == 2
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_shuts_down_cleanly_on_a_signal(tmp_path: Path, signum: int) -> None:
+    served = serve(tmp_path / "store.db")
+    time.sleep(0.2)  # let it settle; what is asserted is the exit, not a time
+    code, err = stop(served, signum)
+    assert code == 0, err
+    assert f"{signal.Signals(signum).name}: shutting down" in err
