@@ -42,7 +42,7 @@ from ..client import Client, ConnectionLostError, connect
 _FIRST = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "Jun"]
 _LAST = ["Lee", "Ray", "Oh", "Park", "Diaz", "Khan", "Novak", "Ito"]
 #: The address the notification service refuses (its recipient fails; the campaign goes on).
-BOUNCING = "eve.park@example.com"
+BOUNCING = "eve.lee@example.com"
 
 
 def contacts(count: int) -> list[dict[str, Any]]:
