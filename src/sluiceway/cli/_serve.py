@@ -100,6 +100,10 @@ def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # Like ``python -m``, find the application's module in the working directory too (the
+    # console script does not put it on the import path).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         app = load_app(args.app)
         limits = ServerLimits(max_frame_bytes=args.max_frame_bytes, queue_frames=args.queue_frames)
