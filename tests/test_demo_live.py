@@ -26,7 +26,9 @@ async def test_the_demo_survives_a_killed_server_and_sends_each_email_once(
     assert vip == {**vip, "status": "completed", "sent_count": 8, "failed_count": 0}
     stats = outcome["stats"]
     assert stats["sends"] == 23 + 8  # one per recipient sent to, whatever ran twice
-    assert stats["failures"] == 1  # the bounce, asked once
+    # The bounce is refused each time it is asked: once, or twice if its recipient was in
+    # flight at the kill (a refusal is not stored, so the re-run asks again).
+    assert stats["failures"] in (1, 2)
     assert outcome["reconnections"] == 1  # the client resumed after the kill
     text = out.getvalue()
     assert "server killed (SIGKILL)" in text

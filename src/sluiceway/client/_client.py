@@ -7,7 +7,9 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -16,7 +18,7 @@ from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
+    wrap_client_stream,
 )
 
 from .._errors import SluicewayError
@@ -43,19 +45,28 @@ class ConnectionLostError(SluicewayError):
     was in flight when it dropped: it may or may not have been carried out)."""
 
 
+#: How long opening a connection (TCP and the WebSocket handshake) may take.
+_CONNECT_SECONDS = 30.0
+#: How long closing a connection may take.
+_CLOSE_SECONDS = 5.0
+
+
 @attrs.define(eq=False)
 class _Pending:
     done: trio.Event = attrs.field(factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
+    #: Called by the reader with the result as it arrives, before it reads the next frame.
+    on_result: Callable[[Any], None] | None = None
 
 
 class Subscription:
     """The envelopes of one subscription: ``async for envelope in subscription``.
 
     Iteration ends after the run's end (``status`` then says how it ended), or raises
-    :class:`ConnectionLostError` if the connection could not be restored. After a reconnection
-    the subscription resumes from ``last_seq``: nothing is missed, nothing is seen twice.
+    :class:`ConnectionLostError` if the connection could not be restored (or
+    :class:`ServerError` if the server could not go on streaming). After a reconnection the
+    subscription resumes from ``last_seq``: nothing is missed, nothing is seen twice.
     """
 
     def __init__(self, entity_id: str, after_seq: int, subtree: bool, buffer: int) -> None:
@@ -64,17 +75,21 @@ class Subscription:
         self.last_seq = after_seq
         self.status: str | None = None  # the entity's status when the subscription ended
         self.number: int | None = None  # the server's number for it on the current connection
-        self._send, self._receive = trio.open_memory_channel[EntityEnvelope | BaseException](buffer)
+        self._send, self._receive = trio.open_memory_channel[EntityEnvelope](buffer)
         self.closed = False
+        self.error: BaseException | None = None  # why it ended, if it did not end normally
 
-    def __aiter__(self) -> AsyncIterator[EntityEnvelope]:
-        return self._iterate()
+    def __aiter__(self) -> Subscription:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[EntityEnvelope]:
-        async for item in self._receive:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    async def __anext__(self) -> EntityEnvelope:
+        # Not an async generator: leaving an ``async for`` early leaves nothing to finalize.
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            if self.error is not None:
+                raise self.error from None
+            raise StopAsyncIteration from None
 
     async def _deliver(self, envelope: EntityEnvelope) -> None:
         if envelope.seq <= self.last_seq:
@@ -84,13 +99,13 @@ class Subscription:
             await self._send.send(envelope)
 
     def _end(self, status: str | None = None, error: BaseException | None = None) -> None:
+        """End the subscription: its reader gets what was delivered, then ``error`` (raised
+        even if the buffer was full)."""
         if self.closed:
             return
         self.closed = True
         self.status = status
-        if error is not None:
-            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                self._send.send_nowait(error)
+        self.error = error
         self._send.close()
 
 
@@ -136,9 +151,14 @@ class Client:
             ServerError: the server refused it.
             ConnectionLostError: the connection dropped before the response came.
         """
+        return await self._request(op, fields)
+
+    async def _request(
+        self, op: str, fields: dict[str, Any], on_result: Callable[[Any], None] | None = None
+    ) -> Any:
         socket = await self._ready()
         ident = next(self._ids)
-        pending = self._pending[ident] = _Pending()
+        pending = self._pending[ident] = _Pending(on_result=on_result)
         try:
             await socket.send_message(
                 dumps({"v": PROTOCOL_VERSION, "id": ident, "op": op, **fields})
@@ -231,21 +251,28 @@ class Client:
                         await self.request("unsubscribe", subscription=number)
 
     async def _subscribe(self, subscription: Subscription) -> None:
-        result = await self.request(
+        def register(result: Any) -> None:
+            # Called by the reader as the answer arrives: the subscription's first envelopes
+            # may be the very next frames.
+            subscription.number = int(result["subscription"])
+            self._subscriptions[subscription.number] = subscription
+
+        await self._request(
             "subscribe",
-            entity_id=subscription.entity_id,
-            after_seq=subscription.last_seq,
-            subtree=subscription.subtree,
+            {
+                "entity_id": subscription.entity_id,
+                "after_seq": subscription.last_seq,
+                "subtree": subscription.subtree,
+            },
+            register,
         )
-        subscription.number = int(result["subscription"])
-        self._subscriptions[subscription.number] = subscription
 
     # -- the connection ------------------------------------------------------------------------
 
     async def _ready(self) -> WebSocketConnection:
+        await self._connected.wait()  # set at once when the client has given up
         if self._failure is not None:
             raise ConnectionLostError(str(self._failure)) from self._failure
-        await self._connected.wait()
         if self._socket is None:
             raise ConnectionLostError(f"not connected to {self.url}")
         return self._socket
@@ -261,31 +288,26 @@ class Client:
         while True:
             connected = False
             try:
-                async with open_websocket_url(
-                    self.url,
-                    extra_headers=headers,
-                    max_message_size=self.max_frame_bytes,
-                    message_queue_size=64,
-                ) as socket:
+                async with _open_websocket(self.url, headers, self.max_frame_bytes) as socket:
                     connected = True
-                    self._socket = socket
                     await self._read_hello(socket)
+                    self._socket = socket
                     self._connected.set()
                     deadline, delay = None, 0.05
-                    if first:
-                        first = False
-                        task_status.started()
-                        await self._read(socket)
-                    else:
-                        self.reconnections += 1
-                        # The resumed subscriptions' answers come through _read: both at once.
-                        async with trio.open_nursery() as resuming:
+                    async with open_owned_nursery() as nursery:
+                        if first:
+                            first = False
+                            task_status.started()
+                        else:
+                            self.reconnections += 1
+                            # The resumed subscriptions' answers come through _read: both at
+                            # once.
                             for subscription in list(self._active):
                                 if not subscription.closed:
-                                    resuming.start_soon(self._resume, subscription)
-                            await self._read(socket)
-                            resuming.cancel_scope.cancel()
-            except (OSError, HandshakeError, ConnectionClosed) as exc:
+                                    nursery.start_soon(self._resume, subscription)
+                        await self._read(socket)
+                        nursery.cancel_scope.cancel()
+            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
                 if first:
                     raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
                 if not connected:
@@ -306,8 +328,15 @@ class Client:
             delay = min(delay * 2, 2.0)
 
     async def _read_hello(self, socket: WebSocketConnection) -> None:
-        frame = json.loads(await socket.get_message())
-        if frame.get("event") != "hello" or frame.get("protocol") != PROTOCOL_VERSION:
+        try:
+            frame = json.loads(await socket.get_message())
+        except ValueError:
+            frame = None
+        if (
+            not isinstance(frame, dict)
+            or frame.get("event") != "hello"
+            or frame.get("protocol") != PROTOCOL_VERSION
+        ):
             raise ConnectionLostError(
                 f"the server does not speak protocol {PROTOCOL_VERSION}: {frame}"
             )
@@ -336,11 +365,10 @@ class Client:
                 continue
             if frame.get("ok"):
                 pending.result = frame.get("result")
+                if pending.on_result is not None:
+                    pending.on_result(pending.result)
             else:
-                error = frame.get("error") or {}
-                pending.error = ServerError(
-                    str(error.get("code")), str(error.get("message")), error.get("details")
-                )
+                pending.error = _server_error(frame.get("error"))
             pending.done.set()
 
     async def _on_event(self, frame: dict[str, Any]) -> None:
@@ -351,7 +379,11 @@ class Client:
             await subscription._deliver(EntityEnvelope.from_dict(frame["envelope"]))
         elif frame["event"] == "end":
             self._subscriptions.pop(frame["subscription"], None)
-            subscription._end(frame.get("status"))
+            status = frame.get("status")
+            if status == "error":
+                subscription._end(status, _server_error(frame.get("error")))
+            else:
+                subscription._end(status)
 
     def _lost(self, reason: str) -> None:
         """The connection dropped: fail the requests in flight; subscriptions wait."""
@@ -359,14 +391,65 @@ class Client:
         self._connected = trio.Event()
         self._subscriptions.clear()
         for pending in self._pending.values():
-            pending.error = ConnectionLostError(f"{reason} before the response came")
-            pending.done.set()
+            if not pending.done.is_set():
+                pending.error = ConnectionLostError(f"{reason} before the response came")
+                pending.done.set()
 
     def _fail(self, error: BaseException) -> None:
         self._failure = error
         self._connected.set()
         for subscription in list(self._active):
             subscription._end(error=error)
+
+
+def _server_error(error: Any) -> ServerError:
+    body = error if isinstance(error, dict) else {}
+    return ServerError(str(body.get("code")), str(body.get("message")), body.get("details"))
+
+
+@contextlib.asynccontextmanager
+async def _open_websocket(
+    url: str, headers: list[tuple[bytes, bytes]], max_frame_bytes: int
+) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket connection to ``url`` whose TCP stream is closed however it ends (the
+    server may close first)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"a server URL is ws://host:port or wss://host:port, got {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = parts.netloc.rpartition("@")[2]  # the Host header: the host and any port
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    with trio.fail_after(_CONNECT_SECONDS):
+        if secure:
+            stream = await trio.open_ssl_over_tcp_stream(
+                parts.hostname, port, ssl_context=ssl.create_default_context()
+            )
+        else:
+            stream = await trio.open_tcp_stream(parts.hostname, port)
+    try:
+        async with open_owned_nursery() as nursery:
+            with trio.fail_after(_CONNECT_SECONDS):
+                socket = await wrap_client_stream(
+                    nursery,
+                    stream,
+                    host,
+                    resource,
+                    extra_headers=headers,
+                    message_queue_size=64,
+                    max_message_size=max_frame_bytes,
+                )
+            try:
+                yield socket
+            finally:
+                try:
+                    with trio.move_on_after(_CLOSE_SECONDS):
+                        await socket.aclose()
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        await stream.aclose()
 
 
 @contextlib.asynccontextmanager

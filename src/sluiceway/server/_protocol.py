@@ -10,8 +10,10 @@ and gets exactly one response per request, carrying the same ``id``::
     {"v": 1, "id": 7, "ok": false, "error": {"code": "not_found", "message": "..."}}
 
 The server also sends events, which have an ``event`` key instead of an ``id``: ``hello`` once
-on connecting, then ``envelope`` and ``end`` for subscriptions. See ``docs/protocol.rst`` for
-every message and error code.
+on connecting, then ``envelope`` and ``end`` for subscriptions. A subscription's ``end`` says
+the entity's ``status`` when its run ended, or ``"unsubscribed"``, or ``"error"`` (with an
+``error`` object like a response's) if the server could not go on streaming; its ``seq`` is
+where to subscribe again from. See ``docs/protocol.rst`` for every message and error code.
 """
 
 from __future__ import annotations
@@ -307,5 +309,12 @@ def event_frame(event: str, **fields: Any) -> dict[str, Any]:
 
 
 def dumps(frame: Mapping[str, Any]) -> str:
-    """Encode a frame (compact JSON)."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Encode a frame (compact JSON; non-ASCII text as is, unless a string holds a lone
+    surrogate, which UTF-8 cannot carry: then everything non-ASCII is escaped)."""
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(frame, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text

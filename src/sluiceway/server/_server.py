@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -10,13 +12,19 @@ from typing import Any, ClassVar
 import attrs
 import cattrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 
 from .. import __version__
 from .._errors import (
     DuplicateEntityError,
     EntityBusyError,
     EntityCancelledError,
+    EntityError,
     EntityNotFoundError,
     EntityNotRunnableError,
     EntityNotWaitingError,
@@ -165,17 +173,10 @@ class RuntimeServer:
             self._runs = runs
             runs.start_soon(self._recover_loop, name="recover abandoned runs")
             async with open_owned_nursery() as listening:
-                server = await listening.start(
-                    partial(
-                        serve_websocket,
-                        self._handle,
-                        host,
-                        port,
-                        None,
-                        max_message_size=self.limits.max_frame_bytes * 4 + 1024,
-                    )
+                listeners = await listening.start(
+                    partial(trio.serve_tcp, self._handle_stream, port, host=host)
                 )
-                self.address = ServerAddress(host, server.port)
+                self.address = ServerAddress(host, listeners[0].socket.getsockname()[1])
                 self._accepting = True
                 log.info("serving %s on %s", self.app.name, self.address.url)
                 task_status.started(self.address)
@@ -183,7 +184,7 @@ class RuntimeServer:
                 self._accepting = False
                 for connection in list(self._connections):
                     connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
-                with trio.move_on_after(5):
+                with trio.move_on_after(_CLOSE_SECONDS):  # each closes within it
                     await self._no_connections.wait()
                 listening.cancel_scope.cancel()
             with trio.move_on_after(grace):
@@ -236,7 +237,32 @@ class RuntimeServer:
 
     # -- connections -------------------------------------------------------------------------
 
+    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        """One TCP connection: the WebSocket handshake, then the client. The TCP stream is
+        closed however it ends: after a refused handshake too, and at once when a closing
+        client does not read its last frames in time."""
+        try:
+            async with open_owned_nursery() as nursery:
+                request: WebSocketRequest | None = None
+                with trio.move_on_after(_HANDSHAKE_SECONDS):
+                    request = await wrap_server_stream(
+                        nursery, stream, max_message_size=self.limits.max_frame_bytes * 4 + 1024
+                    )
+                try:
+                    if request is not None:
+                        await self._handle(request)
+                finally:
+                    nursery.cancel_scope.cancel()  # the connection's reader
+        except Exception:  # one connection's failure never stops the server
+            log.exception("a connection failed inside the server")
+        finally:
+            await stream.aclose()
+
     async def _handle(self, request: WebSocketRequest) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the client left during the handshake
+            await self._serve_connection(request)
+
+    async def _serve_connection(self, request: WebSocketRequest) -> None:
         if not self._accepting:
             await request.reject(503, body=b'{"error":"the server is shutting down"}')
             return
@@ -256,6 +282,8 @@ class RuntimeServer:
             self._no_connections = trio.Event()
         self._connections.add(connection)
         try:
+            if self._stopping.is_set():  # the server began to stop during the handshake
+                connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
             await connection.serve()
         finally:
             self._connections.discard(connection)
@@ -270,12 +298,18 @@ def _authorized(request: WebSocketRequest, token: str) -> bool:
     expected = f"Bearer {token}".encode()
     for name, value in request.headers:
         if name.lower() == b"authorization":
-            return value.strip() == expected
+            return hmac.compare_digest(value.strip(), expected)
     return False
 
 
 class _Connection:
-    """One client: a reader of requests, a writer of frames, its subscriptions."""
+    """One client: a reader of requests, a writer of frames, its subscriptions.
+
+    Frames go out through a bounded queue and one writer task. Closing (the server stopping,
+    a slow consumer) stops the reader, the requests and the subscriptions, lets the writer
+    finish the frame it is sending (a frame cut in the middle would corrupt the stream), and
+    then sends the close frame: the client always sees the close code.
+    """
 
     def __init__(self, server: RuntimeServer, socket: WebSocketConnection) -> None:
         self.server = server
@@ -291,32 +325,45 @@ class _Connection:
         self.close_reason = ""
 
     async def serve(self) -> None:
-        async with open_owned_nursery() as nursery:
-            self.nursery = nursery
-            nursery.start_soon(self._writer, name="websocket writer")
-            self.emit(
-                event_frame(
-                    "hello",
-                    protocol=PROTOCOL_VERSION,
-                    server="sluiceway",
-                    version=__version__,
-                    app=self.server.app.name,
-                )
-            )
-            while True:
+        async with open_owned_nursery() as writing:
+            written = trio.Event()
+            writing.start_soon(self._writer, written, name="websocket writer")
+            try:
+                async with open_owned_nursery() as nursery:
+                    self.nursery = nursery
+                    self.emit(
+                        event_frame(
+                            "hello",
+                            protocol=PROTOCOL_VERSION,
+                            server="sluiceway",
+                            version=__version__,
+                            app=self.server.app.name,
+                        )
+                    )
+                    while self.close_code is None:
+                        try:
+                            message = await self.socket.get_message()
+                        except ConnectionClosed:
+                            break
+                        self._on_frame(message)
+                    nursery.cancel_scope.cancel()  # the client left: stop its work
+            finally:
+                self.nursery = None
+                # Nothing more is queued: the writer sends what is (unless the client is a
+                # slow consumer), then the close frame follows; a client that reads nothing
+                # more for _CLOSE_SECONDS has the rest of its connection cut.
+                self.outgoing.close()
                 try:
-                    message = await self.socket.get_message()
-                except ConnectionClosed:
-                    break
-                self._on_frame(message)
-            nursery.cancel_scope.cancel()
-        if self.close_code is not None:
-            with trio.move_on_after(5) as scope:
-                scope.shield = True
-                await self.socket.aclose(self.close_code, self.close_reason)
+                    with trio.move_on_after(_CLOSE_SECONDS):
+                        await written.wait()
+                        if self.close_code is not None:
+                            await self.socket.aclose(self.close_code, self.close_reason)
+                finally:
+                    writing.cancel_scope.cancel()
 
     def close(self, code: int, reason: str) -> None:
-        """Close the connection with ``code`` (after the frames already sent)."""
+        """Close the connection with ``code`` (after the frames already queued, unless it is
+        a slow consumer's)."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         if self.nursery is not None:
@@ -327,23 +374,43 @@ class _Connection:
         if self.close_code is not None:
             return
         try:
-            self.outgoing.send_nowait(dumps(frame))
+            text = dumps(frame)
+        except Exception as exc:  # a result that is not JSON (an endpoint's bug)
+            ident = frame.get("id")
+            log.error("a frame for the client is not JSON (%s: %s)", type(exc).__name__, exc)
+            if "event" in frame:  # never dropped silently: the client reconnects and resumes
+                self.close(1011, "the server could not encode a frame")
+                return
+            text = dumps(
+                error_frame(
+                    ident,
+                    ProtocolError(
+                        ErrorCode.INTERNAL_ERROR,
+                        f"the server could not encode its response: {type(exc).__name__}",
+                    ),
+                )
+            )
+        try:
+            self.outgoing.send_nowait(text)
         except trio.WouldBlock:
             self.close(
                 CLOSE_SLOW_CONSUMER,
                 f"slow consumer: more than {self.limits.queue_frames} frames waited; "
                 "reconnect and subscribe again from the last seq you received",
             )
-        except trio.ClosedResourceError:
-            pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # closing, or the writer found the connection closed: nobody reads more
 
-    async def _writer(self) -> None:
-        async with self._queued:
-            async for text in self._queued:
-                try:
+    async def _writer(self, written: trio.Event) -> None:
+        try:
+            with self._queued:
+                async for text in self._queued:
+                    if self.close_code == CLOSE_SLOW_CONSUMER:
+                        break  # drop the backlog: the client resumes from its last seq
                     await self.socket.send_message(text)
-                except ConnectionClosed:
-                    return
+        except ConnectionClosed:
+            pass
+        written.set()
 
     def _on_frame(self, message: str | bytes) -> None:
         try:
@@ -376,8 +443,7 @@ class _Connection:
         except Exception as exc:
             self.emit(error_frame(request.id, _as_protocol_error(exc)))
         else:
-            if result is not _ANSWERED:
-                self.emit(result_frame(request.id, result))
+            self.emit(result_frame(request.id, result))
         finally:
             self.pending -= 1
 
@@ -385,9 +451,15 @@ class _Connection:
 
     async def _create(self, request: Request) -> Any:
         body: CreateRequest = request.body
-        record = await self.server.runtime.create(
-            body.type, body.data, name=body.name, exist_ok=body.exist_ok
-        )
+        try:
+            record = await self.server.runtime.create(
+                body.type, body.data, name=body.name, exist_ok=body.exist_ok
+            )
+        except EntityError as exc:
+            if type(exc) is not EntityError:
+                raise
+            # exist_ok, but the entity of that name has another type
+            raise ProtocolError(ErrorCode.CONFLICT, str(exc)) from None
         return record_to_json(record)
 
     async def _start(self, request: Request) -> Any:
@@ -408,20 +480,30 @@ class _Connection:
         body: SubscribeRequest = request.body
         if body.after_seq < 0:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "after_seq must be >= 0")
+        if body.after_seq > _MAX_SEQ:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"after_seq must be <= {_MAX_SEQ}")
+        await self.server.runtime.get(body.entity_id)  # not_found before anything is promised
         if len(self.subscriptions) >= self.limits.max_subscriptions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_REQUESTS,
                 f"at most {self.limits.max_subscriptions} subscriptions per connection",
             )
-        runtime = self.server.runtime
-        await runtime.get(body.entity_id)  # not_found before anything is promised
         number = self.next_subscription
         self.next_subscription += 1
+        scope = self.subscriptions[number] = trio.CancelScope()
+        assert self.nursery is not None
+        # The stream starts after this answer is queued (no checkpoint in between): the
+        # client learns the subscription's number before its first envelope.
+        self.nursery.start_soon(self._follow, number, body, scope, name=f"subscription {number}")
+        return {"subscription": number}
+
+    async def _follow(self, number: int, body: SubscribeRequest, scope: trio.CancelScope) -> None:
+        """Stream a subscription's envelopes, then its ``end`` event (a subscription counts
+        as no request in progress: it was answered)."""
+        runtime = self.server.runtime
         last = body.after_seq
-        with trio.CancelScope() as scope:
-            self.subscriptions[number] = scope
-            try:
-                self.emit(result_frame(request.id, {"subscription": number}))
+        try:
+            with scope:
                 async with runtime.stream(body.entity_id, after_seq=body.after_seq) as stream:
                     async for envelope in stream:
                         last = envelope.seq
@@ -435,11 +517,17 @@ class _Connection:
                 self.emit(
                     event_frame("end", subscription=number, status=final.status.value, seq=last)
                 )
-            finally:
-                self.subscriptions.pop(number, None)
+        except Exception as exc:  # the request was answered: the failure ends the stream
+            error = _as_protocol_error(exc)
+            self.emit(
+                event_frame(
+                    "end", subscription=number, status="error", seq=last, error=error.to_dict()
+                )
+            )
+        finally:
+            self.subscriptions.pop(number, None)
         if scope.cancelled_caught:
             self.emit(event_frame("end", subscription=number, status="unsubscribed", seq=last))
-        return _ANSWERED
 
     async def _unsubscribe(self, request: Request) -> Any:
         body: UnsubscribeRequest = request.body
@@ -507,8 +595,12 @@ class _Connection:
     }
 
 
-#: A handler that has sent its own response (a subscription answers before it streams).
-_ANSWERED = object()
+#: How long a closing connection may take to send its last frames and its close frame.
+_CLOSE_SECONDS = 5.0
+#: How long a new connection may take to send its WebSocket handshake.
+_HANDSHAKE_SECONDS = 30.0
+#: The largest ``seq`` a store can hold (a signed 64-bit integer).
+_MAX_SEQ = 2**63 - 1
 
 
 async def _tree(
