@@ -8,6 +8,7 @@ import math
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from .harness import (
 )
 from .hierarchical import HierarchicalJobs
 from .memory import LazyMemory
+from .subscribers import SubscriberFanout
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.key: scenario
@@ -42,12 +44,14 @@ SCENARIOS: dict[str, Scenario] = {
         LazyMemory(),
         EntityFanout(),
         EntityResume(),
+        SubscriberFanout(),
         LayeredDag(),
     )
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 QUICK_JSON = Path(__file__).resolve().parent / "results" / "quick.json"
 SCHEMA = 2
+DEFAULT_REPEAT = 5
 
 
 class ScenarioFailure(Exception):
@@ -100,9 +104,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=_positive_int,
-        default=5,
+        default=None,
         metavar="N",
-        help="repetitions of each side (default: 5)",
+        help=(
+            f"repetitions of each side (default: {DEFAULT_REPEAT}; in a full run, scenario G "
+            "defaults to 1 because one repetition takes minutes)"
+        ),
     )
     parser.add_argument(
         "--quick",
@@ -124,6 +131,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # -- running -----------------------------------------------------------------------------------
+
+
+def repetitions(scenario: Scenario, repeat: int | None, quick: bool) -> int:
+    """``--repeat`` if given, else the scenario's own default for a full run (``full_repeat``,
+    for a scenario whose repetitions take minutes), else :data:`DEFAULT_REPEAT`."""
+    if repeat is not None:
+        return repeat
+    if quick:
+        return DEFAULT_REPEAT
+    own = getattr(scenario, "full_repeat", None)
+    return own if isinstance(own, int) and own > 0 else DEFAULT_REPEAT
 
 
 def _format(value: float, digits: int) -> str:
@@ -170,6 +188,7 @@ def run_scenario(scenario: Scenario, quick: bool, repeat: int) -> dict[str, Any]
     return {
         "scenario": scenario,
         "params": params,
+        "repeat": repeat,
         "samples": samples,
         "summary": summary,
         "target": target,
@@ -187,7 +206,19 @@ def _cell(spread: Spread, digits: int) -> str:
     )
 
 
-def render_table(records: Sequence[dict[str, Any]], quick: bool, repeat: int) -> str:
+def _repetitions_text(records: Sequence[dict[str, Any]]) -> str:
+    counts = Counter(record["repeat"] for record in records)
+    common = counts.most_common(1)[0][0] if counts else DEFAULT_REPEAT
+    others = [
+        f"{record['scenario'].key}: {record['repeat']}"
+        for record in records
+        if record["repeat"] != common
+    ]
+    suffix = f" ({', '.join(others)})" if others else ""
+    return f"{common} repetitions per side{suffix}"
+
+
+def render_table(records: Sequence[dict[str, Any]], quick: bool) -> str:
     header = ("metric", "sluiceway median (min-max)", "asyncio median (min-max)", "ratio")
     lines: list[str] = []
     rows_by_record: list[list[tuple[str, str, str, str]]] = []
@@ -218,7 +249,7 @@ def render_table(records: Sequence[dict[str, Any]], quick: bool, repeat: int) ->
         ).rstrip()
 
     mode = "QUICK smoke run (reduced sizes; targets indicative only)" if quick else "full run"
-    lines.append(f"Results: {mode}, {repeat} repetitions per side; ratio = sluiceway / asyncio")
+    lines.append(f"Results: {mode}, {_repetitions_text(records)}; ratio = sluiceway / asyncio")
     for record, rows in zip(records, rows_by_record, strict=True):
         scenario = record["scenario"]
         target: Target = record["target"]
@@ -254,6 +285,7 @@ def _record_json(record: dict[str, Any]) -> dict[str, Any]:
         "description": scenario.describe(record["params"]),
         "baseline": scenario.baseline,
         "params": record["params"],
+        "repeat": record["repeat"],
         "metrics": {
             metric.key: {"label": metric.label, "unit": metric.unit} for metric in scenario.metrics
         },
@@ -361,7 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     for key in args.scenario:
         try:
-            record = run_scenario(SCENARIOS[key], args.quick, args.repeat)
+            scenario = SCENARIOS[key]
+            record = run_scenario(
+                scenario, args.quick, repetitions(scenario, args.repeat, args.quick)
+            )
         except ScenarioFailure as failure:
             _report_failure(failure)
             document["ok"] = False
@@ -375,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records.append(record)
         document["scenarios"][key] = _record_json(record)
     print()
-    print(render_table(records, args.quick, args.repeat))
+    print(render_table(records, args.quick))
     met = sum(record["target"].met for record in records)
     write_json(target, merge_into(target, document))
     print(
