@@ -23,7 +23,7 @@ async def fanout(ctx: EndpointContext, body: dict[str, Any]) -> Any:
 async def ask(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """An Asker, started: it waits for a message."""
     record = await ctx.runtime.create(Asker, {})
-    ctx.start(record.id)
+    await ctx.start(record.id)
     return {"entity_id": record.id}
 
 

@@ -4,8 +4,10 @@ WebSockets."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -68,7 +70,7 @@ def make_app() -> Application:
         record = await ctx.runtime.create(
             FanOut, {"count": body["count"], "per_parent": 3}, name=body.get("name")
         )
-        ctx.start(record.id)
+        await ctx.start(record.id)
         return {"entity_id": record.id}
 
     @app.endpoint("echo")
@@ -201,13 +203,39 @@ def frame(op: str, ident: int | str, **fields: Any) -> str:
     return json.dumps({"v": PROTOCOL_VERSION, "id": ident, "op": op, **fields})
 
 
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+async def receive_frame(ws: WebSocketConnection) -> dict[str, Any]:
     """The next frame from the server, decoded (it must be a JSON object)."""
     message = await ws.get_message()
     assert isinstance(message, str), f"the server sent a binary frame: {message!r}"
     decoded = json.loads(message)
     assert isinstance(decoded, dict)
     return decoded
+
+
+#: Envelopes of a batch not yet taken by receive(), per connection.
+_unbatched: weakref.WeakKeyDictionary[WebSocketConnection, collections.deque[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+    """The next frame, with an ``envelopes`` event taken apart: each of its envelopes comes as
+    ``{"event": "envelope", "subscription": n, "envelope": {...}}`` in turn (the batching is
+    checked on its own; most tests look at envelopes one by one)."""
+    waiting = _unbatched.setdefault(ws, collections.deque())
+    if waiting:
+        return waiting.popleft()
+    got = await receive_frame(ws)
+    if got.get("event") != "envelopes":
+        return got
+    assert set(got) == {"v", "event", "subscription", "envelopes"}, got
+    assert got["envelopes"], "an envelopes event carries at least one envelope"
+    for envelope in got["envelopes"]:
+        waiting.append(
+            {"v": got["v"], "event": "envelope", "subscription": got["subscription"]}
+            | {"envelope": envelope}
+        )
+    return waiting.popleft()
 
 
 async def response(ws: WebSocketConnection, ident: int | str | None) -> dict[str, Any]:

@@ -271,7 +271,7 @@ async def test_too_many_subscriptions(db: Path) -> None:
 async def test_shutting_down(db: Path) -> None:
     """A request that starts a run while the server stops gets ``shutting_down``, and frames
     queued before the close are delivered before it."""
-    app_started: list[bool] = []
+    app_started: list[Any] = []
     with trio.fail_after(TIMEOUT):
         async with serving(db) as served:
 
@@ -280,7 +280,7 @@ async def test_shutting_down(db: Path) -> None:
                 record = await ctx.runtime.create("Leaf")
                 assert ctx.server is not None
                 ctx.server.shutdown()
-                app_started.append(ctx.start(record.id))
+                app_started.append(await ctx.start(record.id))
 
             async with open_raw(served.url) as ws:
                 await hello(ws)

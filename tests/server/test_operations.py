@@ -56,6 +56,7 @@ async def test_hello_and_ping(served: Served) -> None:
                 "server": "sluiceway",
                 "version": __version__,
                 "app": "server-tests",
+                "max_frame_bytes": 1024 * 1024,
             }
             assert await call(ws, "ping", 1) == {"pong": True}
             assert await call(ws, "ping", "a-string-id") == {"pong": True}

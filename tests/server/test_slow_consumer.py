@@ -4,6 +4,7 @@ duplicates."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,16 @@ from tests.server.conftest import (
 #: queue many times over (about 1.2 MB), in envelopes a prompt reader takes in its stride.
 COUNT = 600
 PAD = 2000
-LIMITS = ServerLimits(queue_frames=32)
+LIMITS = ServerLimits(queue_frames=4, slow_consumer_seconds=0.1, batch_bytes=PAD)
+
+
+async def closed_as_slow(served: Any) -> None:
+    """Until the server has closed a connection as a slow consumer (polled: the server's
+    side of it is not otherwise visible)."""
+    while True:
+        if any(c.close_code == CLOSE_SLOW_CONSUMER for c in served.server._connections):
+            return
+        await trio.sleep(0.01)
 
 
 async def test_a_slow_consumer_is_closed_and_the_others_get_everything(db: Path) -> None:
@@ -53,6 +63,7 @@ async def test_a_slow_consumer_is_closed_and_the_others_get_everything(db: Path)
                 assert [e["envelope"] for e in events[:-1]] == expected
                 assert events[-1]["status"] == "COMPLETED"
                 assert (await served.runtime.get(chatter.id)).status.value == "COMPLETED"
+                await closed_as_slow(served)
 
                 # The slow one gets what was sent before the overflow, intact, then 4008.
                 frames: list[dict[str, Any]] = []
@@ -81,7 +92,7 @@ async def test_the_client_resumes_after_being_dropped_as_a_slow_consumer(db: Pat
     # process as the server, rarely overflows again (it may: the client resumes again).
     with trio.fail_after(TIMEOUT):
         async with (
-            serving(db, limits=ServerLimits(queue_frames=256)) as served,
+            serving(db, limits=ServerLimits(queue_frames=8, slow_consumer_seconds=0.2)) as served,
             connect(served.url, buffer=2, reconnect_timeout=TIMEOUT) as client,
             open_raw(served.url) as watcher,
         ):
@@ -136,3 +147,46 @@ async def test_a_client_that_reads_nothing_more_is_cut(
                 with pytest.raises(ConnectionClosed):
                     while True:
                         await receive(stuck)
+
+
+async def test_a_reader_catching_up_on_a_long_log_is_never_dropped(db: Path) -> None:
+    """Subscriptions wait for a reader that reads: replaying thousands of stored envelopes
+    through a queue of 2 frames ends without a 4008, in one connection."""
+    limits = ServerLimits(queue_frames=2, batch_bytes=PAD, slow_consumer_seconds=30)
+    with trio.fail_after(TIMEOUT):
+        async with serving(db, limits=limits) as served:
+            chatter = await served.runtime.create(Chatter, {"count": COUNT, "pad": PAD})
+            await served.runtime.run(chatter.id)
+            expected = await served.runtime.envelopes(chatter.id)
+            async with connect(served.url, buffer=1) as client:
+                for _ in range(3):
+                    async with client.subscribe(chatter.id) as subscription:
+                        got = [envelope async for envelope in subscription]
+                    assert got == expected
+                assert client.reconnections == 0
+
+
+async def test_envelopes_come_in_batches_encoded_once(db: Path) -> None:
+    """What a subscription has ready goes out in one ``envelopes`` event (up to batch_bytes),
+    and each envelope is encoded once for all the subscriptions."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(db) as served:
+            chatter = await served.runtime.create(Chatter, {"count": 50, "pad": 10})
+            await served.runtime.run(chatter.id)
+            async with open_raw(served.url) as ws:
+                await hello(ws)
+                for ident in (1, 2):
+                    await ws.send_message(frame("subscribe", ident, entity_id=chatter.id))
+                    batches = []
+                    while True:
+                        got = await ws.get_message()
+                        assert isinstance(got, str)
+                        decoded = json.loads(got)
+                        if decoded.get("event") == "end":
+                            break
+                        if decoded.get("event") == "envelopes":
+                            batches.append(decoded["envelopes"])
+                    flat = [e for batch in batches for e in batch]
+                    assert flat == [e.to_dict() for e in await served.runtime.envelopes(chatter.id)]
+                    assert len(batches) < len(flat)  # the stored log came in a few frames
+            assert sorted(served.server._encoded) == [e["seq"] for e in flat]

@@ -158,11 +158,18 @@ class Client:
     ) -> Any:
         socket = await self._ready()
         ident = next(self._ids)
+        text = dumps({"v": PROTOCOL_VERSION, "id": ident, "op": op, **fields})
+        limit = self.hello.get("max_frame_bytes")
+        if isinstance(limit, int) and len(text.encode("utf-8")) > limit:
+            # The server would answer frame_too_large without an id to match: say it here.
+            raise ServerError(
+                "frame_too_large",
+                f"the {op} request is {len(text.encode('utf-8'))} bytes; the server accepts "
+                f"frames of up to {limit} bytes",
+            )
         pending = self._pending[ident] = _Pending(on_result=on_result)
         try:
-            await socket.send_message(
-                dumps({"v": PROTOCOL_VERSION, "id": ident, "op": op, **fields})
-            )
+            await socket.send_message(text)
             await pending.done.wait()
         except ConnectionClosed as exc:
             raise ConnectionLostError(
@@ -375,8 +382,9 @@ class Client:
         subscription = self._subscriptions.get(frame.get("subscription"))  # type: ignore[arg-type]
         if subscription is None:
             return
-        if frame["event"] == "envelope":
-            await subscription._deliver(EntityEnvelope.from_dict(frame["envelope"]))
+        if frame["event"] == "envelopes":
+            for envelope in frame["envelopes"]:
+                await subscription._deliver(EntityEnvelope.from_dict(envelope))
         elif frame["event"] == "end":
             self._subscriptions.pop(frame["subscription"], None)
             status = frame.get("status")

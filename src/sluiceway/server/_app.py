@@ -38,16 +38,19 @@ class EndpointContext:
     state: Any
     server: RuntimeServer | None = None
 
-    def start(self, entity_id: str) -> bool:
-        """Start running an entity in the server (as the ``start`` operation does); returns
-        whether a new run started (``False`` if it runs already).
+    async def start(self, entity_id: str) -> dict[str, Any]:
+        """Start running an entity in the server, with the checks of the ``start`` operation;
+        returns its answer, ``{"entity_id", "state"}`` (``started``, ``running`` or
+        ``completed``).
 
         Raises:
             RuntimeError: there is no server (the endpoint was called directly).
+            EntityNotFoundError, EntityCancelledError, EntityNotRunnableError,
+            EntityBusyError: as for the ``start`` operation (the client gets its error code).
         """
         if self.server is None:
             raise RuntimeError("start() needs a server: this endpoint was called without one")
-        return self.server.start_run(entity_id)
+        return await self.server.start(entity_id)
 
 
 #: An endpoint: ``async def endpoint(ctx, body) -> result`` (``body`` and the result are JSON).
@@ -63,9 +66,11 @@ class Application:
     """An application a server serves: a name, its entity types, its endpoints and an
     optional ``lifespan``.
 
-    ``lifespan(runtime)`` is an async context manager entered when the server starts, with
-    the runtime open; what it yields is ``ctx.state`` in every endpoint (HTTP clients,
-    configuration...), and it is left when the server stops. Endpoints are called with
+    ``lifespan(runtime)`` is an async context manager entered by :meth:`running` (which
+    ``sluiceway serve`` enters around its server, with the runtime open; so does a program
+    serving the application itself, passing what it yields as the server's ``state``). What
+    it yields is ``ctx.state`` in every endpoint and in every run (HTTP clients, shared
+    capacity, configuration...); it is left when the server stops. Endpoints are called with
     ``call`` requests by name (``"campaigns/execute"``)::
 
         app = Application("crm", types=[Campaign, Recipient])

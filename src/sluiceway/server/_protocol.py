@@ -256,7 +256,7 @@ def parse_request(text: str | bytes, max_bytes: int) -> Request:
             "a request needs an 'id': an integer or a string of 1 to 64 characters",
         )
     version = frame.get("v")
-    if version != PROTOCOL_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
             f"this server speaks protocol version {PROTOCOL_VERSION}; the frame says v={version!r}",
@@ -306,6 +306,14 @@ def result_frame(ident: int | str, result: Any) -> dict[str, Any]:
 def event_frame(event: str, **fields: Any) -> dict[str, Any]:
     """A server event frame."""
     return {"v": PROTOCOL_VERSION, "event": event, **fields}
+
+
+def envelopes_frame(subscription: int, encoded: list[str]) -> str:
+    """The ``envelopes`` event of a subscription, from its envelopes' JSON (encoded once)."""
+    return (
+        f'{{"v":{PROTOCOL_VERSION},"event":"envelopes","subscription":{subscription},'
+        f'"envelopes":[{",".join(encoded)}]}}'
+    )
 
 
 def dumps(frame: Mapping[str, Any]) -> str:

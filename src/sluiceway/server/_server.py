@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hmac
 import logging
@@ -31,7 +32,8 @@ from .._errors import (
     UnknownEntityTypeError,
 )
 from .._util import open_owned_nursery
-from ..entities import Runtime
+from ..entities import EntityEnvelope, Runtime
+from ..entities._runtime import owner_is_dead
 from ..store import EntityRecord, EntityStatus
 from ._app import Application, EndpointContext, EndpointError
 from ._protocol import (
@@ -52,6 +54,7 @@ from ._protocol import (
     TreeRequest,
     UnsubscribeRequest,
     dumps,
+    envelopes_frame,
     error_frame,
     event_frame,
     parse_request,
@@ -64,33 +67,65 @@ log = logging.getLogger("sluiceway.server")
 _out = cattrs.Converter()
 
 
+#: How many encoded envelopes the server keeps for its subscriptions.
+_ENCODED_KEPT = 65536
+
+
 @attrs.frozen
 class ServerLimits:
     """Per-connection limits.
 
     Attributes:
-        max_frame_bytes: the largest frame a client may send; a larger one gets a
-            ``frame_too_large`` error (one over four times this closes the connection with
-            1009, the transport's own limit).
-        queue_frames: how many frames may wait to be sent to a client. A client that lets
-            more pile up is a slow consumer: its connection is closed with code 4008 (it may
-            reconnect and subscribe again from its last ``seq``), so it never slows the runs
-            or the other clients.
+        max_frame_bytes: the largest frame a client may send (in UTF-8 bytes); a larger one
+            gets a ``frame_too_large`` error. A message over ``4 * max_frame_bytes + 1024``
+            characters closes the connection with 1009 (the transport's own limit). The
+            ``hello`` event tells clients this limit.
+        queue_frames: how many subscription frames (``envelopes`` events) may wait to be
+            sent to a client. When they are that many, its subscriptions wait for the client
+            to read (the runs and the other clients go on: each subscription reads the
+            store at its own pace). A client that reads nothing for ``slow_consumer_seconds``
+            while they wait is a slow consumer: its connection is closed with code 4008 (it
+            may reconnect and subscribe again from its last ``seq``). Responses and ``end``
+            events have room of their own beyond this.
+        slow_consumer_seconds: see ``queue_frames``.
         max_pending: requests of one connection in progress at once (``too_many_requests``
             beyond).
         max_subscriptions: subscriptions of one connection at once.
+        batch_bytes: an ``envelopes`` event carries the envelopes a subscription has ready,
+            up to about this many bytes of them (at least one).
     """
 
     max_frame_bytes: int = 1024 * 1024
-    queue_frames: int = 4096
+    queue_frames: int = 1024
+    slow_consumer_seconds: float = 10.0
     max_pending: int = 64
     max_subscriptions: int = 256
+    batch_bytes: int = 256 * 1024
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_frame_bytes", "queue_frames", "max_pending", "max_subscriptions"):
+        for name in (
+            "max_frame_bytes",
+            "queue_frames",
+            "max_pending",
+            "max_subscriptions",
+            "batch_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        seconds = self.slow_consumer_seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds < float("inf")
+        ):
+            raise ValueError(f"slow_consumer_seconds must be a number > 0, got {seconds!r}")
+
+    @property
+    def outgoing_frames(self) -> int:
+        """The capacity of a connection's outgoing queue: subscription frames, plus room for a
+        response to every request in progress, an ``end`` per subscription and the rest."""
+        return self.queue_frames + self.max_pending + 2 * self.max_subscriptions + 16
 
 
 @attrs.frozen
@@ -140,7 +175,14 @@ class RuntimeServer:
         self.state = state
         self.token = token
         self.limits = ServerLimits() if limits is None else limits
-        self.recover_every = runtime.lease_seconds if recover_every is None else recover_every
+        every = runtime.lease_seconds if recover_every is None else recover_every
+        if (
+            isinstance(every, bool)
+            or not isinstance(every, int | float)
+            or not 0 < every < float("inf")
+        ):
+            raise ValueError(f"recover_every must be a number of seconds > 0, got {every!r}")
+        self.recover_every = every
         self.address: ServerAddress | None = None
         self._runs: trio.Nursery | None = None
         self._connections: set[_Connection] = set()
@@ -150,6 +192,8 @@ class RuntimeServer:
         self._no_runs = trio.Event()
         self._no_runs.set()
         self._stopping = trio.Event()
+        # The JSON of recent envelopes by seq: encoded once for all the subscribers.
+        self._encoded: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._accepting = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -192,13 +236,23 @@ class RuntimeServer:
             runs.cancel_scope.cancel()
         self._runs = None
 
+    def encoded(self, envelope: EntityEnvelope) -> str:
+        """The envelope's JSON, encoded once for every subscription that sends it."""
+        text = self._encoded.get(envelope.seq)
+        if text is None:
+            text = dumps(envelope.to_dict())
+            self._encoded[envelope.seq] = text
+            if len(self._encoded) > _ENCODED_KEPT:
+                self._encoded.popitem(last=False)
+        return text
+
     def shutdown(self) -> None:
         """Ask :meth:`run` to stop (see there); idempotent."""
         self._stopping.set()
 
     def start_run(self, entity_id: str) -> bool:
         """Run an entity in the server's nursery unless it runs in this runtime already;
-        returns whether a run was started.
+        returns whether a run was started. It checks nothing else: :meth:`start` does.
 
         Raises:
             ProtocolError: ``shutting_down``.
@@ -209,6 +263,49 @@ class RuntimeServer:
             return False
         self._runs.start_soon(self._run_entity, entity_id, name=f"run {entity_id}")
         return True
+
+    async def start(self, ref: str) -> dict[str, Any]:
+        """What the ``start`` operation does: run the entity (an id, or a root's name) in the
+        server unless it is running or finished. Returns ``{"entity_id", "state"}``: state
+        ``started``, ``running`` (here already) or ``completed`` (with its ``result``).
+
+        Raises:
+            EntityNotFoundError, EntityCancelledError, EntityNotRunnableError.
+            EntityBusyError: another live runtime holds its lease.
+            ProtocolError: ``shutting_down``.
+        """
+        if self._runs is None or self._stopping.is_set():
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+        record = await self.resolve(ref)
+        if record.status is EntityStatus.COMPLETED:
+            return {"entity_id": record.id, "state": "completed", "result": record.result}
+        if record.status is EntityStatus.CANCELLED:
+            raise EntityCancelledError(record.id, record.type, record.name)
+        if not self.runtime.registry.get(record.type).runnable:
+            raise EntityNotRunnableError(
+                f"{record.type} {record.name!r} ({record.id}) holds data only; it does not run"
+            )
+        if not self.runtime.is_running(record.id) and _held_elsewhere(self.runtime, record):
+            raise EntityBusyError(
+                f"{record.type} {record.name!r} ({record.id}) runs in another runtime "
+                f"({record.lease_owner}); follow it with subscribe"
+            )
+        started = self.start_run(record.id)
+        return {"entity_id": record.id, "state": "started" if started else "running"}
+
+    async def resolve(self, ref: str) -> EntityRecord:
+        """The entity whose id is ``ref``, else the root entity named ``ref``.
+
+        Raises:
+            EntityNotFoundError: neither exists.
+        """
+        try:
+            return await self.runtime.get(ref)
+        except EntityNotFoundError:
+            found = await self.runtime.store.find_entity(None, ref)
+            if found is None:
+                raise EntityNotFoundError(f"no entity has the id or root name {ref!r}") from None
+            return found
 
     async def _run_entity(self, entity_id: str) -> None:
         if not self._started_runs:
@@ -264,7 +361,11 @@ class RuntimeServer:
 
     async def _serve_connection(self, request: WebSocketRequest) -> None:
         if not self._accepting:
-            await request.reject(503, body=b'{"error":"the server is shutting down"}')
+            await request.reject(
+                503,
+                extra_headers=[(b"content-type", b"application/json")],
+                body=_SHUTTING_DOWN,
+            )
             return
         if self.token is not None and not _authorized(request, self.token):
             await request.reject(
@@ -291,7 +392,18 @@ class RuntimeServer:
                 self._no_connections.set()
 
 
+_SHUTTING_DOWN = b'{"error":{"code":"shutting_down","message":"the server is shutting down"}}'
 _UNAUTHORIZED = b'{"error":{"code":"unauthorized","message":"a valid bearer token is required"}}'
+
+
+def _held_elsewhere(runtime: Runtime, record: EntityRecord) -> bool:
+    """Whether another runtime, alive as far as this one can tell, holds the entity's lease."""
+    if record.status not in (EntityStatus.IN_PROGRESS, EntityStatus.WAITING):
+        return False
+    owner, expires = record.lease_owner, record.lease_expires
+    if owner is None or owner == runtime.owner or (expires or 0.0) <= runtime.clock():
+        return False
+    return not owner_is_dead(owner)
 
 
 def _authorized(request: WebSocketRequest, token: str) -> bool:
@@ -315,8 +427,9 @@ class _Connection:
         self.server = server
         self.socket = socket
         self.limits = server.limits
-        send, receive = trio.open_memory_channel[str](self.limits.queue_frames)
+        send, receive = trio.open_memory_channel[str](self.limits.outgoing_frames)
         self.outgoing, self._queued = send, receive
+        self._room: trio.Event | None = None  # set when the writer takes a frame
         self.nursery: trio.Nursery | None = None
         self.pending = 0
         self.subscriptions: dict[int, trio.CancelScope] = {}
@@ -338,6 +451,7 @@ class _Connection:
                             server="sluiceway",
                             version=__version__,
                             app=self.server.app.name,
+                            max_frame_bytes=self.limits.max_frame_bytes,
                         )
                     )
                     while self.close_code is None:
@@ -393,18 +507,47 @@ class _Connection:
         try:
             self.outgoing.send_nowait(text)
         except trio.WouldBlock:
-            self.close(
-                CLOSE_SLOW_CONSUMER,
-                f"slow consumer: more than {self.limits.queue_frames} frames waited; "
-                "reconnect and subscribe again from the last seq you received",
-            )
+            self._slow_consumer()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # closing, or the writer found the connection closed: nobody reads more
+
+    def _slow_consumer(self) -> None:
+        self.close(
+            CLOSE_SLOW_CONSUMER,
+            f"slow consumer: {self.limits.queue_frames} frames waited for more than "
+            f"{self.limits.slow_consumer_seconds:g} s; reconnect and subscribe again from the "
+            "last seq you received",
+        )
+
+    async def emit_envelopes(self, text: str) -> None:
+        """Queue a subscription's frame, waiting while ``queue_frames`` of them wait; a client
+        that reads nothing for ``slow_consumer_seconds`` meanwhile is closed with 4008."""
+        limit = self.limits.queue_frames
+        if self.outgoing.statistics().current_buffer_used >= limit:
+            with trio.move_on_after(self.limits.slow_consumer_seconds) as waiting:
+                while self.outgoing.statistics().current_buffer_used >= limit:
+                    if self._room is None:
+                        self._room = trio.Event()
+                    await self._room.wait()
+            if waiting.cancelled_caught:
+                self._slow_consumer()
+                return
+        if self.close_code is not None:
+            return
+        try:
+            self.outgoing.send_nowait(text)
+        except trio.WouldBlock:
+            self._slow_consumer()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
 
     async def _writer(self, written: trio.Event) -> None:
         try:
             with self._queued:
                 async for text in self._queued:
+                    if self._room is not None:
+                        self._room.set()
+                        self._room = None
                     if self.close_code == CLOSE_SLOW_CONSUMER:
                         break  # drop the backlog: the client resumes from its last seq
                     await self.socket.send_message(text)
@@ -464,17 +607,7 @@ class _Connection:
 
     async def _start(self, request: Request) -> Any:
         body: StartRequest = request.body
-        record = await self.server.runtime.get(body.entity_id)
-        if record.status is EntityStatus.COMPLETED:
-            return {"entity_id": record.id, "state": "completed", "result": record.result}
-        if record.status is EntityStatus.CANCELLED:
-            raise EntityCancelledError(record.id, record.type, record.name)
-        if not self.server.runtime.registry.get(record.type).runnable:
-            raise EntityNotRunnableError(
-                f"{record.type} {record.name!r} ({record.id}) holds data only; it does not run"
-            )
-        started = self.server.start_run(record.id)
-        return {"entity_id": record.id, "state": "started" if started else "running"}
+        return await self.server.start(body.entity_id)
 
     async def _subscribe(self, request: Request) -> Any:
         body: SubscribeRequest = request.body
@@ -482,7 +615,9 @@ class _Connection:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "after_seq must be >= 0")
         if body.after_seq > _MAX_SEQ:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, f"after_seq must be <= {_MAX_SEQ}")
-        await self.server.runtime.get(body.entity_id)  # not_found before anything is promised
+        # not_found before anything is promised; a root's name stands for its id
+        record = await self.server.resolve(body.entity_id)
+        body = attrs.evolve(body, entity_id=record.id)
         if len(self.subscriptions) >= self.limits.max_subscriptions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_REQUESTS,
@@ -506,13 +641,24 @@ class _Connection:
             with scope:
                 async with runtime.stream(body.entity_id, after_seq=body.after_seq) as stream:
                     async for envelope in stream:
-                        last = envelope.seq
-                        if body.subtree or envelope.entity_id == body.entity_id:
-                            self.emit(
-                                event_frame(
-                                    "envelope", subscription=number, envelope=envelope.to_dict()
-                                )
-                            )
+                        # One frame for what is ready: each envelope encoded once for every
+                        # subscriber of the server, a frame per batch rather than per envelope.
+                        parts: list[str] = []
+                        size = 0
+                        while True:
+                            last = envelope.seq
+                            if body.subtree or envelope.entity_id == body.entity_id:
+                                part = self.server.encoded(envelope)
+                                parts.append(part)
+                                size += len(part)
+                            if size >= self.limits.batch_bytes:
+                                break
+                            try:
+                                envelope = stream.receive_nowait()
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        if parts:
+                            await self.emit_envelopes(envelopes_frame(number, parts))
                 final = await runtime.get(body.entity_id)
                 self.emit(
                     event_frame("end", subscription=number, status=final.status.value, seq=last)
@@ -543,16 +689,18 @@ class _Connection:
 
     async def _send_message(self, request: Request) -> Any:
         body: SendMessageRequest = request.body
-        record = await self.server.runtime.send_message(body.entity_id, body.message, body.data)
+        entity = await self.server.resolve(body.entity_id)
+        record = await self.server.runtime.send_message(entity.id, body.message, body.data)
         return {"message_id": record.id}
 
     async def _cancel(self, request: Request) -> Any:
         body: CancelRequest = request.body
-        return {"cancelled": await self.server.runtime.cancel(body.entity_id)}
+        entity = await self.server.resolve(body.entity_id)
+        return {"cancelled": await self.server.runtime.cancel(entity.id)}
 
     async def _get(self, request: Request) -> Any:
         body: GetRequest = request.body
-        return record_to_json(await self.server.runtime.get(body.entity_id))
+        return record_to_json(await self.server.resolve(body.entity_id))
 
     async def _tree(self, request: Request) -> Any:
         body: TreeRequest = request.body
@@ -561,7 +709,7 @@ class _Connection:
         if body.max_children < 0:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "max_children must be >= 0")
         runtime = self.server.runtime
-        root = await runtime.get(body.entity_id)
+        root = await self.server.resolve(body.entity_id)
         return await _tree(runtime, root, body.depth, body.max_children)
 
     async def _call(self, request: Request) -> Any:

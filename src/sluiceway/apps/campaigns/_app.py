@@ -354,7 +354,7 @@ async def execute_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
                 "body_html": template.data["body_html"],
             },
         )
-    ctx.start(campaign.id)
+    await ctx.start(campaign.id)
     return {
         "campaign_id": campaign.id,
         "entity_id": campaign.id,
