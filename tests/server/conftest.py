@@ -8,7 +8,7 @@ import collections
 import contextlib
 import json
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from sluiceway.server import (
     ServerLimits,
 )
 from tests.entities import workflows
+from tests.entities.conftest import _reset_workflows  # noqa: F401 (an autouse fixture)
 from tests.entities.workflows import ALL_TYPES, FanOut
 
 #: A safety net for every test that talks to a real socket (never an assertion on time).
@@ -131,17 +132,6 @@ async def serving(
                 yield Served(runtime, server, address.url, path)
             finally:
                 server.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _reset_workflows() -> Iterator[None]:
-    workflows.EXECUTIONS.clear()
-    workflows.GATES.clear()
-    workflows.STARTS.clear()
-    yield
-    workflows.EXECUTIONS.clear()
-    workflows.GATES.clear()
-    workflows.STARTS.clear()
 
 
 @pytest.fixture

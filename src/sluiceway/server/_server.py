@@ -776,22 +776,23 @@ async def _tree(
     return node
 
 
+#: The error code of each exception a request may raise (the first match wins).
+_ERROR_CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
+    (EntityNotFoundError, ErrorCode.NOT_FOUND),
+    (DuplicateEntityError, ErrorCode.CONFLICT),
+    (EntityBusyError, ErrorCode.BUSY),
+    (EntityNotWaitingError, ErrorCode.NOT_WAITING),
+    (EntityCancelledError, ErrorCode.CANCELLED),
+    (EntityNotRunnableError, ErrorCode.NOT_RUNNABLE),
+    (UnknownEntityTypeError, ErrorCode.UNKNOWN_TYPE),
+)
+
+
 def _as_protocol_error(exc: Exception) -> ProtocolError:
     """The error response for an exception a request raised."""
-    if isinstance(exc, EntityNotFoundError):
-        return ProtocolError(ErrorCode.NOT_FOUND, str(exc))
-    if isinstance(exc, DuplicateEntityError):
-        return ProtocolError(ErrorCode.CONFLICT, str(exc))
-    if isinstance(exc, EntityBusyError):
-        return ProtocolError(ErrorCode.BUSY, str(exc))
-    if isinstance(exc, EntityNotWaitingError):
-        return ProtocolError(ErrorCode.NOT_WAITING, str(exc))
-    if isinstance(exc, EntityCancelledError):
-        return ProtocolError(ErrorCode.CANCELLED, str(exc))
-    if isinstance(exc, EntityNotRunnableError):
-        return ProtocolError(ErrorCode.NOT_RUNNABLE, str(exc))
-    if isinstance(exc, UnknownEntityTypeError):
-        return ProtocolError(ErrorCode.UNKNOWN_TYPE, str(exc))
+    for kind, code in _ERROR_CODES:
+        if isinstance(exc, kind):
+            return ProtocolError(code, str(exc))
     if isinstance(exc, EndpointError):
         return ProtocolError(
             ErrorCode.ENDPOINT_ERROR,
