@@ -81,7 +81,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--queue-frames",
         type=int,
         default=ServerLimits().queue_frames,
-        help="frames queued per connection before it is closed as a slow consumer (4008)",
+        help="frames queued per connection before its subscriptions wait for it to read",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log the server's events")
     serve.set_defaults(handler=functools.partial(_main, parser=serve))

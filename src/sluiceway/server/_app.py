@@ -46,7 +46,8 @@ class EndpointContext:
         Raises:
             RuntimeError: there is no server (the endpoint was called directly).
             EntityNotFoundError, EntityCancelledError, EntityNotRunnableError,
-            EntityBusyError: as for the ``start`` operation (the client gets its error code).
+            UnknownEntityTypeError, EntityBusyError, ProtocolError (``shutting_down``): as for
+            the ``start`` operation (the client gets its error code).
         """
         if self.server is None:
             raise RuntimeError("start() needs a server: this endpoint was called without one")

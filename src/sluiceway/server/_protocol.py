@@ -10,7 +10,8 @@ and gets exactly one response per request, carrying the same ``id``::
     {"v": 1, "id": 7, "ok": false, "error": {"code": "not_found", "message": "..."}}
 
 The server also sends events, which have an ``event`` key instead of an ``id``: ``hello`` once
-on connecting, then ``envelope`` and ``end`` for subscriptions. A subscription's ``end`` says
+on connecting, then ``envelopes`` (a batch of envelopes, in ``seq`` order) and ``end`` for
+subscriptions. A subscription's ``end`` says
 the entity's ``status`` when its run ended, or ``"unsubscribed"``, or ``"error"`` (with an
 ``error`` object like a response's) if the server could not go on streaming; its ``seq`` is
 where to subscribe again from. See ``docs/protocol.rst`` for every message and error code.
@@ -31,8 +32,9 @@ from .._errors import SluicewayError
 #: The protocol version this server and client speak.
 PROTOCOL_VERSION = 1
 
-#: Close code: the connection's outgoing queue overflowed (a slow consumer). Reconnect and
-#: subscribe again from the last ``seq`` received.
+#: Close code: a slow consumer, whose subscriptions waited for room in its queue for longer
+#: than ``ServerLimits.slow_consumer_seconds``. Reconnect and subscribe again from the last
+#: ``seq`` received.
 CLOSE_SLOW_CONSUMER = 4008
 #: Close code: the server is shutting down.
 CLOSE_GOING_AWAY = 1001
@@ -120,7 +122,7 @@ class StartRequest:
 @attrs.frozen(kw_only=True)
 class SubscribeRequest:
     """``subscribe``: the envelopes of an entity's subtree (or of the entity alone) after
-    ``after_seq`` (result: ``{"subscription"}``, then ``envelope`` events and one ``end``)."""
+    ``after_seq`` (result: ``{"subscription"}``, then ``envelopes`` events and one ``end``)."""
 
     entity_id: str
     after_seq: int = 0

@@ -80,19 +80,19 @@ class ServerLimits:
             gets a ``frame_too_large`` error. A message over ``4 * max_frame_bytes + 1024``
             characters closes the connection with 1009 (the transport's own limit). The
             ``hello`` event tells clients this limit.
-        queue_frames: how many subscription frames (``envelopes`` events) may wait to be
-            sent to a client. When they are that many, its subscriptions wait for the client
-            to read (the runs and the other clients go on: each subscription reads the
-            store at its own pace). A client that reads nothing for ``slow_consumer_seconds``
-            while they wait is a slow consumer: its connection is closed with code 4008 (it
-            may reconnect and subscribe again from its last ``seq``). Responses and ``end``
-            events have room of their own beyond this.
-        slow_consumer_seconds: see ``queue_frames``.
+        queue_frames: how many frames may wait to be sent to a client before its
+            subscriptions wait for it to read (the runs and the other clients go on: each
+            subscription reads the store at its own pace). Responses and ``end`` events are
+            queued even beyond it (``outgoing_frames`` in all).
+        slow_consumer_seconds: a subscription that waits for room in the queue longer than
+            this (the client reads too slowly to keep up, or not at all) makes the client a
+            slow consumer: its connection is closed with code 4008, and it may reconnect and
+            subscribe again from its last ``seq``.
         max_pending: requests of one connection in progress at once (``too_many_requests``
             beyond).
         max_subscriptions: subscriptions of one connection at once.
         batch_bytes: an ``envelopes`` event carries the envelopes a subscription has ready,
-            up to about this many bytes of them (at least one).
+            until their JSON reaches this many characters (at least one envelope).
     """
 
     max_frame_bytes: int = 1024 * 1024
@@ -271,6 +271,7 @@ class RuntimeServer:
 
         Raises:
             EntityNotFoundError, EntityCancelledError, EntityNotRunnableError.
+            UnknownEntityTypeError: its type is not the application's.
             EntityBusyError: another live runtime holds its lease.
             ProtocolError: ``shutting_down``.
         """
