@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -75,7 +76,9 @@ class Subscription:
         self.last_seq = after_seq
         self.status: str | None = None  # the entity's status when the subscription ended
         self.number: int | None = None  # the server's number for it on the current connection
-        self._send, self._receive = trio.open_memory_channel[EntityEnvelope](buffer)
+        # Frames of envelopes (lists), taken apart by __anext__.
+        self._send, self._receive = trio.open_memory_channel[list[EntityEnvelope]](buffer)
+        self._taken: collections.deque[EntityEnvelope] = collections.deque()
         self.closed = False
         self.error: BaseException | None = None  # why it ended, if it did not end normally
 
@@ -84,19 +87,24 @@ class Subscription:
 
     async def __anext__(self) -> EntityEnvelope:
         # Not an async generator: leaving an ``async for`` early leaves nothing to finalize.
+        if self._taken:
+            await trio.lowlevel.checkpoint()
+            return self._taken.popleft()
         try:
-            return await self._receive.receive()
+            self._taken.extend(await self._receive.receive())
         except trio.EndOfChannel:
             if self.error is not None:
                 raise self.error from None
             raise StopAsyncIteration from None
+        return self._taken.popleft()
 
-    async def _deliver(self, envelope: EntityEnvelope) -> None:
-        if envelope.seq <= self.last_seq:
-            return  # delivered before a reconnection
-        self.last_seq = envelope.seq
+    async def _deliver(self, envelopes: list[EntityEnvelope]) -> None:
+        fresh = [e for e in envelopes if e.seq > self.last_seq]  # not before a reconnection
+        if not fresh:
+            return
+        self.last_seq = fresh[-1].seq
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._send.send(envelope)
+            await self._send.send(fresh)
 
     def _end(self, status: str | None = None, error: BaseException | None = None) -> None:
         """End the subscription: its reader gets what was delivered, then ``error`` (raised
@@ -383,8 +391,7 @@ class Client:
         if subscription is None:
             return
         if frame["event"] == "envelopes":
-            for envelope in frame["envelopes"]:
-                await subscription._deliver(EntityEnvelope.from_dict(envelope))
+            await subscription._deliver([EntityEnvelope.from_dict(e) for e in frame["envelopes"]])
         elif frame["event"] == "end":
             self._subscriptions.pop(frame["subscription"], None)
             status = frame.get("status")

@@ -67,6 +67,9 @@ log = logging.getLogger("sluiceway.server")
 _out = cattrs.Converter()
 
 
+#: What a connection's writer sends: a frame, or envelopes (JSON) of a subscription.
+_Outgoing = str | tuple[int, list[str]]
+
 #: How many encoded envelopes the server keeps for its subscriptions.
 _ENCODED_KEPT = 65536
 
@@ -428,7 +431,7 @@ class _Connection:
         self.server = server
         self.socket = socket
         self.limits = server.limits
-        send, receive = trio.open_memory_channel[str](self.limits.outgoing_frames)
+        send, receive = trio.open_memory_channel[_Outgoing](self.limits.outgoing_frames)
         self.outgoing, self._queued = send, receive
         self._room: trio.Event | None = None  # set when the writer takes a frame
         self.nursery: trio.Nursery | None = None
@@ -520,9 +523,11 @@ class _Connection:
             "last seq you received",
         )
 
-    async def emit_envelopes(self, text: str) -> None:
-        """Queue a subscription's frame, waiting while ``queue_frames`` of them wait; a client
-        that reads nothing for ``slow_consumer_seconds`` meanwhile is closed with 4008."""
+    async def emit_envelopes(self, number: int, parts: list[str]) -> None:
+        """Queue envelopes (their JSON) of subscription ``number``, waiting while
+        ``queue_frames`` frames wait; a subscription that waits longer than
+        ``slow_consumer_seconds`` closes the connection with 4008. The writer sends what waits
+        of one subscription in as few ``envelopes`` events as ``batch_bytes`` allows."""
         limit = self.limits.queue_frames
         if self.outgoing.statistics().current_buffer_used >= limit:
             with trio.move_on_after(self.limits.slow_consumer_seconds) as waiting:
@@ -536,25 +541,57 @@ class _Connection:
         if self.close_code is not None:
             return
         try:
-            self.outgoing.send_nowait(text)
+            self.outgoing.send_nowait((number, parts))
         except trio.WouldBlock:
             self._slow_consumer()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
     async def _writer(self, written: trio.Event) -> None:
+        """Send the queued frames in order. Envelopes of one subscription queued one after
+        the other go out together, in one ``envelopes`` event per ``batch_bytes``: a client
+        that falls behind gets fewer, larger frames, and catches up."""
+        queued = self._queued
+        carry: _Outgoing | None = None
         try:
-            with self._queued:
-                async for text in self._queued:
-                    if self._room is not None:
-                        self._room.set()
-                        self._room = None
+            with queued:
+                while True:
+                    if carry is not None:
+                        item, carry = carry, None
+                    else:
+                        try:
+                            item = await queued.receive()
+                        except trio.EndOfChannel:
+                            break
+                        self._took()
                     if self.close_code == CLOSE_SLOW_CONSUMER:
                         break  # drop the backlog: the client resumes from its last seq
-                    await self.socket.send_message(text)
+                    if isinstance(item, str):
+                        await self.socket.send_message(item)
+                        continue
+                    number, parts = item
+                    size = sum(map(len, parts))
+                    while size < self.limits.batch_bytes:
+                        try:
+                            following = queued.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        self._took()
+                        if isinstance(following, str) or following[0] != number:
+                            carry = following
+                            break
+                        parts = parts + following[1]
+                        size += sum(map(len, following[1]))
+                    await self.socket.send_message(envelopes_frame(number, parts))
         except ConnectionClosed:
             pass
         written.set()
+
+    def _took(self) -> None:
+        """The writer took a frame from the queue: wake a subscription waiting for room."""
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     def _on_frame(self, message: str | bytes) -> None:
         try:
@@ -640,26 +677,21 @@ class _Connection:
         last = body.after_seq
         try:
             with scope:
-                async with runtime.stream(body.entity_id, after_seq=body.after_seq) as stream:
-                    async for envelope in stream:
-                        # One frame for what is ready: each envelope encoded once for every
-                        # subscriber of the server, a frame per batch rather than per envelope.
-                        parts: list[str] = []
-                        size = 0
-                        while True:
-                            last = envelope.seq
-                            if body.subtree or envelope.entity_id == body.entity_id:
-                                part = self.server.encoded(envelope)
-                                parts.append(part)
-                                size += len(part)
-                            if size >= self.limits.batch_bytes:
-                                break
-                            try:
-                                envelope = stream.receive_nowait()
-                            except (trio.WouldBlock, trio.EndOfChannel):
-                                break
+                async with runtime.stream_batches(
+                    body.entity_id, after_seq=body.after_seq
+                ) as batches:
+                    async for batch in batches:
+                        # Each envelope encoded once for every subscriber of the server; the
+                        # writer joins what waits into as few frames as batch_bytes allows.
+                        last = batch[-1].seq
+                        encoded = self.server.encoded
+                        parts = [
+                            encoded(envelope)
+                            for envelope in batch
+                            if body.subtree or envelope.entity_id == body.entity_id
+                        ]
                         if parts:
-                            await self.emit_envelopes(envelopes_frame(number, parts))
+                            await self.emit_envelopes(number, parts)
                 final = await runtime.get(body.entity_id)
                 self.emit(
                     event_frame("end", subscription=number, status=final.status.value, seq=last)
