@@ -476,16 +476,19 @@ class Runtime:
             if not tail.version:  # nobody has read the tail yet
                 await tail.advance(self.store, 0)
                 continue
-            # Take the window's content and its end together: the tail may move while the
-            # envelopes are being delivered.
+            # Take the window's content, its end, its version and the wake-up event together,
+            # before delivering (which waits for the reader): whatever is stored or read into
+            # the window meanwhile sets this event, or moves this version, so the wait below
+            # returns at once instead of missing it until the next change or poll.
+            changes, version = self._changes, tail.version
             ended, last, envelopes = tail.ended, tail.last, tail.after(position)
             await deliver(envelopes)
             position = max(position, last)
             if ended and not self.is_running(tail.entity_id):
                 return
-            changes, version = self._changes, tail.version
-            with trio.move_on_after(self.poll_interval):
-                await changes.wait()
+            if tail.version == version:  # else another stream read more meanwhile: take it
+                with trio.move_on_after(self.poll_interval):
+                    await changes.wait()
             await tail.advance(self.store, version)
 
     def _changed(self) -> None:
