@@ -24,12 +24,12 @@ import trio
 from .._errors import SluicewayError
 from ..entities import open_runtime
 from ..server import Application, RuntimeServer, ServerLimits, load_app
+from ._graph import ENV_VAR
 
 #: The default port of ``serve`` and the default URL of the client commands.
 DEFAULT_PORT = 8765
 #: The environment variables of the token and the store.
 TOKEN_VAR = "SLUICEWAY_TOKEN"
-DB_VAR = "SLUICEWAY_DB"
 
 
 class CommandError(Exception):
@@ -51,7 +51,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the application, e.g. sluiceway.apps.campaigns:app",
     )
     serve.add_argument(
-        "--db", metavar="PATH", default=None, help=f"the SQLite entity store (default: ${DB_VAR})"
+        "--db", metavar="PATH", default=None, help=f"the SQLite entity store (default: ${ENV_VAR})"
     )
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     serve.add_argument(
@@ -88,9 +88,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
-    db = args.db or os.environ.get(DB_VAR)
+    db = args.db or os.environ.get(ENV_VAR)
     if not db:
-        parser.error(f"no entity store given: pass --db PATH or set {DB_VAR}")
+        parser.error(f"no entity store given: pass --db PATH or set {ENV_VAR}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.grace < 0 or args.lease_seconds <= 0:

@@ -120,9 +120,6 @@ class DataEntity(RunnableEntity):
 
     runnable: ClassVar[bool] = False
 
-    async def run_impl(self, ctx: RunContext) -> Any:  # pragma: no cover - never called
-        raise NotImplementedError(f"{self.type_name} is a DataEntity: it is never run")
-
 
 def _normalise_connections(
     owner: str, connections: Mapping[str, Iterable[type[RunnableEntity] | str]]

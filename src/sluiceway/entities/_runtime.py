@@ -340,6 +340,16 @@ class Runtime:
                 nursery.start_soon(resume, record, steal, name=f"recover {record.name}")
         return outcomes
 
+    def held_elsewhere(self, record: EntityRecord) -> bool:
+        """Whether another runtime, alive as far as this one can tell, holds the unfinished
+        entity's lease (running it would raise :class:`~sluiceway.EntityBusyError`)."""
+        if record.status not in (EntityStatus.IN_PROGRESS, EntityStatus.WAITING):
+            return False
+        owner, expires = record.lease_owner, record.lease_expires
+        if owner is None or owner == self.owner or (expires or 0.0) <= self.clock():
+            return False
+        return not owner_is_dead(owner)
+
     def is_running(self, entity_id: str) -> bool:
         """Whether the entity is running in this runtime now."""
         return entity_id in self._live

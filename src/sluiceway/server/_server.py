@@ -33,7 +33,6 @@ from .._errors import (
 )
 from .._util import open_owned_nursery
 from ..entities import EntityEnvelope, Runtime
-from ..entities._runtime import owner_is_dead
 from ..store import EntityRecord, EntityStatus
 from ._app import Application, EndpointContext, EndpointError
 from ._protocol import (
@@ -289,7 +288,7 @@ class RuntimeServer:
             raise EntityNotRunnableError(
                 f"{record.type} {record.name!r} ({record.id}) holds data only; it does not run"
             )
-        if not self.runtime.is_running(record.id) and _held_elsewhere(self.runtime, record):
+        if not self.runtime.is_running(record.id) and self.runtime.held_elsewhere(record):
             raise EntityBusyError(
                 f"{record.type} {record.name!r} ({record.id}) runs in another runtime "
                 f"({record.lease_owner}); follow it with subscribe"
@@ -398,16 +397,6 @@ class RuntimeServer:
 
 _SHUTTING_DOWN = b'{"error":{"code":"shutting_down","message":"the server is shutting down"}}'
 _UNAUTHORIZED = b'{"error":{"code":"unauthorized","message":"a valid bearer token is required"}}'
-
-
-def _held_elsewhere(runtime: Runtime, record: EntityRecord) -> bool:
-    """Whether another runtime, alive as far as this one can tell, holds the entity's lease."""
-    if record.status not in (EntityStatus.IN_PROGRESS, EntityStatus.WAITING):
-        return False
-    owner, expires = record.lease_owner, record.lease_expires
-    if owner is None or owner == runtime.owner or (expires or 0.0) <= runtime.clock():
-        return False
-    return not owner_is_dead(owner)
 
 
 def _authorized(request: WebSocketRequest, token: str) -> bool:
@@ -580,7 +569,7 @@ class _Connection:
                         if isinstance(following, str) or following[0] != number:
                             carry = following
                             break
-                        parts = parts + following[1]
+                        parts.extend(following[1])
                         size += sum(map(len, following[1]))
                     await self.socket.send_message(envelopes_frame(number, parts))
         except ConnectionClosed:

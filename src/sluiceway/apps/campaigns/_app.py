@@ -17,7 +17,7 @@ from ...entities import Runtime
 from ...server import Application, EndpointContext, EndpointError
 from ...server._protocol import request_converter
 from ..notification._validation import is_email
-from ._config import CampaignConfig, CampaignServices
+from ._config import CampaignConfig, CampaignServices, services_of
 from ._entities import (
     CONTACT_LIST,
     TYPES,
@@ -161,11 +161,6 @@ async def _entity(ctx: EndpointContext, entity_id: str, entity_type: str, what: 
     return record
 
 
-def _services(ctx: EndpointContext) -> CampaignServices:
-    assert isinstance(ctx.state, CampaignServices)
-    return ctx.state
-
-
 # -- endpoints -----------------------------------------------------------------------------------
 
 
@@ -179,7 +174,7 @@ async def create_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
             Contact,
             data,
             name=data["email"],
-            parent_id=_services(ctx).contact_list_id,
+            parent_id=services_of(ctx).contact_list_id,
             edge_type="HasContact",
         )
     except DuplicateEntityError:
@@ -196,7 +191,7 @@ async def import_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     rows = [_check_contact(c, f"contacts[{i}].") for i, c in enumerate(batch.contacts)]
     created = existing = 0
     ids = []
-    list_id = _services(ctx).contact_list_id
+    list_id = services_of(ctx).contact_list_id
     for data in rows:
         record = await ctx.runtime.store.find_entity(list_id, data["email"])
         if record is None:
@@ -220,7 +215,7 @@ async def list_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
 
 
 async def _contacts(ctx: EndpointContext) -> list[dict[str, Any]]:
-    children = await ctx.runtime.children(_services(ctx).contact_list_id)
+    children = await ctx.runtime.children(services_of(ctx).contact_list_id)
     return [_contact_json(r.id, r.data) for r in children if r.type == Contact.type_name]
 
 
@@ -319,7 +314,7 @@ async def execute_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     Errors: ``campaign_not_found``, ``campaign_not_draft``, ``template_not_found``,
     ``template_not_approved``, ``no_recipients``."""
     request = _structure(body, ExecuteCampaign, "campaigns/execute")
-    async with _services(ctx).execute_lock:  # two executes of one draft: one wins
+    async with services_of(ctx).execute_lock:  # two executes of one draft: one wins
         campaign = await _entity(ctx, request.campaign_id, Campaign.type_name, "campaign")
         data = campaign.data
         if data.get("status") != "draft":

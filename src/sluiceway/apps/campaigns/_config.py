@@ -94,6 +94,22 @@ class CampaignConfig:
         return cls(**fields)
 
 
+def services_of(ctx: Any) -> CampaignServices:
+    """The application's services from a run's or an endpoint's ``ctx.state``.
+
+    Raises:
+        RuntimeError: it runs outside the campaigns application.
+    """
+    state = ctx.state
+    if not isinstance(state, CampaignServices):
+        raise RuntimeError(
+            "campaign entities run inside the campaigns application (ctx.state holds its "
+            "services): serve it with `sluiceway serve --app sluiceway.apps.campaigns:app`, or "
+            "enter `app.running(runtime)` around the runs"
+        )
+    return state
+
+
 @attrs.define(eq=False)
 class CampaignServices:
     """What the application's lifespan yields (``ctx.state`` in runs, ``ctx.state`` in

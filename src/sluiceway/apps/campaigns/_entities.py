@@ -13,7 +13,7 @@ from ..._errors import EntityFailedError, SluicewayError
 from ...capacity import CapacitySource
 from ...entities import DataEntity, RunContext, RunnableEntity
 from ...runners import EnvelopeKind, HierarchicalTaskPoolRunner
-from ._config import CampaignServices
+from ._config import CampaignServices, services_of
 from ._personalize import PersonalizationRequest
 
 log = logging.getLogger("sluiceway.apps.campaigns")
@@ -47,7 +47,7 @@ class EmailDraft(RunnableEntity, type_name="EmailDraft"):
     """One personalized email: runs the application's personalizer and keeps its result."""
 
     async def run_impl(self, ctx: RunContext) -> Any:
-        services = _services(ctx)
+        services = services_of(ctx)
         d = ctx.data
         await ctx.status("RUNNING", f"personalizing for {d.get('contact_name')}")
         request = PersonalizationRequest(
@@ -77,7 +77,7 @@ class CampaignRecipient(
     returns ``status: failed`` with the reason, and the campaign goes on."""
 
     async def run_impl(self, ctx: RunContext) -> Any:
-        services = _services(ctx)
+        services = services_of(ctx)
         d = ctx.data
         result: dict[str, Any] = {
             "contact_id": d["contact_id"],
@@ -202,7 +202,7 @@ class Campaign(
     sent and failed counts."""
 
     async def run_impl(self, ctx: RunContext) -> Any:
-        services = _services(ctx)
+        services = services_of(ctx)
         d = ctx.data
         contacts = d.get("_contacts")
         template = d.get("_template")
@@ -280,17 +280,6 @@ def _outcome(
     if error is not None:
         out["error"] = error
     return out
-
-
-def _services(ctx: RunContext) -> CampaignServices:
-    state = ctx.state
-    if not isinstance(state, CampaignServices):
-        raise RuntimeError(
-            "campaign entities run inside the campaigns application (ctx.state holds its "
-            "services): serve it with `sluiceway serve --app sluiceway.apps.campaigns:app`, or "
-            "enter `app.running(runtime)` around the runs"
-        )
-    return state
 
 
 #: Every entity type of the application.
