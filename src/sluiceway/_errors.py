@@ -185,3 +185,27 @@ class EntityNotWaitingError(EntityError, RuntimeError):
 
 class WaitTimeoutError(EntityError, TimeoutError):
     """``wait_for_message`` reached its timeout without a message (also after a restart)."""
+
+
+# -- parking -----------------------------------------------------------------------------------
+
+
+class RunParked(BaseException):
+    """The run of an entity parked: it waits durably (a long sleep, a message, children that
+    wait) and its task ends, giving back its lease, its capacity and its memory. The store
+    wakes it later and it runs again from the top of ``run_impl``, replaying what it did.
+
+    It is raised *through* ``run_impl`` and the task pools that run children, like
+    ``trio.Cancelled``, and derives from ``BaseException`` for the same reason: ``except
+    Exception`` does not catch it. Never swallow it; code that catches ``BaseException`` must
+    re-raise it.
+
+    A task pool treats a task that raises it as parked: it reports no envelope for it, and
+    once everything else has been reported, iterating the envelopes raises ``RunParked``
+    (so the parent parks too, instead of going on with a partial view of its children).
+    ``keys`` holds the keys of the parked tasks, when a pool raises it.
+    """
+
+    def __init__(self, message: str = "the run parked", keys: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
