@@ -13,12 +13,10 @@ from typing import Any, ClassVar
 import attrs
 import cattrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    wrap_server_stream,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
 
 from .. import __version__
 from .._errors import (
@@ -341,12 +339,16 @@ class RuntimeServer:
         """One TCP connection: the WebSocket handshake, then the client. The TCP stream is
         closed however it ends: after a refused handshake too, and at once when a closing
         client does not read its last frames in time."""
+        peer = _peer(stream)
         try:
             async with open_owned_nursery() as nursery:
                 request: WebSocketRequest | None = None
                 with trio.move_on_after(_HANDSHAKE_SECONDS):
-                    request = await wrap_server_stream(
-                        nursery, stream, max_message_size=self.limits.max_frame_bytes * 4 + 1024
+                    request = await _wrap_server_stream(
+                        nursery,
+                        stream,
+                        peer,
+                        max_message_size=self.limits.max_frame_bytes * 4 + 1024,
                     )
                 try:
                     if request is not None:
@@ -393,6 +395,61 @@ class RuntimeServer:
             self._connections.discard(connection)
             if not self._connections:
                 self._no_connections.set()
+
+
+class _ServerWebSocket(WebSocketConnection):
+    """trio-websocket's server connection, answering protocol violations with a close frame.
+
+    wsproto reports a client frame that breaks RFC 6455 (text that is not UTF-8, a reserved
+    opcode or reserved bit, an unmasked frame, a fragmented control frame, a close frame with
+    an invalid code...) as a ``CloseConnection`` event carrying the close code the RFC asks for
+    (1007 for bad UTF-8, 1002 otherwise), while the connection is still open. trio-websocket
+    (0.12) handles that event as if the client had closed: it closes the TCP connection without
+    sending a close frame, and logs nothing. Here the close frame wsproto chose is sent first
+    (when the connection is open; after the server's own close frame there is nothing more to
+    send), and the violation is logged as a warning. A genuine close frame from the client puts
+    wsproto in ``REMOTE_CLOSING`` (or ``CLOSED``) before its event, so it never comes here.
+    """
+
+    peer = "?"
+
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        state = self._wsproto.state
+        if state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
+            log.warning(
+                "closing the connection of %s with %d: it broke the WebSocket protocol (%s)",
+                self.peer,
+                event.code,
+                event.reason,
+            )
+            if state is ConnectionState.OPEN:
+                with contextlib.suppress(ConnectionClosed):  # the client is gone already
+                    await self._send(CloseConnection(code=event.code, reason=event.reason))
+        await super()._handle_close_connection_event(event)
+
+
+async def _wrap_server_stream(
+    nursery: trio.Nursery, stream: trio.SocketStream, peer: str, *, max_message_size: int
+) -> WebSocketRequest:
+    """``trio_websocket.wrap_server_stream`` with a :class:`_ServerWebSocket`."""
+    connection = _ServerWebSocket(
+        stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_size
+    )
+    connection.peer = peer
+    nursery.start_soon(connection._reader_task, name=f"websocket reader {peer}")
+    return await connection._get_request()
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    """The client's ``host:port`` (``[host]:port`` for IPv6), for the log."""
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
 
 
 _SHUTTING_DOWN = b'{"error":{"code":"shutting_down","message":"the server is shutting down"}}'
