@@ -264,3 +264,36 @@ async def test_unit_node_with_own_resource_name() -> None:
     with pytest.raises(trio.WouldBlock):
         child.acquire_on_behalf_of_nowait("b")
     child.release_on_behalf_of("a")
+
+
+async def test_a_raised_parent_total_grants_tree_waiters_at_once_and_fairly() -> None:
+    """trio's synchronous hand-over, with the tree's rules: raising a parent's total grants
+    the waiters of its children in the same step (borrowers recorded before they wake), split
+    max-min fair across the children, FIFO within each; a cancelled waiter leaves no trace."""
+    root = CapacitySource(0)
+    a = CapacitySource(5, root)
+    b = CapacitySource(5, root)
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(a.acquire_on_behalf_of, f"a{i}")
+            await trio.testing.wait_all_tasks_blocked()
+        for i in range(3):
+            nursery.start_soon(b.acquire_on_behalf_of, f"b{i}")
+            await trio.testing.wait_all_tasks_blocked()
+        assert root.statistics().waiting_in_subtree == 6
+        root.total_tokens = 4  # no await: granted now
+        assert set(a.statistics().borrowers) == {"a0", "a1"}
+        assert set(b.statistics().borrowers) == {"b0", "b1"}
+        assert root.borrowed_tokens == 4
+        a.total_tokens = 1  # a is over its new total: only b may take the next unit
+        root.total_tokens = 5
+        assert set(b.statistics().borrowers) == {"b0", "b1", "b2"}
+        assert a.statistics().tasks_waiting == 1
+        nursery.cancel_scope.cancel()
+    assert a._pending_borrowers == {}
+    assert b._pending_borrowers == {}
+    for borrower in ("a0", "a1"):
+        a.release_on_behalf_of(borrower)
+    for borrower in ("b0", "b1", "b2"):
+        b.release_on_behalf_of(borrower)
+    assert_idle(root, a, b)

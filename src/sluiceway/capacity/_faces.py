@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from .._errors import ImpossibleCostError, OverReleaseError
 from .._metrics import MetricsCollector
@@ -191,11 +192,12 @@ def checked_cost(face: BaseCapacity, cost: object) -> Vector:
 
 
 def _tokens(value: object) -> int | float:
+    # trio's exception types and messages, word for word (its tests match them).
     if isinstance(value, bool) or not (isinstance(value, int) or value == math.inf):
-        raise TypeError(f"total_tokens must be an int or math.inf, got {value!r}")
+        raise TypeError("total_tokens must be an int or math.inf")
     assert isinstance(value, int | float)
     if value < 0:
-        raise ValueError(f"total_tokens must be >= 0, got {value}")
+        raise ValueError("total_tokens must be >= 0")
     return value
 
 
@@ -211,9 +213,13 @@ class CapacitySource(BaseCapacity):
     :func:`trio.to_thread.run_sync`.
 
     As with trio, ``total_tokens = 0`` pauses the node: acquisitions wait until it is raised.
+    It behaves as trio's limiter does where trio defines it: the same exception types and
+    messages, and the bookkeeping is updated in the step that grants a unit (raising
+    ``total_tokens`` or a release hands units to waiters at once, so ``statistics().borrowers``
+    lists them before they wake up). trio's own ``CapacityLimiter`` tests pass against it.
 
     Args:
-        total: the number of units, an ``int`` or ``math.inf``.
+        total_tokens: the number of units, an ``int`` or ``math.inf`` (named as trio names it).
         parent: an optional parent node (any capacity face); the parent must not be a leaf of a
             different tree.
         resource: the resource name units are counted in, so a unit node can sit under a
@@ -226,7 +232,7 @@ class CapacitySource(BaseCapacity):
 
     def __init__(
         self,
-        total: int | float,
+        total_tokens: int | float,
         parent: BaseCapacity | None = None,
         *,
         resource: str = "slots",
@@ -238,8 +244,10 @@ class CapacitySource(BaseCapacity):
         self._resource = resource
         self._unit: Vector = {resource: 1}
         self._borrowers: set[object] = set()
+        # Tasks waiting in acquire_on_behalf_of -> the borrower they wait for (as in trio).
+        self._pending_borrowers: dict[trio.lowlevel.Task, object] = {}
         self._attach(
-            {resource: _tokens(total)},
+            {resource: _tokens(total_tokens)},
             parent,
             quota=False,
             backfill=False,
@@ -271,10 +279,12 @@ class CapacitySource(BaseCapacity):
         """``total_tokens - borrowed_tokens`` (negative while a lowered total is paid back)."""
         return public(self._node.available(self._resource))
 
+    @enable_ki_protection
     def acquire_nowait(self) -> None:
         """Take a unit for the current task without blocking; raise ``trio.WouldBlock``."""
         self.acquire_on_behalf_of_nowait(trio.lowlevel.current_task())
 
+    @enable_ki_protection
     def acquire_on_behalf_of_nowait(self, borrower: object) -> None:
         """Take a unit for ``borrower`` without blocking.
 
@@ -290,40 +300,64 @@ class CapacitySource(BaseCapacity):
             raise trio.WouldBlock
         self._borrowers.add(borrower)
 
+    @enable_ki_protection
     async def acquire(self) -> None:
         """Take a unit for the current task, waiting fairly if necessary."""
         await self.acquire_on_behalf_of(trio.lowlevel.current_task())
 
+    @enable_ki_protection
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         """Take a unit for ``borrower``, waiting fairly if necessary.
+
+        ``borrower`` is recorded in the step that grants the unit, before this task wakes up.
+        A cancelled wait holds nothing and leaves no trace.
 
         Raises:
             RuntimeError: if ``borrower`` already holds a unit of this node.
         """
-        self._check_new_borrower(borrower)
-        await _tree.acquire(self._node, self._unit, validated=False)
-        self._borrowers.add(borrower)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._check_new_borrower(borrower)
+        except BaseException:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        task = trio.lowlevel.current_task()
+        pending = self._pending_borrowers
+        pending[task] = borrower
 
+        def granted() -> None:
+            self._borrowers.add(pending.pop(task))
+
+        try:
+            # Checkpoints for cancellation once more (cheap: nothing happened since ours).
+            await _tree.acquire(self._node, self._unit, validated=False, when_granted=granted)
+        finally:
+            pending.pop(task, None)  # cancelled (or failed) before it was granted
+
+    @enable_ki_protection
     def release(self) -> None:
         """Give back the current task's unit."""
         self.release_on_behalf_of(trio.lowlevel.current_task())
 
+    @enable_ki_protection
     def release_on_behalf_of(self, borrower: object) -> None:
         """Give back ``borrower``'s unit; waiters anywhere in the tree are served at once.
 
         Raises:
-            RuntimeError: if ``borrower`` holds no unit of this node.
+            RuntimeError: if ``borrower`` holds no unit of this node (an
+                :class:`~sluiceway.OverReleaseError`).
         """
         if borrower not in self._borrowers:
-            raise OverReleaseError(f"{borrower!r} isn't holding any of this CapacitySource's units")
+            raise OverReleaseError(
+                "this borrower isn't holding any of this CapacitySource's tokens"
+            )
         self._borrowers.remove(borrower)
         _tree.give_back(self._node, self._unit)
 
     def _check_new_borrower(self, borrower: object) -> None:
         if borrower in self._borrowers:
             raise RuntimeError(
-                f"{borrower!r} is already holding one of this CapacitySource's units "
-                "(units are not re-entrant, as with trio.CapacityLimiter)"
+                "this borrower is already holding one of this CapacitySource's tokens"
             )
 
     async def __aenter__(self) -> None:

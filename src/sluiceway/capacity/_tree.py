@@ -127,23 +127,36 @@ class Request(abc.ABC):
 
 
 class Waiter(Request):
-    """One acquisition of one fixed cost, by a task that is (or may be) blocked."""
+    """One acquisition of one fixed cost, by a task that is (or may be) blocked.
 
-    __slots__ = ("cost", "granted", "task")
+    ``when_granted`` (optional) is called synchronously at the grant, before the task is
+    rescheduled, so the owner's bookkeeping (a limiter's borrowers) is right at once, as in trio.
+    """
+
+    __slots__ = ("cost", "granted", "task", "when_granted")
 
     def __init__(
-        self, node: Node, cost: Vector, task: trio.lowlevel.Task | None, *, validated: bool
+        self,
+        node: Node,
+        cost: Vector,
+        task: trio.lowlevel.Task | None,
+        *,
+        validated: bool,
+        when_granted: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(node, validated=validated)
         self.cost = cost
         self.task = task
         self.granted = False
+        self.when_granted = when_granted
 
     def current_cost(self) -> Vector:
         return self.cost
 
     def on_grant(self, cost: Vector) -> None:
         self.granted = True
+        if self.when_granted is not None:
+            self.when_granted()
         if self.task is not None:
             trio.lowlevel.reschedule(self.task)
 
@@ -680,17 +693,28 @@ def try_now(node: Node, cost: Vector, *, validated: bool) -> bool:
     return False
 
 
-async def acquire(node: Node, cost: Vector, *, validated: bool) -> None:
+async def acquire(
+    node: Node,
+    cost: Vector,
+    *,
+    validated: bool,
+    when_granted: Callable[[], None] | None = None,
+) -> None:
     """Wait until ``cost`` is granted at ``node`` and every ancestor.
 
     Always checkpoints. A cancelled waiter holds nothing: it is removed before ``Cancelled``
-    propagates, and its removal re-dispatches the tree.
+    propagates, and its removal re-dispatches the tree. ``when_granted()`` (optional) runs
+    synchronously in the step that grants the cost (before this task wakes up).
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     if try_now(node, cost, validated=validated):
+        if when_granted is not None:
+            when_granted()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return
-    waiter = Waiter(node, cost, trio.lowlevel.current_task(), validated=validated)
+    waiter = Waiter(
+        node, cost, trio.lowlevel.current_task(), validated=validated, when_granted=when_granted
+    )
     enqueue(waiter)
 
     def abort(_: Callable[[], object]) -> trio.lowlevel.Abort:
