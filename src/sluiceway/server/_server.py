@@ -539,7 +539,9 @@ class _Connection:
             return
         try:
             text = dumps(frame)
-        except Exception as exc:  # a result that is not JSON (an endpoint's bug)
+        except BaseException as exc:  # a result that is not JSON (an endpoint's bug)
+            if _is_fatal(exc):
+                raise
             ident = frame.get("id")
             log.error("a frame for the client is not JSON (%s: %s)", type(exc).__name__, exc)
             if "event" in frame:  # never dropped silently: the client reconnects and resumes
@@ -669,6 +671,30 @@ class _Connection:
             self.emit(error_frame(request.id, error))
         except Exception as exc:
             self.emit(error_frame(request.id, _as_protocol_error(exc)))
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt... from an endpoint
+            fatal, crash = _split_fatal(exc)
+            if crash is not None:
+                log.error(
+                    "the %s request %r raised %s; answered internal_error",
+                    request.op if request.op != "call" else f"call of {request.body.endpoint!r}",
+                    request.id,
+                    type(crash).__name__,
+                    exc_info=crash,
+                )
+                if fatal is None:
+                    self.emit(
+                        error_frame(
+                            request.id,
+                            ProtocolError(
+                                ErrorCode.INTERNAL_ERROR,
+                                f"the server failed to answer: {type(crash).__name__}",
+                            ),
+                        )
+                    )
+            if fatal is exc:
+                raise
+            if fatal is not None:
+                raise fatal from None
         else:
             self.emit(result_frame(request.id, result))
         finally:
@@ -865,6 +891,30 @@ _ERROR_CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (EntityNotRunnableError, ErrorCode.NOT_RUNNABLE),
     (UnknownEntityTypeError, ErrorCode.UNKNOWN_TYPE),
 )
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Whether a ``BaseException`` must go on up rather than become an error response:
+    trio's ``Cancelled``, and a ``KeyboardInterrupt`` that trio raised for a real SIGINT
+    (which lands in whatever code runs when it arrives, an endpoint's too). A
+    ``KeyboardInterrupt`` an endpoint raises itself is its own bug, like ``SystemExit``."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if not isinstance(exc, KeyboardInterrupt):
+        return False
+    innermost = exc.__traceback__
+    while innermost is not None and innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    module = "" if innermost is None else innermost.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and module.startswith("trio.")
+
+
+def _split_fatal(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """``exc`` cut into what must propagate (cancellation, a real Ctrl-C) and what a request
+    crashed with; a group is split leaf by leaf."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_is_fatal)
+    return (exc, None) if _is_fatal(exc) else (None, exc)
 
 
 def _as_protocol_error(exc: Exception) -> ProtocolError:
