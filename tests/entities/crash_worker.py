@@ -123,7 +123,7 @@ TYPES: list[type[RunnableEntity]] = [Campaign, Group, Recipient]
 
 def install_kill(store: SqliteStore, batch: int, phase: str) -> None:
     """SIGKILL this process during the store's ``batch``-th write batch."""
-    original = store._apply_batch
+    original = store._db._apply_batch
     seen = 0
 
     def die() -> None:
@@ -150,7 +150,7 @@ def install_kill(store: SqliteStore, batch: int, phase: str) -> None:
         original(ops)
         die()  # "after": committed, but nobody heard back
 
-    store._apply_batch = apply  # type: ignore[method-assign]
+    store._db._apply_batch = apply  # type: ignore[method-assign]
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -369,17 +369,31 @@ async def test_context_rejects_bad_input(db: Path) -> None:
     assert [e.type for e in envelopes] == ["STATUS", "BOT_PROGRESS", "VALUE", "STATUS"]
 
 
-async def test_results_must_be_json(db: Path) -> None:
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        ({"when": object()}, "object"),
+        ({1: "a", "1": "b"}, "the key 1 is not a str"),
+        ({"pair": (1, 2)}, "a tuple at ['pair'] would be stored as a list"),
+        ([float("nan")], "nan at [0] is not a finite number"),
+        ("\udfff", "lone surrogate"),
+    ],
+)
+async def test_results_must_be_json(db: Path, result: Any, problem: str) -> None:
     class Odd(RunnableEntity):
         async def run_impl(self, ctx: RunContext) -> Any:
-            return {"when": object()}
+            return result
 
     async with open_runtime(db, [Odd]) as runtime:
         root = await runtime.create(Odd, name="odd")
-        with pytest.raises(EntityFailedError, match="must be JSON"):
+        with pytest.raises(EntityFailedError, match="is not JSON") as caught:
             await runtime.run(root.id)
+        assert problem in str(caught.value)
+        assert (await runtime.get(root.id)).status is EntityStatus.FAILED
         with pytest.raises(TypeError, match="JSON"):
             await runtime.create(Odd, {"x": b"bytes"})
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await runtime.create(Odd, {"x": "\ud800"})
 
 
 async def test_typed_edges(db: Path) -> None:

@@ -157,7 +157,7 @@ async def test_a_locked_database_fails_the_whole_batch(db_path: Path) -> None:
 async def test_a_full_disk_fails_the_whole_batch(store: SqliteStore, db_path: Path) -> None:
     await claimed(store, "x", "a")
     pages = raw_query(db_path, "PRAGMA page_count")[0][0]
-    await store._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    await store._db.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
     outcomes: dict[int, object] = {}
 
     async def append(index: int) -> None:
@@ -176,7 +176,7 @@ async def test_a_full_disk_fails_the_whole_batch(store: SqliteStore, db_path: Pa
         assert "full" in str(outcome)
         assert isinstance(outcome.__cause__, sqlite3.OperationalError)
     assert await store.last_seq() == 1
-    await store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    await store._db.write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
     await store.append_envelopes("a", [("x", 2.0, {"p": "x" * 1_000_000})])
     await assert_contiguous(store, "x")
 
@@ -245,7 +245,7 @@ async def test_a_cancelled_read_is_interrupted(db_path: Path) -> None:
         async with SqliteStore(db_path, readers=1) as store:
             await store.create_entity(new("x"))
             with trio.move_on_after(0.05) as scope:
-                await store._read(lambda conn: conn.execute(endless).fetchone())
+                await store._db.read(lambda conn: conn.execute(endless).fetchone())
             assert scope.cancelled_caught
             # The interrupted connection is back in the pool and works.
             assert (await store.get_entity("x")).id == "x"

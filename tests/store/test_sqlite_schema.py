@@ -11,7 +11,7 @@ import trio
 
 from sluiceway._errors import StoreError, StoreSchemaError
 from sluiceway.store import EntityStatus, EntityStore, SqliteStore, SqliteStoreStatistics
-from sluiceway.store import _sqlite as sqlite_module
+from sluiceway.store import _sqlite_schema as sqlite_module
 from tests.store.helpers import assert_integrity, new, raw_query
 
 TABLES = {"meta", "entities", "edges", "envelopes", "messages", "waits"}
@@ -397,6 +397,6 @@ def test_a_path_must_be_a_string_or_path() -> None:
 async def test_synchronous_is_applied(db_path: Path, synchronous: str) -> None:
     async with SqliteStore(db_path, synchronous=synchronous, readers=1, max_batch=1) as store:
         await store.create_entity(new("x"))
-        assert store._write_conn is not None
-        level = store._write_conn.execute("PRAGMA synchronous").fetchone()[0]
+        assert store._db._write_conn is not None
+        level = store._db._write_conn.execute("PRAGMA synchronous").fetchone()[0]
     assert level == ["OFF", "NORMAL", "FULL", "EXTRA"].index(synchronous.upper())

@@ -24,6 +24,7 @@ from sluiceway.store import (
     WaitKind,
     WaitState,
 )
+from sluiceway.store._json import MAX_JSON_DEPTH
 from tests.store.helpers import claimed, new
 
 PENDING = EntityStatus.PENDING
@@ -206,9 +207,13 @@ async def test_count_children(store: SqliteStore) -> None:
     ("data", "error", "fragment"),
     [
         ({"s": {1, 2}}, TypeError, "set"),
-        ({"f": math.nan}, ValueError, "Out of range float"),
-        ({"f": math.inf}, ValueError, "Out of range float"),
-        ({1: "int key"}, TypeError, "key that is not a str"),
+        ({"f": math.nan}, ValueError, "nan at ['f'] is not a finite number"),
+        ({"f": [1, math.inf]}, ValueError, "inf at ['f'][1] is not a finite number"),
+        ({1: "int key"}, TypeError, "the key 1 is not a str but int"),
+        ({"n": {1: "a", "1": "b"}}, TypeError, "the key 1 at ['n'] is not a str but int"),
+        ({"t": [(1, 2)]}, TypeError, "a tuple at ['t'][0] would be stored as a list"),
+        ({"s": "bad \ud800 text"}, ValueError, "the string at ['s'] contains a lone surrogate"),
+        ({"\udc00": 1}, ValueError, "lone surrogate"),
         ({"o": object()}, TypeError, "object"),
     ],
 )
@@ -227,11 +232,10 @@ async def test_json_values_round_trip(store: SqliteStore) -> None:
         "text": 'héllo ☃ \u0000 "quoted"',
         "nested": {"list": [1, 2.5, None, True, {"deep": []}]},
         "proxy": MappingProxyType({"k": "v"}),
-        "tuple": (1, 2),
         "big": 2**62,
     }
     record, _ = await store.create_entity(new("x", data=data))
-    expected = {**data, "proxy": {"k": "v"}, "tuple": [1, 2]}
+    expected = {**data, "proxy": {"k": "v"}}
     assert record.data == expected
     assert (await store.get_entity("x")).data == expected
 
@@ -1070,3 +1074,31 @@ async def test_end_wait_refuses_other_states(store: SqliteStore, state: WaitStat
     with pytest.raises(ValueError, match="TIMED_OUT or ELAPSED"):
         await store.end_wait("x", "a", 1, state, now=12.0)
     assert (await store.get_wait("x", 1)).state is WaitState.WAITING  # type: ignore[union-attr]
+
+
+async def test_nesting_deeper_than_the_limit_is_refused_and_the_limit_itself_reads_back(
+    store: SqliteStore,
+) -> None:
+    def nested(depth: int) -> Any:
+        value: Any = "leaf"
+        for level in range(depth):
+            value = {"k": value} if level % 2 else [value]
+        return value
+
+    record, _ = await store.create_entity(new("ok", data={"v": nested(MAX_JSON_DEPTH - 1)}))
+    assert (await store.get_entity(record.id)).data == {"v": nested(MAX_JSON_DEPTH - 1)}
+    for depth in (MAX_JSON_DEPTH, 400):
+        with pytest.raises(ValueError, match=f"nested deeper than {MAX_JSON_DEPTH} levels"):
+            await store.create_entity(new(f"deep{depth}", data={"v": nested(depth)}))
+    # Every kind of stored JSON is checked the same way: results, envelopes, messages...
+    await store.claim("ok", "o", now=1.0, expires=99.0, started={"kind": "STARTED"})
+    with pytest.raises(ValueError, match="nested deeper"):
+        await store.append_envelopes("o", [("ok", 1.0, {"value": nested(400)})])
+    with pytest.raises(TypeError, match="tuple"):
+        await store.finish("ok", "o", COMPLETED, now=2.0, result={"pair": (1, 2)})
+    with pytest.raises(TypeError, match="the key 1 is not a str"):
+        await store.finish("ok", "o", COMPLETED, now=2.0, result={1: "a", "1": "b"})
+    with pytest.raises(ValueError, match="lone surrogate"):
+        await store.send_message("ok", "m", {"text": "\ud800"}, now=2.0)
+    assert [m.id for m in await store.messages("ok")] == []
+    assert (await store.get_entity("ok")).status is IN_PROGRESS

@@ -8,7 +8,6 @@ entity from 1 and ``ts`` is when it was emitted (wall-clock seconds).
 from __future__ import annotations
 
 import enum
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import attrs
 
 from ..store import StoredEnvelope
+from ..store._json import encode_json
 
 #: Keys of an envelope that the store keeps in its own columns (or with the entity), not in
 #: the body.
@@ -142,13 +142,9 @@ class EntityEnvelope:
 
 
 def check_json(value: object, what: str) -> None:
-    """Raise a clear ``TypeError`` / ``ValueError`` if ``value`` cannot be stored as JSON."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(
-            f"{what} must be JSON (dicts, lists, str, int, float, bool, None): {exc}"
-        ) from None
+    """Raise a clear ``TypeError`` / ``ValueError`` if ``value`` cannot be stored as JSON
+    exactly as it is (the stores' rule: see :func:`~sluiceway.store._json.encode_json`)."""
+    encode_json(value, what)
 
 
 def check_finite(value: float, what: str) -> float:

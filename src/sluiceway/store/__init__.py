@@ -17,7 +17,8 @@ from ._records import (
     WaitRecord,
     WaitState,
 )
-from ._sqlite import SqliteStore, SqliteStoreStatistics
+from ._sqlite import SqliteStore
+from ._sqlite_db import SqliteStoreStatistics
 
 __all__ = [
     "JSON",

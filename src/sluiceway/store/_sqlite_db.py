@@ -1,0 +1,480 @@
+"""The connections of one SQLite file: a writer that groups concurrent writes into one
+transaction (group commit), and a small pool of readers.
+
+Writes go through a single writer task; each write is a function run inside the batch's
+transaction (first without savepoints; if one raises, the batch runs again with a savepoint
+around each write, so a refused write is rolled back alone and the rest commits). Reads run on
+read connections; in WAL mode they never wait for the writer. By default SQLite runs in worker
+threads; with ``threads=False`` every call runs on the trio thread instead, so virtual time
+(``trio.testing.MockClock``) cannot move while a write is under way.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import errno
+import os
+import pathlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, TypeVar
+
+import attrs
+import trio
+
+from .._errors import StoreError, StoreSchemaError
+from .._util import open_owned_nursery, type_name
+from ._sqlite_schema import MIN_SQLITE_VERSION, check_schema
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class SqliteStoreStatistics:
+    """Counters of a :class:`SqliteStore` since it was created.
+
+    ``writes`` counts write operations applied (committed or refused), ``batches`` the
+    transactions they were grouped into, ``largest_batch`` the most operations one transaction
+    held, and ``reads`` the read operations that completed.
+    """
+
+    writes: int
+    batches: int
+    largest_batch: int
+    reads: int
+
+
+class State(enum.Enum):
+    """Where a database is in its life."""
+
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Op(Generic[T]):
+    """One queued write: ``fn`` runs in the writer's transaction; ``task`` waits
+    (uncancellably) until the writer reschedules it."""
+
+    __slots__ = ("error", "fn", "result", "task")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], task: trio.lowlevel.Task) -> None:
+        self.fn = fn
+        self.task = task
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class _ReadSlot:
+    """The connection a read thread is using, so that a cancelled reader can interrupt it."""
+
+    __slots__ = ("connection", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connection: sqlite3.Connection | None = None
+
+    def interrupt(self) -> None:
+        with self.lock:
+            if self.connection is not None:
+                self.connection.interrupt()
+
+
+class SqliteDatabase:
+    """The connections, the writer task and the readers of one store (see the module
+    documentation). :class:`~sluiceway.SqliteStore` checks its arguments and owns one."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        read_only: bool,
+        synchronous: str,
+        busy_timeout: float,
+        max_batch: int,
+        readers: int,
+        threads: bool,
+    ) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.state = State.NEW
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._max_batch = max_batch
+        self._readers = readers
+        self._threads = threads
+        self._write_conn: sqlite3.Connection | None = None
+        self._read_conns: list[sqlite3.Connection] = []
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._read_limiter = trio.CapacityLimiter(readers)
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._queue: collections.deque[_Op[Any]] = collections.deque()
+        self._work = trio.Event()
+        self._closing = False
+        self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._writes = 0
+        self._batches = 0
+        self._largest_batch = 0
+        self._reads = 0
+
+    def statistics(self) -> SqliteStoreStatistics:
+        return SqliteStoreStatistics(
+            writes=self._writes,
+            batches=self._batches,
+            largest_batch=self._largest_batch,
+            reads=self._reads,
+        )
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the connections, create or migrate the schema and start the writer task."""
+        if self.state is not State.NEW:
+            raise RuntimeError(
+                f"this SqliteStore is {self.state.value}; a store can be entered only once "
+                "(create a new SqliteStore to open the file again)"
+            )
+        self.state = State.OPENING
+        try:
+            await self._in_thread(self._open)
+            if not self.read_only:
+                nursery_cm = open_owned_nursery()
+                nursery = await nursery_cm.__aenter__()
+                self._nursery_cm = nursery_cm
+                nursery.start_soon(self._writer, name=f"SqliteStore writer {self.path!r}")
+        except BaseException:
+            self._close_connections()
+            self.state = State.CLOSED
+            raise
+        self.state = State.OPEN
+
+    async def close(self) -> None:
+        """Apply the writes still queued, stop the writer and close every connection."""
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"this SqliteStore is {self.state.value}, not open")
+        self.state = State.CLOSING
+        try:
+            nursery_cm, self._nursery_cm = self._nursery_cm, None
+            if nursery_cm is not None:
+                # The writer task is shielded: it drains the queue and returns even if the
+                # surroundings are cancelled, so this wait always ends with the queue applied.
+                # (The nursery must be exited outside any cancel scope opened here.)
+                self._closing = True
+                self._work.set()
+                await nursery_cm.__aexit__(None, None, None)
+        finally:
+            with trio.CancelScope(shield=True):
+                # Reads abandoned by a cancelled caller may still run in their threads: the
+                # limiter is released only when a thread ends, so holding every token means
+                # that no read uses a connection any more.
+                tokens = [object() for _ in range(self._readers)]
+                for token in tokens:
+                    await self._read_limiter.acquire_on_behalf_of(token)
+                try:
+                    await self._in_thread(self._close_connections)
+                finally:
+                    for token in tokens:
+                        self._read_limiter.release_on_behalf_of(token)
+                    self.state = State.CLOSED
+        # Everything above ran shielded: deliver a cancellation now that the store is closed.
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    def check_open(self) -> None:
+        if self.state is not State.OPEN:
+            if self.state is State.NEW or self.state is State.OPENING:
+                problem = "is not open"
+            else:
+                problem = "is closed"
+            raise RuntimeError(
+                f"this SqliteStore {problem}; use it inside `async with SqliteStore(...) as store:`"
+            )
+
+    def check_writable(self) -> None:
+        self.check_open()
+        if self.read_only:
+            raise RuntimeError(
+                f"this SqliteStore ({self.path!r}) was opened read-only; it cannot write"
+            )
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        if self._threads:
+            return await trio.to_thread.run_sync(fn)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        result = fn()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return result
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            target,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=uri,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise RuntimeError(
+                f"SqliteStore needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer; "
+                f"this Python uses SQLite {sqlite3.sqlite_version}"
+            )
+        path = self.path
+        if self.read_only:
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    errno.ENOENT, f"no entity store at {path!r} (opened read-only)", path
+                )
+            target, uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro", True
+        else:
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):
+                raise FileNotFoundError(
+                    errno.ENOENT,
+                    f"cannot create the entity store {path!r}: no directory {directory!r}",
+                    directory,
+                )
+            target, uri = path, False
+        try:
+            try:
+                if self.read_only:
+                    first = self._connect(target, uri=True)
+                    self._read_conns.append(first)
+                    first.execute("PRAGMA query_only = ON")
+                    check_schema(first, path, migrate=False)
+                else:
+                    conn = self._connect(target, uri=False)
+                    self._write_conn = conn
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise StoreError(
+                            f"cannot put the entity store {path!r} in WAL mode (it stays in "
+                            f"{mode!r} mode)"
+                        )
+                    check_schema(conn, path, migrate=True)
+                while len(self._read_conns) < self._readers:
+                    reader = self._connect(target, uri=uri)
+                    self._read_conns.append(reader)
+                    reader.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+                    raise StoreSchemaError(
+                        f"{path!r} is not an SQLite database, so not a sluiceway entity store"
+                    ) from exc
+                raise StoreError(f"cannot open the entity store {path!r}: {exc}") from exc
+        except BaseException:
+            self._close_connections()
+            raise
+        self._idle_readers = list(self._read_conns)
+
+    def _close_connections(self) -> None:
+        conns = [*self._read_conns]
+        if self._write_conn is not None:
+            conns.append(self._write_conn)
+        self._read_conns = []
+        self._idle_readers = []
+        self._write_conn = None
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        # Shielded: queued writers wait shielded for their op, so the writer must apply every
+        # op it is given even while the store's surroundings are cancelled. It stops when the
+        # store closes and the queue is empty.
+        with trio.CancelScope(shield=True):
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._work = trio.Event()
+                    await self._work.wait()
+                    continue
+                count = min(len(self._queue), self._max_batch)
+                batch = [self._queue.popleft() for _ in range(count)]
+                try:
+                    if self._threads:
+                        await trio.to_thread.run_sync(
+                            self._apply_batch, batch, limiter=self._write_limiter
+                        )
+                    else:
+                        self._apply_batch(batch)
+                except Exception as exc:  # pragma: no cover - _apply_batch catches everything
+                    _fail_batch(batch, exc)
+                self._writes += count
+                self._batches += 1
+                self._largest_batch = max(self._largest_batch, count)
+                for op in batch:
+                    trio.lowlevel.reschedule(op.task)
+                if not self._threads:
+                    await trio.lowlevel.checkpoint()  # let the writers that were served go on
+
+    def _apply_batch(self, ops: Sequence[_Op[Any]]) -> None:
+        """Run ``ops`` in one transaction, then commit (in the writer's worker thread).
+
+        An op that raises is rolled back alone and keeps its error; if the transaction as a
+        whole fails, it is rolled back and every op gets a :class:`StoreError`. Ops are first
+        run without savepoints (they almost never fail); if one raises, the transaction is
+        rolled back and the batch runs again with a savepoint around each op.
+        """
+        conn = self._write_conn
+        try:
+            if conn is None:
+                raise RuntimeError("the write connection is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in ops:
+                    op.result = op.fn(conn)
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the cause is raised below
+                        conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+                return
+        except BaseException as exc:
+            _fail_batch(ops, exc)
+            return
+        self._apply_batch_carefully(ops)
+
+    def _apply_batch_carefully(self, ops: Sequence[_Op[Any]]) -> None:
+        """:meth:`_apply_batch` with a savepoint around each op, so that the ops that fail are
+        rolled back alone."""
+        conn = self._write_conn
+        try:
+            if conn is None:
+                raise RuntimeError("the write connection is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in ops:
+                    op.result = None
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        op.result = op.fn(conn)
+                    except Exception as exc:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back (disk full...)
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        if isinstance(exc, sqlite3.Error):
+                            error: Exception = StoreError(f"the write failed: {exc}")
+                            error.__cause__ = exc
+                            op.error = error
+                        else:
+                            op.error = exc
+                    else:
+                        conn.execute("RELEASE op")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the cause is raised below
+                        conn.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            _fail_batch(ops, exc)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a write transaction (grouped with other writes) and return its result;
+        what it raised is raised here (and only its own changes are rolled back)."""
+        self.check_writable()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        op = _Op(fn, trio.lowlevel.current_task())
+        self._queue.append(op)
+        self._work.set()
+        # Not cancellable (cheaper than a shielded scope): the caller always learns how its
+        # write ended; a cancellation is delivered at its next checkpoint.
+        await trio.lowlevel.wait_task_rescheduled(_not_abortable)
+        error = op.error
+        if error is not None:
+            op.error = None
+            try:
+                raise error
+            finally:
+                del error
+        return op.result  # type: ignore[return-value]  # set unless error
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a read transaction on a read connection and return its result."""
+        self.check_open()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        slot = _ReadSlot()
+        if not self._threads:
+            result = self._run_read(fn, slot)
+            self._reads += 1
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return result
+        try:
+            result = await trio.to_thread.run_sync(
+                self._run_read, fn, slot, limiter=self._read_limiter, abandon_on_cancel=True
+            )
+        except trio.Cancelled:
+            slot.interrupt()
+            raise
+        self._reads += 1
+        return result
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T], slot: _ReadSlot) -> T:
+        with self._pool_lock:
+            if not self._idle_readers:
+                raise RuntimeError("this SqliteStore is closed")
+            conn = self._idle_readers.pop()
+        with slot.lock:
+            slot.connection = conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                result = fn(conn)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # interrupted mid-statement
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the entity store {self.path!r} failed: {exc}") from exc
+        finally:
+            with slot.lock:
+                slot.connection = None
+            with self._pool_lock:
+                self._idle_readers.append(conn)
+
+
+def _fail_batch(ops: Iterable[_Op[Any]], cause: BaseException) -> None:
+    ops = list(ops)
+    for op in ops:
+        error = StoreError(
+            f"a write transaction of {len(ops)} operation(s) failed and was rolled back: "
+            f"{type_name(cause)}: {cause}"
+        )
+        error.__cause__ = cause
+        op.result = None
+        op.error = error
+
+
+def _not_abortable(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED

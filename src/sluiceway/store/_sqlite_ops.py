@@ -1,0 +1,391 @@
+"""The SQL of the SQLite entity store: each function runs inside the caller's transaction, in
+the writer's (or a reader's) worker thread, and turns rows into records."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import DuplicateEntityError, EntityNotFoundError, LeaseLostError
+from ._records import (
+    EdgeRecord,
+    EntityRecord,
+    EntityStatus,
+    MessageRecord,
+    NewEntity,
+    WaitKind,
+    WaitRecord,
+    WaitState,
+)
+
+ENTITY_COLUMNS = (
+    "id, parent_id, name, type, general_type, status, data, result, error, attempt,"
+    " lease_owner, lease_expires, created_at, modified_at, last_entity_seq"
+)
+ENTITY_COLUMNS_E = ", ".join(f"e.{column.strip()}" for column in ENTITY_COLUMNS.split(","))
+SELECT_ENTITY = f"SELECT {ENTITY_COLUMNS} FROM entities"
+EDGE_COLUMNS = "id, from_id, to_id, type, position, data, created_at"
+MESSAGE_COLUMNS = "id, entity_id, message, data, sent_at, consumed_by"
+SELECT_WAIT = (
+    "SELECT w.entity_id, w.idx, w.kind, w.prompt, w.data, w.deadline, w.state, w.created_at,"
+    " m.id, m.entity_id, m.message, m.data, m.sent_at, m.consumed_by"
+    " FROM waits AS w LEFT JOIN messages AS m ON m.id = w.message_id"
+    " WHERE w.entity_id = ? AND w.idx = ?"
+)
+ACTIVE = (EntityStatus.IN_PROGRESS.value, EntityStatus.WAITING.value)
+TERMINAL = (EntityStatus.COMPLETED.value, EntityStatus.CANCELLED.value)
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+def entity_from_row(row: Sequence[Any]) -> EntityRecord:
+    (
+        entity_id,
+        parent_id,
+        name,
+        type_,
+        general_type,
+        status,
+        data,
+        result,
+        error,
+        attempt,
+        lease_owner,
+        lease_expires,
+        created_at,
+        modified_at,
+        last_entity_seq,
+    ) = row
+    return EntityRecord(
+        id=entity_id,
+        parent_id=parent_id,
+        name=name,
+        type=type_,
+        general_type=general_type,
+        status=EntityStatus(status),
+        data=json.loads(data),
+        result=None if result is None else json.loads(result),
+        error=None if error is None else json.loads(error),
+        attempt=attempt,
+        lease_owner=lease_owner,
+        lease_expires=lease_expires,
+        created_at=created_at,
+        modified_at=modified_at,
+        last_entity_seq=last_entity_seq,
+    )
+
+
+def edge_from_row(row: Sequence[Any]) -> EdgeRecord:
+    edge_id, from_id, to_id, edge_type, position, data, created_at = row
+    return EdgeRecord(
+        id=edge_id,
+        from_id=from_id,
+        to_id=to_id,
+        type=edge_type,
+        position=position,
+        data=json.loads(data),
+        created_at=created_at,
+    )
+
+
+def message_from_row(row: Sequence[Any]) -> MessageRecord:
+    message_id, entity_id, message, data, sent_at, consumed_by = row
+    return MessageRecord(
+        id=message_id,
+        entity_id=entity_id,
+        message=message,
+        data=json.loads(data),
+        sent_at=sent_at,
+        consumed_by=consumed_by,
+    )
+
+
+def not_found(entity_id: str) -> EntityNotFoundError:
+    return EntityNotFoundError(f"no entity has the id {entity_id!r}")
+
+
+def check_index(index: int) -> None:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 1:
+        raise ValueError(f"a wait index is an int >= 1 (waits are numbered from 1), got {index!r}")
+
+
+def require_entity(conn: sqlite3.Connection, entity_id: str) -> EntityRecord:
+    row = conn.execute(f"{SELECT_ENTITY} WHERE id = ?", (entity_id,)).fetchone()
+    if row is None:
+        raise not_found(entity_id)
+    return entity_from_row(row)
+
+
+def find_entity(conn: sqlite3.Connection, parent_id: str | None, name: str) -> EntityRecord | None:
+    if parent_id is None:
+        row = conn.execute(
+            f"{SELECT_ENTITY} WHERE parent_id IS NULL AND name = ?", (name,)
+        ).fetchone()
+    else:
+        row = conn.execute(
+            f"{SELECT_ENTITY} WHERE parent_id = ? AND name = ?", (parent_id, name)
+        ).fetchone()
+    return None if row is None else entity_from_row(row)
+
+
+def fence(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> tuple[Any, ...]:
+    """``(lease_owner, data)`` of the entity if ``owner`` holds its lease; raises otherwise."""
+    row = conn.execute(
+        "SELECT lease_owner, data FROM entities WHERE id = ?", (entity_id,)
+    ).fetchone()
+    if row is None:
+        raise not_found(entity_id)
+    if row[0] != owner:
+        holder = "nobody holds it" if row[0] is None else f"{row[0]!r} holds it"
+        raise LeaseLostError(
+            f"{owner!r} no longer holds the lease of entity {entity_id!r} ({holder}); "
+            f"its {what} write was refused"
+        )
+    return tuple(row)
+
+
+def append(conn: sqlite3.Connection, entity_id: str, ts: float, body: str) -> int:
+    row = conn.execute(
+        "UPDATE entities SET last_entity_seq = last_entity_seq + 1 WHERE id = ?"
+        " RETURNING last_entity_seq",
+        (entity_id,),
+    ).fetchone()
+    if row is None:
+        raise not_found(entity_id)
+    cursor = conn.execute(
+        "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)",
+        (entity_id, row[0], ts, body),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def add_edge(
+    conn: sqlite3.Connection, from_id: str, to_id: str, edge_type: str, *, now: float, data: str
+) -> EdgeRecord:
+    row = conn.execute(
+        f"SELECT {EDGE_COLUMNS} FROM edges WHERE from_id = ? AND type = ? AND to_id = ?",
+        (from_id, edge_type, to_id),
+    ).fetchone()
+    if row is not None:
+        return edge_from_row(row)
+    row = conn.execute(
+        "INSERT INTO edges (from_id, to_id, type, position, data, created_at)"
+        " VALUES (?, ?, ?, (SELECT coalesce(max(position), 0) + 1 FROM edges"
+        " WHERE from_id = ? AND type = ?), ?, ?)"
+        f" RETURNING {EDGE_COLUMNS}",
+        (from_id, to_id, edge_type, from_id, edge_type, data, now),
+    ).fetchone()
+    return edge_from_row(row)
+
+
+def claim(
+    conn: sqlite3.Connection,
+    entity_id: str,
+    owner: str,
+    *,
+    now: float,
+    expires: float,
+    body: str,
+    steal_from: str | None,
+) -> EntityRecord | None:
+    row = conn.execute(
+        "SELECT status, lease_owner, lease_expires FROM entities WHERE id = ?", (entity_id,)
+    ).fetchone()
+    if row is None:
+        raise not_found(entity_id)
+    status, holder, holder_expires = row
+    if status in TERMINAL:
+        return None
+    free = (
+        holder is None
+        or holder == owner
+        or (steal_from is not None and holder == steal_from)
+        or holder_expires is None
+        or holder_expires <= now
+    )
+    if not free:
+        return None
+    new_status = (
+        EntityStatus.WAITING.value
+        if status == EntityStatus.WAITING.value
+        else EntityStatus.IN_PROGRESS.value
+    )
+    conn.execute(
+        "UPDATE entities SET lease_owner = ?, lease_expires = ?, status = ?,"
+        " attempt = attempt + 1, error = NULL, modified_at = ? WHERE id = ?",
+        (owner, expires, new_status, now, entity_id),
+    )
+    append(conn, entity_id, now, body)
+    return require_entity(conn, entity_id)
+
+
+def insert_claimed(
+    conn: sqlite3.Connection,
+    new: NewEntity,
+    *,
+    data: str,
+    edge_data: str,
+    owner: str,
+    now: float,
+    expires: float,
+    body: str,
+) -> EntityRecord:
+    """Insert ``new`` already claimed by ``owner`` (attempt 1, its STARTED envelope as entity
+    sequence number 1), with its edge from its parent: three statements, no re-read."""
+    try:
+        conn.execute(
+            f"INSERT INTO entities ({ENTITY_COLUMNS}) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?, ?, 1)",
+            (
+                new.id,
+                new.parent_id,
+                new.name,
+                new.type,
+                new.general_type,
+                EntityStatus.IN_PROGRESS.value,
+                data,
+                owner,
+                expires,
+                new.created_at,
+                now,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise DuplicateEntityError(f"the entity id {new.id!r} is taken") from exc
+    if new.parent_id is not None:
+        conn.execute(
+            "INSERT INTO edges (from_id, to_id, type, position, data, created_at)"
+            " VALUES (?, ?, ?, (SELECT coalesce(max(position), 0) + 1 FROM edges"
+            " WHERE from_id = ? AND type = ?), ?, ?)",
+            (
+                new.parent_id,
+                new.id,
+                new.edge_type,
+                new.parent_id,
+                new.edge_type,
+                edge_data,
+                new.created_at,
+            ),
+        )
+    conn.execute(
+        "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, 1, ?, ?)",
+        (new.id, now, body),
+    )
+    return EntityRecord(
+        id=new.id,
+        parent_id=new.parent_id,
+        name=new.name,
+        type=new.type,
+        general_type=new.general_type,
+        status=EntityStatus.IN_PROGRESS,
+        data=json.loads(data),
+        result=None,
+        error=None,
+        attempt=1,
+        lease_owner=owner,
+        lease_expires=expires,
+        created_at=new.created_at,
+        modified_at=now,
+        last_entity_seq=1,
+    )
+
+
+def bump_seq(conn: sqlite3.Connection, entity_id: str, owner: str, count: int, what: str) -> int:
+    """Reserve ``count`` entity sequence numbers for a fenced write; returns the last one.
+    Raises (through :func:`fence`) if ``owner`` does not hold the lease."""
+    row = conn.execute(
+        "UPDATE entities SET last_entity_seq = last_entity_seq + ?"
+        " WHERE id = ? AND lease_owner = ? RETURNING last_entity_seq",
+        (count, entity_id, owner),
+    ).fetchone()
+    if row is None:
+        fence(conn, entity_id, owner, what)  # raises: not found, or the lease is lost
+        raise AssertionError("unreachable")  # pragma: no cover
+    return int(row[0])
+
+
+def insert_envelopes(
+    conn: sqlite3.Connection, entity_id: str, last: int, ts: float, bodies: Sequence[str]
+) -> list[int]:
+    """Insert ``bodies`` numbered up to ``last`` (reserved by :func:`bump_seq`)."""
+    seqs = []
+    first = last - len(bodies) + 1
+    for offset, body in enumerate(bodies):
+        cursor = conn.execute(
+            "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)",
+            (entity_id, first + offset, ts, body),
+        )
+        assert cursor.lastrowid is not None
+        seqs.append(cursor.lastrowid)
+    return seqs
+
+
+def create_entity(
+    conn: sqlite3.Connection, new: NewEntity, data: str, edge_data: str, strict: bool
+) -> tuple[EntityRecord, bool]:
+    if new.parent_id is not None:
+        parent = conn.execute("SELECT 1 FROM entities WHERE id = ?", (new.parent_id,)).fetchone()
+        if parent is None:
+            raise EntityNotFoundError(
+                f"no entity has the id {new.parent_id!r} (the parent of {new.name!r})"
+            )
+    existing = find_entity(conn, new.parent_id, new.name)
+    if existing is not None:
+        if strict:
+            where = "among the roots" if new.parent_id is None else f"under {new.parent_id!r}"
+            raise DuplicateEntityError(
+                f"an entity called {new.name!r} exists {where} already ({existing.id})"
+            )
+        return existing, False
+    if conn.execute("SELECT 1 FROM entities WHERE id = ?", (new.id,)).fetchone() is not None:
+        raise DuplicateEntityError(f"the entity id {new.id!r} is taken")
+    conn.execute(
+        f"INSERT INTO entities ({ENTITY_COLUMNS}) VALUES"
+        " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, 0)",
+        (
+            new.id,
+            new.parent_id,
+            new.name,
+            new.type,
+            new.general_type,
+            EntityStatus.PENDING.value,
+            data,
+            new.created_at,
+            new.created_at,
+        ),
+    )
+    if new.parent_id is not None:
+        add_edge(conn, new.parent_id, new.id, new.edge_type, now=new.created_at, data=edge_data)
+    return require_entity(conn, new.id), True
+
+
+def get_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRecord | None:
+    row = conn.execute(SELECT_WAIT, (entity_id, index)).fetchone()
+    if row is None:
+        return None
+    (wait_entity, idx, kind, prompt, data, deadline, state, created_at, *message) = row
+    return WaitRecord(
+        entity_id=wait_entity,
+        index=idx,
+        kind=WaitKind(kind),
+        prompt=prompt,
+        data=json.loads(data),
+        deadline=deadline,
+        state=WaitState(state),
+        message=None if message[0] is None else message_from_row(message),
+        created_at=created_at,
+    )
+
+
+def require_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRecord:
+    wait = get_wait(conn, entity_id, index)
+    if wait is None:
+        raise EntityNotFoundError(f"entity {entity_id!r} has no wait {index}")
+    return wait
+
+
+# -- schema ------------------------------------------------------------------------------------
