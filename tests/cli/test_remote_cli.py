@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -176,3 +177,59 @@ def test_serve_shuts_down_cleanly_on_a_signal(tmp_path: Path, signum: int) -> No
     code, err = stop(served, signum)
     assert code == 0, err
     assert f"{signal.Signals(signum).name}: shutting down" in err
+
+
+def _handshake_status(url: str, origin: str | None) -> int:
+    """The HTTP status a WebSocket handshake with this Origin gets (a real socket)."""
+    host, _, port = url.removeprefix("ws://").rpartition(":")
+    request = (
+        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        + (f"Origin: {origin}\r\n" if origin is not None else "")
+        + "\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request.encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+    return int(head.split()[1])
+
+
+def test_serve_allow_origin(tmp_path: Path) -> None:
+    served = serve(
+        tmp_path / "store.db",
+        *("--allow-origin", "https://app.example.com"),
+        *("--allow-origin", "HTTP://LOCALHOST:3000"),
+    )
+    try:
+        assert _handshake_status(served.url, "https://app.example.com") == 101
+        assert _handshake_status(served.url, "http://localhost:3000") == 101
+        assert _handshake_status(served.url, None) == 101
+        assert _handshake_status(served.url, served.url.replace("ws:", "http:")) == 101
+        assert _handshake_status(served.url, "https://evil.example") == 403
+        assert _handshake_status(served.url, "null") == 403
+    finally:
+        code, err = stop(served)
+    assert code == 0, err
+    # Without the option only the server's own pages (and programs) connect.
+    served = serve(tmp_path / "store.db")
+    try:
+        assert _handshake_status(served.url, "https://app.example.com") == 403
+        assert _handshake_status(served.url, served.url.replace("ws:", "http:")) == 101
+    finally:
+        code, err = stop(served)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("origin", ["https://app.example.com/", "app.example.com", "null", ""])
+def test_serve_refuses_a_malformed_origin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], origin: str
+) -> None:
+    argv = ["serve", "--app", "tests.cli.remote_app:app", "--db", str(tmp_path / "x.db")]
+    assert main([*argv, "--allow-origin", origin]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-origin" in err
+    assert "origin" in err

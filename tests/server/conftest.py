@@ -119,15 +119,22 @@ async def serving(
     port: int = 0,
     grace: float = 5.0,
     poll_interval: float = 0.05,
+    allow_origins: list[str] | None = None,
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[Served]:
-    """A runtime on ``path`` and a server for it listening on 127.0.0.1 (``port``, by default
-    an ephemeral one); shut down on exit."""
+    """A runtime on ``path`` and a server for it listening on ``host`` (127.0.0.1) and
+    ``port`` (by default an ephemeral one); shut down on exit."""
     async with open_runtime(path, TYPES, poll_interval=poll_interval) as runtime:
         server = RuntimeServer(
-            runtime, make_app() if app is None else app, state=state, token=token, limits=limits
+            runtime,
+            make_app() if app is None else app,
+            state=state,
+            token=token,
+            limits=limits,
+            allow_origins=allow_origins,
         )
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(partial(server.run, "127.0.0.1", port, grace=grace))
+            address = await nursery.start(partial(server.run, host, port, grace=grace))
             try:
                 yield Served(runtime, server, address.url, path)
             finally:

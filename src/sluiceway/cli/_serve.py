@@ -1,6 +1,7 @@
 """``sluiceway serve``: serve an application's runtime over WebSockets.
 
-``sluiceway serve --app MODULE:OBJECT --db PATH [--host 127.0.0.1] [--port 8765] [--token T]``
+``sluiceway serve --app MODULE:OBJECT --db PATH [--host 127.0.0.1] [--port 8765] [--token T]
+[--allow-origin ORIGIN]...``
 opens the runtime on the SQLite store, enters the application's lifespan and serves until
 Ctrl-C or SIGTERM. Then it stops taking connections and work, lets the runs it started finish
 for ``--grace`` seconds and stops the others cleanly: their leases are given back and nothing
@@ -18,12 +19,14 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import Sequence
 
 import trio
 
 from .._errors import SluicewayError
 from ..entities import open_runtime
 from ..server import Application, RuntimeServer, ServerLimits, load_app
+from ..server._origin import check_origin
 from ._graph import ENV_VAR
 
 #: The default port of ``serve`` and the default URL of the client commands.
@@ -83,8 +86,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=ServerLimits().queue_frames,
         help="frames queued per connection before its subscriptions wait for it to read",
     )
+    serve.add_argument(
+        "--allow-origin",
+        dest="allow_origins",
+        action="append",
+        type=_origin,
+        metavar="ORIGIN",
+        help="let browser pages of this origin connect (e.g. https://app.example.com; '*': "
+        "every origin); repeatable. Programs, and pages of the server's own address, need none",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log the server's events")
     serve.set_defaults(handler=functools.partial(_main, parser=serve))
+
+
+def _origin(value: str) -> str:
+    try:
+        return check_origin(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
@@ -122,6 +141,7 @@ def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
                 grace=args.grace,
                 lease_seconds=args.lease_seconds,
                 limits=limits,
+                allow_origins=args.allow_origins,
             )
         )
     except (SluicewayError, OSError, CommandError) as exc:
@@ -140,6 +160,7 @@ async def serve(
     grace: float,
     lease_seconds: float,
     limits: ServerLimits,
+    allow_origins: Sequence[str] | None = None,
 ) -> None:
     """Serve ``app`` on the store ``db`` until SIGINT or SIGTERM, then shut down."""
     async with (
@@ -147,7 +168,9 @@ async def serve(
         app.running(runtime) as state,
         trio.open_nursery() as nursery,
     ):
-        server = RuntimeServer(runtime, app, state=state, token=token, limits=limits)
+        server = RuntimeServer(
+            runtime, app, state=state, token=token, limits=limits, allow_origins=allow_origins
+        )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             try:
                 address = await nursery.start(

@@ -6,7 +6,7 @@ import collections
 import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ from .._util import open_owned_nursery
 from ..entities import EntityEnvelope, Runtime
 from ..store import EntityRecord, EntityStatus
 from ._app import Application, EndpointContext, EndpointError
+from ._origin import OriginPolicy
 from ._protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_SLOW_CONSUMER,
@@ -156,6 +157,11 @@ class RuntimeServer:
     the server's own nursery, so a client that disconnects does not stop them. At start and
     then every ``recover_every`` seconds, abandoned runs are recovered, so a server restarted
     after a crash resumes its work by itself.
+
+    A browser page may connect only from the server's own origin or from one of
+    ``allow_origins`` (full origins such as ``"https://app.example.com"``, or ``"*"`` for
+    every origin); clients that send no ``Origin`` header (programs) are not concerned. See
+    ``docs/protocol.rst`` for the exact rule.
     """
 
     def __init__(
@@ -167,9 +173,14 @@ class RuntimeServer:
         token: str | None = None,
         limits: ServerLimits | None = None,
         recover_every: float | None = None,
+        allow_origins: Iterable[str] | None = None,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string (or None for no authentication)")
+        self._origins = OriginPolicy.of(allow_origins)
+        #: The origins whose pages may connect besides the server's own, normalised
+        #: (``"*"``: every origin).
+        self.allow_origins = self._origins.origins
         self.runtime = runtime
         self.app = app
         self.state = state
@@ -352,7 +363,7 @@ class RuntimeServer:
                     )
                 try:
                     if request is not None:
-                        await self._handle(request)
+                        await self._handle(request, peer)
                 finally:
                     nursery.cancel_scope.cancel()  # the connection's reader
         except Exception:  # one connection's failure never stops the server
@@ -360,11 +371,29 @@ class RuntimeServer:
         finally:
             await stream.aclose()
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, request: WebSocketRequest, peer: str) -> None:
         with contextlib.suppress(ConnectionClosed):  # the client left during the handshake
-            await self._serve_connection(request)
+            await self._serve_connection(request, peer)
 
-    async def _serve_connection(self, request: WebSocketRequest) -> None:
+    async def _serve_connection(self, request: WebSocketRequest, peer: str) -> None:
+        # The Origin first: a page of another site learns nothing, not even whether the server
+        # is stopping or wants a token.
+        origins = [v.decode("latin-1") for k, v in request.headers if k.lower() == b"origin"]
+        host: str | None = getattr(getattr(request, "_event", None), "host", None)
+        listening = None if self.address is None else self.address.host
+        if not self._origins.allows(origins, host, listening):
+            log.warning(
+                "refused a connection from %s: its Origin %s is not allowed (Host %s)",
+                peer,
+                ", ".join(repr(origin[:200]) for origin in origins),
+                repr(host),
+            )
+            await request.reject(
+                403,
+                extra_headers=[(b"content-type", b"application/json")],
+                body=_FORBIDDEN_ORIGIN,
+            )
+            return
         if not self._accepting:
             await request.reject(
                 503,
@@ -454,6 +483,10 @@ def _peer(stream: trio.SocketStream) -> str:
 
 _SHUTTING_DOWN = b'{"error":{"code":"shutting_down","message":"the server is shutting down"}}'
 _UNAUTHORIZED = b'{"error":{"code":"unauthorized","message":"a valid bearer token is required"}}'
+_FORBIDDEN_ORIGIN = (
+    b'{"error":{"code":"forbidden_origin","message":"pages of this origin may not connect '
+    b'to this server (see its allow_origins, --allow-origin)"}}'
+)
 
 
 def _authorized(request: WebSocketRequest, token: str) -> bool:
