@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import logging
 import signal
 import sqlite3
@@ -611,3 +613,177 @@ async def test_quiet_by_default(
         assert (await client.post("/send/email", json=email())).status_code == 202
         await client.get("/nope")
     assert caplog.records == []
+
+
+# -- text and numbers that cannot be stored or sent ----------------------------------------------
+
+ATTACHMENT = {"name": "a.txt", "contentType": "text/plain", "contentBase64": "aGk="}
+
+
+async def post_json_text(client: httpx.AsyncClient, text: str) -> httpx.Response:
+    """POST a JSON body written by hand (httpx's ``json=`` cannot carry a lone surrogate)."""
+    return await client.post(
+        "/send/email", content=text.encode(), headers={"content-type": "application/json"}
+    )
+
+
+def sends_in_file(db: Path) -> int:
+    """The rows of the service's ``sends`` table, read from the SQLite file itself."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (count,) = conn.execute("SELECT COUNT(*) FROM sends").fetchone()
+    return int(count)
+
+
+#: (case, body, the field named in the 400): a lone surrogate in every string field.
+SURROGATES: list[tuple[str, dict[str, Any], str]] = [
+    ("key", email("campaign-\ud800"), "idempotencyKey"),
+    ("subject", email(subject="Hello \udfff"), "subject"),
+    ("html", email(html="<p>\ud800</p>"), "html"),
+    ("text", email(text="plain \udc00"), "text"),
+    ("from", email(**{"from": "actor-\ud800"}), "from"),
+    ("replyTo", email(replyTo="re\ud800@example.com"), "replyTo"),
+    ("to", email(to=["ad\ud800@example.com"]), "to[0]"),
+    ("cc", email(cc=["\udbff@example.com"]), "cc[0]"),
+    ("correlationId", email(correlationId="corr-\ud800"), "correlationId"),
+    (
+        "attachment name",
+        email(attachments=[{**ATTACHMENT, "name": "\ud800.txt"}]),
+        "attachments[0].name",
+    ),
+    (
+        "attachment type",
+        email(attachments=[{**ATTACHMENT, "contentType": "text/plain; x=\ud800"}]),
+        "attachments[0].contentType",
+    ),
+    ("metadata value", email(metadata={"campaign_id": "c\ud800"}), "metadata.campaign_id"),
+    ("metadata key", email(metadata={"c\ud800": "c1"}), 'metadata["c\\ud800"]'),
+    (
+        "nested metadata",
+        email(metadata={"tags": ["ok", {"deep": ["\udfff"]}]}),
+        "metadata.tags[1].deep[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"), [c[1:] for c in SURROGATES], ids=[c[0] for c in SURROGATES]
+)
+async def test_a_lone_surrogate_is_400_and_nothing_is_stored(
+    client: httpx.AsyncClient, db: Path, body: dict[str, Any], field: str
+) -> None:
+    # The check comes before the provider: with the channel disabled, still 400 (not 422).
+    await set_faults(client, channel_enabled=False)
+    response = await post_json_text(client, json.dumps(body))
+    error = error_of(response, 400, "VALIDATION_ERROR")
+    assert field in [detail["field"] for detail in error["details"]], error
+    assert "surrogate" in response.text
+    await set_faults(client, channel_enabled=True)
+    again = await post_json_text(client, json.dumps(body))  # the same on a retry
+    error_of(again, 400, "VALIDATION_ERROR")
+    assert await stats(client) == {
+        "sends": 0,
+        "requests": 2,
+        "repeats": 0,
+        "failures": 2,
+        "inFlight": 0,
+    }
+    assert sends_in_file(db) == 0
+    # The key was not taken: the same key with valid text is sent.
+    fixed = email(body.get("idempotencyKey", "k").replace("\ud800", "x"))
+    assert (await client.post("/send/email", json=fixed)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("number", "where"),
+    [
+        ("1e999", '{"amount": NUMBER}'),
+        ("-1e999", '{"amount": NUMBER}'),
+        ("1E400", '{"amounts": [1, 2.5, NUMBER]}'),
+        ("9" * 400 + ".0", '{"x": {"y": NUMBER}}'),
+    ],
+)
+async def test_a_number_too_large_for_a_double_is_400(
+    client: httpx.AsyncClient, db: Path, number: str, where: str
+) -> None:
+    """JSON has no Infinity: a number beyond a double's range would be stored as one, and the
+    stored JSON would no longer be JSON."""
+    text = json.dumps(email(metadata={"m": 0})).replace('{"m": 0}', where.replace("NUMBER", number))
+    response = await post_json_text(client, text)
+    error = error_of(response, 400, "VALIDATION_ERROR")
+    assert error["details"][0]["field"].startswith("metadata.")
+    assert "finite" in error["details"][0]["message"]
+    assert sends_in_file(db) == 0
+    # The largest double is fine, and what is stored is JSON.
+    sent = await post_json_text(client, text.replace(number, "1.7976931348623157e308"))
+    assert sent.status_code == 202, sent.text
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (message,) = conn.execute("SELECT message FROM sends").fetchone()
+    assert "1.7976931348623157e+308" in message
+    json.loads(message, parse_constant=lambda name: pytest.fail(f"{name} stored"))
+
+
+#: (case, body, the field named in the 400): line breaks in fields that end up in headers.
+HEADER_INJECTIONS: list[tuple[str, dict[str, Any], str]] = [
+    ("subject CRLF", email(subject="Hi\r\nBcc: victim@example.com"), "subject"),
+    ("subject LF", email(subject="Hi\nthere"), "subject"),
+    ("subject CR", email(subject="Hi\rthere"), "subject"),
+    ("subject NUL", email(subject="Hi\x00"), "subject"),
+    ("subject line separator", email(subject="Hi\u2028there"), "subject"),
+    ("subject NEL", email(subject="Hi\x85there"), "subject"),
+    ("from", email(**{"from": "actor\r\nX-Injected: 1"}), "from"),
+    ("replyTo", email(replyTo="re@example.com\r\nBcc: v@example.com"), "replyTo"),
+    ("to", email(to=["ada@example.com\nBcc: v@example.com"]), "to[0]"),
+    ("key", email("campaign\r\n1"), "idempotencyKey"),
+    ("correlationId", email(correlationId="c\n1"), "correlationId"),
+    (
+        "attachment name",
+        email(attachments=[{**ATTACHMENT, "name": "a.txt\r\nContent-Type: text/html"}]),
+        "attachments[0].name",
+    ),
+    (
+        "attachment type",
+        email(attachments=[{**ATTACHMENT, "contentType": "text/plain\r\nX: 1"}]),
+        "attachments[0].contentType",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"), [c[1:] for c in HEADER_INJECTIONS], ids=[c[0] for c in HEADER_INJECTIONS]
+)
+async def test_line_breaks_in_header_fields_are_400(
+    client: httpx.AsyncClient, db: Path, body: dict[str, Any], field: str
+) -> None:
+    response = await post_json_text(client, json.dumps(body))
+    error = error_of(response, 400, "VALIDATION_ERROR")
+    assert field in [detail["field"] for detail in error["details"]], error
+    assert sends_in_file(db) == 0
+
+
+async def test_line_breaks_and_tabs_where_they_belong_are_fine(client: httpx.AsyncClient) -> None:
+    body = email(
+        subject="Hello\tAda",
+        html="<p>\r\n  Hi\r\n</p>",
+        text="Hi,\n\nsee you\u2028soon",
+        metadata={"note": "line one\nline two", "ratio": 0.5, "big": 10**30},
+    )
+    response = await post_json_text(client, json.dumps(body))
+    assert response.status_code == 202, response.text
+    stored = await client.get(f"/notifications/{response.json()['id']}")
+    assert stored.status_code == 200
+
+
+async def test_fault_settings_refuse_text_that_cannot_be_sent(client: httpx.AsyncClient) -> None:
+    before = (await client.get("/admin/faults")).json()
+    for text, field in [
+        ('{"fail_code": "BAD\\ud800"}', "fail_code"),
+        ('{"fail_code": "BAD\\r\\nX: 1"}', "fail_code"),
+        ('{"fail_recipients": ["ok@example.com", "\\udfff@example.com"]}', "fail_recipients[1]"),
+        ('{"latency": 1e999}', "latency"),
+    ]:
+        response = await client.post(
+            "/admin/faults", content=text.encode(), headers={"content-type": "application/json"}
+        )
+        error = error_of(response, 400, "VALIDATION_ERROR")
+        assert [detail["field"] for detail in error["details"]] == [field]
+    assert (await client.get("/admin/faults")).json() == before

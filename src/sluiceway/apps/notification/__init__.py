@@ -13,8 +13,15 @@ HTTP contract (JSON in and out; every error is ``{"error": {"code", "message", "
     * **200** the *stored* SendResult for a key already sent, whatever else the body says
       and whatever the faults (concurrent requests with one key make exactly one send);
     * **400** ``VALIDATION_ERROR`` (``details``: ``[{field, message}]``, e.g. ``to[2]``,
-      ``attachments``, ``html|text``) or ``INVALID_JSON``; **415** ``UNSUPPORTED_MEDIA_TYPE``
-      (a content type other than JSON); **413** ``PAYLOAD_TOO_LARGE``;
+      ``attachments``, ``html|text``, ``metadata.tags[1]``) or ``INVALID_JSON``; **415**
+      ``UNSUPPORTED_MEDIA_TYPE`` (a content type other than JSON); **413**
+      ``PAYLOAD_TOO_LARGE``. Besides each field's own rule, ``VALIDATION_ERROR`` answers a
+      lone surrogate (``"\\ud800"``, which UTF-8 cannot carry) in any string, ``metadata``'s
+      keys included; a line break or other control character (tab aside; NEL, U+2028 and
+      U+2029 included) in a field that ends up in a header (``idempotencyKey``, ``subject``,
+      ``from``, ``replyTo``, the addresses, ``correlationId``, attachment names and types);
+      and a number in ``metadata`` beyond a double's range (``1e999``). All are checked before
+      the provider is called: nothing is sent and nothing is stored;
     * **422** ``CHANNEL_DISABLED``; **502** ``INVALID_RECIPIENT`` (``fail_recipients``) or
       the injected ``fail_status``/``fail_code`` (502 ``PROVIDER_ERROR`` by default;
       ``RATE_LIMITED`` adds ``Retry-After``). **A failed attempt is not stored**: a retry with

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ._validation import ValidationFailed
+from ._validation import ValidationFailed, text_problem
 
 #: The provider error codes of the original service (any other non-empty code is accepted too).
 PROVIDER_ERROR_CODES = (
@@ -130,11 +130,20 @@ def faults_changes(body: object) -> dict[str, Any]:
         elif name == "fail_code":
             if not isinstance(value, str) or not 1 <= len(value) <= 64:
                 bad(name, "must be a non-empty string of at most 64 characters")
+            elif (problem := text_problem(value, header=True)) is not None:
+                bad(name, problem)
             else:
                 changes[name] = value
         elif name == "fail_recipients":
             if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
                 bad(name, "must be a list of non-empty strings (addresses or glob patterns)")
+            elif problems := [
+                (i, problem)
+                for i, pattern in enumerate(value)
+                if (problem := text_problem(pattern, header=True)) is not None
+            ]:
+                for index, problem in problems:
+                    bad(f"{name}[{index}]", problem)
             else:
                 changes[name] = tuple(value)
         elif name == "channel_enabled":

@@ -132,6 +132,15 @@ class _Request:
             raise _HTTPError(400, "INVALID_JSON", message) from None
 
 
+def _encode(body: object) -> bytes:
+    """A response body as UTF-8 JSON; text UTF-8 cannot carry (a lone surrogate) is escaped."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
 def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed")
 
@@ -327,7 +336,7 @@ class NotificationService:
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
             response = _HTTPError(500, "INTERNAL_ERROR", "unexpected error (see the log)").response
-        body = json.dumps(response.body, separators=(",", ":"), ensure_ascii=False).encode()
+        body = _encode(response.body)
         header_list = [
             *_JSON_HEADERS,
             (b"content-length", str(len(body)).encode()),
@@ -404,6 +413,13 @@ class NotificationService:
         except ValidationFailed as error:
             raise _validation_error(error) from None
         key = message.idempotency_key
+        summary = message.summary()
+        try:  # what could not be stored is refused before the provider sends anything
+            json.dumps(summary, ensure_ascii=False, allow_nan=False).encode()
+        except ValueError as error:  # UnicodeEncodeError among them
+            raise _HTTPError(
+                400, "VALIDATION_ERROR", f"the message cannot be stored: {error}"
+            ) from None
         async with self._key_locks.hold(key):
             stored = await self._store.repeat(key)
             if stored is not None:
@@ -412,7 +428,7 @@ class NotificationService:
             try:
                 await self._provider_call(message)  # reads the faults before any checkpoint
                 result = _send_result(message)
-                inserted, stored = await self._store.record(key, result, message.summary())
+                inserted, stored = await self._store.record(key, result, summary)
             finally:
                 self._in_flight -= 1
         if not inserted:  # another process sharing the file sent it first

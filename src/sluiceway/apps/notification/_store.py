@@ -165,7 +165,8 @@ def _count(conn: sqlite3.Connection, outcome: str | None = None) -> None:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # Never Infinity or NaN in a stored document: JSON has neither.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _loads(text: str) -> dict[str, Any]:

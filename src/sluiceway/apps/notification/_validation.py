@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +24,20 @@ _EMAIL = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(?:\s*;.*)?")
+#: A lone surrogate: valid in JSON text as an escape (``"\\ud800"``), but no UTF-8 can carry it,
+#: so it can be neither stored nor sent.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What must not reach an email header (where a line break starts a new header): the C0
+#: controls but tab, DEL, the C1 controls (NEL among them) and the Unicode line and paragraph
+#: separators.
+_NOT_IN_HEADERS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: At most this many problems are reported for ``metadata``.
+MAX_METADATA_PROBLEMS = 20
+
+SURROGATE_MESSAGE = (
+    "must not contain a lone surrogate (U+D800 to U+DFFF): such text cannot be encoded as UTF-8"
+)
 
 
 class ValidationFailed(Exception):
@@ -89,6 +105,63 @@ class EmailRequest:
         }
 
 
+def text_problem(value: str, *, header: bool) -> str | None:
+    """What is wrong with a string the service stores (``None``: nothing): a lone surrogate
+    anywhere; in a ``header`` field (one that ends up in an email header: subject, addresses,
+    names, keys), a line break or another control character, which would let the text start
+    a header of its own (header injection)."""
+    if _SURROGATE.search(value):
+        return SURROGATE_MESSAGE
+    if header:
+        found = _NOT_IN_HEADERS.search(value)
+        if found is not None:
+            return (
+                "must not contain line breaks or other control characters "
+                f"(U+{ord(found.group()):04X} at character {found.start()})"
+            )
+    return None
+
+
+def _member(where: str, key: str) -> str:
+    if _IDENTIFIER.fullmatch(key):
+        return f"{where}.{key}"
+    return f"{where}[{json.dumps(key)}]"  # ASCII: a key's own surrogates stay escaped
+
+
+def json_problems(value: object, where: str) -> list[dict[str, str]]:
+    """The lone surrogates (in strings and in keys) and the numbers that are not finite (a
+    literal beyond a double's range, such as ``1e999``, decodes as infinity) in a decoded
+    JSON value, each with its path (``metadata.tags[1]``); iterative, so that any nesting the
+    decoder accepted is walked."""
+    problems: list[dict[str, str]] = []
+    stack: list[tuple[str, object]] = [(where, value)]
+    while stack and len(problems) < MAX_METADATA_PROBLEMS:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                problems.append({"field": path, "message": SURROGATE_MESSAGE})
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                problems.append(
+                    {
+                        "field": path,
+                        "message": "must be a finite number (this one is beyond the range of a "
+                        "double, and JSON has no Infinity)",
+                    }
+                )
+        elif isinstance(item, Mapping):
+            members = []
+            for key, member in item.items():
+                name = _member(path, str(key))
+                if _SURROGATE.search(str(key)):
+                    problems.append({"field": name, "message": "its name " + SURROGATE_MESSAGE})
+                members.append((name, member))
+            stack.extend(reversed(members))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{path}[{i}]", member) for i, member in enumerate(item)]))
+    return problems
+
+
 class _Checker:
     def __init__(self, body: Mapping[str, Any]) -> None:
         self.body = body
@@ -98,7 +171,13 @@ class _Checker:
         self.details.append({"field": field, "message": message})
 
     def string(
-        self, field: str, *, required: bool = False, min_length: int = 0, max_length: int
+        self,
+        field: str,
+        *,
+        required: bool = False,
+        min_length: int = 0,
+        max_length: int,
+        header: bool = False,
     ) -> str | None:
         value = self.body.get(field)
         if value is None:
@@ -107,6 +186,10 @@ class _Checker:
             return None
         if not isinstance(value, str):
             self.bad(field, "must be a string")
+            return None
+        problem = text_problem(value, header=header)
+        if problem is not None:
+            self.bad(field, problem)
             return None
         if not min_length <= len(value) <= max_length:
             if min_length:
@@ -133,7 +216,11 @@ class _Checker:
             return ()
         good = True
         for index, item in enumerate(value):
-            if not isinstance(item, str) or not is_email(item):
+            problem = text_problem(item, header=True) if isinstance(item, str) else None
+            if problem is not None:
+                self.bad(f"{field}[{index}]", problem)
+                good = False
+            elif not isinstance(item, str) or not is_email(item):
                 self.bad(f"{field}[{index}]", "must be an email address")
                 good = False
         return tuple(value) if good else ()
@@ -158,9 +245,17 @@ class _Checker:
             content_type = item.get("contentType")
             content = item.get("contentBase64")
             size = -1
-            if not isinstance(name, str) or not 1 <= len(name) <= MAX_SHORT_STRING:
+            name_problem = text_problem(name, header=True) if isinstance(name, str) else None
+            type_problem = (
+                text_problem(content_type, header=True) if isinstance(content_type, str) else None
+            )
+            if name_problem is not None:
+                self.bad(f"{where}.name", name_problem)
+            elif not isinstance(name, str) or not 1 <= len(name) <= MAX_SHORT_STRING:
                 self.bad(f"{where}.name", "must be a non-empty string")
-            if not isinstance(content_type, str) or not _MEDIA_TYPE.fullmatch(content_type):
+            if type_problem is not None:
+                self.bad(f"{where}.contentType", type_problem)
+            elif not isinstance(content_type, str) or not _MEDIA_TYPE.fullmatch(content_type):
                 self.bad(f"{where}.contentType", "must be a media type such as text/plain")
             if not isinstance(content, str):
                 self.bad(f"{where}.contentBase64", "must be a base64 string")
@@ -170,7 +265,9 @@ class _Checker:
                 except (binascii.Error, ValueError):
                     self.bad(f"{where}.contentBase64", "is not valid base64")
             if (
-                isinstance(name, str)
+                name_problem is None
+                and type_problem is None
+                and isinstance(name, str)
                 and isinstance(content_type, str)
                 and isinstance(content, str)
                 and size >= 0
@@ -184,13 +281,21 @@ def parse_email_request(body: object) -> EmailRequest:
 
     Unknown fields are ignored. ``from`` is any non-empty string (seed 000 sends the actor id
     there), ``replyTo`` an email address, ``to`` 1 to 50 addresses, ``cc``/``bcc`` up to 50.
+    No string may hold a lone surrogate, and none that ends up in a header (the key,
+    ``subject``, ``from``, ``replyTo``, the addresses, ``correlationId``, attachment names and
+    types) a line break or other control character; ``metadata`` may hold any JSON but lone
+    surrogates (in keys too) and numbers beyond a double's range.
     """
     if not isinstance(body, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
     check = _Checker(body)
-    key = check.string("idempotencyKey", required=True, min_length=1, max_length=MAX_KEY_LENGTH)
+    key = check.string(
+        "idempotencyKey", required=True, min_length=1, max_length=MAX_KEY_LENGTH, header=True
+    )
     to = check.addresses("to", required=True)
-    subject = check.string("subject", required=True, min_length=1, max_length=MAX_SUBJECT_LENGTH)
+    subject = check.string(
+        "subject", required=True, min_length=1, max_length=MAX_SUBJECT_LENGTH, header=True
+    )
     html = check.string("html", max_length=2**31)
     text = check.string("text", max_length=2**31)
     raw = (body.get("html"), body.get("text"))
@@ -198,17 +303,21 @@ def parse_email_request(body: object) -> EmailRequest:
         check.bad("html|text", "at least one of html or text is required")
     elif not html and not text and all(v is None or isinstance(v, str) for v in raw):
         check.bad("html|text", "at least one of html or text must be non-empty")
-    sender = check.string("from", min_length=1, max_length=MAX_SHORT_STRING)
-    reply_to = check.string("replyTo", min_length=1, max_length=MAX_SHORT_STRING)
+    sender = check.string("from", min_length=1, max_length=MAX_SHORT_STRING, header=True)
+    reply_to = check.string("replyTo", min_length=1, max_length=MAX_SHORT_STRING, header=True)
     if reply_to is not None and not is_email(reply_to):
         check.bad("replyTo", "must be an email address")
     cc = check.addresses("cc")
     bcc = check.addresses("bcc")
     attachments = check.attachments()
-    correlation_id = check.string("correlationId", min_length=1, max_length=MAX_KEY_LENGTH)
+    correlation_id = check.string(
+        "correlationId", min_length=1, max_length=MAX_KEY_LENGTH, header=True
+    )
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         check.bad("metadata", "must be an object")
+    elif metadata is not None:
+        check.details.extend(json_problems(metadata, "metadata"))
     if check.details:
         raise ValidationFailed(check.details)
     assert key is not None
