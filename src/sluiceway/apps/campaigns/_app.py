@@ -27,7 +27,13 @@ from ._entities import (
     EmailTemplate,
     now_iso,
 )
-from ._personalize import FIELDS, Personalizer, TemplatePersonalizer, unknown_placeholders
+from ._personalize import (
+    FIELDS,
+    Personalizer,
+    TemplatePersonalizer,
+    malformed_placeholders,
+    unknown_placeholders,
+)
 
 # -- request bodies ------------------------------------------------------------------------------
 
@@ -221,15 +227,20 @@ async def _contacts(ctx: EndpointContext) -> list[dict[str, Any]]:
 
 async def create_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``templates/create``: ``{name, subject_template, body_html}`` → ``{template_id, status:
-    "draft"}``. Errors: ``invalid_template`` (empty parts, a placeholder that names no contact
-    field), ``template_exists``."""
+    "draft"}``. Errors: ``invalid_template`` (empty parts, unbalanced or malformed
+    placeholders, saying where; a placeholder that names no contact field),
+    ``template_exists``."""
     new = _structure(body, NewTemplate, "templates/create")
     problems = [
         f"{f}: must not be empty"
         for f in ("name", "subject_template", "body_html")
         if not getattr(new, f).strip()
     ]
-    unknown = unknown_placeholders(new.subject_template + new.body_html)
+    for part in ("subject_template", "body_html"):  # each alone: a placeholder is in one
+        problems.extend(malformed_placeholders(part, getattr(new, part)))
+    unknown = sorted(
+        {*unknown_placeholders(new.subject_template), *unknown_placeholders(new.body_html)}
+    )
     if unknown:
         problems.append(f"unknown placeholders {unknown}; the fields are {list(FIELDS)}")
     if problems:

@@ -66,6 +66,62 @@ def unknown_placeholders(text: str) -> list[str]:
     return sorted({name for name in PLACEHOLDER.findall(text) if name not in FIELDS})
 
 
+def _where(text: str, position: int) -> str:
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def malformed_placeholders(field: str, text: str) -> list[str]:
+    """What is wrong with the placeholders of one part of a template (``field`` is its name,
+    which starts each line), or ``[]``: a ``{{`` never closed by ``}}``, a ``}}`` that closes
+    no ``{{``, an empty ``{{ }}``, braces inside a placeholder (nesting, ``{{{ x }}}``), and a
+    placeholder that is not ``{{ name }}`` (``{{ first name }}``, ``{{ x | upper }}``). Each
+    says where, by line and column (from 1). Single braces outside placeholders (CSS) are
+    text. A placeholder naming no contact field is :func:`unknown_placeholders`' concern."""
+    problems = []
+    at = 0
+    while True:
+        opening = text.find("{{", at)
+        closing = text.find("}}", at)
+        if closing >= 0 and (opening < 0 or closing < opening):
+            problems.append(f"{field}: '}}}}' at {_where(text, closing)} closes no '{{{{'")
+            at = closing + 2
+            continue
+        if opening < 0:
+            return problems
+        end = text.find("}}", opening + 2)
+        if end < 0:
+            problems.append(f"{field}: '{{{{' at {_where(text, opening)} is never closed by '}}}}'")
+            return problems
+        inner = text[opening + 2 : end]
+        placeholder = text[opening : end + 2]
+        at = end + 2
+        if "{{" in inner:
+            problems.append(
+                f"{field}: a placeholder inside the placeholder at {_where(text, opening)}: "
+                "placeholders do not nest"
+            )
+            outer = text.find("}}", at)  # the outer placeholder's end, if it has one
+            at = at if outer < 0 else outer + 2
+        elif "{" in inner or "}" in inner:
+            problems.append(
+                f"{field}: a brace inside the placeholder {_shown(placeholder)} at "
+                f"{_where(text, opening)}: a placeholder is '{{{{ name }}}}'"
+            )
+        elif not inner.strip():
+            problems.append(f"{field}: empty placeholder at {_where(text, opening)}")
+        elif PLACEHOLDER.fullmatch(placeholder) is None:
+            problems.append(
+                f"{field}: malformed placeholder {_shown(placeholder)} at "
+                f"{_where(text, opening)}: a placeholder is '{{{{ name }}}}', one of {list(FIELDS)}"
+            )
+
+
 def fill(text: str, values: dict[str, str], *, escape: bool) -> str:
     """``text`` with each ``{{ field }}`` replaced by its value (HTML-escaped if ``escape``)."""
 
