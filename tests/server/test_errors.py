@@ -334,6 +334,35 @@ async def test_text_that_utf8_cannot_carry(served: Served) -> None:
             assert await call(ws, "ping", 4) == {"pong": True}
 
 
+SURROGATE_REQUESTS = [
+    '{"v": 1, "id": 1, "op": "create", "type": "Leaf", "name": "\\ud800", "data": {"value": 1}}',
+    '{"v": 1, "id": 1, "op": "create", "type": "Leaf", "data": {"value": "\\udfff"}}',
+    '{"v": 1, "id": 1, "op": "create", "type": "Leaf", "data": {"\\ud800": 1}}',
+    '{"v": 1, "id": 1, "op": "create", "type": "\\ud800"}',
+    '{"v": 1, "id": 1, "op": "start", "entity_id": "\\ud800"}',
+    '{"v": 1, "id": 1, "op": "subscribe", "entity_id": "x\\udc00"}',
+    '{"v": 1, "id": 1, "op": "cancel", "entity_id": "\\ud800"}',
+    '{"v": 1, "id": 1, "op": "tree", "entity_id": "\\ud800"}',
+    '{"v": 1, "id": 1, "op": "send_message", "entity_id": "\\ud800", "message": "hi"}',
+]
+
+
+@pytest.mark.parametrize("text", SURROGATE_REQUESTS)
+async def test_lone_surrogates_in_entity_names_and_data_get_structured_errors(
+    served: Served, text: str
+) -> None:
+    """Text UTF-8 cannot carry, where the store would keep it: a structured error (never
+    internal_error), and the connection and the server go on."""
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(served.url) as ws:
+            await hello(ws)
+            body = await error(ws, text, 1)
+            assert body["code"] in ("invalid_request", "not_found", "unknown_type"), body
+            assert await call(ws, "ping", 2) == {"pong": True}
+            leaf = await call(ws, "create", 3, type="Leaf", data={"value": 1})
+            assert (await call(ws, "get", 4, entity_id=leaf["id"]))["data"] == {"value": 1}
+
+
 async def test_clients_leaving_mid_stream_do_not_hurt_the_server(served: Served) -> None:
     """Clients that subscribe to a busy run and leave at once, mid-stream, one after the
     other: the server goes on serving the others."""
