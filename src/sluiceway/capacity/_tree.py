@@ -758,7 +758,13 @@ def open_demand(node: Node, owner: DemandOwner, *, validated: bool) -> Demand:
     """Queue a runner's standing request at ``node`` and dispatch (it may be granted at once)."""
     demand = Demand(node, owner, validated=validated)
     enqueue(demand)
-    dispatch(node.tree)
+    try:
+        dispatch(node.tree)
+    except BaseException:
+        # The owner never got the demand (a grant callback raised): withdraw it, or it would
+        # stay queued for good, holding back the requests behind it.
+        dequeue(demand)
+        raise
     return demand
 
 

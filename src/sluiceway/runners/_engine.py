@@ -473,24 +473,34 @@ class Run:
         if self.head_since is not None:
             waited = self.now() - self.head_since
             self.head_since = None
-        if self.due:
-            self.ready.append((self.due.popleft(), cost, waited, None))
-        elif self.sync_iterable is not None:
-            # A synchronous iterable is advanced in the same step as the grant, like a peek.
-            try:
-                item = self.sync_iterable.produce_nowait()
-            except Exception:  # its end, or its failure (delivered through EnvelopeChannel.end)
-                _tree.refund(self.node, cost)
-                self._maybe_finish()
-                return
-            self.ready.append((item, cost, waited, None))
-        elif self.lazy:
-            self.unproduced.append((cost, waited))
-        elif self.graph is not None:
-            key, item = self.graph.take_keyed()
-            self.ready.append((item, cost, waited, key))
-        else:
-            self.ready.append((self.source.take(), cost, waited, None))
+        # ``cost`` is already taken at every level: until the task is queued, anything that
+        # goes wrong (the source's end or failure, a KeyboardInterrupt raised by a synchronous
+        # iterable, any other BaseException) must give it back, or it leaks at every level.
+        queued = False
+        try:
+            if self.due:
+                self.ready.append((self.due.popleft(), cost, waited, None))
+            elif self.sync_iterable is not None:
+                # A synchronous iterable is advanced in the same step as the grant, like a peek.
+                try:
+                    item = self.sync_iterable.produce_nowait()
+                except Exception:  # its end, or its failure (delivered via EnvelopeChannel.end)
+                    queued = True  # refunded here, not below
+                    _tree.refund(self.node, cost)
+                    self._maybe_finish()
+                    return
+                self.ready.append((item, cost, waited, None))
+            elif self.lazy:
+                self.unproduced.append((cost, waited))
+            elif self.graph is not None:
+                key, item = self.graph.take_keyed()
+                self.ready.append((item, cost, waited, key))
+            else:
+                self.ready.append((self.source.take(), cost, waited, None))
+            queued = True
+        finally:
+            if not queued:
+                _tree.refund(self.node, cost)  # then the BaseException goes on
         self._work_available()
 
     def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:

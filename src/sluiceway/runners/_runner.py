@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Literal
 
+import trio
 from typing_extensions import TypeVar
 
 from .._metrics import MetricsCollector
-from .._util import aclose_after, open_owned_nursery, type_name
+from .._util import aclose_after, raise_single, type_name
 from ..capacity import BaseCapacity, ResourceCapacitySource
 from ..capacity._amounts import Vector
 from ..sources import PeekableSource, as_task_source
@@ -38,6 +39,38 @@ def positive_seconds(value: object, what: str) -> float | None:
     if not 0 < value < math.inf:
         raise ValueError(f"{what} must be a positive, finite number of seconds (> 0), got {value}")
     return float(value)
+
+
+@asynccontextmanager
+async def open_run_nursery() -> AsyncIterator[trio.Nursery]:
+    """The nursery of a run: its single error escapes bare, and an exception that reached it
+    through two paths counts once.
+
+    An iterable that raises a ``BaseException`` (``KeyboardInterrupt``, ...) ends its source with
+    it, so the consumer receives it from the envelope channel, and it also propagates from where
+    the iterable was advanced (a worker of the run): the same object, which must not become a
+    group of two.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        raise_single(_without_repeats(group))
+
+
+def _without_repeats(group: BaseExceptionGroup[BaseException]) -> BaseExceptionGroup[BaseException]:
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    unique = list({id(exc): exc for exc in leaves}.values())
+    if len(unique) == len(leaves):
+        return group
+    return BaseExceptionGroup(group.message, unique)
 
 
 class TaskPoolRunner(Generic[I, O]):
@@ -221,9 +254,9 @@ class TaskPoolRunner(Generic[I, O]):
         self._run = run
         try:
             try:
-                async with open_owned_nursery() as nursery:
-                    run.start(nursery)
+                async with open_run_nursery() as nursery:
                     try:
+                        run.start(nursery)
                         yield run.channel
                     finally:
                         run.stop()

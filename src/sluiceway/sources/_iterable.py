@@ -31,6 +31,9 @@ class SourceFromIterable(LazySource[T]):
 
     Production is serialised (one ``__anext__`` at a time). An error raised by the iterable ends the
     source with that error, and runners raise it (it is a failure of the source, not of a task).
+    A ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ...)
+    ends it the same way, and also propagates at once from wherever the iterable was advanced; a
+    runner raises it once, and gives back the capacity it had granted for the item.
     :meth:`aclose` closes the underlying generator.
     """
 
@@ -100,7 +103,7 @@ class SourceFromIterable(LazySource[T]):
         except StopIteration:
             self._end(None)
             raise trio.EndOfChannel from None
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: a generator that raised is over
             self._end(exc)
             raise
         self.produced += 1
@@ -140,7 +143,7 @@ class SourceFromIterable(LazySource[T]):
                 RuntimeError("the iterable was interrupted by cancellation while producing an item")
             )
             raise
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: a generator that raised is over
             self._end(exc)
             raise
         finally:
