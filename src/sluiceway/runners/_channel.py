@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from .._errors import RunParked
 from .._util import WaitQueue, wait_until_ready
 from ._envelopes import TaskEnvelope
 
@@ -23,7 +24,10 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
     buffered.
 
     When the run ends the channel ends (``EndOfChannel``), or, if the source failed, raises the
-    source's error after the last envelope.
+    source's error after the last envelope. A run whose tasks parked ends by raising
+    :class:`~sluiceway.RunParked` (with the parked tasks' ``keys``) after the last envelope;
+    unlike an error, it is not raised from the ``run_tasks()`` block when the consumer leaves
+    before reaching it.
     """
 
     def __init__(self, buffer_size: int, on_space: Callable[[], None]) -> None:
@@ -92,9 +96,11 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         self._receivers.wake_all()
 
     def undelivered_error(self) -> BaseException | None:
-        """The ending error if the consumer has not received it yet."""
-        if self._error is not None and not self._error_delivered:
-            return self._error
+        """The ending error if the consumer has not received it yet (never ``RunParked``: a
+        consumer that left early has no use for it)."""
+        error = self._error
+        if error is not None and not self._error_delivered and not isinstance(error, RunParked):
+            return error
         return None
 
     # -- ReceiveChannel ----------------------------------------------------------------------
@@ -113,9 +119,13 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
                 self._on_space()
             return envelope
         if self._ended:
-            if self._error is not None:
+            error = self._error
+            if error is not None:
                 self._error_delivered = True
-                raise self._error
+                if type(error) is RunParked:
+                    # A new one at each receive: it is a signal, raised afresh each time.
+                    raise RunParked(str(error), keys=error.keys)
+                raise error
             raise trio.EndOfChannel
         raise trio.WouldBlock
 

@@ -16,6 +16,10 @@ its capacity is held, which is the definition of lazy. Results go through an
 :class:`~sluiceway.EnvelopeChannel`; while it is full the demand asks for nothing, so
 the run starts no new task and its capacity goes to its siblings.
 
+A task that raises :class:`~sluiceway.RunParked` *parks* (``_parked.py``): it is reported with no
+envelope, and once nothing else can happen the run ends by raising a new ``RunParked`` from the
+envelope channel, after everything deposited before.
+
 With a :class:`~sluiceway.DependencySource` the run also drives the graph: a task that succeeds
 completes its node (its dependents become ready before the consumer sees the envelope), a failed
 attempt is retried through the graph's delayed readiness (the node is not ready until its retry
@@ -53,6 +57,7 @@ from ..capacity._amounts import Vector, public_vector
 from ..sources import ChannelSource, DependencySource, PeekableSource, SourceFromIterable
 from ._channel import EnvelopeChannel
 from ._envelopes import EnvelopeKind, TaskEnvelope
+from ._parked import is_parked, note_parked, parked_error
 from ._tasks import RetryPolicy, RetryScheduled, ScheduledTask, TaskSpec, call_task, finish
 
 I = TypeVar("I")  # noqa: E741
@@ -85,7 +90,8 @@ class RunnerStatistics:
     """Counters of a runner, across all its runs.
 
     ``started`` counts attempts (a retried task starts more than once); ``retried`` the attempts
-    that were retried; ``aborted`` the tasks reported as aborted, started or not.
+    that were retried; ``aborted`` the tasks reported as aborted, started or not; ``parked`` the
+    tasks that parked (raised :class:`~sluiceway.RunParked`, and were reported with no envelope).
     """
 
     name: str
@@ -96,6 +102,7 @@ class RunnerStatistics:
     timed_out: int
     retried: int
     aborted: int
+    parked: int
     in_flight: int
     admitted_waiting: int
     buffered_envelopes: int
@@ -111,6 +118,7 @@ class Counters:
         "cancelled",
         "failed",
         "finished",
+        "parked",
         "peak_buffered",
         "retried",
         "started",
@@ -128,6 +136,7 @@ class Counters:
         self.timed_out = 0
         self.retried = 0
         self.aborted = 0
+        self.parked = 0
         self.peak_buffered = 0
         self.wait_count = 0
         self.wait_total = 0.0
@@ -334,6 +343,10 @@ class Run:
         # Paused tasks waiting to take their capacity back, served before new tasks.
         self.resumes: deque[Resume] = deque()
         self.finalizing: object = _NO_NODE  # the node whose own failure is aborting its graph
+        # Tasks that parked: their keys in the order they parked, and their graph nodes (which
+        # stay RUNNING in the graph: their dependents cannot become ready in this run).
+        self.parked: list[Hashable | None] = []
+        self.parked_nodes: set[Hashable] = set()
         self.idle = WaitQueue()
         self.spawn_needed = 0
         self.coming = 0  # workers woken or spawned that have not looked for work yet
@@ -395,18 +408,42 @@ class Run:
             _tree.refund(self.node, self.unproduced.popleft()[0])
 
     def _maybe_finish(self) -> None:
+        """End the run if nothing more can happen: the source is exhausted (or the run shut
+        down or gave up on its source), or some task parked and a graph has nothing ready or
+        due; and nothing is admitted, running, being produced, settled or waiting to retry."""
         if self.finished or self.stopping:
             return
         if self.ready or self.unproduced or self.running or self.producing or self.settling:
             return
         if self.retries or self.due:
             return
-        if not (self.shutting_down or self.abandoned or self.source.exhausted):
+        if not (
+            self.shutting_down or self.abandoned or self.source.exhausted or self._stalled_parked()
+        ):
             return
         self.finished = True
         self._withdraw()
-        self.channel.end(self.abandoned or (None if self.shutting_down else self.source.failure))
+        error = self.abandoned or (None if self.shutting_down else self.source.failure)
+        if self.parked:
+            # An error is never lost to a park: it wins, and says which tasks parked too.
+            if error is None:
+                error = parked_error(self.name, self.parked)
+            else:
+                note_parked(error, self.name, self.parked)
+        self.channel.end(error)
         self._wake_everyone()
+
+    def _stalled_parked(self) -> bool:
+        """A graph that can do nothing more in this run because some of its tasks parked: no
+        node is ready or waiting for its retry time (the parked nodes stay RUNNING, so their
+        dependents never become ready)."""
+        graph = self.graph
+        return (
+            bool(self.parked)
+            and graph is not None
+            and not graph.graph.ready
+            and graph.next_due() is None
+        )
 
     def _wake_everyone(self) -> None:
         self.coming += self.idle.wake_all()
@@ -671,6 +708,8 @@ class Run:
         """A graph node was aborted (by a cascade, ``abort()`` or a shutdown): act on its task."""
         if node == self.finalizing or self.stopping or node in self.settling_nodes:
             return  # a node being settled is reported by its settling, with its real outcome
+        if node in self.parked_nodes:
+            return  # its task parked: it is reported as parked, never as aborted
         for job in self.running.values():
             if job.node == node:
                 self._cancel_job(job, ABORTED, "its node was aborted")
@@ -804,7 +843,14 @@ class Run:
                         scope.deadline = math.inf
                     job.scope = None
                     spec = job.spec
-                    if spec is None and job.node is None and self.retry is None:
+                    if failure is not None and is_parked(failure):
+                        stamp = None
+                        # Recorded by _execute. A task that parks while the run itself is being
+                        # cancelled (from outside the task's own scope) ends nothing: the run is
+                        # going away.
+                        if scope.cancel_called or trio.current_effective_deadline() != -math.inf:
+                            self._maybe_finish()
+                    elif spec is None and job.node is None and self.retry is None:
                         stamp = self._report(job, outcome_value, failure)
                     elif spec is None or (spec.on_complete is None and spec.on_error is None):
                         stamp = None
@@ -823,6 +869,18 @@ class Run:
                 # Our scope was cancelled while this job ran: a timeout, a cancel or an abort.
                 job.scope = None
                 await self._settle(job, None, self._interruption(job))
+
+    def _record_park(self, job: Job) -> None:
+        """Record a task that parked: it gets no envelope, no callback, no retry and does not
+        stop the run under stop_on_error. Called before its capacity is released, so a run
+        that the release lets end (a lazy source found exhausted) knows it parked."""
+        self.counters.parked += 1
+        self.parked.append(job.key)
+        node = job.node
+        if node is not None:
+            self.parked_nodes.add(node)  # it stays RUNNING in the graph
+            self.task_ids.pop(node, None)
+            self.attempts.pop(node, None)
 
     def _deadline_of(self, job: Job) -> float:
         """The earlier of the job's deadline and its start plus its timeout (one of them set)."""
@@ -942,7 +1000,12 @@ class Run:
                 _tree.dispatch(self.node.tree)  # the run may now claim its next unit
 
     async def _execute(self, job: Job) -> tuple[Any, BaseException | None]:
-        """Run one task; its capacity is released the moment its body returns or raises."""
+        """Run one task; its capacity is released the moment its body returns or raises.
+
+        Returns the task's value, or the exception it raised: an ``Exception``, or the
+        ``RunParked`` (or group of them) with which it parked. Anything else (``Cancelled``,
+        ``KeyboardInterrupt``) propagates.
+        """
         try:
             fn = job.fn
             if callable(fn):
@@ -953,6 +1016,11 @@ class Run:
                 value = await call_task(fn, job)
         except Exception as exc:
             return None, exc
+        except BaseException as exc:
+            if is_parked(exc):
+                self._record_park(job)
+                return None, exc  # caught here, so it can never replace a Cancelled
+            raise
         else:
             return value, None
         finally:

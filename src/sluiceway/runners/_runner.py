@@ -158,6 +158,7 @@ class TaskPoolRunner(Generic[I, O]):
             timed_out=counters.timed_out,
             retried=counters.retried,
             aborted=counters.aborted,
+            parked=counters.parked,
             in_flight=0 if run is None else run.in_flight(),
             admitted_waiting=0 if run is None else len(run.ready) + len(run.unproduced),
             buffered_envelopes=0 if run is None else len(run.channel),
