@@ -32,7 +32,7 @@ from typing import Any, Generic, Literal, NoReturn, Self, TypeAlias, TypeVar, ca
 import trio
 
 from .._util import open_owned_nursery, raise_saving_context, raise_single, type_name
-from ._tasks import Final
+from ._tasks import Final, aclose_shielded
 
 T = TypeVar("T")
 _X = TypeVar("_X")
@@ -898,8 +898,7 @@ class AsyncIteratorCombiner(Generic[T]):
         finally:
             try:
                 if slot.closer is not None:
-                    with trio.CancelScope(shield=True):
-                        await _aclose(slot.closer)
+                    await aclose_shielded(slot.closer)
             finally:
                 self._live_pumps -= 1
                 if self._live_pumps == 0:
@@ -975,16 +974,6 @@ def _as_iterator(source: object, position: int) -> AsyncIterator[Any]:
 def _closer_of(iterator: object) -> Callable[[], Awaitable[object]] | None:
     closer = getattr(iterator, "aclose", None)
     return closer if callable(closer) else None
-
-
-async def _aclose(closer: Callable[[], Awaitable[object]]) -> None:
-    """``aclose()`` a source; a ``GeneratorExit`` that a nursery inside it wrapped is dropped."""
-    try:
-        await closer()
-    except BaseExceptionGroup as group:
-        _, rest = group.split(GeneratorExit)
-        if rest is not None:
-            raise rest from None
 
 
 def _leaves(error: BaseException) -> list[int]:

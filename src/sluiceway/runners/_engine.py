@@ -58,7 +58,15 @@ from ..sources import ChannelSource, DependencySource, PeekableSource, SourceFro
 from ._channel import EnvelopeChannel
 from ._envelopes import EnvelopeKind, TaskEnvelope
 from ._parked import is_parked, note_parked, parked_error
-from ._tasks import RetryPolicy, RetryScheduled, ScheduledTask, TaskSpec, call_task, finish
+from ._tasks import (
+    RetryPolicy,
+    RetryScheduled,
+    ScheduledTask,
+    TaskSpec,
+    call_task,
+    finish,
+    streamed,
+)
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -1011,7 +1019,12 @@ class Run:
             if callable(fn):
                 result = fn(job)
                 # The common case (a coroutine) without the detour through call_task.
-                value = await (result if type(result) is CoroutineType else finish(fn, result, job))
+                if type(result) is CoroutineType:
+                    value = await result
+                    if hasattr(type(value), "__aiter__") or hasattr(type(value), "__anext__"):
+                        value = await streamed(value, job)  # ``return entity.start()``
+                else:
+                    value = await finish(fn, result, job)
             else:
                 value = await call_task(fn, job)
         except Exception as exc:

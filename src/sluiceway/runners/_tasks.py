@@ -5,10 +5,12 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import AsyncIterable, Awaitable, Callable, Hashable, Mapping
+from functools import partial
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 import attrs
+import trio
 
 from .._util import aclose_after, type_name
 from ..capacity._amounts import Vector, vector
@@ -24,11 +26,13 @@ P = ParamSpec("P")
 
 @attrs.frozen
 class Final(Generic[T]):
-    """Marks the final value of a stream.
+    """Marks the final value of a stream: ``yield Final(value)``.
 
     Python async generators cannot ``return`` a value, so a streaming task or a combined source
-    yields ``Final(value)`` as its last item instead. A hand-written async iterator may also raise
-    ``StopAsyncIteration(value)``.
+    yields ``Final(value)`` instead; whoever drives the stream stops pulling there and closes it.
+    A hand-written async iterator may also raise ``StopAsyncIteration(value)``. For a streaming
+    task without either, the final value is the last item it yielded (see
+    :class:`~sluiceway.TaskFunction`).
     """
 
     value: T
@@ -38,8 +42,23 @@ class TaskFunction(Protocol[I, O]):
     """``async def task(emit) -> result``: the shape of every task a runner calls.
 
     ``await emit(value)`` streams ``value`` as an ``INTERMEDIATE`` envelope; the return value
-    becomes the ``FINAL`` envelope. A task may instead return an async iterator: each item is
-    emitted, and a last ``Final(value)`` item (if any) becomes the final value.
+    becomes the ``FINAL`` envelope.
+
+    **Streamed tasks.** A task may instead give an async iterator (an async generator, or any
+    async iterable): returned by the function itself (``def task(emit): return gen()``, or an
+    async generator function taking ``emit``), or returned by its coroutine (``async def
+    task(emit): return entity.start()``, the original's pattern). The runner then drives it:
+
+    * each item it yields is emitted as an ``INTERMEDIATE`` envelope, through ``emit`` (so it
+      waits while the envelope buffer is full);
+    * the final value is ``value`` of the first ``Final(value)`` item, where pulling stops; else
+      the value of ``StopAsyncIteration(value)`` raised by a hand-written iterator; else the
+      last item yielded (which was also emitted); ``None`` if it yielded nothing;
+    * an error raised by the iterator is the task's error;
+    * the iterator is closed (``aclose()``, shielded from cancellation so its ``finally:`` can
+      finish) however the task ends: its end, a ``Final``, an error, a timeout or a
+      cancellation. An error raised while closing is the task's error too, never one that
+      replaces another.
     """
 
     def __call__(self, emit: Emitter[I], /) -> Awaitable[O] | AsyncIterable[I | Final[O]]: ...
@@ -92,7 +111,7 @@ class ScheduledTask(Generic[I, O]):
         key: the task's identity (its node's key in a dependency source); in every envelope.
         runner: the task function, ``async def task(emit) -> result`` (see
             :class:`~sluiceway.TaskFunction`); as in the original, it may also return an async
-            iterator (a streaming task).
+            iterator, directly or from its coroutine (a streamed task).
         cost: the resources it holds while it runs, e.g. ``{"memory_gb": 4, "cpu": 2}``. Without
             one, the runner's ``default_cost`` applies (there is no silent default: a task with
             neither is reported as an error).
@@ -262,8 +281,9 @@ def streaming(
 ) -> TaskFunction[I, O | None]:
     """Wrap an async generator function as a streaming task: ``streaming(child.start)``.
 
-    Each item it yields is emitted as an ``INTERMEDIATE`` envelope; a last ``Final(value)`` item
-    becomes the final value (``None`` without one).
+    Each item it yields is emitted as an ``INTERMEDIATE`` envelope; a ``Final(value)`` item
+    ends it with that final value, otherwise the last item yielded is the final value (``None``
+    if there was none). See :class:`~sluiceway.TaskFunction` for the whole rule.
     """
     if not callable(fn):
         raise TypeError(f"streaming() needs a callable, got {fn!r} ({type_name(fn)})")
@@ -286,13 +306,13 @@ async def call_task(fn: object, emit: Emitter[Any]) -> Any:
 
 
 async def finish(fn: object, result: object, emit: Emitter[Any]) -> Any:
-    """Drive what a task function returned (an awaitable or an async iterator) to its value."""
+    """Drive what a task function returned to its final value: await an awaitable (and stream
+    the async iterator it may return), or stream an async iterator."""
     if type(result) is CoroutineType or inspect.isawaitable(result):
-        return await result
-    if hasattr(result, "__anext__"):
-        return await drive_stream(result, emit)
-    if hasattr(result, "__aiter__"):
-        return await drive_stream(aiter(result), emit)
+        return await streamed(await result, emit)
+    iterator = async_iterator(fn, result)
+    if iterator is not None:
+        return await drive_stream(iterator, emit)
     if inspect.iscoroutinefunction(result):
         raise TypeError(
             f"task {fn!r} returned the coroutine function {result!r} instead of calling it"
@@ -303,27 +323,75 @@ async def finish(fn: object, result: object, emit: Emitter[Any]) -> Any:
     )
 
 
+def async_iterator(fn: object, value: Any) -> Any:
+    """The async iterator to drive for ``value`` if it is one (or an async iterable), else
+    ``None``. The protocol is looked up on the type, as ``async for`` does."""
+    kind = type(value)
+    if hasattr(kind, "__anext__"):
+        return value
+    if hasattr(kind, "__aiter__"):
+        iterator = aiter(value)
+        if not hasattr(type(iterator), "__anext__"):
+            raise TypeError(
+                f"task {fn!r} gave {value!r}, whose __aiter__() returned {iterator!r} "
+                f"({type_name(iterator)}), which is not an async iterator"
+            )
+        return iterator
+    return None
+
+
+async def streamed(value: Any, emit: Emitter[Any]) -> Any:
+    """The final value of a task whose coroutine returned ``value``: ``value`` itself, or, if
+    it is an async iterator (``return entity.start()``), what driving it gives."""
+    iterator = async_iterator(emit.fn, value)
+    if iterator is None:
+        return value
+    return await drive_stream(iterator, emit)
+
+
 async def drive_stream(iterator: Any, emit: Emitter[Any]) -> Any:
     """Emit every item of an async iterator until it ends; return its final value.
 
-    The final value is the value of a ``Final`` item (pulling stops there and the iterator is
-    closed, as :class:`~sluiceway.AsyncIteratorCombiner` does) or of ``StopAsyncIteration``;
-    ``None`` without either.
+    The final value is the value of the first ``Final`` item (pulling stops there, as
+    :class:`~sluiceway.AsyncIteratorCombiner` does), else of ``StopAsyncIteration(value)``,
+    else the last item yielded (``None`` if none). The iterator is closed however this ends,
+    shielded from cancellation (DESIGN rule 2: it is closed here, by its one consumer); a
+    failure to close is raised, alongside the error that ended the stream if there was one.
     """
     closer = getattr(iterator, "aclose", None)
+    if not callable(closer):
+        closer = None
+    last: Any = None
     try:
         while True:
             try:
                 item = await iterator.__anext__()
             except StopAsyncIteration as stop:
-                return stop.args[0] if stop.args else None
+                value = stop.args[0] if stop.args else last
+                break
             if isinstance(item, Final):
+                value = item.value
                 break
             await emit(item)
+            last = item
     except BaseException as error:
         if closer is not None:
-            await aclose_after(closer, error)
+            # Never lets a Cancelled (or the close's own failure) replace ``error`` (rule 4).
+            await aclose_after(partial(aclose_shielded, closer), error)
         raise
     if closer is not None:
-        await closer()
-    return item.value
+        await aclose_shielded(closer)
+    return value
+
+
+async def aclose_shielded(closer: Callable[[], Awaitable[object]]) -> None:
+    """``aclose()`` an async iterator, shielded from cancellation so its ``finally:`` cleanup
+    can finish (it must not block forever). A ``GeneratorExit`` that a nursery inside an async
+    generator wrapped in a group is dropped: it is how the generator was closed."""
+    with trio.CancelScope(shield=True):
+        try:
+            await closer()
+        except BaseExceptionGroup as group:
+            _, rest = group.split(GeneratorExit)
+            if rest is not None:
+                raise rest from None
