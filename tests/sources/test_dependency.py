@@ -9,8 +9,10 @@ import trio
 import trio.testing
 
 from sluiceway import (
+    NOTHING,
     DependencyGraph,
     DependencySource,
+    MissingTaskError,
     PriorityDependencySource,
     ResourceCapacitySource,
     ScheduledTask,
@@ -44,3 +46,39 @@ def test_a_graph_built_before_trio_run(cls: type[DependencySource[str, Any]]) ->
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert done == ["a", "b"]
+
+
+@pytest.mark.parametrize("cls", [DependencySource, PriorityDependencySource])
+async def test_a_ready_key_without_a_task_is_passed_over_until_it_gets_one(
+    cls: type[DependencySource[str, Any]],
+) -> None:
+    graph: DependencyGraph[str] = DependencyGraph()
+    source = cls(graph)
+    woken: list[int] = []
+    source.subscribe(lambda: woken.append(1))
+    graph.add_node("late")
+    graph.add_node("ready")
+    source.set_task("ready", "task ready")
+    assert source.waiting_for_tasks() == ["late"]
+    assert source.peek() == "task ready"  # past "late", which waits for its task
+    assert source.take_keyed() == ("ready", "task ready")
+    assert source.peek() is NOTHING
+    assert not source.exhausted  # not an error: "late" may still get its task
+    woken.clear()
+    source.set_task("late", "task late")
+    assert woken  # the source tells its listeners (a runner) that "late" is startable
+    assert source.take_keyed() == ("late", "task late")
+    assert source.waiting_for_tasks() == []
+
+
+def test_fail_if_missing_only_when_no_ready_key_has_a_task() -> None:
+    graph: DependencyGraph[str] = DependencyGraph()
+    source: DependencySource[str, str] = DependencySource(graph, {"b": "task b"})
+    graph.add_node("a")
+    graph.add_node("b")
+    assert not source.fail_if_missing()  # "b" can still run
+    source.take_keyed()
+    assert source.fail_if_missing()
+    assert source.exhausted
+    assert isinstance(source.failure, MissingTaskError)
+    assert "'a' is ready but has no task" in str(source.failure)

@@ -416,19 +416,18 @@ class Run:
             _tree.refund(self.node, self.unproduced.popleft()[0])
 
     def _maybe_finish(self) -> None:
-        """End the run if nothing more can happen: the source is exhausted (or the run shut
-        down or gave up on its source), or some task parked and a graph has nothing ready or
-        due; and nothing is admitted, running, being produced, settled or waiting to retry."""
+        """End the run if nothing more can happen: nothing is admitted, running, being
+        produced, settled or waiting to retry, and the source is exhausted (or the run shut
+        down or gave up on its source), or a graph is stuck (see :meth:`_graph_stuck`)."""
         if self.finished or self.stopping:
             return
         if self.ready or self.unproduced or self.running or self.producing or self.settling:
             return
         if self.retries or self.due:
             return
-        if not (
-            self.shutting_down or self.abandoned or self.source.exhausted or self._stalled_parked()
-        ):
-            return
+        if not (self.shutting_down or self.abandoned or self.source.exhausted):
+            if not self._graph_stuck():
+                return
         self.finished = True
         self._withdraw()
         error = self.abandoned or (None if self.shutting_down else self.source.failure)
@@ -441,17 +440,26 @@ class Run:
         self.channel.end(error)
         self._wake_everyone()
 
-    def _stalled_parked(self) -> bool:
-        """A graph that can do nothing more in this run because some of its tasks parked: no
-        node is ready or waiting for its retry time (the parked nodes stay RUNNING, so their
-        dependents never become ready)."""
+    def _graph_stuck(self) -> bool:
+        """With nothing in flight, whether a graph that is not done can do nothing more in this
+        run. No node waits for its retry time, no ready node has a task, and either
+
+        * a ready node still has no task (``add_node`` without ``set_task``): the source ends
+          with :class:`~sluiceway.MissingTaskError` (its ``fail_if_missing``), or
+        * some task parked and no node is ready: the parked nodes stay RUNNING, so their
+          dependents can never become ready in this run; the run ends parked.
+
+        Otherwise (nodes running outside this run, say) the run keeps waiting. Also ``False``
+        when the run has just ended meanwhile (see below).
+        """
         graph = self.graph
-        return (
-            bool(self.parked)
-            and graph is not None
-            and not graph.graph.ready
-            and graph.next_due() is None
-        )
+        if graph is None or graph.next_due() is not None:
+            return False
+        if graph.fail_if_missing():
+            # The source's end notified its listeners, this run among them: its
+            # _on_source_change may have ended the run already (then there is nothing to do).
+            return not self.finished
+        return bool(self.parked) and not graph.graph.ready
 
     def _wake_everyone(self) -> None:
         self.coming += self.idle.wake_all()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -23,9 +24,19 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
     """Serve the tasks of a :class:`DependencyGraph` as their dependencies complete.
 
     A key whose node becomes ready is served in the order it became ready; taking its task starts
-    the node (``graph.start``). ``tasks`` maps keys to tasks and may be filled later: a ready key's
-    task is looked up when it is needed, and a ready key without one ends the source with
-    :class:`~sluiceway.MissingTaskError` (a runner raises it) instead of waiting forever.
+    the node (``graph.start``). ``tasks`` maps keys to tasks and may be filled later, also during
+    a run: ``graph.add_node(key)`` then ``set_task(key, task)`` works.
+
+    **Tasks set late.** A ready key without a task is simply not startable: it is skipped (the
+    ready keys behind it are served meanwhile) until :meth:`set_task` gives it one, which wakes
+    whoever waits on the source. It is an error only once nothing else can happen: then the
+    source ends with :class:`~sluiceway.MissingTaskError`, naming the keys, instead of waiting
+    forever. "Nothing else can happen" is decided by whoever reads the source: a runner decides
+    it when it has nothing left to do (no task running, admitted, being settled or waiting for a
+    retry, and no ready key with a task; see :meth:`fail_if_missing`), and it then raises the
+    error after the envelopes of the tasks it ran; a reader of the source itself (``receive``,
+    ``async for``, :meth:`wait`) decides it when it would wait while no node of the graph is
+    running or waiting for its retry time.
 
     The source is exhausted when the graph is done (every node completed or aborted); every
     transition that can finish the graph, an abort included, wakes whoever waits on the source. A
@@ -75,7 +86,11 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
             raise
 
     def set_task(self, key: K, task: T) -> None:
-        """Give (or replace) the task of ``key``; the node may be added before or after."""
+        """Give (or replace) the task of ``key``; the node may be added before or after.
+
+        A ready node that was waiting for its task becomes startable, and whoever waits on the
+        source (a runner) is woken.
+        """
         self._tasks[key] = task
         if key in self.graph and self.graph.get_state(key) is NodeState.READY:
             self._notify()
@@ -118,16 +133,49 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         """Take the next ready task together with its key (what runners use)."""
         if self._receive_closed:
             raise trio.ClosedResourceError("this source was closed")
+        if self._failure is not None:
+            raise trio.WouldBlock
         key = self._head_key()
-        if key is NOTHING or self._failure is not None:
+        if key is NOTHING:
             raise trio.WouldBlock
-        task = self._tasks.get(key)
-        if task is None:
-            self._peek()  # records the MissingTaskError
-            raise trio.WouldBlock
+        task = self._tasks[key]
         self._drop_head(key)
         self.graph.start(key)
         return key, task
+
+    # -- ready keys without a task -----------------------------------------------------------
+
+    def waiting_for_tasks(self) -> list[K]:
+        """The ready keys that have no task yet (not startable until :meth:`set_task`)."""
+        tasks = self._tasks
+        return [key for key in self.graph.ready if tasks.get(key) is None]
+
+    def fail_if_missing(self) -> bool:
+        """End the source with :class:`~sluiceway.MissingTaskError` if some ready key has no
+        task while none has one; returns whether it did (or had failed already).
+
+        What a reader calls once nothing else can happen: a runner, when it has nothing left
+        to do. Ready keys that have their task mean there is still work, so nothing is failed.
+        """
+        if self._failure is not None:
+            return True
+        tasks = self._tasks
+        missing: list[K] = []
+        for key in self.graph.ready:
+            if tasks.get(key) is not None:
+                return False
+            missing.append(key)
+        if not missing:
+            return False
+        self._failure = _missing_error(missing)
+        self._notify()
+        return True
+
+    def _stalled(self) -> bool:
+        """For a reader of the source itself: a ready key waits for its task while no node is
+        running or waiting for its retry time, so nothing can change (see the class doc)."""
+        graph = self.graph
+        return not graph.running and graph.next_due() is None and self.fail_if_missing()
 
     def task_completed(self, key: K) -> None:
         """A runner finished ``key``'s task successfully: complete the node (dependents become
@@ -196,17 +244,30 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         self._fifo.append(key)
 
     def _head_key(self) -> K | Nothing:
+        """The first ready key that has a task (ready keys without one are passed over)."""
         fifo = self._fifo
         graph = self.graph
+        tasks = self._tasks
         while fifo:
             key = fifo[0]
             if graph.get_state(key) is NodeState.READY:
-                return key
+                break
             fifo.popleft()  # started or aborted since it was queued
+        else:
+            return NOTHING
+        if tasks.get(key) is not None:
+            return key
+        for key in itertools.islice(fifo, 1, None):  # the head waits for its task
+            if tasks.get(key) is not None and graph.get_state(key) is NodeState.READY:
+                return key
         return NOTHING
 
     def _drop_head(self, key: K) -> None:
-        self._fifo.popleft()
+        fifo = self._fifo
+        if fifo[0] == key:
+            fifo.popleft()
+        else:
+            fifo.remove(key)  # served past ready keys that wait for their task
 
     # -- PeekableSource ----------------------------------------------------------------------------
 
@@ -217,15 +278,7 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         key = self._head_key()
         if key is NOTHING:
             return NOTHING
-        task = self._tasks.get(key)
-        if task is None:
-            self._failure = MissingTaskError(
-                f"key {key!r} is ready but has no task; add it with set_task() or add_task() "
-                "before it is needed"
-            )
-            self._notify()
-            return NOTHING
-        return task
+        return self._tasks[key]
 
     def _take(self) -> T:
         key = self._head_key()
@@ -242,13 +295,22 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         """The :class:`~sluiceway.MissingTaskError` that ended the source, if one did."""
         return self._failure
 
+    def receive_nowait(self) -> T:
+        """Take the next startable task now (see :class:`DependencySource` for a ready key that
+        has no task: once nothing else can happen, this raises
+        :class:`~sluiceway.MissingTaskError`)."""
+        if not self._receive_closed and self._peek() is NOTHING:
+            self._stalled()
+        return super().receive_nowait()
+
     def _on_receive_closed(self) -> None:
         self._unsubscribe()
 
     async def wait(self) -> None:
-        """Wait until a task is ready or the graph is done (retry times are honoured)."""
+        """Wait until a task is ready or the graph is done (retry times are honoured); a ready
+        key that has no task while nothing else can happen ends the source (see the class)."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self.exhausted and self._peek() is NOTHING:
+        while not self.exhausted and self._peek() is NOTHING and not self._stalled():
             due = self.next_due()
             with trio.move_on_at(math.inf if due is None else due):
                 await self._receivers.park()
@@ -302,18 +364,21 @@ class PriorityDependencySource(DependencySource[K, T]):
     def _queue_ready(self, key: K) -> None:
         self._unranked.append(key)
 
-    def _rank_new(self) -> K | None:
-        """Give every newly ready key its priority; returns a key that has no task, if any."""
+    def _rank_new(self) -> None:
+        """Give every newly ready key that has its task a priority; the keys still waiting for
+        their task stay unranked (they are not startable yet)."""
         unranked = self._unranked
+        if not unranked:
+            return
+        waiting: deque[K] = deque()
         while unranked:
-            key = unranked[0]
+            key = unranked.popleft()
             if self.graph.get_state(key) is not NodeState.READY:
-                unranked.popleft()
                 continue
             task = self._tasks.get(key)
             if task is None:
-                return key
-            unranked.popleft()
+                waiting.append(key)
+                continue
             if self._priority_fn is None:
                 base = 1.0
             else:
@@ -324,18 +389,18 @@ class PriorityDependencySource(DependencySource[K, T]):
                 except Exception as exc:
                     exc.add_note(f"raised by the priority function for key {key!r}")
                     self._failure = exc
+                    waiting.extend(unranked)
+                    self._unranked = waiting
                     self._notify()
-                    return None
+                    return
             ready_at = self._ready_at.get(key)
             self._queue._enqueue_at(key, base, ready_at if ready_at is not None else _now())
-        return None
+        self._unranked = waiting
 
     def _head_key(self) -> K | Nothing:
-        missing = self._rank_new()
+        self._rank_new()
         if self._failure is not None:
             return NOTHING
-        if missing is not None:
-            return missing  # its priority is unknown: _peek reports the missing task
         queue = self._queue
         while True:
             key = queue._peek()
@@ -347,6 +412,17 @@ class PriorityDependencySource(DependencySource[K, T]):
 
     def _drop_head(self, key: K) -> None:
         self._queue._take()
+
+
+def _missing_error(keys: list[Any]) -> MissingTaskError:
+    if len(keys) == 1:
+        what = f"key {keys[0]!r} is ready but has no task"
+    else:
+        what = "keys " + ", ".join(repr(key) for key in keys) + " are ready but have no task"
+    return MissingTaskError(
+        f"{what}, and nothing else can run; give a node its task with set_task() (or add it "
+        "with add_task()) while other tasks of the run are still unfinished"
+    )
 
 
 def _now() -> float | None:
