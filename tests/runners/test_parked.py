@@ -373,3 +373,36 @@ async def test_a_shutdown_with_parked_tasks_still_ends_parked(autojump_clock: ob
     assert seen == ["f", "g"]
     assert caught.value.keys == ("p",)
     assert_idle(cap)
+
+
+async def test_a_task_parking_inside_released_does_not_wait_for_capacity(
+    autojump_clock: object,
+) -> None:
+    """A task waiting with its capacity given back (emit.released()) parks from there: it
+    ends at once, without first waiting to take back capacity that others now hold."""
+    root, leaf, sibling = tree()
+    parked_at: list[float] = []
+
+    async def waits_then_parks(emit: Any) -> None:
+        async with emit.released():
+            await trio.sleep(1)  # meanwhile the other tasks take the whole pool
+            parked_at.append(trio.current_time())
+            raise RunParked("the message will take days")
+
+    runner = HierarchicalTaskPoolRunner(
+        "released",
+        [TaskSpec(waits_then_parks, key="waiter"), finishing("a", 10), finishing("b", 10)],
+        leaf,
+    )
+    with pytest.raises(RunParked) as caught:
+        async with runner.run_tasks() as envelopes:
+            await trio.sleep(2)
+            stats = runner.statistics()
+            assert (stats.parked, stats.in_flight) == (1, 2)  # ended at 1, not at 10
+            assert leaf.in_use == {"slots": 2}
+            async for envelope in envelopes:
+                assert envelope.key in ("a", "b")
+    assert caught.value.keys == ("waiter",)
+    assert parked_at == [1]
+    assert runner.statistics().parked == 1
+    assert_all_returned(root, leaf, sibling)

@@ -237,7 +237,8 @@ class Emitter(Generic[I]):
         deadlock. On leaving the block the task waits for its capacity again, ahead of the
         tasks its run has not started yet (it is work in progress). Nested blocks, or several
         at once in one task, release it once. If the wait to take it back is cancelled, the
-        task holds nothing and the run does not release anything for it.
+        task holds nothing and the run does not release anything for it. A block left by
+        :class:`~sluiceway.RunParked` does not take it back at all: the task is parking.
 
         Raises:
             RuntimeError: the task has finished.
@@ -258,9 +259,16 @@ class Emitter(Generic[I]):
         run.pause(self)
         try:
             yield
-        finally:
+        except BaseException as exc:
             self.released_depth = 0
+            if is_parked(exc):
+                # The task ends parked: it must not wait to take back capacity it would give
+                # straight back (nor let a Cancelled from that wait replace RunParked).
+                raise
             await run.resume(self)
+            raise
+        self.released_depth = 0
+        await run.resume(self)
 
 
 Job: TypeAlias = Emitter[Any]
@@ -425,9 +433,10 @@ class Run:
             return
         if self.retries or self.due:
             return
-        if not (self.shutting_down or self.abandoned or self.source.exhausted):
-            if not self._graph_stuck():
-                return
+        if not (
+            self.shutting_down or self.abandoned or self.source.exhausted or self._graph_stuck()
+        ):
+            return
         self.finished = True
         self._withdraw()
         error = self.abandoned or (None if self.shutting_down else self.source.failure)
