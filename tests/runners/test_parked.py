@@ -406,3 +406,32 @@ async def test_a_task_parking_inside_released_does_not_wait_for_capacity(
     assert parked_at == [1]
     assert runner.statistics().parked == 1
     assert_all_returned(root, leaf, sibling)
+
+
+async def test_a_group_of_run_parked_and_cancelled_parks_without_breaking_the_cancel(
+    autojump_clock: object,
+) -> None:
+    """A task whose own nursery has one child park while the run is cancelled from outside:
+    its group holds RunParked and Cancelled. It counts as parked, and the cancellation goes on
+    (the enclosing scope catches it; no RunParked escapes)."""
+
+    async def child_parks_on_cancel() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise RunParked("parked on the way out") from None
+
+    async def fan_out(emit: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child_parks_on_cancel)
+            nursery.start_soon(trio.sleep_forever)
+
+    cap = CapacitySource(2)
+    runner = HierarchicalTaskPoolRunner("group", [TaskSpec(fan_out, key="f")], cap)
+    with trio.move_on_after(5) as outer:
+        async with runner.run_tasks() as envelopes:
+            async for _ in envelopes:
+                pass
+    assert outer.cancelled_caught
+    assert runner.statistics().parked == 1
+    assert_idle(cap)

@@ -11,17 +11,34 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import trio
+
 from .._errors import RunParked
 
 
 def is_parked(error: BaseException) -> bool:
     """Whether a task that raised ``error`` parked: ``RunParked`` (or a subclass), or a group
-    made only of them (a task whose own nursery had a child park)."""
+    of them (a task whose own nursery had a child park), possibly with ``Cancelled`` beside
+    them (its other children, cancelled meanwhile).
+
+    Dropping those ``Cancelled`` is safe: trio's cancellation is level-triggered, so whoever
+    was cancelling gets ``Cancelled`` again at the task's next checkpoint.
+    """
     if isinstance(error, RunParked):
         return True
-    if isinstance(error, BaseExceptionGroup):
-        return all(is_parked(inner) for inner in error.exceptions)
-    return False
+    if not isinstance(error, BaseExceptionGroup):
+        return False
+    parked = False
+    stack: list[BaseException] = list(error.exceptions)
+    while stack:
+        inner = stack.pop()
+        if isinstance(inner, BaseExceptionGroup):
+            stack.extend(inner.exceptions)
+        elif isinstance(inner, RunParked):
+            parked = True
+        elif not isinstance(inner, trio.Cancelled):
+            return False
+    return parked
 
 
 def parked_error(runner: str, keys: Sequence[Hashable | None]) -> RunParked:
