@@ -113,6 +113,18 @@ class DuplicateEntityError(StoreError, ValueError):
     """An entity with this name already exists under this parent (``append_call`` is strict)."""
 
 
+class DataConflictError(StoreError):
+    """An entity's data did not hold what a conditional write expected (another request
+    changed it first), so nothing was written. ``key``, ``expected`` and ``actual`` say
+    where."""
+
+    def __init__(self, message: str, *, key: str, expected: object, actual: object) -> None:
+        super().__init__(message)
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
 class LeaseLostError(StoreError):
     """This runtime no longer holds the lease of the entity it tried to write for.
 

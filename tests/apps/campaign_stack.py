@@ -101,7 +101,7 @@ async def campaign_stack(
         settings = CampaignConfig(notify_url=notify_url, retry_delay=0.01, **config)
         app = create_app(settings, personalizer=personalizer, transport=transport)
         async with (
-            open_runtime(tmp_path / "campaigns.db", app.types) as runtime,
+            open_runtime(tmp_path / "campaigns.db", app.types, work=False) as runtime,
             app.running(runtime) as state,
             trio.open_nursery() as serving,
         ):

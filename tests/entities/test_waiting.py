@@ -89,12 +89,12 @@ async def test_a_message_sent_before_the_wait_is_received_at_once(db: Path) -> N
 
 
 async def test_a_message_sent_while_nobody_runs_the_entity_is_kept(db: Path) -> None:
-    async with open_runtime(db, ALL_TYPES) as runtime:
+    async with open_runtime(db, ALL_TYPES, work=False) as runtime:
         asker = await runtime.create(Asker, name="patient")
         await interrupted(runtime, asker.id, until_waiting)
         record = await runtime.get(asker.id)
         assert (record.status, record.lease_owner) == (EntityStatus.WAITING, None)
-    async with open_runtime(db, ALL_TYPES) as runtime:  # nothing runs it here
+    async with open_runtime(db, ALL_TYPES, work=False) as runtime:  # nothing runs it here
         await runtime.send_message(asker.id, "yes", {"late": True})
     async with open_runtime(db, ALL_TYPES) as runtime:
         [recovered] = await runtime.recover()

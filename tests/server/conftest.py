@@ -124,7 +124,7 @@ async def serving(
 ) -> AsyncIterator[Served]:
     """A runtime on ``path`` and a server for it listening on ``host`` (127.0.0.1) and
     ``port`` (by default an ephemeral one); shut down on exit."""
-    async with open_runtime(path, TYPES, poll_interval=poll_interval) as runtime:
+    async with open_runtime(path, TYPES, poll_interval=poll_interval, work=False) as runtime:
         server = RuntimeServer(
             runtime,
             make_app() if app is None else app,

@@ -36,7 +36,7 @@ from tests.server.conftest import (
 
 async def test_shutdown_closes_clients_and_keeps_the_work(db: Path) -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_runtime(db, TYPES, poll_interval=0.05) as runtime:
+        async with open_runtime(db, TYPES, poll_interval=0.05, work=False) as runtime:
             server = RuntimeServer(runtime, make_app())
             returned = trio.Event()
 
@@ -72,15 +72,16 @@ async def test_shutdown_closes_clients_and_keeps_the_work(db: Path) -> None:
             assert not server._connections
 
             # The interrupted run is not half written: still IN_PROGRESS, its lease given back,
-            # nothing stored after what the subscriber saw.
+            # due again at once, nothing stored after what the subscriber saw.
             record = await runtime.get(chatter.id)
             assert record.status is EntityStatus.IN_PROGRESS
             assert record.lease_owner is None
+            assert record.runnable_at is not None
             stored = [e.to_dict() for e in await runtime.envelopes(chatter.id)]
             assert stored == seen
             # Nothing more can be started in the stopped server.
             with pytest.raises(ProtocolError) as refused:
-                server.start_run(chatter.id)
+                await server.start(chatter.id)
             assert refused.value.code is ErrorCode.SHUTTING_DOWN
 
         # A new server on the same file resumes the run by itself and completes it.
@@ -102,7 +103,7 @@ async def test_shutdown_closes_clients_and_keeps_the_work(db: Path) -> None:
 
 async def test_runs_finish_within_the_grace_period(db: Path) -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_runtime(db, TYPES, poll_interval=0.05) as runtime:
+        async with open_runtime(db, TYPES, poll_interval=0.05, work=False) as runtime:
             server = RuntimeServer(runtime, make_app())
             leaf = await runtime.create("Leaf", {"gate": True, "value": 4}, name="late")
             gate = workflows.GATES["late"] = trio.Event()

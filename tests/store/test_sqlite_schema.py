@@ -17,6 +17,11 @@ from tests.store.helpers import assert_integrity, new, raw_query
 TABLES = {"meta", "entities", "edges", "envelopes", "messages", "waits"}
 
 
+#: The schema version this sluiceway writes, and the next two (for migrations added in tests).
+LATEST = len(sqlite_module.MIGRATIONS)
+NEXT, AFTER = LATEST + 1, LATEST + 2
+
+
 def tables(path: Path) -> set[str]:
     rows = raw_query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")
     return {name for (name,) in rows} - {"sqlite_sequence"}
@@ -31,7 +36,7 @@ async def test_a_new_file_gets_the_schema(db_path: Path) -> None:
         assert store.path == str(db_path)
         assert repr(store) == f"<SqliteStore {str(db_path)!r} open>"
     assert tables(db_path) == TABLES
-    assert raw_query(db_path, "PRAGMA user_version") == [(1,)]
+    assert raw_query(db_path, "PRAGMA user_version") == [(LATEST,)]
     assert raw_query(db_path, "SELECT key, value FROM meta") == [
         ("application", "sluiceway-entity-store")
     ]
@@ -55,7 +60,7 @@ async def test_reopening_keeps_everything(db_path: Path) -> None:
         assert record.data == {"n": 1}
         assert record.status is EntityStatus.IN_PROGRESS
         assert [e.body for e in await store.read_envelopes("root")] == [{"kind": "STARTED"}]
-    assert raw_query(db_path, "PRAGMA user_version") == [(1,)]
+    assert raw_query(db_path, "PRAGMA user_version") == [(LATEST,)]
 
 
 async def test_pending_migrations_run_in_order_on_open(
@@ -68,13 +73,13 @@ async def test_pending_migrations_run_in_order_on_open(
         "MIGRATIONS",
         [
             *sqlite_module.MIGRATIONS,
-            (2, ["CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (2)"]),
-            (3, ["ALTER TABLE extra ADD COLUMN y TEXT", "UPDATE extra SET y = 'three'"]),
+            (NEXT, ["CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (2)"]),
+            (AFTER, ["ALTER TABLE extra ADD COLUMN y TEXT", "UPDATE extra SET y = 'three'"]),
         ],
     )
     async with SqliteStore(db_path) as store:
         assert (await store.get_entity("root")).name == "root"
-    assert raw_query(db_path, "PRAGMA user_version") == [(3,)]
+    assert raw_query(db_path, "PRAGMA user_version") == [(AFTER,)]
     assert raw_query(db_path, "SELECT x, y FROM extra") == [(2, "three")]
     # Opening again applies nothing twice.
     async with SqliteStore(db_path):
@@ -87,11 +92,11 @@ async def test_a_new_store_runs_every_migration(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, (2, ["CREATE TABLE extra (x)"])]
+        sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, (NEXT, ["CREATE TABLE extra (x)"])]
     )
     async with SqliteStore(db_path):
         pass
-    assert raw_query(db_path, "PRAGMA user_version") == [(2,)]
+    assert raw_query(db_path, "PRAGMA user_version") == [(NEXT,)]
     assert tables(db_path) == TABLES | {"extra"}
 
 
@@ -103,20 +108,20 @@ async def test_a_failing_migration_changes_nothing(
     monkeypatch.setattr(
         sqlite_module,
         "MIGRATIONS",
-        [*sqlite_module.MIGRATIONS, (2, ["CREATE TABLE extra (x)", "THIS IS NOT SQL"])],
+        [*sqlite_module.MIGRATIONS, (NEXT, ["CREATE TABLE extra (x)", "THIS IS NOT SQL"])],
     )
     with pytest.raises(StoreError, match="cannot open the entity store") as caught:
         async with SqliteStore(db_path):
             pass  # pragma: no cover
     assert isinstance(caught.value.__cause__, sqlite3.Error)
-    assert raw_query(db_path, "PRAGMA user_version") == [(1,)]
+    assert raw_query(db_path, "PRAGMA user_version") == [(LATEST,)]
     assert "extra" not in tables(db_path)
 
 
 async def test_migrations_must_be_numbered_in_order(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, (3, [])])
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, (AFTER, [])])
     with pytest.raises(RuntimeError, match="numbered 1, 2, 3"):
         async with SqliteStore(db_path):
             pass  # pragma: no cover
@@ -255,12 +260,12 @@ async def test_read_only_refuses_a_store_that_needs_migrating(
     async with SqliteStore(db_path):
         pass
     monkeypatch.setattr(
-        sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, (2, ["CREATE TABLE extra (x)"])]
+        sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, (NEXT, ["CREATE TABLE extra (x)"])]
     )
-    with pytest.raises(StoreSchemaError, match="needs migrating to version 2"):
+    with pytest.raises(StoreSchemaError, match=f"needs migrating to version {NEXT}"):
         async with SqliteStore(db_path, read_only=True):
             pass  # pragma: no cover
-    assert raw_query(db_path, "PRAGMA user_version") == [(1,)]
+    assert raw_query(db_path, "PRAGMA user_version") == [(LATEST,)]
 
 
 # -- lifetime ------------------------------------------------------------------------------------

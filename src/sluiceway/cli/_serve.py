@@ -164,7 +164,9 @@ async def serve(
 ) -> None:
     """Serve ``app`` on the store ``db`` until SIGINT or SIGTERM, then shut down."""
     async with (
-        open_runtime(db, app.types, lease_seconds=lease_seconds) as runtime,
+        # The claim loop runs inside the application's lifespan (the server enters it), so
+        # that runs start with its state and stop before it is left.
+        open_runtime(db, app.types, lease_seconds=lease_seconds, work=False) as runtime,
         app.running(runtime) as state,
         trio.open_nursery() as nursery,
     ):

@@ -6,27 +6,30 @@ import contextlib
 import datetime
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import attrs
 import trio
 
-from .._errors import EntityError, WaitTimeoutError
+from .._errors import EntityError, RunParked, WaitTimeoutError
 from ..runners import Emitter, TaskSpec
 from ..store import (
     EdgeRecord,
     EntityRecord,
     EntityStatus,
     NewEntity,
+    ParkReason,
     WaitKind,
     WaitRecord,
     WaitState,
 )
+from ..store._json import check_text
 from ._entity import CALLS, RunnableEntity
 from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
 
 if TYPE_CHECKING:
-    from ._runtime import LiveRun, Runtime
+    from ._executor import Executor
+    from ._live import LiveRun
 
 #: STATUS values only the runtime emits.
 _RESERVED_STATUSES = frozenset({"STARTED", "COMPLETED", "FAILED", "CANCELLED", "WAITING"})
@@ -87,7 +90,10 @@ class ChildCall:
             LeaseLostError: this run lost its own lease (it may start nothing more).
         """
         ctx = self._ctx
-        return await ctx.runtime._execute(self.record, holder=ctx._holder, fence=ctx.id)
+        record = self.record
+        if _parked_not_due(record, ctx.runtime.clock()):
+            raise RunParked(f"{record.type} {record.name!r} ({record.id}) is parked")
+        return await ctx.runtime._execute(record, holder=ctx._holder, fence=ctx.id)
 
 
 class RunContext:
@@ -100,7 +106,7 @@ class RunContext:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Executor,
         entity: RunnableEntity,
         live: LiveRun,
         holder: CapacityHolder | None,
@@ -110,6 +116,10 @@ class RunContext:
         self._live = live
         self._holder = holder
         self._waits = 0
+        self._emits = 0  # envelopes emitted by run_impl in this run, by position
+        self._replayed = live.record.emitted  # positions stored by earlier runs
+        # What the run parks on, once a wait decided to park (read by the runtime).
+        self._parking: tuple[ParkReason, float | None] | None = None
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -178,6 +188,12 @@ class RunContext:
         """Store an envelope in this entity's log (and so in every stream that covers it) and
         return it with its sequence numbers.
 
+        A run that starts again (after parking, or after a crash) replays ``run_impl`` from
+        the top: the envelopes it emits up to where the earlier run got are stored once only
+        (counted by position), and returned without sequence numbers (``seq`` 0). So a
+        subscriber sees each step once, provided ``run_impl`` emits the same envelopes in the
+        same order when it runs again (see the entities guide on determinism).
+
         ``type`` is INTERNAL_UPDATE, VALUE, STATUS or a type of the application's own
         (``"BOT_PROGRESS"``); WAITING, ERROR and MESSAGE envelopes, a VALUE with
         ``sub_type="return"`` and the lifecycle statuses are produced by the runtime.
@@ -210,7 +226,13 @@ class RunContext:
             data=data,
             sub_type=sub_type,
         )
-        [stored] = await self.runtime._append(self.entity, [envelope])
+        self._emits += 1
+        if self._emits <= self._replayed:
+            # A re-run replaying what an earlier run emitted here: stored once already.
+            check_json(envelope.body(), f"an envelope of {self.entity.type_name}")
+            await trio.lowlevel.checkpoint()
+            return envelope
+        [stored] = await self.runtime._append(self.entity, [envelope], emitted=self._emits)
         return stored
 
     async def update_data(self, **partial: Any) -> dict[str, Any]:
@@ -361,8 +383,7 @@ class RunContext:
     def _child_type(
         self, entity_type: type[RunnableEntity] | str, edge_type: str
     ) -> type[RunnableEntity]:
-        if not isinstance(edge_type, str) or not edge_type:
-            raise TypeError(f"an edge type is a non-empty string, got {edge_type!r}")
+        check_text(edge_type, "an edge type")
         registry = self.runtime.registry
         cls = registry.get(entity_type, context=f"{self.entity.type_name} {self.entity.name!r}")
         registry.check_connection(self.entity.type_name, edge_type, cls.type_name)
@@ -392,8 +413,7 @@ class RunContext:
         data: Mapping[str, Any] | None,
         edge_type: str = CALLS,
     ) -> NewEntity:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"a child's name must be a non-empty string, got {name!r}")
+        check_text(name, "a child's name")
         payload = dict(data or {})  # JSON is checked when the store encodes it
         return NewEntity(
             id=str(uuid.uuid4()),
@@ -423,8 +443,7 @@ class RunContext:
             ConnectionNotAllowedError: naming both types and the edge type.
             EntityNotFoundError: ``other`` does not exist.
         """
-        if not isinstance(edge_type, str) or not edge_type:
-            raise TypeError(f"an edge type is a non-empty string, got {edge_type!r}")
+        check_text(edge_type, "an edge type")
         if isinstance(other, ChildCall):
             target = other.record
         elif isinstance(other, EntityRecord):
@@ -485,11 +504,18 @@ class RunContext:
         assert wait.deadline is not None
         left = wait.deadline - runtime.clock()
         if left > 0:
+            if runtime.can_park and left > runtime.park_after:
+                self._park_on(ParkReason.TIMER, wait.deadline)
             async with self._released():
                 await trio.sleep(left)
         await runtime.store.end_wait(
             self.id, runtime.owner, index, WaitState.ELAPSED, now=runtime.clock()
         )
+
+    def _park_on(self, reason: ParkReason, wake_at: float | None) -> NoReturn:
+        """End the run here: it parks until ``wake_at`` or what ``reason`` says comes."""
+        self._parking = (reason, wake_at)
+        raise RunParked(f"{self.entity.type_name} {self.entity.name!r} parks on {reason.value}")
 
     async def wait_for_message(
         self,
@@ -516,8 +542,11 @@ class RunContext:
             raise TypeError(
                 f"{self.entity.type_name} cannot wait for messages: derive it from WaitableEntity"
             )
-        if prompt is not None and not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {prompt!r}")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, got {prompt!r}")
+            if prompt:
+                check_text(prompt, "a wait's prompt")
         check_json(data, "the data of a wait")
         if timeout is not None:
             timeout = check_finite(timeout, "timeout")
@@ -573,9 +602,11 @@ class RunContext:
 
     async def _await_message(self, index: int, wait: WaitRecord) -> WaitRecord:
         """Poll the store for a message (woken at once by ``send_message`` in this runtime)
-        until one arrives or the wait's deadline passes."""
+        until one arrives or the wait's deadline passes; park once it has waited
+        ``park_after`` seconds (if parking is on)."""
         runtime = self.runtime
         store = runtime.store
+        since = trio.current_time()
         while wait.state is WaitState.WAITING:
             wakeup = self._live.wakeup
             now = runtime.clock()
@@ -586,6 +617,11 @@ class RunContext:
             pause = runtime.poll_interval
             if wait.deadline is not None:
                 pause = min(pause, wait.deadline - now)
+            if runtime.can_park:
+                left = runtime.park_after - (trio.current_time() - since)
+                if left <= 0:
+                    self._park_on(ParkReason.MESSAGE, wait.deadline)
+                pause = min(pause, left)
             with trio.move_on_after(max(pause, 0)):
                 await wakeup.wait()
             wait = await store.take_message(self.id, runtime.owner, index, now=runtime.clock())
@@ -625,9 +661,17 @@ class _ChildTask:
                 # Its stored result, at once: a resumed run skips its finished children
                 # quickly (the runner checkpoints between tasks that do not block).
                 return record.result
+            if _parked_not_due(record, runtime.clock()):
+                # Still waiting (it wakes by itself): nothing to run, nothing to report.
+                raise RunParked(f"{record.type} {record.name!r} ({record.id}) is parked")
             return await runtime._execute(record, holder=emit, fence=self.ctx.id)
         new = self.ctx._new_child(self.cls, self.name, self.data, self.edge_type)
         return await runtime._execute_new(self.cls, new, holder=emit)
+
+
+def _parked_not_due(record: EntityRecord, now: float) -> bool:
+    """Whether a child is parked and its wake-up has not come (as of ``record``)."""
+    return record.parked and (record.runnable_at is None or record.runnable_at > now)
 
 
 def _parse_item(item: object) -> tuple[str, dict[str, Any]]:

@@ -183,6 +183,10 @@ class TypeRegistry:
         """The registered type names, sorted."""
         return sorted(self._types)
 
+    def runnable_names(self) -> list[str]:
+        """The registered type names whose entities run (not :class:`DataEntity`), sorted."""
+        return sorted(name for name, cls in self._types.items() if cls.runnable)
+
     def get(self, ref: type[RunnableEntity] | str, *, context: str = "") -> type[RunnableEntity]:
         """The class registered for ``ref`` (a class or a type name)."""
         name = type_name_of(ref, "an entity type")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -38,20 +38,30 @@ class EndpointContext:
     state: Any
     server: RuntimeServer | None = None
 
-    async def start(self, entity_id: str) -> dict[str, Any]:
-        """Start running an entity in the server, with the checks of the ``start`` operation;
+    async def start(
+        self,
+        entity_id: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        expect: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Submit an entity for a run, durably, with the checks of the ``start`` operation;
         returns its answer, ``{"entity_id", "state"}`` (``started``, ``running`` or
-        ``completed``).
+        ``completed``). The submission is committed before this returns, together with
+        ``data`` merged into the entity's data, and only if each key of ``expect`` has that
+        value (so ``expect={"status": "draft"}, data={"status": "executing"}`` starts a
+        campaign once, and its status never says executing without its run).
 
         Raises:
             RuntimeError: there is no server (the endpoint was called directly).
+            DataConflictError: ``expect`` did not hold (nothing was written).
             EntityNotFoundError, EntityCancelledError, EntityNotRunnableError,
-            UnknownEntityTypeError, EntityBusyError, ProtocolError (``shutting_down``): as for
-            the ``start`` operation (the client gets its error code).
+            UnknownEntityTypeError, ProtocolError (``shutting_down``): as for the ``start``
+            operation (the client gets its error code).
         """
         if self.server is None:
             raise RuntimeError("start() needs a server: this endpoint was called without one")
-        return await self.server.start(entity_id)
+        return await self.server.start(entity_id, data=data, expect=expect)
 
 
 #: An endpoint: ``async def endpoint(ctx, body) -> result`` (``body`` and the result are JSON).

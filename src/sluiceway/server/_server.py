@@ -6,7 +6,7 @@ import collections
 import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ from wsproto.events import CloseConnection
 
 from .. import __version__
 from .._errors import (
+    DataConflictError,
     DuplicateEntityError,
     EntityBusyError,
     EntityCancelledError,
@@ -153,10 +154,12 @@ class RuntimeServer:
     """Serves a :class:`~sluiceway.Runtime` and its :class:`Application` over WebSockets.
 
     ``await server.run(host, port)`` (usually through ``nursery.start``) listens until
-    :meth:`shutdown` is called or the task is cancelled. Entities started by clients run in
-    the server's own nursery, so a client that disconnects does not stop them. At start and
-    then every ``recover_every`` seconds, abandoned runs are recovered, so a server restarted
-    after a crash resumes its work by itself.
+    :meth:`shutdown` is called or the task is cancelled. A ``start`` is a durable submission:
+    it is committed before the client is told ``started``, and the runtime's claim loop runs
+    it (this server's, or any runtime's on the store, after a crash), so a client that
+    disconnects does not stop it and a server restarted after a crash resumes its work by
+    itself. Runs happen in the runtime's claim loop (:meth:`Runtime.working`); if it is not
+    running, :meth:`run` runs it for as long as it serves.
 
     A browser page may connect only from the server's own origin or from one of
     ``allow_origins`` (full origins such as ``"https://app.example.com"``, or ``"*"`` for
@@ -172,7 +175,6 @@ class RuntimeServer:
         state: Any = None,
         token: str | None = None,
         limits: ServerLimits | None = None,
-        recover_every: float | None = None,
         allow_origins: Iterable[str] | None = None,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
@@ -186,22 +188,11 @@ class RuntimeServer:
         self.state = state
         self.token = token
         self.limits = ServerLimits() if limits is None else limits
-        every = runtime.lease_seconds if recover_every is None else recover_every
-        if (
-            isinstance(every, bool)
-            or not isinstance(every, int | float)
-            or not 0 < every < float("inf")
-        ):
-            raise ValueError(f"recover_every must be a number of seconds > 0, got {every!r}")
-        self.recover_every = every
         self.address: ServerAddress | None = None
-        self._runs: trio.Nursery | None = None
+        self._serving = False
         self._connections: set[_Connection] = set()
         self._no_connections = trio.Event()
         self._no_connections.set()
-        self._started_runs = 0  # runs started by the server and not finished
-        self._no_runs = trio.Event()
-        self._no_runs.set()
         self._stopping = trio.Event()
         # The JSON of recent envelopes by seq: encoded once for all the subscribers.
         self._encoded: collections.OrderedDict[int, str] = collections.OrderedDict()
@@ -220,32 +211,38 @@ class RuntimeServer:
         """Serve until :meth:`shutdown` (then return) or cancellation.
 
         On shutdown the server stops accepting connections, closes the open ones with code
-        1001, lets the runs it started finish for up to ``grace`` seconds, then cancels them
-        (their leases are given back, nothing is half written: they resume when a server runs
-        again). Reports the listening address through ``task_status``.
+        1001, stops claiming work, and lets the runs under way finish for up to ``grace``
+        seconds. If it ran the runtime's claim loop itself, it then stops the runs still
+        going (their leases are given back, nothing is half written: they are due again, and
+        the next runtime on the store resumes them). Reports the listening address through
+        ``task_status``.
         """
-        async with open_owned_nursery() as runs:
-            self._runs = runs
-            runs.start_soon(self._recover_loop, name="recover abandoned runs")
-            async with open_owned_nursery() as listening:
-                listeners = await listening.start(
-                    partial(trio.serve_tcp, self._handle_stream, port, host=host)
-                )
-                self.address = ServerAddress(host, listeners[0].socket.getsockname()[1])
-                self._accepting = True
-                log.info("serving %s on %s", self.app.name, self.address.url)
-                task_status.started(self.address)
-                await self._stopping.wait()
-                self._accepting = False
-                for connection in list(self._connections):
-                    connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
-                with trio.move_on_after(_CLOSE_SECONDS):  # each closes within it
-                    await self._no_connections.wait()
-                listening.cancel_scope.cancel()
+        async with contextlib.AsyncExitStack() as stack:
+            work = self.runtime.claims
+            if work is None:
+                work = await stack.enter_async_context(self.runtime.working())
+            self._serving = True
+            try:
+                async with open_owned_nursery() as listening:
+                    listeners = await listening.start(
+                        partial(trio.serve_tcp, self._handle_stream, port, host=host)
+                    )
+                    self.address = ServerAddress(host, listeners[0].socket.getsockname()[1])
+                    self._accepting = True
+                    log.info("serving %s on %s", self.app.name, self.address.url)
+                    task_status.started(self.address)
+                    await self._stopping.wait()
+                    self._accepting = False
+                    for connection in list(self._connections):
+                        connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
+                    with trio.move_on_after(_CLOSE_SECONDS):  # each closes within it
+                        await self._no_connections.wait()
+                    listening.cancel_scope.cancel()
+            finally:
+                self._serving = False
+            work.pause()
             with trio.move_on_after(grace):
-                await self._no_runs.wait()
-            runs.cancel_scope.cancel()
-        self._runs = None
+                await work.idle()
 
     def encoded(self, envelope: EntityEnvelope) -> str:
         """The envelope's JSON, encoded once for every subscription that sends it."""
@@ -261,49 +258,41 @@ class RuntimeServer:
         """Ask :meth:`run` to stop (see there); idempotent."""
         self._stopping.set()
 
-    def start_run(self, entity_id: str) -> bool:
-        """Run an entity in the server's nursery unless it runs in this runtime already;
-        returns whether a run was started. It checks nothing else: :meth:`start` does.
-
-        Raises:
-            ProtocolError: ``shutting_down``.
-        """
-        if self._runs is None or self._stopping.is_set():
-            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-        if self.runtime.is_running(entity_id):
-            return False
-        self._runs.start_soon(self._run_entity, entity_id, name=f"run {entity_id}")
-        return True
-
-    async def start(self, ref: str) -> dict[str, Any]:
-        """What the ``start`` operation does: run the entity (an id, or a root's name) in the
-        server unless it is running or finished. Returns ``{"entity_id", "state"}``: state
-        ``started``, ``running`` (here already) or ``completed`` (with its ``result``).
+    async def start(
+        self,
+        ref: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        expect: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What the ``start`` operation does: submit the entity (an id, or a root's name)
+        durably unless it is running or finished, and answer once the submission is
+        committed. Returns ``{"entity_id", "state"}``: state ``started`` (submitted: a claim
+        loop runs it), ``running`` (in this runtime or another) or ``completed`` (with its
+        ``result``). With ``data`` and ``expect`` (an endpoint starting a run), see
+        :meth:`Runtime.start`: the data is merged in the same transaction as the submission,
+        and only if ``expect`` holds.
 
         Raises:
             EntityNotFoundError, EntityCancelledError, EntityNotRunnableError.
             UnknownEntityTypeError: its type is not the application's.
-            EntityBusyError: another live runtime holds its lease.
+            DataConflictError: ``expect`` did not hold.
             ProtocolError: ``shutting_down``.
         """
-        if self._runs is None or self._stopping.is_set():
+        if not self._serving or self._stopping.is_set():
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         record = await self.resolve(ref)
-        if record.status is EntityStatus.COMPLETED:
+        if record.status is EntityStatus.COMPLETED and expect is None:
             return {"entity_id": record.id, "state": "completed", "result": record.result}
         if record.status is EntityStatus.CANCELLED:
             raise EntityCancelledError(record.id, record.type, record.name)
-        if not self.runtime.registry.get(record.type).runnable:
-            raise EntityNotRunnableError(
-                f"{record.type} {record.name!r} ({record.id}) holds data only; it does not run"
-            )
-        if not self.runtime.is_running(record.id) and self.runtime.held_elsewhere(record):
-            raise EntityBusyError(
-                f"{record.type} {record.name!r} ({record.id}) runs in another runtime "
-                f"({record.lease_owner}); follow it with subscribe"
-            )
-        started = self.start_run(record.id)
-        return {"entity_id": record.id, "state": "started" if started else "running"}
+        running = self.runtime.is_running(record.id) or self.runtime.held_elsewhere(record)
+        if running and data is None and expect is None:
+            return {"entity_id": record.id, "state": "running"}
+        submitted = await self.runtime.start(record.id, data=data, expect=expect)
+        if submitted.status is EntityStatus.COMPLETED:
+            return {"entity_id": record.id, "state": "completed", "result": submitted.result}
+        return {"entity_id": record.id, "state": "running" if running else "started"}
 
     async def resolve(self, ref: str) -> EntityRecord:
         """The entity whose id is ``ref``, else the root entity named ``ref``.
@@ -318,31 +307,6 @@ class RuntimeServer:
             if found is None:
                 raise EntityNotFoundError(f"no entity has the id or root name {ref!r}") from None
             return found
-
-    async def _run_entity(self, entity_id: str) -> None:
-        if not self._started_runs:
-            self._no_runs = trio.Event()
-        self._started_runs += 1
-        try:
-            await self.runtime.run(entity_id)
-        except Exception as exc:  # the outcome is stored; clients see it in their streams
-            log.info("run of %s ended with %s: %s", entity_id, type(exc).__name__, exc)
-        finally:
-            self._started_runs -= 1
-            if not self._started_runs:
-                self._no_runs.set()
-
-    async def _recover_loop(self) -> None:
-        while True:
-            try:
-                for record in await self.runtime.abandoned():
-                    if not self.runtime.is_running(record.id):
-                        self.start_run(record.id)
-            except ProtocolError:
-                return  # shutting down
-            except Exception:  # a store failure: try again next time
-                log.exception("recovering abandoned runs failed")
-            await trio.sleep(self.recover_every)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -379,6 +343,8 @@ class RuntimeServer:
         # The Origin first: a page of another site learns nothing, not even whether the server
         # is stopping or wants a token.
         origins = [v.decode("latin-1") for k, v in request.headers if k.lower() == b"origin"]
+        # trio-websocket keeps the Host header only in wsproto's Request event, which
+        # WebSocketRequest holds as _event (wsproto takes Host out of the headers).
         host: str | None = getattr(getattr(request, "_event", None), "host", None)
         listening = None if self.address is None else self.address.host
         if not self._origins.allows(origins, host, listening):
@@ -918,6 +884,7 @@ async def _tree(
 _ERROR_CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (EntityNotFoundError, ErrorCode.NOT_FOUND),
     (DuplicateEntityError, ErrorCode.CONFLICT),
+    (DataConflictError, ErrorCode.CONFLICT),
     (EntityBusyError, ErrorCode.BUSY),
     (EntityNotWaitingError, ErrorCode.NOT_WAITING),
     (EntityCancelledError, ErrorCode.CANCELLED),

@@ -16,11 +16,24 @@ Writes are committed when the method returns (durable against a crash of the pro
 power loss as far as the store's settings make them), and are applied in the order they were
 called.
 Stores are free to group the writes of concurrent callers into one transaction (group commit).
+
+Every value a store keeps as JSON (data, results, errors, envelope bodies, message and wait
+data) is checked before anything is written: a method given a value that would not read back
+exactly as it is (a tuple, a non-``str`` key, ``NaN``, a lone surrogate, nesting deeper than
+64 levels) raises ``TypeError`` or ``ValueError`` naming the place, and writes nothing.
+
+**Runs.** An entity with ``runnable_at`` set (and not ended) is taken by the claim loop of any
+runtime once that time has come and no live lease holds it (:meth:`claim_due`). Submissions
+set it (:meth:`submit`); a run of its own keeps it while it holds the lease, so a run whose
+process dies is claimed again once its lease expires; parking sets it to the wake-up time, or
+leaves it unset until a message (:meth:`send_message`) or the end of the last pending child
+(:meth:`finish`, :meth:`cancel`) sets it. A child running inside its parent's run does not set
+it: its parent runs it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -31,11 +44,16 @@ from ._records import (
     EntityStatus,
     MessageRecord,
     NewEntity,
+    ParkReason,
     StoredEnvelope,
     WaitKind,
     WaitRecord,
     WaitState,
 )
+
+#: What the crash-loop guard records when an entity's runs were abandoned ``count`` times in a
+#: row: ``crash_failure(count)`` gives the stored error and the envelopes appended.
+CrashFailure = Callable[[int], tuple[Mapping[str, str], Sequence[Mapping[str, JSON]]]]
 
 
 @runtime_checkable
@@ -85,7 +103,8 @@ class EntityStore(Protocol):
         ...
 
     async def children(self, parent_id: str) -> list[EntityRecord]:
-        """The children of ``parent_id`` (created with it as parent), oldest first."""
+        """The children of ``parent_id`` (created with it as parent), oldest first (by
+        ``created_at``, then creation order); empty if there is no such entity."""
         ...
 
     async def count_children(self, parent_id: str) -> dict[EntityStatus, int]:
@@ -113,25 +132,124 @@ class EntityStore(Protocol):
         *,
         now: float,
         expires: float,
-        started: Mapping[str, JSON],
+        started: Mapping[str, JSON] | Callable[[int], Mapping[str, JSON]],
         steal_from: str | None = None,
         fence: str | None = None,
+        own_run: bool = False,
+        crash_limit: int | None = None,
+        crash_failure: CrashFailure | None = None,
     ) -> EntityRecord | None:
         """Take the entity's lease to run it, if nobody else holds it.
 
         The claim succeeds if the entity is PENDING, IN_PROGRESS, WAITING or FAILED, and its
         lease is free, expired (``lease_expires <= now``), already ``owner``'s, or held by
         ``steal_from`` (an owner the caller knows to be dead). It then sets the lease
-        (``owner``, ``expires``), the status IN_PROGRESS (WAITING stays WAITING), adds 1 to
-        ``attempt``, clears ``error``, and appends the envelope ``started`` (at ``now``), all
-        in one transaction, and returns the updated record. Otherwise (COMPLETED, CANCELLED,
-        or leased by someone else) it changes nothing and returns ``None``. With ``fence`` (the
-        id of the parent whose run starts this entity), ``owner`` must also hold that entity's
-        lease.
+        (``owner``, ``expires``), the status IN_PROGRESS (a WAITING entity not parked on a
+        timer or its children stays WAITING), adds 1 to ``attempt``, clears ``error`` and
+        ``parked_on``, and appends the envelope ``started`` (a mapping, or a function of the
+        new attempt number) at ``now``, all in one transaction, and returns the updated
+        record. With ``own_run`` (a run of its own, not inside its parent's run) it also sets
+        ``runnable_at`` if unset, so that the run is resumed if it dies. Otherwise
+        (COMPLETED, CANCELLED, or leased by someone else) it changes nothing and returns
+        ``None``. With ``fence`` (the id of the parent whose run starts this entity),
+        ``owner`` must also hold that entity's lease.
+
+        Taking a lease that another owner did not give back counts one more run abandoned by
+        a dying process (``abandoned``); with ``crash_limit``, reaching it fails the entity
+        instead: FAILED with the error and envelopes ``crash_failure(count)`` gives, its parent
+        woken if it waits for it, and ``None`` is returned.
 
         Raises:
             EntityNotFoundError.
             LeaseLostError: ``fence`` was given and ``owner`` does not hold its lease.
+        """
+        ...
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        limit: int,
+        started: Callable[[int], Mapping[str, JSON]],
+        steal_from: Sequence[str] = (),
+        types: Sequence[str] | None = None,
+        crash_limit: int | None = None,
+        crash_failure: CrashFailure | None = None,
+    ) -> tuple[list[EntityRecord], list[str]]:
+        """The claim loop's step: claim (as :meth:`claim` with ``own_run``) up to ``limit``
+        entities that are due, earliest ``runnable_at`` first, in one transaction. Due means
+        ``runnable_at <= now``, not COMPLETED or CANCELLED, of one of ``types`` if given (the
+        types the runtime can run), and no live lease (free, expired, or held by one of
+        ``steal_from``, owners known to be dead). Returns the records claimed, and the ids
+        the crash-loop guard failed instead.
+
+        A store shared by several processes claims so that two callers never get the same
+        entity (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer here).
+        """
+        ...
+
+    async def runnable(
+        self,
+        *,
+        now: float,
+        steal_from: Sequence[str] = (),
+        types: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> list[EntityRecord]:
+        """What :meth:`claim_due` would claim now (reading only), earliest first."""
+        ...
+
+    async def next_due(self, *, after: float) -> float | None:
+        """The earliest ``runnable_at`` later than ``after`` of an entity no lease holds (the
+        next timer of a parked entity), if any: when the claim loop should look again."""
+        ...
+
+    async def lease_owners(self) -> list[str]:
+        """Every owner holding a lease now (live or expired), for the claim loop to find the
+        dead processes among them."""
+        ...
+
+    async def submit(
+        self,
+        entity_id: str,
+        *,
+        now: float,
+        data: Mapping[str, JSON] | None = None,
+        expect: Mapping[str, JSON] | None = None,
+    ) -> EntityRecord:
+        """Submit the entity for a run, durably: in one transaction, check ``expect`` (each
+        key must have exactly that value in the entity's data; a missing key matches
+        ``None``), merge ``data`` into its data, and make it runnable now (``runnable_at``;
+        a running entity keeps running). Returns the record as it is then. A COMPLETED or
+        CANCELLED entity is returned unchanged, with nothing written.
+
+        Raises:
+            EntityNotFoundError.
+            DataConflictError: the data did not hold what ``expect`` says (nothing written).
+        """
+        ...
+
+    async def park(
+        self,
+        entity_id: str,
+        owner: str,
+        *,
+        now: float,
+        reason: ParkReason,
+        wake_at: float | None = None,
+        envelope: Mapping[str, JSON] | None = None,
+    ) -> EntityRecord:
+        """End a run by parking the entity: status WAITING, lease given up, ``parked_on`` set
+        to ``reason`` and ``runnable_at`` to ``wake_at`` (a timer's time, a message wait's
+        timeout, or ``None``), ``envelope`` appended if given, atomically. If what it waits
+        for is already there (an unread message; no pending child left), it is runnable at
+        once instead. Returns the record. Fenced.
+
+        Raises:
+            ValueError: a TIMER park without ``wake_at``.
+            EntityNotFoundError, LeaseLostError.
         """
         ...
 
@@ -159,13 +277,18 @@ class EntityStore(Protocol):
         ...
 
     async def renew_leases(self, owner: str, *, expires: float) -> int:
-        """Extend every lease ``owner`` holds to ``expires`` (a heartbeat); returns how many."""
+        """Extend every lease ``owner`` holds to ``expires`` (a heartbeat); returns how many.
+        A run alive at a heartbeat survived its start: its ``abandoned`` count goes to 0."""
         ...
 
-    async def release(self, entity_id: str, owner: str) -> bool:
+    async def release(
+        self, entity_id: str, owner: str, *, resubmit_at: float | None = None
+    ) -> bool:
         """Give up the lease without finishing (the run was interrupted): the status stays as
-        it is, so the entity is found by :meth:`active` and runs again. Returns ``False``
-        (changing nothing) if ``owner`` did not hold it."""
+        it is, and ``runnable_at`` becomes ``resubmit_at``: a time for a run of its own (the
+        claim loop runs it again), ``None`` for a child interrupted with its parent's run
+        (the parent runs it again). Returns ``False`` (changing nothing) if ``owner`` did not
+        hold it."""
         ...
 
     async def set_status(
@@ -196,9 +319,11 @@ class EntityStore(Protocol):
         result: JSON = None,
         error: Mapping[str, str] | None = None,
         envelopes: Sequence[Mapping[str, JSON]] = (),
-    ) -> None:
+    ) -> bool:
         """End a run: set the status (COMPLETED with ``result``, or FAILED with ``error``),
-        clear the lease and append ``envelopes`` (at ``now``), in one transaction. Fenced.
+        clear the lease and ``runnable_at``, append ``envelopes`` (at ``now``), and wake the
+        parent if it is parked on its children and none is pending any more, in one
+        transaction. Returns whether it woke the parent. Fenced.
 
         Raises:
             ValueError: ``status`` is neither COMPLETED nor FAILED.
@@ -210,8 +335,9 @@ class EntityStore(Protocol):
         self, entity_id: str, *, now: float, envelope: Mapping[str, JSON]
     ) -> list[str]:
         """Cancel the entity and every descendant that is not COMPLETED or CANCELLED already:
-        set CANCELLED, clear their leases (fencing out their runs) and append ``envelope`` to
-        each, in one transaction. Returns the ids cancelled, the entity first (empty if it was
+        set CANCELLED, clear their leases (fencing out their runs) and ``runnable_at``, append
+        ``envelope`` to each, and wake the entity's parent if it waits for it, in one
+        transaction. Returns the ids cancelled, the entity first (empty if it was
         already COMPLETED or CANCELLED).
 
         Raises:
@@ -229,11 +355,18 @@ class EntityStore(Protocol):
     # -- envelopes -----------------------------------------------------------------------------
 
     async def append_envelopes(
-        self, owner: str, items: Sequence[tuple[str, float, Mapping[str, JSON]]]
+        self,
+        owner: str,
+        items: Sequence[tuple[str, float, Mapping[str, JSON]]],
+        *,
+        emitted: int = 0,
     ) -> list[int]:
         """Append ``(entity_id, ts, body)`` envelopes in order; returns their ``seq`` numbers.
         Fenced per entity: if ``owner`` does not hold the lease of any of them, nothing is
-        appended.
+        appended. ``emitted`` (envelopes of one entity only) raises the entity's ``emitted``
+        count to it if higher: how far ``run_impl``'s emitted envelopes are stored, so that a
+        replay stores only those past it. A run that appends has made progress: its
+        ``abandoned`` count goes to 0.
 
         Raises:
             EntityNotFoundError, LeaseLostError.
@@ -292,7 +425,8 @@ class EntityStore(Protocol):
     async def send_message(
         self, entity_id: str, message: str, data: JSON, *, now: float
     ) -> MessageRecord:
-        """Store a message for the entity; it is kept until a wait receives it.
+        """Store a message for the entity; it is kept until a wait receives it. An entity
+        parked on a message wait becomes runnable now.
 
         Raises:
             EntityNotFoundError.

@@ -106,6 +106,13 @@ class EntityRecord:
     set while a runtime holds it. ``result`` is set once COMPLETED, ``error``
     (``{"type", "message"}``) once FAILED. ``last_entity_seq`` is the entity sequence number of
     its latest envelope (0 before any).
+
+    ``runnable_at`` is when the claim loop of any runtime may run it (``None``: it does not run
+    by itself): set by a submission, kept while a run of its own holds it, and set by parking
+    to the wake-up time (or left ``None`` until a message or its children wake it).
+    ``parked_on`` says what a parked entity waits for (a :class:`ParkReason` value).
+    ``abandoned`` counts its runs abandoned by dying processes in a row, and ``emitted`` the
+    envelopes its ``run_impl`` emitted, by position (a replay stores only those past it).
     """
 
     id: str
@@ -123,6 +130,24 @@ class EntityRecord:
     created_at: float
     modified_at: float
     last_entity_seq: int = 0
+    runnable_at: float | None = None
+    parked_on: str | None = None
+    abandoned: int = 0
+    emitted: int = 0
+
+    @property
+    def parked(self) -> bool:
+        """Whether it is parked: waiting durably with no run in any process."""
+        return self.parked_on is not None and self.lease_owner is None
+
+
+class ParkReason(enum.Enum):
+    """What a parked entity waits for: the time of a durable sleep (or of a message wait's
+    timeout), a message, or its children that are still pending."""
+
+    TIMER = "timer"
+    MESSAGE = "message"
+    CHILDREN = "children"
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 import trio
@@ -21,6 +21,7 @@ from .._errors import EntityNotWaitingError
 from .._util import aclose_after
 from . import _sqlite_ops as ops
 from ._json import encode_envelopes, encode_json, encode_object
+from ._protocol import CrashFailure, EntityStore
 from ._records import (
     JSON,
     EdgeRecord,
@@ -28,6 +29,7 @@ from ._records import (
     EntityStatus,
     MessageRecord,
     NewEntity,
+    ParkReason,
     StoredEnvelope,
     WaitKind,
     WaitRecord,
@@ -38,7 +40,7 @@ from ._sqlite_db import SqliteDatabase, SqliteStoreStatistics, State
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-class SqliteStore:
+class SqliteStore(EntityStore):
     """An :class:`~sluiceway.store.EntityStore` in one SQLite file.
 
     Several stores (in one process or several) may share a file: every write transaction starts
@@ -147,6 +149,17 @@ class SqliteStore:
         :class:`SqliteStoreStatistics`)."""
         return self._db.statistics()
 
+    def _started_encoder(
+        self, started: Mapping[str, JSON] | Callable[[int], Mapping[str, JSON]], what: str
+    ) -> Callable[[int], str]:
+        """The JSON of the STARTED envelope of a claim, by attempt."""
+        if callable(started):
+            return lambda attempt: encode_object(
+                started(attempt), f"the started envelope of attempt {attempt} ({what})"
+            )
+        body = encode_object(started, f"the started envelope of entity {what!r}")
+        return lambda attempt: body
+
     # -- lifetime ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> SqliteStore:
@@ -185,23 +198,6 @@ class SqliteStore:
     async def create_entity(
         self, new: NewEntity, *, strict: bool = False, owner: str | None = None
     ) -> tuple[EntityRecord, bool]:
-        """Create ``new`` unless an entity with its name exists under its parent.
-
-        Returns ``(record, created)``. If the name is taken, the existing entity is returned
-        unchanged (its data is *not* updated) and ``created`` is ``False``; with
-        ``strict=True`` that raises :class:`~sluiceway.DuplicateEntityError` instead. A child
-        is created with the edge ``new.edge_type`` from its parent in the same transaction
-        (its position follows the parent's other edges of that type).
-
-        With ``owner``, the write is fenced by the parent's lease (a run creating its child):
-        if ``owner`` does not hold it, nothing is created.
-
-        Raises:
-            EntityNotFoundError: ``new.parent_id`` names no entity.
-            DuplicateEntityError: ``strict`` and the name is taken, or ``new.id`` is taken.
-            LeaseLostError: ``owner`` was given and does not hold the parent's lease.
-            TypeError, ValueError: ``new.data`` or ``new.edge_data`` is not JSON.
-        """
         self._db.check_writable()
         if not isinstance(new, NewEntity):
             raise TypeError(f"create_entity() takes a NewEntity, got {new!r}")
@@ -216,20 +212,12 @@ class SqliteStore:
         return await self._db.write(write)
 
     async def get_entity(self, entity_id: str) -> EntityRecord:
-        """The entity with this id.
-
-        Raises:
-            EntityNotFoundError: there is none.
-        """
         return await self._db.read(lambda conn: ops.require_entity(conn, entity_id))
 
     async def find_entity(self, parent_id: str | None, name: str) -> EntityRecord | None:
-        """The child of ``parent_id`` (a root if ``None``) called ``name``, if any."""
         return await self._db.read(lambda conn: ops.find_entity(conn, parent_id, name))
 
     async def children(self, parent_id: str) -> list[EntityRecord]:
-        """The children of ``parent_id`` (created with it as parent), oldest first (by
-        ``created_at``, then creation order); empty if there is no such entity."""
 
         def read(conn: sqlite3.Connection) -> list[EntityRecord]:
             rows = conn.execute(
@@ -240,7 +228,6 @@ class SqliteStore:
         return await self._db.read(read)
 
     async def count_children(self, parent_id: str) -> dict[EntityStatus, int]:
-        """How many children of ``parent_id`` are in each status (absent statuses omitted)."""
 
         def read(conn: sqlite3.Connection) -> dict[EntityStatus, int]:
             rows = conn.execute(
@@ -254,14 +241,6 @@ class SqliteStore:
     async def update_data(
         self, entity_id: str, owner: str | None, partial: Mapping[str, JSON], *, now: float
     ) -> dict[str, JSON]:
-        """Merge ``partial`` into the entity's data (top-level keys are replaced, others kept)
-        atomically, and return the new data. Fenced unless ``owner`` is ``None`` (an update
-        from outside any run).
-
-        Raises:
-            EntityNotFoundError, LeaseLostError.
-            TypeError, ValueError: ``partial`` is not a mapping of JSON values.
-        """
         self._db.check_writable()
         encode_object(partial, f"the data update of entity {entity_id!r}")
         patch = dict(partial)
@@ -295,35 +274,184 @@ class SqliteStore:
         *,
         now: float,
         expires: float,
-        started: Mapping[str, JSON],
+        started: Mapping[str, JSON] | Callable[[int], Mapping[str, JSON]],
         steal_from: str | None = None,
         fence: str | None = None,
+        own_run: bool = False,
+        crash_limit: int | None = None,
+        crash_failure: CrashFailure | None = None,
     ) -> EntityRecord | None:
-        """Take the entity's lease to run it, if nobody else holds it.
-
-        The claim succeeds if the entity is PENDING, IN_PROGRESS, WAITING or FAILED, and its
-        lease is free, expired (``lease_expires <= now``), already ``owner``'s, or held by
-        ``steal_from`` (an owner the caller knows to be dead). It then sets the lease
-        (``owner``, ``expires``), the status IN_PROGRESS (WAITING stays WAITING), adds 1 to
-        ``attempt``, clears ``error``, and appends the envelope ``started`` (at ``now``), all
-        in one transaction, and returns the updated record. Otherwise (COMPLETED, CANCELLED,
-        or leased by someone else) it changes nothing and returns ``None``.
-
-        Raises:
-            EntityNotFoundError.
-            TypeError, ValueError: ``started`` is not a mapping of JSON values.
-        """
         self._db.check_writable()
-        body = encode_object(started, f"the started envelope of entity {entity_id!r}")
+        _check_crash_rules(crash_limit, crash_failure)
+        encode_started = self._started_encoder(started, entity_id)
 
         def write(conn: sqlite3.Connection) -> EntityRecord | None:
             if fence is not None:
                 ops.fence(conn, fence, owner, f"start child {entity_id!r}")
+                ops.progressed(conn, fence)
             return ops.claim(
-                conn, entity_id, owner, now=now, expires=expires, body=body, steal_from=steal_from
+                conn,
+                entity_id,
+                owner,
+                now=now,
+                expires=expires,
+                started=encode_started,
+                steal_from=() if steal_from is None else (steal_from,),
+                own_run=own_run,
+                crash_limit=crash_limit,
+                crash_failure=crash_failure,
             )
 
         return await self._db.write(write)
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        limit: int,
+        started: Callable[[int], Mapping[str, JSON]],
+        steal_from: Sequence[str] = (),
+        types: Sequence[str] | None = None,
+        crash_limit: int | None = None,
+        crash_failure: CrashFailure | None = None,
+    ) -> tuple[list[EntityRecord], list[str]]:
+        self._db.check_writable()
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"claim_due() limit must be an int >= 1, got {limit!r}")
+        _check_crash_rules(crash_limit, crash_failure)
+        encode_started = self._started_encoder(started, "claimed by the claim loop")
+        dead = tuple(steal_from)
+        kinds = None if types is None else tuple(types)
+
+        def write(conn: sqlite3.Connection) -> tuple[list[EntityRecord], list[str]]:
+            claimed: list[EntityRecord] = []
+            failed: list[str] = []
+            for entity_id in ops.due_ids(conn, now, limit, dead, kinds):
+                record = ops.claim(
+                    conn,
+                    entity_id,
+                    owner,
+                    now=now,
+                    expires=expires,
+                    started=encode_started,
+                    steal_from=dead,
+                    own_run=True,
+                    crash_limit=crash_limit,
+                    crash_failure=crash_failure,
+                )
+                if record is not None:
+                    claimed.append(record)
+                else:  # the only reason it was not claimed: the crash-loop guard failed it
+                    failed.append(entity_id)
+            return claimed, failed
+
+        return await self._db.write(write)
+
+    async def runnable(
+        self,
+        *,
+        now: float,
+        steal_from: Sequence[str] = (),
+        types: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> list[EntityRecord]:
+        dead = tuple(steal_from)
+        kinds = None if types is None else tuple(types)
+
+        def read(conn: sqlite3.Connection) -> list[EntityRecord]:
+            return [
+                ops.require_entity(conn, entity_id)
+                for entity_id in ops.due_ids(conn, now, limit, dead, kinds)
+            ]
+
+        return await self._db.read(read)
+
+    async def next_due(self, *, after: float) -> float | None:
+        def read(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(runnable_at) FROM entities WHERE runnable_at IS NOT NULL"
+                " AND runnable_at > ? AND lease_owner IS NULL",
+                (after,),
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._db.read(read)
+
+    async def lease_owners(self) -> list[str]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT lease_owner FROM entities WHERE lease_owner IS NOT NULL"
+            )
+            return [owner for (owner,) in rows]
+
+        return await self._db.read(read)
+
+    async def submit(
+        self,
+        entity_id: str,
+        *,
+        now: float,
+        data: Mapping[str, JSON] | None = None,
+        expect: Mapping[str, JSON] | None = None,
+    ) -> EntityRecord:
+        self._db.check_writable()
+        patch = None
+        if data is not None:
+            encode_object(data, f"the data submitted with entity {entity_id!r}")
+            patch = dict(data)
+        if expect is not None:
+            encode_object(expect, f"the data expected of entity {entity_id!r}")
+
+        def write(conn: sqlite3.Connection) -> EntityRecord:
+            record = ops.require_entity(conn, entity_id)
+            if record.status.is_terminal:
+                return record
+            if expect is not None:
+                ops.check_expected(record, expect)
+            if patch:
+                merged = {**record.data, **patch}
+                conn.execute(
+                    "UPDATE entities SET data = ?, modified_at = ? WHERE id = ?",
+                    (encode_json(merged, f"entity data of {entity_id!r}"), now, entity_id),
+                )
+            # Runnable now, unless it is (or is to be) running already.
+            conn.execute(
+                "UPDATE entities SET runnable_at = CASE"
+                " WHEN lease_owner IS NOT NULL AND lease_expires > ? THEN coalesce(runnable_at, ?)"
+                " ELSE min(coalesce(runnable_at, ?), ?) END WHERE id = ?",
+                (now, now, now, now, entity_id),
+            )
+            return ops.require_entity(conn, entity_id)
+
+        return await self._db.write(write)
+
+    async def park(
+        self,
+        entity_id: str,
+        owner: str,
+        *,
+        now: float,
+        reason: ParkReason,
+        wake_at: float | None = None,
+        envelope: Mapping[str, JSON] | None = None,
+    ) -> EntityRecord:
+        self._db.check_writable()
+        if not isinstance(reason, ParkReason):
+            raise TypeError(f"park() reason must be a ParkReason, got {reason!r}")
+        if reason is ParkReason.TIMER and wake_at is None:
+            raise ValueError("park() on a timer needs wake_at")
+        body = (
+            None
+            if envelope is None
+            else encode_object(envelope, f"the parking envelope of entity {entity_id!r}")
+        )
+        return await self._db.write(
+            lambda conn: ops.park(
+                conn, entity_id, owner, now=now, reason=reason, wake_at=wake_at, body=body
+            )
+        )
 
     async def create_and_claim(
         self,
@@ -334,20 +462,6 @@ class SqliteStore:
         expires: float,
         started: Mapping[str, JSON],
     ) -> tuple[EntityRecord, bool, bool]:
-        """Create the entity ``new`` describes and claim it for ``owner``, in one transaction
-        (a parent's run creating and starting its child). If its name is taken, the existing
-        entity is returned unchanged and not claimed (the caller claims it the usual way).
-
-        Returns ``(record, created, claimed)``: the record as it is afterwards, whether it was
-        created, and whether ``owner`` holds its lease now (exactly when it was created).
-        Fenced by the parent's lease.
-
-        Raises:
-            EntityNotFoundError: ``new.parent_id`` names no entity.
-            DuplicateEntityError: ``new.id`` is taken by another entity.
-            LeaseLostError: ``owner`` does not hold the parent's lease.
-            TypeError, ValueError: data or ``started`` is not JSON.
-        """
         self._db.check_writable()
         if not isinstance(new, NewEntity):
             raise TypeError(f"create_and_claim() takes a NewEntity, got {new!r}")
@@ -361,6 +475,8 @@ class SqliteStore:
             existing = ops.find_entity(conn, new.parent_id, new.name)
             if existing is not None:
                 return existing, False, False
+            if new.parent_id is not None:
+                ops.progressed(conn, new.parent_id)
             record = ops.insert_claimed(
                 conn,
                 new,
@@ -376,26 +492,24 @@ class SqliteStore:
         return await self._db.write(write)
 
     async def renew_leases(self, owner: str, *, expires: float) -> int:
-        """Extend every lease ``owner`` holds to ``expires`` (a heartbeat); returns how many."""
-
         def write(conn: sqlite3.Connection) -> int:
+            # A run alive at a heartbeat survived its start: its crash-loop count starts again.
             cursor = conn.execute(
-                "UPDATE entities SET lease_expires = ? WHERE lease_owner = ?", (expires, owner)
+                "UPDATE entities SET lease_expires = ?, abandoned = 0 WHERE lease_owner = ?",
+                (expires, owner),
             )
             return cursor.rowcount
 
         return await self._db.write(write)
 
-    async def release(self, entity_id: str, owner: str) -> bool:
-        """Give up the lease without finishing (the run was interrupted): the status stays as
-        it is, so the entity is found by :meth:`active` and runs again. Returns ``False``
-        (changing nothing) if ``owner`` did not hold it (or there is no such entity)."""
-
+    async def release(
+        self, entity_id: str, owner: str, *, resubmit_at: float | None = None
+    ) -> bool:
         def write(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "UPDATE entities SET lease_owner = NULL, lease_expires = NULL"
-                " WHERE id = ? AND lease_owner = ?",
-                (entity_id, owner),
+                "UPDATE entities SET lease_owner = NULL, lease_expires = NULL, abandoned = 0,"
+                " runnable_at = ? WHERE id = ? AND lease_owner = ?",
+                (resubmit_at, entity_id, owner),
             )
             return cursor.rowcount == 1
 
@@ -410,13 +524,6 @@ class SqliteStore:
         now: float,
         envelope: Mapping[str, JSON] | None = None,
     ) -> None:
-        """Move a running entity between IN_PROGRESS and WAITING, appending ``envelope`` if
-        given, atomically. Fenced.
-
-        Raises:
-            ValueError: ``status`` is neither IN_PROGRESS nor WAITING.
-            EntityNotFoundError, LeaseLostError.
-        """
         self._db.check_writable()
         if status is not EntityStatus.IN_PROGRESS and status is not EntityStatus.WAITING:
             raise ValueError(
@@ -450,16 +557,7 @@ class SqliteStore:
         result: JSON = None,
         error: Mapping[str, str] | None = None,
         envelopes: Sequence[Mapping[str, JSON]] = (),
-    ) -> None:
-        """End a run: set the status (COMPLETED with ``result``, or FAILED with ``error``),
-        clear the lease and append ``envelopes`` (at ``now``), in one transaction. Fenced.
-
-        Raises:
-            ValueError: ``status`` is neither COMPLETED nor FAILED, or a ``result`` is given
-                with FAILED or an ``error`` with COMPLETED.
-            TypeError: ``error`` is not a mapping of strings, or a value is not JSON.
-            EntityNotFoundError, LeaseLostError.
-        """
+    ) -> bool:
         self._db.check_writable()
         if status is EntityStatus.COMPLETED:
             if error is not None:
@@ -486,40 +584,34 @@ class SqliteStore:
             )
         bodies = encode_envelopes(envelopes, entity_id)
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> bool:
             last = ops.bump_seq(conn, entity_id, owner, len(bodies), "finish")
-            conn.execute(
+            (parent_id,) = conn.execute(
                 "UPDATE entities SET status = ?, result = ?, error = ?, lease_owner = NULL,"
-                " lease_expires = NULL, modified_at = ? WHERE id = ?",
+                " lease_expires = NULL, runnable_at = NULL, parked_on = NULL,"
+                " modified_at = ? WHERE id = ? RETURNING parent_id",
                 (status.value, result_json, error_json, now, entity_id),
-            )
+            ).fetchone()
             ops.insert_envelopes(conn, entity_id, last, now, bodies)
+            return ops.wake_parent(conn, parent_id, now)
 
-        await self._db.write(write)
+        return await self._db.write(write)
 
     async def cancel(
         self, entity_id: str, *, now: float, envelope: Mapping[str, JSON]
     ) -> list[str]:
-        """Cancel the entity and every descendant that is not COMPLETED or CANCELLED already:
-        set CANCELLED, clear their leases (fencing out their runs) and append ``envelope`` to
-        each, in one transaction. Returns the ids cancelled, the entity first, then the
-        descendants by depth and age (empty if the entity was already COMPLETED or
-        CANCELLED). Descendants below a COMPLETED or CANCELLED entity are cancelled too if
-        they are not finished themselves.
-
-        Raises:
-            EntityNotFoundError.
-            TypeError, ValueError: ``envelope`` is not a mapping of JSON values.
-        """
         self._db.check_writable()
         body = encode_object(envelope, f"the cancel envelope of entity {entity_id!r}")
 
         def write(conn: sqlite3.Connection) -> list[str]:
-            row = conn.execute("SELECT status FROM entities WHERE id = ?", (entity_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, parent_id FROM entities WHERE id = ?", (entity_id,)
+            ).fetchone()
             if row is None:
                 raise ops.not_found(entity_id)
             if row[0] in ops.TERMINAL:
                 return []
+            parent_id = row[1]
             rows = conn.execute(
                 """
                 WITH RECURSIVE subtree (id, depth) AS (
@@ -538,19 +630,16 @@ class SqliteStore:
             for cancelled in ids:
                 conn.execute(
                     "UPDATE entities SET status = ?, lease_owner = NULL, lease_expires = NULL,"
-                    " modified_at = ? WHERE id = ?",
+                    " runnable_at = NULL, parked_on = NULL, modified_at = ? WHERE id = ?",
                     (EntityStatus.CANCELLED.value, now, cancelled),
                 )
                 ops.append(conn, cancelled, now, body)
+            ops.wake_parent(conn, parent_id, now)  # it ended, for a parent waiting on it
             return ids
 
         return await self._db.write(write)
 
     async def active(self) -> list[EntityRecord]:
-        """The IN_PROGRESS or WAITING entities, whoever holds their lease (held, expired or
-        free), topmost only: an entity whose parent is also IN_PROGRESS or WAITING is left out,
-        because running the parent runs it again. Oldest first. The runtime decides which of
-        them are abandoned (lease free or expired, or held by an owner it knows is dead)."""
 
         def read(conn: sqlite3.Connection) -> list[EntityRecord]:
             rows = conn.execute(
@@ -567,17 +656,15 @@ class SqliteStore:
     # -- envelopes -----------------------------------------------------------------------------
 
     async def append_envelopes(
-        self, owner: str, items: Sequence[tuple[str, float, Mapping[str, JSON]]]
+        self,
+        owner: str,
+        items: Sequence[tuple[str, float, Mapping[str, JSON]]],
+        *,
+        emitted: int = 0,
     ) -> list[int]:
-        """Append ``(entity_id, ts, body)`` envelopes in order; returns their ``seq`` numbers.
-        Fenced per entity: if ``owner`` does not hold the lease of any of them, nothing is
-        appended.
-
-        Raises:
-            EntityNotFoundError, LeaseLostError.
-            TypeError, ValueError: an item is not ``(entity_id, ts, mapping of JSON values)``.
-        """
         self._db.check_writable()
+        if isinstance(emitted, bool) or not isinstance(emitted, int) or emitted < 0:
+            raise ValueError(f"append_envelopes() emitted must be an int >= 0, got {emitted!r}")
         prepared: list[tuple[str, float, str]] = []
         for item in items:
             if not isinstance(item, tuple) or len(item) != 3:
@@ -593,11 +680,20 @@ class SqliteStore:
             return []
 
         def write(conn: sqlite3.Connection) -> list[int]:
-            if len(prepared) == 1:  # the common case: one envelope of one entity
-                entity_id, ts, body = prepared[0]
-                last = ops.bump_seq(conn, entity_id, owner, 1, "envelopes")
-                return ops.insert_envelopes(conn, entity_id, last, ts, [body])
-            for entity_id in dict.fromkeys(entity_id for entity_id, _, _ in prepared):
+            entities = dict.fromkeys(entity_id for entity_id, _, _ in prepared)
+            if len(entities) == 1:  # the common case: the envelopes of one entity
+                entity_id = prepared[0][0]
+                last = ops.bump_seq(
+                    conn, entity_id, owner, len(prepared), "envelopes", emitted=emitted
+                )
+                first = last - len(prepared) + 1
+                return [
+                    ops.insert_envelope(conn, entity_id, first + offset, ts, body)
+                    for offset, (_, ts, body) in enumerate(prepared)
+                ]
+            if emitted:
+                raise ValueError("append_envelopes() counts emitted envelopes of one entity only")
+            for entity_id in entities:
                 ops.fence(conn, entity_id, owner, "envelopes")
             return [ops.append(conn, entity_id, ts, body) for entity_id, ts, body in prepared]
 
@@ -611,13 +707,6 @@ class SqliteStore:
         limit: int = 1000,
         subtree: bool = True,
     ) -> list[StoredEnvelope]:
-        """Envelopes with ``seq > after_seq`` in ``seq`` order, at most ``limit``: of the entity
-        and all its descendants (``subtree=True``) or of the entity alone.
-
-        Raises:
-            EntityNotFoundError.
-            ValueError: ``limit`` is negative.
-        """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"read_envelopes() limit must be an int >= 0, got {limit!r}")
 
@@ -662,7 +751,6 @@ class SqliteStore:
         return await self._db.read(read)
 
     async def last_seq(self) -> int:
-        """The highest ``seq`` stored (0 if none)."""
 
         def read(conn: sqlite3.Connection) -> int:
             value = conn.execute("SELECT max(seq) FROM envelopes").fetchone()[0]
@@ -682,15 +770,6 @@ class SqliteStore:
         data: Mapping[str, JSON] | None = None,
         owner: str | None = None,
     ) -> EdgeRecord:
-        """Add the edge, or return it unchanged if ``(from_id, edge_type, to_id)`` exists.
-        Its ``position`` is one more than the highest of ``(from_id, edge_type)``. With
-        ``owner``, fenced by ``from_id``'s lease (a run connecting its entity).
-
-        Raises:
-            EntityNotFoundError: either end names no entity.
-            LeaseLostError: ``owner`` was given and does not hold ``from_id``'s lease.
-            TypeError, ValueError: ``data`` is not a mapping of JSON values.
-        """
         self._db.check_writable()
         data_json = encode_object(
             {} if data is None else data, f"the data of edge {from_id!r} -{edge_type}-> {to_id!r}"
@@ -707,7 +786,6 @@ class SqliteStore:
         return await self._db.write(write)
 
     async def edges(self, entity_id: str) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
-        """``(outgoing, incoming)`` edges of the entity, each by type, then position."""
 
         def read(conn: sqlite3.Connection) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
             outgoing = conn.execute(
@@ -728,13 +806,6 @@ class SqliteStore:
     async def send_message(
         self, entity_id: str, message: str, data: JSON, *, now: float
     ) -> MessageRecord:
-        """Store a message for the entity; it is kept until a wait receives it.
-
-        Raises:
-            EntityNotFoundError.
-            EntityNotWaitingError: the entity is COMPLETED or CANCELLED.
-            TypeError, ValueError: ``data`` is not JSON.
-        """
         self._db.check_writable()
         if not isinstance(message, str):
             raise TypeError(f"send_message() message must be a str, got {message!r}")
@@ -752,6 +823,12 @@ class SqliteStore:
                 "INSERT INTO messages (entity_id, message, data, sent_at) VALUES (?, ?, ?, ?)",
                 (entity_id, message, data_json, now),
             )
+            # A run parked on a message wait runs again now.
+            conn.execute(
+                "UPDATE entities SET runnable_at = ? WHERE id = ? AND parked_on = 'message'"
+                " AND lease_owner IS NULL AND (runnable_at IS NULL OR runnable_at > ?)",
+                (now, entity_id, now),
+            )
             assert cursor.lastrowid is not None
             return MessageRecord(
                 id=cursor.lastrowid,
@@ -765,7 +842,6 @@ class SqliteStore:
         return await self._db.write(write)
 
     async def messages(self, entity_id: str) -> list[MessageRecord]:
-        """Every message sent to the entity, oldest first."""
 
         def read(conn: sqlite3.Connection) -> list[MessageRecord]:
             rows = conn.execute(
@@ -789,18 +865,6 @@ class SqliteStore:
         deadline: float | None = None,
         envelope: Mapping[str, JSON] | None = None,
     ) -> WaitRecord:
-        """Start wait ``index`` of the entity, or return it as stored if it exists (a re-run
-        reaching a wait it made before: nothing else changes then).
-
-        A new wait is stored with state WAITING; for a message wait the entity's status
-        becomes WAITING and ``envelope`` (the WAITING envelope) is appended, in the same
-        transaction. Fenced.
-
-        Raises:
-            EntityNotFoundError, LeaseLostError.
-            ValueError: ``index`` is not an int >= 1 (waits are numbered from 1).
-            TypeError: ``kind`` is not a :class:`WaitKind`, or a value is not JSON.
-        """
         self._db.check_writable()
         ops.check_index(index)
         if not isinstance(kind, WaitKind):
@@ -847,16 +911,6 @@ class SqliteStore:
     async def take_message(
         self, entity_id: str, owner: str, index: int, *, now: float
     ) -> WaitRecord:
-        """Give wait ``index`` the oldest unread message, if it has none yet and one is
-        stored: the message is marked read by it, the wait ANSWERED, and the entity
-        IN_PROGRESS again, atomically. Returns the wait as it is then (still WAITING if there
-        was no message). A wait that is no longer WAITING (answered, timed out) or is a timer
-        is returned unchanged. Fenced.
-
-        Raises:
-            EntityNotFoundError: the entity, or its wait ``index``, does not exist.
-            LeaseLostError.
-        """
         self._db.check_writable()
 
         def write(conn: sqlite3.Connection) -> WaitRecord:
@@ -891,15 +945,6 @@ class SqliteStore:
     async def end_wait(
         self, entity_id: str, owner: str, index: int, state: WaitState, *, now: float
     ) -> WaitRecord:
-        """Close a wait that is still WAITING as TIMED_OUT or ELAPSED (the entity becomes
-        IN_PROGRESS again); a wait that is no longer WAITING is returned unchanged (a message
-        may have arrived first). Fenced.
-
-        Raises:
-            ValueError: ``state`` is WAITING or ANSWERED.
-            EntityNotFoundError: the entity, or its wait ``index``, does not exist.
-            LeaseLostError.
-        """
         self._db.check_writable()
         if state is not WaitState.TIMED_OUT and state is not WaitState.ELAPSED:
             raise ValueError(f"end_wait() closes a wait as TIMED_OUT or ELAPSED, not {state!r}")
@@ -922,8 +967,16 @@ class SqliteStore:
         return await self._db.write(write)
 
     async def get_wait(self, entity_id: str, index: int) -> WaitRecord | None:
-        """Wait ``index`` of the entity, if it was made."""
         return await self._db.read(lambda conn: ops.get_wait(conn, entity_id, index))
 
 
 # -- JSON ------------------------------------------------------------------------------------------
+
+
+def _check_crash_rules(limit: int | None, failure: CrashFailure | None) -> None:
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"crash_limit must be an int >= 1 or None, got {limit!r}")
+    if failure is None:
+        raise TypeError("crash_limit needs crash_failure (what to record when it is reached)")

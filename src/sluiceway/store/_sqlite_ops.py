@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
-from .._errors import DuplicateEntityError, EntityNotFoundError, LeaseLostError
+from .._errors import (
+    DataConflictError,
+    DuplicateEntityError,
+    EntityNotFoundError,
+    LeaseLostError,
+)
+from ._json import encode_envelopes, encode_object
+from ._protocol import CrashFailure
 from ._records import (
     EdgeRecord,
     EntityRecord,
     EntityStatus,
     MessageRecord,
     NewEntity,
+    ParkReason,
     WaitKind,
     WaitRecord,
     WaitState,
@@ -22,7 +30,8 @@ from ._records import (
 
 ENTITY_COLUMNS = (
     "id, parent_id, name, type, general_type, status, data, result, error, attempt,"
-    " lease_owner, lease_expires, created_at, modified_at, last_entity_seq"
+    " lease_owner, lease_expires, created_at, modified_at, last_entity_seq,"
+    " runnable_at, parked_on, abandoned, emitted"
 )
 ENTITY_COLUMNS_E = ", ".join(f"e.{column.strip()}" for column in ENTITY_COLUMNS.split(","))
 SELECT_ENTITY = f"SELECT {ENTITY_COLUMNS} FROM entities"
@@ -58,6 +67,10 @@ def entity_from_row(row: Sequence[Any]) -> EntityRecord:
         created_at,
         modified_at,
         last_entity_seq,
+        runnable_at,
+        parked_on,
+        abandoned,
+        emitted,
     ) = row
     return EntityRecord(
         id=entity_id,
@@ -75,6 +88,10 @@ def entity_from_row(row: Sequence[Any]) -> EntityRecord:
         created_at=created_at,
         modified_at=modified_at,
         last_entity_seq=last_entity_seq,
+        runnable_at=runnable_at,
+        parked_on=parked_on,
+        abandoned=abandoned,
+        emitted=emitted,
     )
 
 
@@ -147,6 +164,12 @@ def fence(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> tu
     return tuple(row)
 
 
+def progressed(conn: sqlite3.Connection, entity_id: str) -> None:
+    """The run of the entity did something (started a child): its crash-loop count starts
+    again. (A lookup only, unless the count is set.)"""
+    conn.execute("UPDATE entities SET abandoned = 0 WHERE id = ? AND abandoned > 0", (entity_id,))
+
+
 def append(conn: sqlite3.Connection, entity_id: str, ts: float, body: str) -> int:
     row = conn.execute(
         "UPDATE entities SET last_entity_seq = last_entity_seq + 1 WHERE id = ?"
@@ -189,37 +212,165 @@ def claim(
     *,
     now: float,
     expires: float,
-    body: str,
-    steal_from: str | None,
+    started: Callable[[int], str],
+    steal_from: Container[str] = (),
+    own_run: bool = False,
+    crash_limit: int | None = None,
+    crash_failure: CrashFailure | None = None,
 ) -> EntityRecord | None:
+    """Claim the entity for ``owner`` if it can run and nobody else holds it (see
+    ``EntityStore.claim``); ``None`` if not, or if the crash-loop guard failed it instead."""
     row = conn.execute(
-        "SELECT status, lease_owner, lease_expires FROM entities WHERE id = ?", (entity_id,)
+        "SELECT status, lease_owner, lease_expires, parked_on, abandoned, parent_id, attempt"
+        " FROM entities WHERE id = ?",
+        (entity_id,),
     ).fetchone()
     if row is None:
         raise not_found(entity_id)
-    status, holder, holder_expires = row
+    status, holder, holder_expires, parked_on, abandoned, parent_id, attempt = row
     if status in TERMINAL:
         return None
     free = (
         holder is None
         or holder == owner
-        or (steal_from is not None and holder == steal_from)
+        or holder in steal_from
         or holder_expires is None
         or holder_expires <= now
     )
     if not free:
         return None
-    new_status = (
-        EntityStatus.WAITING.value
-        if status == EntityStatus.WAITING.value
-        else EntityStatus.IN_PROGRESS.value
-    )
+    # A lease another owner did not give back: its process died (or stopped renewing).
+    if holder is not None and holder != owner:
+        abandoned += 1
+        if crash_limit is not None and abandoned >= crash_limit:
+            assert crash_failure is not None
+            fail_crash_loop(
+                conn, entity_id, parent_id, abandoned, now=now, crash_failure=crash_failure
+            )
+            return None
+    waiting = status == EntityStatus.WAITING.value and parked_on in (None, "message")
+    new_status = EntityStatus.WAITING.value if waiting else EntityStatus.IN_PROGRESS.value
     conn.execute(
         "UPDATE entities SET lease_owner = ?, lease_expires = ?, status = ?,"
-        " attempt = attempt + 1, error = NULL, modified_at = ? WHERE id = ?",
-        (owner, expires, new_status, now, entity_id),
+        " attempt = attempt + 1, error = NULL, parked_on = NULL, abandoned = ?,"
+        " runnable_at = CASE WHEN ? THEN coalesce(runnable_at, ?) ELSE runnable_at END,"
+        " modified_at = ? WHERE id = ?",
+        (owner, expires, new_status, abandoned, own_run, now, now, entity_id),
     )
-    append(conn, entity_id, now, body)
+    append(conn, entity_id, now, started(attempt + 1))
+    return require_entity(conn, entity_id)
+
+
+def due_ids(
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    steal_from: Sequence[str],
+    types: Sequence[str] | None,
+) -> list[str]:
+    """The entities the claim loop may take now, earliest first: runnable by now, not ended,
+    with no live lease (free, expired, or held by one of ``steal_from``), and of one of
+    ``types`` (if given: a runtime claims only the types it can run)."""
+    dead = f" OR lease_owner IN ({_marks(steal_from)})" if steal_from else ""
+    typed = "" if types is None else f" AND type IN ({_marks(types)})"
+    rows = conn.execute(
+        "SELECT id FROM entities WHERE runnable_at IS NOT NULL AND runnable_at <= ?"
+        f" AND status NOT IN ('COMPLETED', 'CANCELLED'){typed}"
+        f" AND (lease_owner IS NULL OR lease_expires <= ?{dead})"
+        " ORDER BY runnable_at, rowid LIMIT ?",
+        (now, *(types or ()), now, *steal_from, limit),
+    )
+    return [entity_id for (entity_id,) in rows]
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+def fail_crash_loop(
+    conn: sqlite3.Connection,
+    entity_id: str,
+    parent_id: str | None,
+    count: int,
+    *,
+    now: float,
+    crash_failure: CrashFailure,
+) -> None:
+    """Fail an entity whose runs died with their processes ``count`` times in a row."""
+    error, envelopes = crash_failure(count)
+    bodies = encode_envelopes(envelopes, entity_id)
+    row = conn.execute(
+        "UPDATE entities SET status = 'FAILED', error = ?, lease_owner = NULL,"
+        " lease_expires = NULL, runnable_at = NULL, parked_on = NULL, abandoned = ?,"
+        " last_entity_seq = last_entity_seq + ?, modified_at = ? WHERE id = ?"
+        " RETURNING last_entity_seq",
+        (
+            encode_object(error, f"the error of entity {entity_id!r}"),
+            count,
+            len(bodies),
+            now,
+            entity_id,
+        ),
+    ).fetchone()
+    insert_envelopes(conn, entity_id, row[0], now, bodies)
+    wake_parent(conn, parent_id, now)
+
+
+def wake_parent(conn: sqlite3.Connection, parent_id: str | None, now: float) -> bool:
+    """A child ended: make its parent runnable if it is parked on its children and none of
+    them is pending any more (parked, submitted, or running on its own). Returns whether it
+    did."""
+    if parent_id is None:
+        return False
+    cursor = conn.execute(
+        "UPDATE entities SET runnable_at = ? WHERE id = ? AND parked_on = 'children'"
+        " AND lease_owner IS NULL AND runnable_at IS NULL"
+        f" AND NOT EXISTS ({PENDING_CHILD})",
+        (now, parent_id, parent_id),
+    )
+    return cursor.rowcount > 0
+
+
+#: A pending child of the entity ``?``: parked, or runnable (submitted, woken, running on its
+#: own). The condition is the one of the partial index ``entities_pending``.
+PENDING_CHILD = (
+    "SELECT 1 FROM entities WHERE parent_id = ?"
+    " AND (runnable_at IS NOT NULL OR parked_on IS NOT NULL)"
+)
+
+
+def park(
+    conn: sqlite3.Connection,
+    entity_id: str,
+    owner: str,
+    *,
+    now: float,
+    reason: ParkReason,
+    wake_at: float | None,
+    body: str | None,
+) -> EntityRecord:
+    """End a run by parking it (see ``EntityStore.park``)."""
+    fence(conn, entity_id, owner, "park")
+    due = wake_at
+    if reason is ParkReason.MESSAGE:
+        unread = conn.execute(
+            "SELECT 1 FROM messages WHERE entity_id = ? AND consumed_by IS NULL LIMIT 1",
+            (entity_id,),
+        ).fetchone()
+        if unread is not None:
+            due = now  # it arrived while the run was deciding to park
+    elif (
+        reason is ParkReason.CHILDREN
+        and conn.execute(PENDING_CHILD, (entity_id,)).fetchone() is None
+    ):
+        due = now  # they all ended meanwhile
+    conn.execute(
+        "UPDATE entities SET status = 'WAITING', lease_owner = NULL, lease_expires = NULL,"
+        " parked_on = ?, runnable_at = ?, abandoned = 0, modified_at = ? WHERE id = ?",
+        (reason.value, due, now, entity_id),
+    )
+    if body is not None:
+        append(conn, entity_id, now, body)
     return require_entity(conn, entity_id)
 
 
@@ -239,7 +390,7 @@ def insert_claimed(
     try:
         conn.execute(
             f"INSERT INTO entities ({ENTITY_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?, ?, 1)",
+            " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?, ?, 1, NULL, NULL, 0, 0)",
             (
                 new.id,
                 new.parent_id,
@@ -294,18 +445,56 @@ def insert_claimed(
     )
 
 
-def bump_seq(conn: sqlite3.Connection, entity_id: str, owner: str, count: int, what: str) -> int:
+def bump_seq(
+    conn: sqlite3.Connection,
+    entity_id: str,
+    owner: str,
+    count: int,
+    what: str,
+    *,
+    emitted: int = 0,
+) -> int:
     """Reserve ``count`` entity sequence numbers for a fenced write; returns the last one.
-    Raises (through :func:`fence`) if ``owner`` does not hold the lease."""
+    ``emitted`` (if higher) becomes the entity's count of emitted envelopes. A run that writes
+    something new has made progress: its crash-loop count starts again. Raises (through
+    :func:`fence`) if ``owner`` does not hold the lease."""
     row = conn.execute(
-        "UPDATE entities SET last_entity_seq = last_entity_seq + ?"
+        "UPDATE entities SET last_entity_seq = last_entity_seq + ?,"
+        " emitted = max(emitted, ?), abandoned = 0"
         " WHERE id = ? AND lease_owner = ? RETURNING last_entity_seq",
-        (count, entity_id, owner),
+        (count, emitted, entity_id, owner),
     ).fetchone()
     if row is None:
         fence(conn, entity_id, owner, what)  # raises: not found, or the lease is lost
         raise AssertionError("unreachable")  # pragma: no cover
     return int(row[0])
+
+
+def insert_envelope(
+    conn: sqlite3.Connection, entity_id: str, entity_seq: int, ts: float, body: str
+) -> int:
+    """Insert one envelope with its reserved entity sequence number; returns its seq."""
+    cursor = conn.execute(
+        "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)",
+        (entity_id, entity_seq, ts, body),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def check_expected(record: EntityRecord, expect: Mapping[str, Any]) -> None:
+    """Raise :class:`~sluiceway.DataConflictError` unless each key of ``expect`` has that
+    value in the entity's data (a missing key matches ``None``)."""
+    for key, value in expect.items():
+        current = record.data.get(key)
+        if current != value or type(current) is not type(value):
+            raise DataConflictError(
+                f"{record.type} {record.name!r} ({record.id}) has {key}={current!r}, not "
+                f"{value!r}: it changed meanwhile, so nothing was written",
+                key=key,
+                expected=value,
+                actual=current,
+            )
 
 
 def insert_envelopes(
@@ -345,7 +534,7 @@ def create_entity(
         raise DuplicateEntityError(f"the entity id {new.id!r} is taken")
     conn.execute(
         f"INSERT INTO entities ({ENTITY_COLUMNS}) VALUES"
-        " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, 0)",
+        " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, 0, NULL, NULL, 0, 0)",
         (
             new.id,
             new.parent_id,

@@ -14,9 +14,10 @@ APPLICATION = "sluiceway-entity-store"
 MIN_SQLITE_VERSION = (3, 35, 0)
 
 #: The schema, as numbered migrations applied in order: ``(version, statements)``. Version 1 is
-#: the initial schema. To change the schema, append ``(2, [...])``: a store at version 1 runs
-#: those statements (in the same transaction as the version bump) the next time it is opened
-#: writable, and an older sluiceway refuses a store at version 2.
+#: the initial schema; version 2 adds the columns of submissions, parked waits and the crash-loop
+#: guard. To change the schema, append ``(3, [...])``: a store at version 2 runs those
+#: statements (in the same transaction as the version bump) the next time it is opened
+#: writable, and an older sluiceway refuses a store at version 3.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -104,6 +105,37 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 created_at REAL NOT NULL,
                 PRIMARY KEY (entity_id, idx)
             )
+            """,
+        ],
+    ),
+    (
+        2,
+        [
+            # When the claim loop may run the entity (NULL: it does not run by itself). Set by
+            # a submission, kept while a run of its own holds the lease (so that a run that
+            # dies is resumed), and by parking: the wake-up time of a timer, or NULL until
+            # the awaited message arrives or the awaited children have ended.
+            "ALTER TABLE entities ADD COLUMN runnable_at REAL",
+            "ALTER TABLE entities ADD COLUMN parked_on TEXT"
+            " CHECK (parked_on IN ('timer', 'message', 'children'))",
+            # Runs abandoned by dying processes in a row (the crash-loop guard).
+            "ALTER TABLE entities ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0",
+            # How many envelopes run_impl emitted, by position: a replay stores only the new.
+            "ALTER TABLE entities ADD COLUMN emitted INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX entities_runnable ON entities (runnable_at)"
+            " WHERE runnable_at IS NOT NULL",
+            # A parked parent wakes once none of its children is pending (parked, submitted,
+            # or running on its own): both kinds of rows are in this small index.
+            "CREATE INDEX entities_pending ON entities (parent_id)"
+            " WHERE runnable_at IS NOT NULL OR parked_on IS NOT NULL",
+            # Runs abandoned before this version were resumed by recover(): the claim loop
+            # takes them over now (the topmost of each run, as recover() did).
+            """
+            UPDATE entities SET runnable_at = modified_at
+            WHERE status IN ('IN_PROGRESS', 'WAITING')
+              AND (parent_id IS NULL OR parent_id NOT IN (
+                  SELECT id FROM entities
+                  WHERE status IN ('IN_PROGRESS', 'WAITING', 'FAILED', 'CANCELLED')))
             """,
         ],
     ),

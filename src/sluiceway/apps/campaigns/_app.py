@@ -11,7 +11,7 @@ import attrs
 import cattrs
 import httpx
 
-from ..._errors import DuplicateEntityError, EntityNotFoundError
+from ..._errors import DataConflictError, DuplicateEntityError, EntityNotFoundError
 from ...capacity import CapacitySource
 from ...entities import Runtime
 from ...server import Application, EndpointContext, EndpointError
@@ -325,42 +325,46 @@ async def execute_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     Errors: ``campaign_not_found``, ``campaign_not_draft``, ``template_not_found``,
     ``template_not_approved``, ``no_recipients``."""
     request = _structure(body, ExecuteCampaign, "campaigns/execute")
-    async with services_of(ctx).execute_lock:  # two executes of one draft: one wins
-        campaign = await _entity(ctx, request.campaign_id, Campaign.type_name, "campaign")
-        data = campaign.data
-        if data.get("status") != "draft":
-            raise EndpointError(
-                "campaign_not_draft",
-                f"campaign {data.get('name')!r} cannot be executed (status: {data.get('status')})",
-            )
-        template = await _entity(ctx, data["template_id"], EmailTemplate.type_name, "template")
-        if template.data.get("status") != "approved":
-            raise EndpointError(
-                "template_not_approved",
-                f"template {template.data.get('name')!r} is not approved "
-                f"(status: {template.data.get('status')})",
-            )
-        tags = set(data.get("tag_filter") or [])
-        matching = [c for c in await _contacts(ctx) if tags.intersection(c["tags"])]
-        if not matching:
-            raise EndpointError("no_recipients", f"no contact has any of the tags {sorted(tags)}")
-        snapshot = [
-            {key: c[key] for key in ("id", "first_name", "last_name", "email", "company")}
-            for c in matching
-        ]
-        await ctx.runtime.update_data(
+    campaign = await _entity(ctx, request.campaign_id, Campaign.type_name, "campaign")
+    data = campaign.data
+    if data.get("status") != "draft":
+        raise _not_draft(data)
+    template = await _entity(ctx, data["template_id"], EmailTemplate.type_name, "template")
+    if template.data.get("status") != "approved":
+        raise EndpointError(
+            "template_not_approved",
+            f"template {template.data.get('name')!r} is not approved "
+            f"(status: {template.data.get('status')})",
+        )
+    tags = set(data.get("tag_filter") or [])
+    matching = [c for c in await _contacts(ctx) if tags.intersection(c["tags"])]
+    if not matching:
+        raise EndpointError("no_recipients", f"no contact has any of the tags {sorted(tags)}")
+    snapshot = [
+        {key: c[key] for key in ("id", "first_name", "last_name", "email", "company")}
+        for c in matching
+    ]
+    # One transaction: the campaign is still a draft, it becomes executing with its snapshot,
+    # and its run is submitted. Two executes of one draft: one wins. A crash before it leaves
+    # a draft (execute again); a crash after it, a run that the next server resumes.
+    try:
+        await ctx.start(
             campaign.id,
-            status="executing",
-            total_recipients=len(snapshot),
-            actor_id=request.actor_id or data.get("actor_id"),
-            updated_at=now_iso(),
-            _contacts=snapshot,
-            _template={
-                "subject_template": template.data["subject_template"],
-                "body_html": template.data["body_html"],
+            expect={"status": "draft"},
+            data={
+                "status": "executing",
+                "total_recipients": len(snapshot),
+                "actor_id": request.actor_id or data.get("actor_id"),
+                "updated_at": now_iso(),
+                "_contacts": snapshot,
+                "_template": {
+                    "subject_template": template.data["subject_template"],
+                    "body_html": template.data["body_html"],
+                },
             },
         )
-    await ctx.start(campaign.id)
+    except DataConflictError:
+        raise _not_draft((await ctx.runtime.get(campaign.id)).data) from None
     return {
         "campaign_id": campaign.id,
         "entity_id": campaign.id,
@@ -368,6 +372,13 @@ async def execute_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
         "total_recipients": len(snapshot),
         "message": f"campaign execution started: follow it with `sluiceway run {campaign.id}`",
     }
+
+
+def _not_draft(data: dict[str, Any]) -> EndpointError:
+    return EndpointError(
+        "campaign_not_draft",
+        f"campaign {data.get('name')!r} cannot be executed (status: {data.get('status')})",
+    )
 
 
 async def campaign_status(ctx: EndpointContext, body: dict[str, Any]) -> Any:

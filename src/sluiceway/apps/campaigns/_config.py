@@ -9,7 +9,6 @@ from typing import Any
 
 import attrs
 import httpx
-import trio
 
 from ...capacity import CapacitySource
 from ._personalize import Personalizer, TemplatePersonalizer
@@ -121,5 +120,3 @@ class CampaignServices:
     global_capacity: CapacitySource
     personalizer: Personalizer = attrs.field(factory=TemplatePersonalizer)
     contact_list_id: str = ""
-    #: Serialises ``campaigns/execute``: the draft check and the snapshot are one step.
-    execute_lock: trio.Lock = attrs.field(factory=trio.Lock)
