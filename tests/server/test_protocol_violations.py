@@ -10,6 +10,7 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 
 from tests.server.conftest import TIMEOUT, Served, call, hello, open_raw
 from tests.server.raw import client_frame, handshake, read_to_end, server_frames, text_frame
@@ -128,4 +129,64 @@ async def test_a_client_closing_with_1002_itself_is_no_violation(
             received = await read_to_end(stream, answer.rest)
     closes = [f for f in server_frames(received) if f.opcode == 0x8]
     assert [(f.close_code, f.close_reason) for f in closes] == [(1002, "mine")]
+    assert not [r for r in caplog.records if r.name == "sluiceway.server"]
+
+
+#: Upgrade requests wsproto refuses (it answers them with an HTTP error itself).
+BAD_HANDSHAKES = [
+    (
+        "no key",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+        400,
+    ),
+    (
+        "old version",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        426,
+    ),
+    ("not HTTP", b"HELLO THERE\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"), [b[1:] for b in BAD_HANDSHAKES], ids=[b[0] for b in BAD_HANDSHAKES]
+)
+async def test_a_bad_handshake_is_refused_logged_and_let_go(
+    served: Served, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int
+) -> None:
+    """wsproto answers an invalid upgrade request with an HTTP error; the server logs it and
+    ends that connection's task at once (it used to wait for the handshake timeout)."""
+    caplog.set_level(logging.WARNING, logger="sluiceway.server")
+    host, _, port = served.url.removeprefix("ws://").rpartition(":")
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(request_bytes)
+            received = await read_to_end(stream)
+        assert received.startswith(f"HTTP/1.1 {status}".encode()), received
+        # Nothing of the server is left waiting for this client: every task is idle and the
+        # warning is there.
+        await trio.testing.wait_all_tasks_blocked()
+        warnings = [r.getMessage() for r in caplog.records if r.name == "sluiceway.server"]
+        assert len(warnings) == 1, warnings
+        assert "127.0.0.1:" in warnings[0]
+        assert str(status) in warnings[0]
+        async with open_raw(served.url) as ws:
+            await hello(ws)
+            assert await call(ws, "ping", 1) == {"pong": True}
+
+
+async def test_a_client_that_connects_and_leaves_is_not_logged(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TCP connection closed before any request (a port probe, a health check) is no
+    violation."""
+    caplog.set_level(logging.WARNING, logger="sluiceway.server")
+    host, _, port = served.url.removeprefix("ws://").rpartition(":")
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
     assert not [r for r in caplog.records if r.name == "sluiceway.server"]

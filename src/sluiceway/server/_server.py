@@ -16,7 +16,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Event, RejectConnection
 
 from .. import __version__
 from .._errors import (
@@ -404,9 +404,23 @@ class _ServerWebSocket(WebSocketConnection):
     (when the connection is open; after the server's own close frame there is nothing more to
     send), and the violation is logged as a warning. A genuine close frame from the client puts
     wsproto in ``REMOTE_CLOSING`` (or ``CLOSED``) before its event, so it never comes here.
+
+    An upgrade request wsproto cannot accept (not HTTP, no key, another WebSocket version)
+    raises its ``RemoteProtocolError`` in the handshake; trio-websocket then sends the HTTP
+    refusal wsproto suggests (400, or 426 for the version) and closes the connection, but no
+    request ever comes out of it. ``refused_status`` records that refusal (a rejection sent
+    before the server took the request), so that :func:`_wrap_server_stream` can log it and
+    stop waiting.
     """
 
     peer = "?"
+    #: The HTTP status of the refusal wsproto sent for an invalid upgrade request.
+    refused_status: int | None = None
+
+    async def _send(self, event: Event) -> None:
+        if isinstance(event, RejectConnection) and self._connection_proposal is not None:
+            self.refused_status = event.status_code
+        await super()._send(event)
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         state = self._wsproto.state
@@ -425,14 +439,41 @@ class _ServerWebSocket(WebSocketConnection):
 
 async def _wrap_server_stream(
     nursery: trio.Nursery, stream: trio.SocketStream, peer: str, *, max_message_size: int
-) -> WebSocketRequest:
-    """``trio_websocket.wrap_server_stream`` with a :class:`_ServerWebSocket`."""
+) -> WebSocketRequest | None:
+    """``trio_websocket.wrap_server_stream`` with a :class:`_ServerWebSocket`; ``None`` when
+    the client's reader ends without a request (a refused handshake, logged, or a client that
+    left) instead of waiting for a request that cannot come."""
     connection = _ServerWebSocket(
         stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_size
     )
     connection.peer = peer
-    nursery.start_soon(connection._reader_task, name=f"websocket reader {peer}")
-    return await connection._get_request()
+    settled = trio.Event()
+    requests: list[WebSocketRequest] = []
+
+    async def read() -> None:
+        try:
+            await connection._reader_task()
+        finally:
+            settled.set()
+
+    async def take() -> None:
+        requests.append(await connection._get_request())
+        settled.set()
+
+    nursery.start_soon(read, name=f"websocket reader {peer}")
+    async with open_owned_nursery() as waiting:
+        waiting.start_soon(take, name=f"websocket handshake {peer}")
+        await settled.wait()
+        waiting.cancel_scope.cancel()
+    if requests:
+        return requests[0]
+    if connection.refused_status is not None:
+        log.warning(
+            "refused the WebSocket handshake of %s with HTTP %d: not a valid upgrade request",
+            peer,
+            connection.refused_status,
+        )
+    return None
 
 
 def _peer(stream: trio.SocketStream) -> str:
