@@ -1,11 +1,13 @@
-"""Helpers shared by the tests: capacity-tree invariants checked on the real core."""
+"""Helpers shared by the tests: capacity-tree invariants checked on the real core, and a
+poll for state no event announces."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+import trio
 
 from sluiceway.capacity import BaseCapacity, _tree
 
@@ -63,3 +65,12 @@ def grants_never_exceed_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list
 
     monkeypatch.setattr(_tree, "take", checked_take)
     yield checked
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], *, interval: float = 0.01) -> None:
+    """Wait until ``await condition()`` holds, looking every ``interval`` seconds: for state
+    another process (or the store) changes, which no event of this process announces."""
+    while True:
+        if await condition():
+            return
+        await trio.sleep(interval)

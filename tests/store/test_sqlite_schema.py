@@ -14,7 +14,7 @@ from sluiceway.store import EntityStatus, EntityStore, SqliteStore, SqliteStoreS
 from sluiceway.store import _sqlite_schema as sqlite_module
 from tests.store.helpers import assert_integrity, new, raw_query
 
-TABLES = {"meta", "entities", "edges", "envelopes", "messages", "waits"}
+TABLES = {"meta", "entities", "edges", "envelopes", "messages", "waits", "runtimes"}
 
 
 #: The schema version this sluiceway writes, and the next two (for migrations added in tests).
@@ -405,3 +405,36 @@ async def test_synchronous_is_applied(db_path: Path, synchronous: str) -> None:
         assert store._db._write_conn is not None
         level = store._db._write_conn.execute("PRAGMA synchronous").fetchone()[0]
     assert level == ["OFF", "NORMAL", "FULL", "EXTRA"].index(synchronous.upper())
+
+
+async def test_a_version_1_store_is_migrated_and_its_abandoned_runs_become_due(
+    db_path: Path,
+) -> None:
+    """Version 1 had no claim loop: a run left IN_PROGRESS was resumed by recover(). After the
+    migration the topmost of each such run is due, so any claim loop takes it over."""
+    with sqlite3.connect(db_path) as db:
+        for statement in sqlite_module.MIGRATIONS[0][1]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        rows = [
+            ("root", None, "IN_PROGRESS", "host:1:x"),
+            ("child", "root", "IN_PROGRESS", "host:1:x"),  # its parent resumes it
+            ("idle", None, "PENDING", None),
+            ("done", None, "COMPLETED", None),
+            ("waiter", None, "WAITING", None),
+        ]
+        for entity_id, parent, status, owner in rows:
+            db.execute(
+                "INSERT INTO entities (id, parent_id, name, type, general_type, status, data,"
+                " lease_owner, lease_expires, created_at, modified_at)"
+                " VALUES (?, ?, ?, 'T', 'T', ?, '{}', ?, ?, 1.0, 7.0)",
+                (entity_id, parent, entity_id, status, owner, 9.0 if owner else None),
+            )
+    async with SqliteStore(db_path) as store:
+        due = {record.id: record.runnable_at for record in await store.runnable(now=100.0)}
+        record = await store.get_entity("root")
+        assert (record.abandoned, record.emitted, record.parked_on) == (0, 0, None)
+    assert due == {"root": 7.0, "waiter": 7.0}
+    assert raw_query(db_path, "PRAGMA user_version") == [(LATEST,)]
+    assert tables(db_path) == TABLES
+    assert_integrity(db_path)

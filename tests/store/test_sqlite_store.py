@@ -1102,3 +1102,20 @@ async def test_nesting_deeper_than_the_limit_is_refused_and_the_limit_itself_rea
         await store.send_message("ok", "m", {"text": "\ud800"}, now=2.0)
     assert [m.id for m in await store.messages("ok")] == []
     assert (await store.get_entity("ok")).status is IN_PROGRESS
+
+
+async def test_an_id_that_is_not_valid_unicode_names_no_entity(store: SqliteStore) -> None:
+    bad = "id-\ud800"
+    with pytest.raises(EntityNotFoundError):
+        await store.get_entity(bad)
+    with pytest.raises(EntityNotFoundError):
+        await store.cancel(bad, now=1.0, envelope={"kind": "CANCELLED"})
+    with pytest.raises(EntityNotFoundError):
+        await store.send_message(bad, "m", None, now=1.0)
+    with pytest.raises(EntityNotFoundError):
+        await store.read_envelopes(bad)
+    with pytest.raises(EntityNotFoundError):
+        await store.submit(bad, now=1.0)
+    assert await store.find_entity(None, bad) is None
+    assert await store.children(bad) == []
+    assert await store.count_children(bad) == {}

@@ -205,7 +205,8 @@ class Client:
         return result
 
     async def start(self, entity_id: str) -> dict[str, Any]:
-        """Run an entity in the server; returns ``{"entity_id", "state"}``."""
+        """Submit an entity for a run (durably: committed before the answer); returns
+        ``{"entity_id", "state"}``."""
         result: dict[str, Any] = await self.request("start", entity_id=entity_id)
         return result
 

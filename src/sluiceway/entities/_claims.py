@@ -41,7 +41,14 @@ class ClaimLoop:
         self.batch = batch
         self.running = 0  # runs started by the loop that have not ended
         self.paused = False
+        # A suspect (one death from the crash limit) waits to run alone: claim nothing more
+        # until the runs under way end. While one runs on probation, claim nothing either.
+        self.draining = False
+        self.probation: LiveRun | None = None
         self._wakeup = trio.Event()
+        # When the loop looks again by itself (runtime clock); while it is looking, infinity:
+        # whatever becomes due meanwhile makes it look once more.
+        self._next_look = math.inf
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
@@ -52,6 +59,12 @@ class ClaimLoop:
     def wake(self) -> None:
         """Look for due work now (something was submitted, woken, or a run ended)."""
         self._wakeup.set()
+
+    def due_at(self, when: float) -> None:
+        """Something becomes due at ``when`` (runtime clock): look then, if that is before
+        the loop meant to look again."""
+        if when < self._next_look:
+            self._wakeup.set()
 
     def pause(self) -> None:
         """Claim nothing more (shutting down); the runs under way go on."""
@@ -82,7 +95,7 @@ class ClaimLoop:
             self._wakeup = trio.Event()  # wake-ups from now on are seen by the wait below
             wakeup = self._wakeup
             pause = runtime.poll_interval
-            if not self.paused and self.running < self.max_runs:
+            if not self.paused and self.running < self.max_runs and self._may_claim():
                 try:
                     full = await self._claim()
                     if full:
@@ -96,15 +109,24 @@ class ClaimLoop:
                     if self._failures in (1, 10) or not self._failures % 100:
                         log.exception("the claim loop could not read its store; retrying")
                     pause = min(runtime.poll_interval * self._failures, 30.0)
+            self._next_look = runtime.clock() + pause
             with trio.move_on_after(max(pause, 0.0)):
                 await wakeup.wait()
+            self._next_look = math.inf
+
+    def _may_claim(self) -> bool:
+        if self.probation is not None:
+            if not self.probation.done.is_set() and not self.probation.proven:
+                return False  # the suspect runs alone until it ends or proves itself
+            self.probation = None
+        return not (self.draining and self.running)
 
     async def _claim(self) -> bool:
         """One claim; returns whether it took a full batch (more may be due)."""
         runtime = self.runtime
         limit = min(self.batch, self.max_runs - self.running)
         now = runtime.clock()
-        claimed, failed = await runtime.store.claim_due(
+        batch = await runtime.store.claim_due(
             runtime.owner,
             now=now,
             expires=now + runtime.lease_seconds,
@@ -114,7 +136,10 @@ class ClaimLoop:
             types=runtime.registry.runnable_names(),
             crash_limit=runtime.crash_limit,
             crash_failure=runtime._crash_failure,
+            idle=self.running == 0,
         )
+        claimed, failed = batch.claimed, batch.failed
+        self.draining = batch.suspect_waiting
         for entity_id in failed:
             log.error(
                 "entity %s failed: its runs were abandoned by dying processes %s times in a "
@@ -125,10 +150,29 @@ class ClaimLoop:
         if failed:
             runtime._changed()
         for record in claimed:
-            self._start(record)
+            live = self._start(record)
+            if live is not None and runtime._suspect(record):
+                self.probation = live
+                assert self._nursery is not None  # _start succeeded
+                self._nursery.start_soon(self._prove, live)
+                log.warning(
+                    "%s %r was abandoned by dying processes %s times in a row: it runs alone "
+                    "now; if this process dies running it, it is failed",
+                    record.type,
+                    record.name,
+                    record.abandoned,
+                )
         if claimed:
             runtime._changed()
-        return len(claimed) + len(failed) >= limit
+        return len(claimed) + len(failed) >= limit and self.probation is None
+
+    async def _prove(self, live: LiveRun) -> None:
+        """A run on probation that lives through a heartbeat period has proven itself (its
+        count starts again at the heartbeat): the loop claims other work again."""
+        with trio.move_on_after(self.runtime.lease_seconds / 3):
+            await live.done.wait()
+        live.proven = True
+        self.wake()
 
     async def _until_next_due(self, pause: float) -> float:
         runtime = self.runtime
@@ -138,15 +182,16 @@ class ClaimLoop:
             return pause
         return min(pause, due - now)
 
-    def _start(self, record: EntityRecord) -> None:
+    def _start(self, record: EntityRecord) -> LiveRun | None:
         nursery = self._nursery
         live = None if nursery is None else self.runtime._adopt(record)
         if nursery is None or live is None:
-            return  # another path of this runtime runs it (it registered first)
+            return None  # another path of this runtime runs it (it registered first)
         self.running += 1
         if self.running == 1:
             self._idle = trio.Event()
         nursery.start_soon(self._run, live, name=f"run {record.type} {record.name}")
+        return live
 
     async def _run(self, live: LiveRun) -> None:
         record = live.record

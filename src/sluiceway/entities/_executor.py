@@ -159,6 +159,12 @@ class Executor:
             {"type": EnvelopeType.STATUS.value, "status": "FAILED", "message": error["message"]},
         ]
 
+    def _suspect(self, record: EntityRecord) -> bool:
+        """Whether the claimed entity runs on probation: one more abandoned run would reach
+        the crash limit."""
+        limit = self.crash_limit
+        return limit is not None and limit >= 2 and record.abandoned >= limit - 1
+
     def _claim_rules(self) -> dict[str, Any]:
         return {"crash_limit": self.crash_limit, "crash_failure": self._crash_failure}
 
@@ -434,8 +440,8 @@ class Executor:
             await self._after_lost_lease(record, live)
             raise
         self._changed()
-        if parked.runnable_at is not None and parked.runnable_at <= self.clock():
-            self._work_due()  # what it waits for came meanwhile
+        if parked.runnable_at is not None and self._claims is not None:
+            self._claims.due_at(parked.runnable_at)  # its timer, or now if it came meanwhile
         raise RunParked(f"{record.type} {record.name!r} ({record.id}) parked on {reason.value}")
 
     async def _after_lost_lease(self, record: EntityRecord, live: LiveRun) -> None:

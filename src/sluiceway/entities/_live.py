@@ -54,6 +54,7 @@ class LiveRun:
         self.claimed = False  # it holds the entity's lease (set once its claim succeeded)
         self.ran = False  # it claimed the entity and ran (result or error is its outcome)
         self.parked = False  # it ended by parking: the store wakes it later
+        self.proven = False  # a run on probation lived long enough (see ClaimLoop)
         self.result: Any = None
         self.error: BaseException | None = None
         self.wakeup = trio.Event()  # set (and replaced) when a message arrives

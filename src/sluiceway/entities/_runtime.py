@@ -402,7 +402,7 @@ class Runtime(Executor):
             try:
                 while True:
                     now = self.clock()
-                    claimed, failed = await self.store.claim_due(
+                    batch = await self.store.claim_due(
                         self.owner,
                         now=now,
                         expires=now + self.lease_seconds,
@@ -412,6 +412,7 @@ class Runtime(Executor):
                         types=self.registry.runnable_names(),
                         **self._claim_rules(),
                     )
+                    claimed, failed = batch.claimed, batch.failed
                     for entity_id in failed:
                         record = await self.store.get_entity(entity_id)
                         error = EntityFailedError(
@@ -558,10 +559,12 @@ async def open_runtime(
     if not isinstance(store, EntityStore):
         raise TypeError(f"store must be an EntityStore or a path, got {store!r}")
     async with store:
+        owner = new_owner() if owner is None else owner
+        store.bind_owner(owner)
         runtime = Runtime(
             store,
             registry,
-            owner=new_owner() if owner is None else owner,
+            owner=owner,
             lease_seconds=lease_seconds,
             clock=clock,
             poll_interval=poll_interval,

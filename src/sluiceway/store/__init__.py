@@ -7,6 +7,7 @@ default.
 from ._protocol import EntityStore
 from ._records import (
     JSON,
+    ClaimBatch,
     EdgeRecord,
     EntityRecord,
     EntityStatus,
@@ -23,6 +24,7 @@ from ._sqlite_db import SqliteStoreStatistics
 
 __all__ = [
     "JSON",
+    "ClaimBatch",
     "EdgeRecord",
     "EntityRecord",
     "EntityStatus",

@@ -39,6 +39,7 @@ from typing import Protocol, runtime_checkable
 
 from ._records import (
     JSON,
+    ClaimBatch,
     EdgeRecord,
     EntityRecord,
     EntityStatus,
@@ -68,6 +69,16 @@ class EntityStore(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+    def bind_owner(self, owner: str) -> None:
+        """Tell the store which runtime uses it (one runtime per store object). Writes made
+        from outside any run (creating, submitting, messaging: serving requests) then count
+        as that runtime's activity, which the crash-loop guard of :meth:`claim` reads.
+
+        Raises:
+            RuntimeError: another owner was bound already.
+        """
+        ...
 
     # -- entities --------------------------------------------------------------------------
 
@@ -154,10 +165,12 @@ class EntityStore(Protocol):
         ``None``. With ``fence`` (the id of the parent whose run starts this entity),
         ``owner`` must also hold that entity's lease.
 
-        Taking a lease that another owner did not give back counts one more run abandoned by
-        a dying process (``abandoned``); with ``crash_limit``, reaching it fails the entity
-        instead: FAILED with the error and envelopes ``crash_failure(count)`` gives, its parent
-        woken if it waits for it, and ``None`` is returned.
+        Taking over the lease of a run of its own that another owner did not give back counts
+        one more run abandoned by a dying process (``abandoned``), if that owner started
+        nothing and wrote nothing from outside any run after it (see :meth:`bind_owner`):
+        then the run may be what took its process down. With ``crash_limit``, reaching it
+        fails the entity instead: FAILED with the error and envelopes ``crash_failure(count)``
+        gives, its parent woken if it waits for it, and ``None`` is returned.
 
         Raises:
             EntityNotFoundError.
@@ -177,13 +190,24 @@ class EntityStore(Protocol):
         types: Sequence[str] | None = None,
         crash_limit: int | None = None,
         crash_failure: CrashFailure | None = None,
-    ) -> tuple[list[EntityRecord], list[str]]:
+        idle: bool = True,
+    ) -> ClaimBatch:
         """The claim loop's step: claim (as :meth:`claim` with ``own_run``) up to ``limit``
         entities that are due, earliest ``runnable_at`` first, in one transaction. Due means
         ``runnable_at <= now``, not COMPLETED or CANCELLED, of one of ``types`` if given (the
         types the runtime can run), and no live lease (free, expired, or held by one of
         ``steal_from``, owners known to be dead). Returns the records claimed, and the ids
-        the crash-loop guard failed instead.
+        the crash-loop guard failed instead (:class:`ClaimBatch`).
+
+        Two rules keep a process killed from outside again and again from failing the runs it
+        happened to hold, while a run that kills every process running it still reaches
+        ``crash_limit``. A run taken over from a dying process for the second time in a row
+        or more is not claimed at once: it is made due again after a pause (1 s, then 2 s,
+        4 s... up to a minute). And a *suspect*, one abandonment away from the limit, runs on
+        probation, alone in its process: it is claimed only when the caller runs nothing
+        (``idle``) and ends the batch; else it is left due and ``suspect_waiting`` says so
+        (the caller then claims nothing more until it is idle). A run that makes progress (a
+        new envelope, a child started, a heartbeat) starts its count again.
 
         A store shared by several processes claims so that two callers never get the same
         entity (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer here).

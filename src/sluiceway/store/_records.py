@@ -141,6 +141,16 @@ class EntityRecord:
         return self.parked_on is not None and self.lease_owner is None
 
 
+@attrs.frozen
+class ClaimBatch:
+    """What one ``claim_due`` did: the entities it claimed, the ids it failed instead (the
+    crash-loop guard), and whether a suspect waits to run alone (see ``claim_due``)."""
+
+    claimed: list[EntityRecord]
+    failed: list[str]
+    suspect_waiting: bool = False
+
+
 class ParkReason(enum.Enum):
     """What a parked entity waits for: the time of a durable sleep (or of a message wait's
     timeout), a message, or its children that are still pending."""

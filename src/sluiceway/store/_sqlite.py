@@ -17,13 +17,14 @@ from types import TracebackType
 
 import trio
 
-from .._errors import EntityNotWaitingError
+from .._errors import EntityNotFoundError, EntityNotWaitingError
 from .._util import aclose_after
 from . import _sqlite_ops as ops
 from ._json import encode_envelopes, encode_json, encode_object
 from ._protocol import CrashFailure, EntityStore
 from ._records import (
     JSON,
+    ClaimBatch,
     EdgeRecord,
     EntityRecord,
     EntityStatus,
@@ -129,6 +130,7 @@ class SqliteStore(EntityStore):
             readers=readers,
             threads=threads,
         )
+        self._owner: str | None = None
 
     @property
     def path(self) -> str:
@@ -148,6 +150,22 @@ class SqliteStore(EntityStore):
         """How many writes, write transactions and reads the store has done (see
         :class:`SqliteStoreStatistics`)."""
         return self._db.statistics()
+
+    def bind_owner(self, owner: str) -> None:
+        if not isinstance(owner, str) or not owner:
+            raise TypeError(f"bind_owner() takes a non-empty owner id, got {owner!r}")
+        if self._owner is not None and self._owner != owner:
+            raise RuntimeError(
+                f"this SqliteStore belongs to the runtime {self._owner!r} already: open one "
+                "store per runtime"
+            )
+        self._owner = owner
+
+    def _outside(self, conn: sqlite3.Connection) -> None:
+        """A write from outside any run (a request being served): the bound runtime's tick
+        moves (see ``bind_owner``)."""
+        if self._owner is not None:
+            ops.advance_tick(conn, self._owner)
 
     def _started_encoder(
         self, started: Mapping[str, JSON] | Callable[[int], Mapping[str, JSON]], what: str
@@ -207,17 +225,26 @@ class SqliteStore(EntityStore):
         def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool]:
             if owner is not None and new.parent_id is not None:
                 ops.fence(conn, new.parent_id, owner, f"create child {new.name!r}")
+            else:
+                self._outside(conn)
             return ops.create_entity(conn, new, data, edge_data, strict)
 
         return await self._db.write(write)
 
     async def get_entity(self, entity_id: str) -> EntityRecord:
+        _known_id(entity_id)
         return await self._db.read(lambda conn: ops.require_entity(conn, entity_id))
 
     async def find_entity(self, parent_id: str | None, name: str) -> EntityRecord | None:
+        if not _storable(name) or (parent_id is not None and not _storable(parent_id)):
+            await trio.lowlevel.checkpoint()
+            return None  # no stored name or id is like that
         return await self._db.read(lambda conn: ops.find_entity(conn, parent_id, name))
 
     async def children(self, parent_id: str) -> list[EntityRecord]:
+        if not _storable(parent_id):
+            await trio.lowlevel.checkpoint()
+            return []
 
         def read(conn: sqlite3.Connection) -> list[EntityRecord]:
             rows = conn.execute(
@@ -228,6 +255,9 @@ class SqliteStore(EntityStore):
         return await self._db.read(read)
 
     async def count_children(self, parent_id: str) -> dict[EntityStatus, int]:
+        if not _storable(parent_id):
+            await trio.lowlevel.checkpoint()
+            return {}
 
         def read(conn: sqlite3.Connection) -> dict[EntityStatus, int]:
             rows = conn.execute(
@@ -241,12 +271,14 @@ class SqliteStore(EntityStore):
     async def update_data(
         self, entity_id: str, owner: str | None, partial: Mapping[str, JSON], *, now: float
     ) -> dict[str, JSON]:
+        _known_id(entity_id)
         self._db.check_writable()
         encode_object(partial, f"the data update of entity {entity_id!r}")
         patch = dict(partial)
 
         def write(conn: sqlite3.Connection) -> dict[str, JSON]:
             if owner is None:
+                self._outside(conn)
                 row = conn.execute(
                     "SELECT data FROM entities WHERE id = ?", (entity_id,)
                 ).fetchone()
@@ -289,7 +321,7 @@ class SqliteStore(EntityStore):
             if fence is not None:
                 ops.fence(conn, fence, owner, f"start child {entity_id!r}")
                 ops.progressed(conn, fence)
-            return ops.claim(
+            claimed = ops.claim(
                 conn,
                 entity_id,
                 owner,
@@ -301,6 +333,7 @@ class SqliteStore(EntityStore):
                 crash_limit=crash_limit,
                 crash_failure=crash_failure,
             )
+            return claimed if isinstance(claimed, EntityRecord) else None
 
         return await self._db.write(write)
 
@@ -316,7 +349,8 @@ class SqliteStore(EntityStore):
         types: Sequence[str] | None = None,
         crash_limit: int | None = None,
         crash_failure: CrashFailure | None = None,
-    ) -> tuple[list[EntityRecord], list[str]]:
+        idle: bool = True,
+    ) -> ClaimBatch:
         self._db.check_writable()
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"claim_due() limit must be an int >= 1, got {limit!r}")
@@ -325,10 +359,14 @@ class SqliteStore(EntityStore):
         dead = tuple(steal_from)
         kinds = None if types is None else tuple(types)
 
-        def write(conn: sqlite3.Connection) -> tuple[list[EntityRecord], list[str]]:
+        def write(conn: sqlite3.Connection) -> ClaimBatch:
             claimed: list[EntityRecord] = []
             failed: list[str] = []
+            waiting = False
+            tick: int | None = None  # one tick for the batch: its runs started together
             for entity_id in ops.due_ids(conn, now, limit, dead, kinds):
+                if tick is None:
+                    tick = ops.advance_tick(conn, owner)
                 record = ops.claim(
                     conn,
                     entity_id,
@@ -340,12 +378,19 @@ class SqliteStore(EntityStore):
                     own_run=True,
                     crash_limit=crash_limit,
                     crash_failure=crash_failure,
+                    back_off=True,
+                    alone=idle and not claimed,
+                    tick=tick,
                 )
-                if record is not None:
+                if isinstance(record, EntityRecord):
                     claimed.append(record)
-                else:  # the only reason it was not claimed: the crash-loop guard failed it
+                    if ops.is_suspect(record.abandoned, crash_limit):
+                        break  # on probation: it runs alone
+                elif record is ops.Refusal.CRASH_LOOP:
                     failed.append(entity_id)
-            return claimed, failed
+                elif record is ops.Refusal.SUSPECT:
+                    waiting = True
+            return ClaimBatch(claimed, failed, waiting)
 
         return await self._db.write(write)
 
@@ -396,6 +441,7 @@ class SqliteStore(EntityStore):
         data: Mapping[str, JSON] | None = None,
         expect: Mapping[str, JSON] | None = None,
     ) -> EntityRecord:
+        _known_id(entity_id)
         self._db.check_writable()
         patch = None
         if data is not None:
@@ -405,6 +451,7 @@ class SqliteStore(EntityStore):
             encode_object(expect, f"the data expected of entity {entity_id!r}")
 
         def write(conn: sqlite3.Connection) -> EntityRecord:
+            self._outside(conn)
             record = ops.require_entity(conn, entity_id)
             if record.status.is_terminal:
                 return record
@@ -600,10 +647,12 @@ class SqliteStore(EntityStore):
     async def cancel(
         self, entity_id: str, *, now: float, envelope: Mapping[str, JSON]
     ) -> list[str]:
+        _known_id(entity_id)
         self._db.check_writable()
         body = encode_object(envelope, f"the cancel envelope of entity {entity_id!r}")
 
         def write(conn: sqlite3.Connection) -> list[str]:
+            self._outside(conn)
             row = conn.execute(
                 "SELECT status, parent_id FROM entities WHERE id = ?", (entity_id,)
             ).fetchone()
@@ -707,6 +756,7 @@ class SqliteStore(EntityStore):
         limit: int = 1000,
         subtree: bool = True,
     ) -> list[StoredEnvelope]:
+        _known_id(entity_id)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"read_envelopes() limit must be an int >= 0, got {limit!r}")
 
@@ -781,11 +831,14 @@ class SqliteStore(EntityStore):
                     raise ops.not_found(end)
             if owner is not None:
                 ops.fence(conn, from_id, owner, f"{edge_type} edge")
+            else:
+                self._outside(conn)
             return ops.add_edge(conn, from_id, to_id, edge_type, now=now, data=data_json)
 
         return await self._db.write(write)
 
     async def edges(self, entity_id: str) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
+        _known_id(entity_id)
 
         def read(conn: sqlite3.Connection) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
             outgoing = conn.execute(
@@ -806,12 +859,14 @@ class SqliteStore(EntityStore):
     async def send_message(
         self, entity_id: str, message: str, data: JSON, *, now: float
     ) -> MessageRecord:
+        _known_id(entity_id)
         self._db.check_writable()
         if not isinstance(message, str):
             raise TypeError(f"send_message() message must be a str, got {message!r}")
         data_json = encode_json(data, f"the data of message {message!r} to entity {entity_id!r}")
 
         def write(conn: sqlite3.Connection) -> MessageRecord:
+            self._outside(conn)
             row = conn.execute("SELECT status FROM entities WHERE id = ?", (entity_id,)).fetchone()
             if row is None:
                 raise ops.not_found(entity_id)
@@ -842,6 +897,7 @@ class SqliteStore(EntityStore):
         return await self._db.write(write)
 
     async def messages(self, entity_id: str) -> list[MessageRecord]:
+        _known_id(entity_id)
 
         def read(conn: sqlite3.Connection) -> list[MessageRecord]:
             rows = conn.execute(
@@ -980,3 +1036,22 @@ def _check_crash_rules(limit: int | None, failure: CrashFailure | None) -> None:
         raise ValueError(f"crash_limit must be an int >= 1 or None, got {limit!r}")
     if failure is None:
         raise TypeError("crash_limit needs crash_failure (what to record when it is reached)")
+
+
+def _storable(text: object) -> bool:
+    """Whether ``text`` is a string SQLite can store (no lone surrogate)."""
+    if not isinstance(text, str):
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _known_id(entity_id: object) -> None:
+    """Refuse at once an id no stored entity can have (not a string, or not valid Unicode)."""
+    if not _storable(entity_id):
+        raise EntityNotFoundError(f"no entity has the id {entity_id!r}")

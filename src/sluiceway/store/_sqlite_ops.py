@@ -3,6 +3,7 @@ the writer's (or a reader's) worker thread, and turns rows into records."""
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 from collections.abc import Callable, Container, Mapping, Sequence
@@ -217,19 +218,27 @@ def claim(
     own_run: bool = False,
     crash_limit: int | None = None,
     crash_failure: CrashFailure | None = None,
-) -> EntityRecord | None:
+    back_off: bool = False,
+    alone: bool | None = None,
+    tick: int | None = None,
+) -> EntityRecord | Refusal:
     """Claim the entity for ``owner`` if it can run and nobody else holds it (see
-    ``EntityStore.claim``); ``None`` if not, or if the crash-loop guard failed it instead."""
+    ``EntityStore.claim``); else why not.
+
+    The claim loop passes ``back_off`` and ``alone``: a run taken over from a dying process
+    for the second time in a row or more is not claimed now but made due after a pause
+    (:func:`crash_pause`); and a suspect (one more abandonment would fail it) is claimed only
+    if the caller runs nothing else (``alone``), so that its next death can be blamed on it."""
     row = conn.execute(
-        "SELECT status, lease_owner, lease_expires, parked_on, abandoned, parent_id, attempt"
-        " FROM entities WHERE id = ?",
+        "SELECT status, lease_owner, lease_expires, parked_on, abandoned, parent_id, attempt,"
+        " claim_tick FROM entities WHERE id = ?",
         (entity_id,),
     ).fetchone()
     if row is None:
         raise not_found(entity_id)
-    status, holder, holder_expires, parked_on, abandoned, parent_id, attempt = row
+    status, holder, holder_expires, parked_on, abandoned, parent_id, attempt, claimed_at = row
     if status in TERMINAL:
-        return None
+        return Refusal.ENDED
     free = (
         holder is None
         or holder == owner
@@ -238,27 +247,93 @@ def claim(
         or holder_expires <= now
     )
     if not free:
-        return None
-    # A lease another owner did not give back: its process died (or stopped renewing).
-    if holder is not None and holder != owner:
+        return Refusal.HELD
+    # A lease another owner did not give back: its process died (or stopped renewing). If
+    # that process started nothing and served nothing after it (its tick did not move), the
+    # run may well be what took it down: count it.
+    if holder is not None and holder != owner and owner_tick(conn, holder) == claimed_at:
         abandoned += 1
         if crash_limit is not None and abandoned >= crash_limit:
             assert crash_failure is not None
             fail_crash_loop(
                 conn, entity_id, parent_id, abandoned, now=now, crash_failure=crash_failure
             )
-            return None
+            return Refusal.CRASH_LOOP
+    if alone is False and is_suspect(abandoned, crash_limit):
+        return Refusal.SUSPECT  # it must run alone: not now (nothing is written)
+    if holder is not None and holder != owner:
+        pause = crash_pause(abandoned)
+        if back_off and pause:
+            conn.execute(
+                "UPDATE entities SET lease_owner = NULL, lease_expires = NULL, abandoned = ?,"
+                " runnable_at = ? WHERE id = ?",
+                (abandoned, now + pause, entity_id),
+            )
+            return Refusal.BACKING_OFF
     waiting = status == EntityStatus.WAITING.value and parked_on in (None, "message")
     new_status = EntityStatus.WAITING.value if waiting else EntityStatus.IN_PROGRESS.value
+    if own_run and tick is None:
+        tick = advance_tick(conn, owner)
     conn.execute(
         "UPDATE entities SET lease_owner = ?, lease_expires = ?, status = ?,"
         " attempt = attempt + 1, error = NULL, parked_on = NULL, abandoned = ?,"
         " runnable_at = CASE WHEN ? THEN coalesce(runnable_at, ?) ELSE runnable_at END,"
-        " modified_at = ? WHERE id = ?",
-        (owner, expires, new_status, abandoned, own_run, now, now, entity_id),
+        " claim_tick = ?, modified_at = ? WHERE id = ?",
+        (
+            owner,
+            expires,
+            new_status,
+            abandoned,
+            own_run,
+            now,
+            tick if own_run else None,
+            now,
+            entity_id,
+        ),
     )
     append(conn, entity_id, now, started(attempt + 1))
     return require_entity(conn, entity_id)
+
+
+class Refusal(enum.Enum):
+    """Why :func:`claim` did not claim an entity."""
+
+    ENDED = "ended"  # COMPLETED or CANCELLED
+    HELD = "held"  # another owner's live lease
+    CRASH_LOOP = "crash_loop"  # failed by the crash-loop guard instead
+    BACKING_OFF = "backing_off"  # taken over again after dying: due after a pause
+    SUSPECT = "suspect"  # it must run alone in its process, and the caller runs others
+
+
+def is_suspect(abandoned: int, crash_limit: int | None) -> bool:
+    """Whether an entity abandoned ``abandoned`` times in a row is one death away from the
+    crash limit: it runs on probation, alone in its process."""
+    return crash_limit is not None and crash_limit >= 2 and abandoned >= crash_limit - 1
+
+
+def advance_tick(conn: sqlite3.Connection, owner: str) -> int:
+    """Move ``owner``'s tick (it starts runs, or writes from outside any run); returns it."""
+    row = conn.execute(
+        "INSERT INTO runtimes (owner, tick) VALUES (?, 1)"
+        " ON CONFLICT (owner) DO UPDATE SET tick = tick + 1 RETURNING tick",
+        (owner,),
+    ).fetchone()
+    return int(row[0])
+
+
+def owner_tick(conn: sqlite3.Connection, owner: str) -> int | None:
+    """``owner``'s tick (``None`` if it never moved)."""
+    row = conn.execute("SELECT tick FROM runtimes WHERE owner = ?", (owner,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def crash_pause(abandoned: int) -> float:
+    """How long the claim loop waits before running again an entity whose runs were abandoned
+    ``abandoned`` times in a row: not at all the first time (a process died: take over at
+    once), then 1 s, 2 s, 4 s... up to a minute. A process killed again and again from outside
+    then rarely takes its runs down with it twice more, while a run that kills every process
+    still reaches the crash limit."""
+    return 0.0 if abandoned < 2 else min(2.0 ** (abandoned - 2), 60.0)
 
 
 def due_ids(

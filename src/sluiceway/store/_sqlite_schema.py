@@ -122,6 +122,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE entities ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0",
             # How many envelopes run_impl emitted, by position: a replay stores only the new.
             "ALTER TABLE entities ADD COLUMN emitted INTEGER NOT NULL DEFAULT 0",
+            # The tick of its runtime when a run of its own claimed it (see runtimes).
+            "ALTER TABLE entities ADD COLUMN claim_tick INTEGER",
+            # Each runtime's tick: it moves when the runtime starts runs of their own or writes
+            # from outside any run (serving a request). A run whose process died before its
+            # tick moved again was the last thing that process started: the crash-loop guard
+            # counts such deaths only.
+            "CREATE TABLE runtimes (owner TEXT PRIMARY KEY, tick INTEGER NOT NULL)",
             "CREATE INDEX entities_runnable ON entities (runnable_at)"
             " WHERE runnable_at IS NOT NULL",
             # A parked parent wakes once none of its children is pending (parked, submitted,
