@@ -33,6 +33,7 @@ from .harness import (
 )
 from .hierarchical import HierarchicalJobs
 from .memory import LazyMemory
+from .parking import ParkedWaits
 from .subscribers import SubscriberFanout
 
 SCENARIOS: dict[str, Scenario] = {
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Scenario] = {
         EntityResume(),
         SubscriberFanout(),
         LayeredDag(),
+        ParkedWaits(),
     )
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -77,6 +77,11 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
+def current_rss_bytes() -> int | None:
+    """The process's resident set size now (``VmRSS``), or ``None`` without ``/proc``."""
+    return _status_bytes("VmRSS")
+
+
 def _ru_maxrss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
