@@ -4,15 +4,18 @@ See :func:`open_runtime` for the entry point, :class:`RunnableEntity` for the pr
 and :class:`RunContext` for what a run can do.
 """
 
+from ._claims import ClaimLoop
 from ._context import CapacityHolder, ChildCall, Message, RunContext
 from ._entity import CALLS, DataEntity, RunnableEntity, TypeRegistry, WaitableEntity
 from ._envelope import EntityEnvelope, EnvelopeType
-from ._runtime import RecoveredRun, Runtime, open_runtime
+from ._live import RecoveredRun
+from ._runtime import Runtime, open_runtime
 
 __all__ = [
     "CALLS",
     "CapacityHolder",
     "ChildCall",
+    "ClaimLoop",
     "DataEntity",
     "EntityEnvelope",
     "EnvelopeType",
