@@ -52,11 +52,12 @@ TaskEventKind: TypeAlias = Literal[
     "aborted",
     "cancelled",
     "timed_out",
+    "parked",
 ]
 
 #: Kinds of task event that end one attempt of a task and contribute to ``run_time``.
 _ATTEMPT_ENDS: frozenset[str] = frozenset(
-    {"finished", "failed", "cancelled", "timed_out", "retried", "aborted"}
+    {"finished", "failed", "cancelled", "timed_out", "retried", "aborted", "parked"}
 )
 #: Default bound on the number of duration samples kept per runner for percentiles.
 _DEFAULT_MAX_SAMPLES = 10_000
@@ -127,8 +128,9 @@ class TaskEvent:
 
     Attributes:
         kind: The lifecycle step: ``"queued"``, ``"started"``, ``"intermediate"``,
-            ``"finished"``, ``"failed"``, ``"retried"``, ``"aborted"``, ``"cancelled"`` or
-            ``"timed_out"``.
+            ``"finished"``, ``"failed"``, ``"retried"``, ``"aborted"``, ``"cancelled"``,
+            ``"timed_out"`` or ``"parked"`` (the task raised :class:`~sluiceway.RunParked`: its
+            work goes on later, it has no envelope).
         runner: The runner's label.
         at: Trio clock time (``trio.current_time()``) of the event.
         task_id: The task's id (kept across the attempts of a retried task); ``None`` on the

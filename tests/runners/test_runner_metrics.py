@@ -16,6 +16,7 @@ from sluiceway import (
     InMemoryMetrics,
     ResourceCapacitySource,
     RetryPolicy,
+    RunParked,
     ScheduledTask,
     ScheduledTaskPoolRunner,
     TaskEvent,
@@ -233,3 +234,24 @@ async def test_queued_events_of_plain_and_lazy_sources(autojump_clock: object) -
         assert [e.at - start for e in events.of("queued")] == [0, 0, 0]
         assert [e.at - start for e in events.of("started")] == [0, 0, 2]
         assert_each_start_was_queued(events)
+
+
+async def test_a_parked_task_ends_its_attempt_with_a_parked_event(autojump_clock: object) -> None:
+    metrics = InMemoryMetrics()
+
+    async def parks(emit: object) -> None:
+        await trio.sleep(2)
+        raise RunParked("waits for a message")
+
+    runner = HierarchicalTaskPoolRunner(
+        "mixed", [sleeper(1), parks], CapacitySource(2), metrics=metrics
+    )
+    with pytest.raises(RunParked):
+        async with runner.run_tasks() as envelopes:
+            async for _ in envelopes:
+                pass
+    snap = metrics.snapshot()
+    counts = snap.task_counts["mixed"]
+    assert counts == {"queued": 2, "started": 2, "intermediate": 1, "finished": 1, "parked": 1}
+    assert snap.run_time["mixed"].count == 2  # the parked attempt's time counts as run time
+    assert snap.run_time["mixed"].max == 2

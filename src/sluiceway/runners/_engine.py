@@ -901,6 +901,8 @@ class Run:
         that the release lets end (a lazy source found exhausted) knows it parked."""
         self.counters.parked += 1
         self.parked.append(job.key)
+        if self.metrics is not None:
+            self.event("parked", job, self.now())
         node = job.node
         if node is not None:
             self.parked_nodes.add(node)  # it stays RUNNING in the graph
