@@ -109,8 +109,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         metavar="N",
         help=(
-            f"repetitions of each side (default: {DEFAULT_REPEAT}; in a full run, scenario G "
-            "defaults to 3: 200 connections make each repetition long)"
+            f"repetitions of each side (default: {DEFAULT_REPEAT}; in a full run, scenarios G "
+            "and I default to 3: their repetitions are long)"
         ),
     )
     parser.add_argument(
