@@ -73,7 +73,8 @@ async def test_an_expired_lease_is_taken_over_and_the_old_run_is_fenced(db: Path
     clock_b = WallClock(clock_a.now + 100)  # B lives after A's lease expired
     async with (
         open_runtime(SqliteStore(db), ALL_TYPES, clock=clock_a, lease_seconds=30) as a,
-        open_runtime(SqliteStore(db), ALL_TYPES, clock=clock_b, lease_seconds=30) as b,
+        # B takes over only when told to (recover()), not by its claim loop at once.
+        open_runtime(SqliteStore(db), ALL_TYPES, clock=clock_b, lease_seconds=30, work=False) as b,
     ):
         entity = await a.create(Leaf, {"value": 1, "gate": True}, name="contested")
         async with trio.open_nursery() as nursery:

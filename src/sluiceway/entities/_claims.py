@@ -42,8 +42,12 @@ class ClaimLoop:
         self.running = 0  # runs started by the loop that have not ended
         self.paused = False
         # A suspect (one death from the crash limit) waits to run alone: claim nothing more
-        # until the runs under way end. While one runs on probation, claim nothing either.
+        # until the runs under way end (for a while: a loop never idle gives up draining and
+        # the suspect waits until it is, as a restarted process is). While one runs on
+        # probation, claim nothing either.
         self.draining = False
+        self._drain_until = -math.inf  # trio time
+        self._no_drain_before = -math.inf
         self.probation: LiveRun | None = None
         self._wakeup = trio.Event()
         # When the loop looks again by itself (runtime clock); while it is looking, infinity:
@@ -119,7 +123,20 @@ class ClaimLoop:
             if not self.probation.done.is_set() and not self.probation.proven:
                 return False  # the suspect runs alone until it ends or proves itself
             self.probation = None
-        return not (self.draining and self.running)
+        if self.draining and self.running:
+            if trio.current_time() < self._drain_until:
+                return False
+            self.draining = False  # the runs under way last: go on without the suspect
+        return True
+
+    def _suspect_waits(self) -> None:
+        """A suspect waits to run alone: stop claiming for a third of a lease period, unless
+        the loop drained for it lately already."""
+        now = trio.current_time()
+        if now >= self._no_drain_before:
+            self.draining = True
+            self._drain_until = now + self.runtime.lease_seconds / 3
+            self._no_drain_before = now + self.runtime.lease_seconds
 
     async def _claim(self) -> bool:
         """One claim; returns whether it took a full batch (more may be due)."""
@@ -139,7 +156,8 @@ class ClaimLoop:
             idle=self.running == 0,
         )
         claimed, failed = batch.claimed, batch.failed
-        self.draining = batch.suspect_waiting
+        if batch.suspect_waiting:
+            self._suspect_waits()
         for entity_id in failed:
             log.error(
                 "entity %s failed: its runs were abandoned by dying processes %s times in a "
