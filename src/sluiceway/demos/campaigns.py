@@ -172,7 +172,8 @@ async def main(
     printer = Printer(out)
 
     out(f"store: {db}")
-    async with open_runtime(db, TYPES) as runtime:
+    # No claim loop here: the stopped runs must stay stopped until phase 2's runtime.
+    async with open_runtime(db, TYPES, work=False) as runtime:
         a = await runtime.create(Campaign, campaign_data("A", 12, rng), name="campaign-A")
         b = await runtime.create(Campaign, campaign_data("B", 8, rng), name="campaign-B")
         ids = {"A": a.id, "B": b.id}
