@@ -61,8 +61,10 @@ class Executor:
         lease_seconds: float,
         clock: Callable[[], float],
         poll_interval: float,
-        park_after: float,
-        crash_limit: int | None,
+        park_after: float = math.inf,
+        crash_limit: int | None = None,
+        max_runs: int = 100,
+        claim_batch: int = 50,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -72,6 +74,8 @@ class Executor:
         self.poll_interval = poll_interval
         self.park_after = park_after
         self.crash_limit = crash_limit
+        self.max_runs = max_runs
+        self.claim_batch = claim_batch
         self._live: dict[str, LiveRun] = {}
         self._streams = StreamHub(store, poll_interval=poll_interval, is_running=self.is_running)
         self._claims: ClaimLoop | None = None
@@ -392,19 +396,39 @@ class Executor:
         if scope.cancelled_caught:
             await self._after_lost_lease(record, live)
             raise EntityCancelledError(record.id, record.type, record.name)
-        now = self.clock()
-        envelopes = [
-            self._envelope(record, EnvelopeType.VALUE.value, sub_type="return", value=result),
-            self._envelope(record, EnvelopeType.STATUS.value, status="COMPLETED"),
-        ]
+        await self._finish(
+            record,
+            live,
+            EntityStatus.COMPLETED,
+            [
+                self._envelope(record, EnvelopeType.VALUE.value, sub_type="return", value=result),
+                self._envelope(record, EnvelopeType.STATUS.value, status="COMPLETED"),
+            ],
+            result=result,
+        )
+        return result
+
+    async def _finish(
+        self,
+        record: EntityRecord,
+        live: LiveRun,
+        status: EntityStatus,
+        envelopes: list[EntityEnvelope],
+        *,
+        result: Any = None,
+        error: dict[str, str] | None = None,
+    ) -> None:
+        """Store how the run ended (shielded: it is recorded once, or not at all if the lease
+        was lost meanwhile), and wake whoever that concerns."""
         try:
             with trio.CancelScope(shield=True):
                 woke = await self.store.finish(
                     record.id,
                     self.owner,
-                    EntityStatus.COMPLETED,
-                    now=now,
+                    status,
+                    now=self.clock(),
                     result=result,
+                    error=error,
                     envelopes=[envelope.body() for envelope in envelopes],
                 )
         except LeaseLostError:
@@ -412,8 +436,7 @@ class Executor:
             raise
         self._changed()
         if woke:
-            self._work_due()
-        return result
+            self._work_due()  # the parent was waiting for this child
 
     async def _give_back(self, record: EntityRecord, live: LiveRun) -> None:
         """Release the lease of an interrupted run: a run of its own is due again at once,
@@ -473,22 +496,7 @@ class Executor:
             self._envelope(record, EnvelopeType.ERROR.value, error=error),
             self._envelope(record, EnvelopeType.STATUS.value, status="FAILED", message=str(exc)),
         ]
-        try:
-            with trio.CancelScope(shield=True):
-                woke = await self.store.finish(
-                    record.id,
-                    self.owner,
-                    EntityStatus.FAILED,
-                    now=self.clock(),
-                    error=error,
-                    envelopes=[envelope.body() for envelope in envelopes],
-                )
-        except LeaseLostError:
-            await self._after_lost_lease(record, live)  # cancelled or taken over meanwhile
-            raise
-        self._changed()
-        if woke:
-            self._work_due()
+        await self._finish(record, live, EntityStatus.FAILED, envelopes, error=error)
         raise EntityFailedError(record.id, record.type, record.name, error) from exc
 
     # -- leases ----------------------------------------------------------------------------------

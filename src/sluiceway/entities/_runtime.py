@@ -4,7 +4,6 @@ parks long waits, streams envelopes."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import uuid
@@ -59,33 +58,6 @@ class Runtime(Executor):
 
     #: The application's state, for runs as ``ctx.state`` (``None`` until set).
     state: Any = None
-
-    def __init__(
-        self,
-        store: EntityStore,
-        registry: TypeRegistry,
-        *,
-        owner: str,
-        lease_seconds: float,
-        clock: Callable[[], float],
-        poll_interval: float,
-        park_after: float = math.inf,
-        crash_limit: int | None = None,
-        max_runs: int = 100,
-        claim_batch: int = 50,
-    ) -> None:
-        super().__init__(
-            store,
-            registry,
-            owner=owner,
-            lease_seconds=lease_seconds,
-            clock=clock,
-            poll_interval=poll_interval,
-            park_after=park_after,
-            crash_limit=crash_limit,
-        )
-        self.max_runs = max_runs
-        self.claim_batch = claim_batch
 
     # -- entities ----------------------------------------------------------------------------
 
