@@ -653,3 +653,22 @@ def require_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRe
 
 
 # -- schema ------------------------------------------------------------------------------------
+
+
+def storable(text: object) -> bool:
+    """Whether ``text`` is a string SQLite can store (no lone surrogate)."""
+    if not isinstance(text, str):
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def known_id(entity_id: object) -> None:
+    """Refuse at once an id no stored entity can have (not a string, or not valid Unicode)."""
+    if not storable(entity_id):
+        raise EntityNotFoundError(f"no entity has the id {entity_id!r}")

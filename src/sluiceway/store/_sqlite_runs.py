@@ -1,0 +1,463 @@
+"""The runs side of the SQLite store: claims (one, or the claim loop's batches), submissions,
+parking, leases and the ends of runs. :class:`~sluiceway.SqliteStore` inherits it; the methods'
+contracts are the :class:`~sluiceway.store.EntityStore` protocol's."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+
+from . import _sqlite_ops as ops
+from ._json import encode_envelopes, encode_json, encode_object
+from ._protocol import CrashFailure
+from ._records import JSON, ClaimBatch, EntityRecord, EntityStatus, NewEntity, ParkReason
+from ._sqlite_db import SqliteDatabase
+
+
+class SqliteRuns:
+    """Runs and leases over a :class:`SqliteDatabase` (``_db``), for the runtime bound with
+    :meth:`bind_owner` (``_owner``)."""
+
+    _db: SqliteDatabase
+    _owner: str | None
+
+    def bind_owner(self, owner: str) -> None:
+        if not isinstance(owner, str) or not owner:
+            raise TypeError(f"bind_owner() takes a non-empty owner id, got {owner!r}")
+        if self._owner is not None and self._owner != owner:
+            raise RuntimeError(
+                f"this SqliteStore belongs to the runtime {self._owner!r} already: open one "
+                "store per runtime"
+            )
+        self._owner = owner
+
+    def _outside(self, conn: sqlite3.Connection) -> None:
+        """A write from outside any run (a request being served): the bound runtime's tick
+        moves (see ``bind_owner``)."""
+        if self._owner is not None:
+            ops.advance_tick(conn, self._owner)
+
+    def _started_encoder(
+        self, started: Mapping[str, JSON] | Callable[[int], Mapping[str, JSON]], what: str
+    ) -> Callable[[int], str]:
+        """The JSON of the STARTED envelope of a claim, by attempt."""
+        if callable(started):
+            return lambda attempt: encode_object(
+                started(attempt), f"the started envelope of attempt {attempt} ({what})"
+            )
+        body = encode_object(started, f"the started envelope of entity {what!r}")
+        return lambda attempt: body
+
+    # -- runs and leases -----------------------------------------------------------------------
+
+    async def claim(
+        self,
+        entity_id: str,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        started: Mapping[str, JSON] | Callable[[int], Mapping[str, JSON]],
+        steal_from: str | None = None,
+        fence: str | None = None,
+        own_run: bool = False,
+        crash_limit: int | None = None,
+        crash_failure: CrashFailure | None = None,
+    ) -> EntityRecord | None:
+        self._db.check_writable()
+        _check_crash_rules(crash_limit, crash_failure)
+        encode_started = self._started_encoder(started, entity_id)
+
+        def write(conn: sqlite3.Connection) -> EntityRecord | None:
+            if fence is not None:
+                ops.fence(conn, fence, owner, f"start child {entity_id!r}")
+                ops.progressed(conn, fence)
+            claimed = ops.claim(
+                conn,
+                entity_id,
+                owner,
+                now=now,
+                expires=expires,
+                started=encode_started,
+                steal_from=() if steal_from is None else (steal_from,),
+                own_run=own_run,
+                crash_limit=crash_limit,
+                crash_failure=crash_failure,
+            )
+            return claimed if isinstance(claimed, EntityRecord) else None
+
+        return await self._db.write(write)
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        limit: int,
+        started: Callable[[int], Mapping[str, JSON]],
+        steal_from: Sequence[str] = (),
+        types: Sequence[str] | None = None,
+        crash_limit: int | None = None,
+        crash_failure: CrashFailure | None = None,
+        idle: bool = True,
+    ) -> ClaimBatch:
+        self._db.check_writable()
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"claim_due() limit must be an int >= 1, got {limit!r}")
+        _check_crash_rules(crash_limit, crash_failure)
+        encode_started = self._started_encoder(started, "claimed by the claim loop")
+        dead = tuple(steal_from)
+        kinds = None if types is None else tuple(types)
+
+        def write(conn: sqlite3.Connection) -> ClaimBatch:
+            claimed: list[EntityRecord] = []
+            failed: list[str] = []
+            waiting = False
+            tick: int | None = None  # one tick for the batch: its runs started together
+            for entity_id in ops.due_ids(conn, now, limit, dead, kinds):
+                if tick is None:
+                    tick = ops.advance_tick(conn, owner)
+                record = ops.claim(
+                    conn,
+                    entity_id,
+                    owner,
+                    now=now,
+                    expires=expires,
+                    started=encode_started,
+                    steal_from=dead,
+                    own_run=True,
+                    crash_limit=crash_limit,
+                    crash_failure=crash_failure,
+                    back_off=True,
+                    alone=idle and not claimed,
+                    tick=tick,
+                )
+                if isinstance(record, EntityRecord):
+                    claimed.append(record)
+                    if ops.is_suspect(record.abandoned, crash_limit):
+                        break  # on probation: it runs alone
+                elif record is ops.Refusal.CRASH_LOOP:
+                    failed.append(entity_id)
+                elif record is ops.Refusal.SUSPECT:
+                    waiting = True
+            return ClaimBatch(claimed, failed, waiting)
+
+        return await self._db.write(write)
+
+    async def runnable(
+        self,
+        *,
+        now: float,
+        steal_from: Sequence[str] = (),
+        types: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> list[EntityRecord]:
+        dead = tuple(steal_from)
+        kinds = None if types is None else tuple(types)
+
+        def read(conn: sqlite3.Connection) -> list[EntityRecord]:
+            return [
+                ops.require_entity(conn, entity_id)
+                for entity_id in ops.due_ids(conn, now, limit, dead, kinds)
+            ]
+
+        return await self._db.read(read)
+
+    async def next_due(self, *, after: float) -> float | None:
+        def read(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(runnable_at) FROM entities WHERE runnable_at IS NOT NULL"
+                " AND runnable_at > ? AND lease_owner IS NULL",
+                (after,),
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._db.read(read)
+
+    async def lease_owners(self) -> list[str]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT lease_owner FROM entities WHERE lease_owner IS NOT NULL"
+            )
+            return [owner for (owner,) in rows]
+
+        return await self._db.read(read)
+
+    async def submit(
+        self,
+        entity_id: str,
+        *,
+        now: float,
+        data: Mapping[str, JSON] | None = None,
+        expect: Mapping[str, JSON] | None = None,
+    ) -> EntityRecord:
+        ops.known_id(entity_id)
+        self._db.check_writable()
+        patch = None
+        if data is not None:
+            encode_object(data, f"the data submitted with entity {entity_id!r}")
+            patch = dict(data)
+        if expect is not None:
+            encode_object(expect, f"the data expected of entity {entity_id!r}")
+
+        def write(conn: sqlite3.Connection) -> EntityRecord:
+            self._outside(conn)
+            record = ops.require_entity(conn, entity_id)
+            if record.status.is_terminal:
+                return record
+            if expect is not None:
+                ops.check_expected(record, expect)
+            if patch:
+                merged = {**record.data, **patch}
+                conn.execute(
+                    "UPDATE entities SET data = ?, modified_at = ? WHERE id = ?",
+                    (encode_json(merged, f"entity data of {entity_id!r}"), now, entity_id),
+                )
+            # Runnable now, unless it is (or is to be) running already.
+            conn.execute(
+                "UPDATE entities SET runnable_at = CASE"
+                " WHEN lease_owner IS NOT NULL AND lease_expires > ? THEN coalesce(runnable_at, ?)"
+                " ELSE min(coalesce(runnable_at, ?), ?) END WHERE id = ?",
+                (now, now, now, now, entity_id),
+            )
+            return ops.require_entity(conn, entity_id)
+
+        return await self._db.write(write)
+
+    async def park(
+        self,
+        entity_id: str,
+        owner: str,
+        *,
+        now: float,
+        reason: ParkReason,
+        wake_at: float | None = None,
+        envelope: Mapping[str, JSON] | None = None,
+    ) -> EntityRecord:
+        self._db.check_writable()
+        if not isinstance(reason, ParkReason):
+            raise TypeError(f"park() reason must be a ParkReason, got {reason!r}")
+        if reason is ParkReason.TIMER and wake_at is None:
+            raise ValueError("park() on a timer needs wake_at")
+        body = (
+            None
+            if envelope is None
+            else encode_object(envelope, f"the parking envelope of entity {entity_id!r}")
+        )
+        return await self._db.write(
+            lambda conn: ops.park(
+                conn, entity_id, owner, now=now, reason=reason, wake_at=wake_at, body=body
+            )
+        )
+
+    async def create_and_claim(
+        self,
+        new: NewEntity,
+        owner: str,
+        *,
+        now: float,
+        expires: float,
+        started: Mapping[str, JSON],
+    ) -> tuple[EntityRecord, bool, bool]:
+        self._db.check_writable()
+        if not isinstance(new, NewEntity):
+            raise TypeError(f"create_and_claim() takes a NewEntity, got {new!r}")
+        data = encode_object(new.data, f"entity data of {new.name!r}")
+        edge_data = encode_object(new.edge_data, f"edge data of {new.name!r}")
+        body = encode_object(started, f"the started envelope of entity {new.name!r}")
+
+        def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool, bool]:
+            if new.parent_id is not None:
+                ops.fence(conn, new.parent_id, owner, f"create child {new.name!r}")
+            existing = ops.find_entity(conn, new.parent_id, new.name)
+            if existing is not None:
+                return existing, False, False
+            if new.parent_id is not None:
+                ops.progressed(conn, new.parent_id)
+            record = ops.insert_claimed(
+                conn,
+                new,
+                data=data,
+                edge_data=edge_data,
+                owner=owner,
+                now=now,
+                expires=expires,
+                body=body,
+            )
+            return record, True, True
+
+        return await self._db.write(write)
+
+    async def renew_leases(self, owner: str, *, expires: float) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            # A run alive at a heartbeat survived its start: its crash-loop count starts again.
+            cursor = conn.execute(
+                "UPDATE entities SET lease_expires = ?, abandoned = 0 WHERE lease_owner = ?",
+                (expires, owner),
+            )
+            return cursor.rowcount
+
+        return await self._db.write(write)
+
+    async def release(
+        self, entity_id: str, owner: str, *, resubmit_at: float | None = None
+    ) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE entities SET lease_owner = NULL, lease_expires = NULL, abandoned = 0,"
+                " runnable_at = ? WHERE id = ? AND lease_owner = ?",
+                (resubmit_at, entity_id, owner),
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.write(write)
+
+    async def set_status(
+        self,
+        entity_id: str,
+        owner: str,
+        status: EntityStatus,
+        *,
+        now: float,
+        envelope: Mapping[str, JSON] | None = None,
+    ) -> None:
+        self._db.check_writable()
+        if status is not EntityStatus.IN_PROGRESS and status is not EntityStatus.WAITING:
+            raise ValueError(
+                f"set_status() moves an entity to IN_PROGRESS or WAITING, not {status!r}; "
+                "use finish() or cancel() to end it"
+            )
+        body = (
+            None
+            if envelope is None
+            else encode_object(envelope, f"the envelope of entity {entity_id!r}")
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            ops.fence(conn, entity_id, owner, "status")
+            conn.execute(
+                "UPDATE entities SET status = ?, modified_at = ? WHERE id = ?",
+                (status.value, now, entity_id),
+            )
+            if body is not None:
+                ops.append(conn, entity_id, now, body)
+
+        await self._db.write(write)
+
+    async def finish(
+        self,
+        entity_id: str,
+        owner: str,
+        status: EntityStatus,
+        *,
+        now: float,
+        result: JSON = None,
+        error: Mapping[str, str] | None = None,
+        envelopes: Sequence[Mapping[str, JSON]] = (),
+    ) -> bool:
+        self._db.check_writable()
+        if status is EntityStatus.COMPLETED:
+            if error is not None:
+                raise ValueError(f"finish() got an error for COMPLETED entity {entity_id!r}")
+            result_json: str | None = encode_json(result, f"the result of entity {entity_id!r}")
+            error_json: str | None = None
+        elif status is EntityStatus.FAILED:
+            if result is not None:
+                raise ValueError(f"finish() got a result for FAILED entity {entity_id!r}")
+            result_json = None
+            error_json = None
+            if error is not None:
+                if not isinstance(error, Mapping) or not all(
+                    isinstance(key, str) and isinstance(value, str) for key, value in error.items()
+                ):
+                    raise TypeError(
+                        f"finish() error must map str to str (type, message), got {error!r}"
+                    )
+                error_json = encode_json(dict(error), f"the error of entity {entity_id!r}")
+        else:
+            raise ValueError(
+                f"finish() ends a run as COMPLETED or FAILED, not {status!r}; "
+                "use cancel() to cancel an entity"
+            )
+        bodies = encode_envelopes(envelopes, entity_id)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            last = ops.bump_seq(conn, entity_id, owner, len(bodies), "finish")
+            (parent_id,) = conn.execute(
+                "UPDATE entities SET status = ?, result = ?, error = ?, lease_owner = NULL,"
+                " lease_expires = NULL, runnable_at = NULL, parked_on = NULL,"
+                " modified_at = ? WHERE id = ? RETURNING parent_id",
+                (status.value, result_json, error_json, now, entity_id),
+            ).fetchone()
+            ops.insert_envelopes(conn, entity_id, last, now, bodies)
+            return ops.wake_parent(conn, parent_id, now)
+
+        return await self._db.write(write)
+
+    async def cancel(
+        self, entity_id: str, *, now: float, envelope: Mapping[str, JSON]
+    ) -> list[str]:
+        ops.known_id(entity_id)
+        self._db.check_writable()
+        body = encode_object(envelope, f"the cancel envelope of entity {entity_id!r}")
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            self._outside(conn)
+            row = conn.execute(
+                "SELECT status, parent_id FROM entities WHERE id = ?", (entity_id,)
+            ).fetchone()
+            if row is None:
+                raise ops.not_found(entity_id)
+            if row[0] in ops.TERMINAL:
+                return []
+            parent_id = row[1]
+            rows = conn.execute(
+                """
+                WITH RECURSIVE subtree (id, depth) AS (
+                    SELECT ?, 0
+                    UNION ALL
+                    SELECT e.id, subtree.depth + 1
+                    FROM entities AS e JOIN subtree ON e.parent_id = subtree.id
+                )
+                SELECT e.id FROM subtree JOIN entities AS e ON e.id = subtree.id
+                WHERE e.status NOT IN (?, ?)
+                ORDER BY subtree.depth, e.created_at, e.rowid
+                """,
+                (entity_id, *ops.TERMINAL),
+            ).fetchall()
+            ids = [row[0] for row in rows]
+            for cancelled in ids:
+                conn.execute(
+                    "UPDATE entities SET status = ?, lease_owner = NULL, lease_expires = NULL,"
+                    " runnable_at = NULL, parked_on = NULL, modified_at = ? WHERE id = ?",
+                    (EntityStatus.CANCELLED.value, now, cancelled),
+                )
+                ops.append(conn, cancelled, now, body)
+            ops.wake_parent(conn, parent_id, now)  # it ended, for a parent waiting on it
+            return ids
+
+        return await self._db.write(write)
+
+    async def active(self) -> list[EntityRecord]:
+
+        def read(conn: sqlite3.Connection) -> list[EntityRecord]:
+            rows = conn.execute(
+                f"SELECT {ops.ENTITY_COLUMNS_E} FROM entities AS e"
+                " LEFT JOIN entities AS p ON p.id = e.parent_id"
+                " WHERE e.status IN (?, ?) AND (p.id IS NULL OR p.status NOT IN (?, ?))"
+                " ORDER BY e.created_at, e.rowid",
+                (*ops.ACTIVE, *ops.ACTIVE),
+            )
+            return [ops.entity_from_row(row) for row in rows]
+
+        return await self._db.read(read)
+
+
+def _check_crash_rules(limit: int | None, failure: CrashFailure | None) -> None:
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"crash_limit must be an int >= 1 or None, got {limit!r}")
+    if failure is None:
+        raise TypeError("crash_limit needs crash_failure (what to record when it is reached)")
