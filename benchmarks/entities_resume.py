@@ -44,7 +44,9 @@ children in a fresh process (the same worker, no kill), so each repetition's rat
 After every resume (both sides) the store is checked as in E, and more: every child exists once
 and is COMPLETED exactly once with the right result; children completed before the kill still
 have attempt 1 and a single STARTED envelope (they did not run again); interrupted ones have
-attempt 2 and STARTED, RUNNING twice (STARTED count == attempt); every other child exactly its
+attempt 2 and STARTED twice (STARTED count == attempt), their RUNNING envelope once on
+sluiceway's side (the re-run replays ``run_impl`` and does not store again what the first run
+stored) and twice on the baseline's (it stores it again); every other child exactly its
 4 envelopes; the parent ran twice; no lease held; ``PRAGMA integrity_check`` ok. In the resuming
 process: exactly the children ``KILL_AT .. N-1`` ran, each once, within the limit; every result
 reached the consumer once; the capacity node (semaphore) is idle afterwards.
@@ -375,7 +377,13 @@ def _resume(side: str, params: Params, images: _Images, kill_at: int) -> dict[st
         report = _spawn("resume", side, path, params, kill_at)
         interrupted = range(kill_at, kill_at + min(limit, n - kill_at))
         report.update(
-            verify_store(path, n, attempts=dict.fromkeys(interrupted, 2), parent_attempts=2)
+            verify_store(
+                path,
+                n,
+                attempts=dict.fromkeys(interrupted, 2),
+                parent_attempts=2,
+                replay=side == SLUICEWAY,
+            )
         )
         started = first_started_after(path, report["wall_start"])
     report["skip_seconds_from_store"] = None if started is None else started - report["wall_start"]
