@@ -3,6 +3,9 @@ runtime's claim loop runs what is due, within its limits."""
 
 from __future__ import annotations
 
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,10 @@ from sluiceway import (
     EntityStatus,
     RunContext,
     RunnableEntity,
+    SqliteStore,
     open_runtime,
 )
+from sluiceway.store import NewEntity
 from tests.entities.virtual import virtual_runtime
 from tests.entities.workflows import ALL_TYPES, EXECUTIONS, GATES, Leaf, executed, started
 
@@ -178,3 +183,29 @@ async def test_recover_is_one_claim_pass_that_waits(
         assert sorted(run.entity_name for run in outcomes) == [f"r{n}" for n in range(5)]
         assert all(run.error is None and not run.parked for run in outcomes)
         assert await runtime.recover() == []
+
+
+async def test_recover_sees_the_runs_the_claim_loop_took_as_it_opened(tmp_path: Path) -> None:
+    """recover() called as the runtime opens takes over the run a dead process left, whether
+    the claim loop or recover() itself claims it (ten times, each on a new store)."""
+    gone = await trio.run_process(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_stdout=True
+    )
+    dead = f"{socket.gethostname()}:{gone.stdout.decode().strip()}:gone"
+    for attempt in range(10):
+        db = tmp_path / f"race-{attempt}.db"
+        async with SqliteStore(db) as store:
+            await store.create_entity(
+                NewEntity(
+                    id="e", name="orphan", type="Leaf", general_type="Leaf", data={"value": 3},
+                    created_at=time.time(),
+                )
+            )  # fmt: skip
+            now = time.time()
+            claimed = await store.claim(
+                "e", dead, now=now, expires=now + 3600, started={"kind": "STARTED"}, own_run=True
+            )
+            assert claimed is not None  # held by a process that no longer exists
+        async with open_runtime(db, TYPES) as runtime:
+            [recovered] = await runtime.recover()
+            assert recovered.result == {"name": "orphan", "value": 6}

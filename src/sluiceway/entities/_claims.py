@@ -56,6 +56,9 @@ class ClaimLoop:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        # Held while a claim is under way, until its runs are adopted: recover() takes it too,
+        # so that it sees every run the loop claimed before it looked.
+        self.claiming = trio.Lock()
         self._failures = 0  # store failures in a row (logged, then retried after a pause)
 
     # -- control -------------------------------------------------------------------------------
@@ -140,6 +143,10 @@ class ClaimLoop:
 
     async def _claim(self) -> bool:
         """One claim; returns whether it took a full batch (more may be due)."""
+        async with self.claiming:
+            return await self._claim_batch()
+
+    async def _claim_batch(self) -> bool:
         runtime = self.runtime
         limit = min(self.batch, self.max_runs - self.running)
         now = runtime.clock()

@@ -81,6 +81,7 @@ class Executor:
         self._claims: ClaimLoop | None = None
         self._dead: list[str] = []
         self._dead_checked = -math.inf
+        self._dead_lock = trio.Lock()
         # Called with each run the claim loop adopts (recover() follows them).
         self._adoption_watchers: list[Callable[[LiveRun], None]] = []
 
@@ -316,13 +317,13 @@ class Executor:
         return await self._run_live(cls, record, live, None)
 
     async def _dead_owners(self) -> list[str]:
-        """The lease owners that are dead processes of this machine (checked at most once per
-        ``poll_interval``)."""
-        now = trio.current_time()
-        if now - self._dead_checked >= self.poll_interval:
-            self._dead_checked = now
-            owners = await self.store.lease_owners()
-            self._dead = [owner for owner in owners if owner != self.owner and owner_is_dead(owner)]
+        """The lease owners that are dead processes of this machine (looked up at most once per
+        ``poll_interval``; a caller that comes during a lookup waits for its answer)."""
+        async with self._dead_lock:
+            if trio.current_time() - self._dead_checked >= self.poll_interval:
+                owners = await self.store.lease_owners()
+                self._dead = [o for o in owners if o != self.owner and owner_is_dead(o)]
+                self._dead_checked = trio.current_time()
         return self._dead
 
     # -- running ---------------------------------------------------------------------------------

@@ -371,38 +371,43 @@ class Runtime(Executor):
             for live in list(self._live.values()):
                 watch(live)
             self._adoption_watchers.append(watch)  # the claim loop's runs, and our own
+            loop = self._claims
             try:
-                while True:
-                    now = self.clock()
-                    batch = await self.store.claim_due(
-                        self.owner,
-                        now=now,
-                        expires=now + self.lease_seconds,
-                        limit=self.claim_batch,
-                        started=self._started,
-                        steal_from=await self._dead_owners(),
-                        types=self.registry.runnable_names(),
-                        **self._claim_rules(),
-                    )
-                    claimed, failed = batch.claimed, batch.failed
-                    for entity_id in failed:
-                        record = await self.store.get_entity(entity_id)
-                        error = EntityFailedError(
-                            record.id, record.type, record.name, record.error or {}
-                        )
-                        outcomes.append(
-                            RecoveredRun(record.id, record.type, record.name, error=error)
-                        )
-                    for record in claimed:
-                        adopted = self._adopt(record)  # followed by watch()
-                        if adopted is not None:
-                            nursery.start_soon(self._run_quietly, adopted)
-                    if len(claimed) + len(failed) < self.claim_batch:
-                        break
+                # A claim of the loop under way ends (its runs adopted, so watched) before
+                # ours begins.
+                async with contextlib.nullcontext() if loop is None else loop.claiming:
+                    outcomes.extend(await self._claim_all(nursery))
             finally:
                 self._adoption_watchers.remove(watch)
         self._changed()
         return outcomes
+
+    async def _claim_all(self, nursery: trio.Nursery) -> list[RecoveredRun]:
+        """Claim everything due now, batch after batch, starting each run in ``nursery``;
+        returns the entities the crash-loop guard failed instead."""
+        failures: list[RecoveredRun] = []
+        while True:
+            now = self.clock()
+            batch = await self.store.claim_due(
+                self.owner,
+                now=now,
+                expires=now + self.lease_seconds,
+                limit=self.claim_batch,
+                started=self._started,
+                steal_from=await self._dead_owners(),
+                types=self.registry.runnable_names(),
+                **self._claim_rules(),
+            )
+            for entity_id in batch.failed:
+                record = await self.store.get_entity(entity_id)
+                error = EntityFailedError(record.id, record.type, record.name, record.error or {})
+                failures.append(RecoveredRun(record.id, record.type, record.name, error=error))
+            for record in batch.claimed:
+                adopted = self._adopt(record)  # followed by watch()
+                if adopted is not None:
+                    nursery.start_soon(self._run_quietly, adopted)
+            if len(batch.claimed) + len(batch.failed) < self.claim_batch:
+                return failures
 
     def held_elsewhere(self, record: EntityRecord) -> bool:
         """Whether another runtime, alive as far as this one can tell, holds the unfinished
