@@ -146,16 +146,9 @@ RUN_TWICE = {
     "docs/guides/client.rst": "the page says a second run prints the same, from the stored log",
 }
 
-# Examples that fail because of a library bug, not because of the page; each entry says which.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    (
-        "docs/guides/entities.rst",
-        "$ python story.py story.db --crash-at image-4",
-    ): "library bug: Runtime.recover() called while the claim loop looks up the dead lease "
-    "owners (right after open_runtime) gets the loop's cached, still empty list of dead owners, "
-    "claims nothing and returns [] without following the run the loop then claims; the program "
-    "then leaves its runtime and the resumed story is cancelled (about 1 run in 10 here)",
-}
+# Examples that fail because of a library bug, not because of the page; each entry says which
+# bug (none at the moment).
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
