@@ -375,7 +375,6 @@ class Executor:
                 if live.cancelled or live.lease_lost:
                     scope.cancel()
                 result = await entity.run_impl(ctx)
-                check_json(result, f"the result of {record.type} {record.name!r}")
         except LeaseLostError:
             await self._after_lost_lease(record, live)
             raise
@@ -397,16 +396,23 @@ class Executor:
         if scope.cancelled_caught:
             await self._after_lost_lease(record, live)
             raise EntityCancelledError(record.id, record.type, record.name)
-        await self._finish(
-            record,
-            live,
-            EntityStatus.COMPLETED,
-            [
-                self._envelope(record, EnvelopeType.VALUE.value, sub_type="return", value=result),
-                self._envelope(record, EnvelopeType.STATUS.value, status="COMPLETED"),
-            ],
-            result=result,
-        )
+        try:
+            await self._finish(
+                record,
+                live,
+                EntityStatus.COMPLETED,
+                [
+                    self._envelope(
+                        record, EnvelopeType.VALUE.value, sub_type="return", value=result
+                    ),
+                    self._envelope(record, EnvelopeType.STATUS.value, status="COMPLETED"),
+                ],
+                result=result,
+            )
+        except (TypeError, ValueError) as exc:
+            # The result cannot be stored as it is (the store checks it, nothing was written):
+            # the run fails with that error.
+            await self._fail(record, live, exc)
         return result
 
     async def _finish(
@@ -421,6 +427,9 @@ class Executor:
     ) -> None:
         """Store how the run ended (shielded: it is recorded once, or not at all if the lease
         was lost meanwhile), and wake whoever that concerns."""
+        # A parent running here (and not parking) is not waiting for this child: the store
+        # need not look whether to wake it.
+        parent = None if record.parent_id is None else self._live.get(record.parent_id)
         try:
             with trio.CancelScope(shield=True):
                 woke = await self.store.finish(
@@ -431,6 +440,7 @@ class Executor:
                     result=result,
                     error=error,
                     envelopes=[envelope.body() for envelope in envelopes],
+                    wake_parent=parent is None or parent.parking,
                 )
         except LeaseLostError:
             await self._after_lost_lease(record, live)  # cancelled or taken over meanwhile
@@ -455,6 +465,7 @@ class Executor:
             await self._after_lost_lease(record, live)
             raise EntityCancelledError(record.id, record.type, record.name)
         reason, wake_at = ctx._parking or (ParkReason.CHILDREN, None)
+        live.parking = True  # from now on, its children's ends must look at it (_finish)
         try:
             with trio.CancelScope(shield=True):
                 parked = await self.store.park(

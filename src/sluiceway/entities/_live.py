@@ -53,6 +53,7 @@ class LiveRun:
         self.done = trio.Event()
         self.claimed = False  # it holds the entity's lease (set once its claim succeeded)
         self.ran = False  # it claimed the entity and ran (result or error is its outcome)
+        self.parking = False  # it decided to park (its park may be committing)
         self.parked = False  # it ended by parking: the store wakes it later
         self.proven = False  # a run on probation lived long enough (see ClaimLoop)
         self.result: Any = None

@@ -37,6 +37,12 @@ _encoder = json.JSONEncoder(
 def encode_json(value: object, what: str) -> str:
     """``value`` as compact JSON, or a ``TypeError``/``ValueError`` naming ``what`` and the
     place in it that cannot be stored (see the module documentation)."""
+    if _plain(value, 0):
+        # The common case, checked in one pass: it reads back as it is, in ASCII.
+        try:
+            return _encoder.encode(value)
+        except (TypeError, ValueError):  # NaN or infinity: the careful path says where
+            pass
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -57,8 +63,50 @@ def encode_json(value: object, what: str) -> str:
     return text
 
 
+def _plain(value: Any, depth: int) -> bool:
+    """Whether ``value`` is plainly storable: dicts with ASCII ``str`` keys, lists, ASCII
+    strings, ints, bools, ``None`` and floats, nested at most :data:`MAX_JSON_DEPTH` deep. Such
+    a value reads back exactly as it is (a finite float is checked by the encoder). Anything
+    else (a tuple, a mapping that is not a dict, non-ASCII text...) takes the careful path.
+    (Written flat: it runs for every value stored.)"""
+    kind = type(value)
+    if kind is dict:
+        if depth >= MAX_JSON_DEPTH:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    return False
+            elif not (kind is int or item is None or kind is bool or kind is float) and not _plain(
+                item, depth + 1
+            ):
+                return False
+        return True
+    if kind is list:
+        if depth >= MAX_JSON_DEPTH:
+            return False
+        for item in value:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    return False
+            elif not (kind is int or item is None or kind is bool or kind is float) and not _plain(
+                item, depth + 1
+            ):
+                return False
+        return True
+    if kind is str:
+        return bool(value.isascii())
+    return kind is int or value is None or kind is bool or kind is float
+
+
 def encode_object(value: object, what: str) -> str:
     """:func:`encode_json` for a value that must be a mapping (a JSON object)."""
+    if type(value) is dict and not value:
+        return "{}"  # the most common edge data and metadata
     if not isinstance(value, Mapping):
         raise TypeError(f"{what} must be a mapping (a JSON object), got {type_name(value)}")
     return encode_json(value if type(value) is dict else dict(value), what)

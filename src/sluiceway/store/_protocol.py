@@ -343,10 +343,12 @@ class EntityStore(Protocol):
         result: JSON = None,
         error: Mapping[str, str] | None = None,
         envelopes: Sequence[Mapping[str, JSON]] = (),
+        wake_parent: bool = True,
     ) -> bool:
         """End a run: set the status (COMPLETED with ``result``, or FAILED with ``error``),
-        clear the lease and ``runnable_at``, append ``envelopes`` (at ``now``), and wake the
-        parent if it is parked on its children and none is pending any more, in one
+        clear the lease and ``runnable_at``, append ``envelopes`` (at ``now``), and (unless
+        ``wake_parent`` is false: the caller knows the parent is running, so not parked) wake
+        the parent if it is parked on its children and none is pending any more, in one
         transaction. Returns whether it woke the parent. Fenced.
 
         Raises:

@@ -150,9 +150,10 @@ def find_entity(conn: sqlite3.Connection, parent_id: str | None, name: str) -> E
 
 
 def fence(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> tuple[Any, ...]:
-    """``(lease_owner, data)`` of the entity if ``owner`` holds its lease; raises otherwise."""
+    """``(lease_owner, data, abandoned)`` of the entity if ``owner`` holds its lease; raises
+    otherwise."""
     row = conn.execute(
-        "SELECT lease_owner, data FROM entities WHERE id = ?", (entity_id,)
+        "SELECT lease_owner, data, abandoned FROM entities WHERE id = ?", (entity_id,)
     ).fetchone()
     if row is None:
         raise not_found(entity_id)
@@ -165,10 +166,11 @@ def fence(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> tu
     return tuple(row)
 
 
-def progressed(conn: sqlite3.Connection, entity_id: str) -> None:
-    """The run of the entity did something (started a child): its crash-loop count starts
-    again. (A lookup only, unless the count is set.)"""
-    conn.execute("UPDATE entities SET abandoned = 0 WHERE id = ? AND abandoned > 0", (entity_id,))
+def fence_progress(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> None:
+    """:func:`fence` for a run that does something (starts a child): its crash-loop count
+    starts again (written only if it was set)."""
+    if fence(conn, entity_id, owner, what)[2]:
+        conn.execute("UPDATE entities SET abandoned = 0 WHERE id = ?", (entity_id,))
 
 
 def append(conn: sqlite3.Connection, entity_id: str, ts: float, body: str) -> int:
@@ -251,7 +253,12 @@ def claim(
     # A lease another owner did not give back: its process died (or stopped renewing). If
     # that process started nothing and served nothing after it (its tick did not move), the
     # run may well be what took it down: count it.
-    if holder is not None and holder != owner and owner_tick(conn, holder) == claimed_at:
+    if (
+        claimed_at is not None  # a run of its own (a child inside its parent's run is not)
+        and holder is not None
+        and holder != owner
+        and owner_tick(conn, holder) == claimed_at
+    ):
         abandoned += 1
         if crash_limit is not None and abandoned >= crash_limit:
             assert crash_failure is not None

@@ -70,8 +70,7 @@ class SqliteRuns:
 
         def write(conn: sqlite3.Connection) -> EntityRecord | None:
             if fence is not None:
-                ops.fence(conn, fence, owner, f"start child {entity_id!r}")
-                ops.progressed(conn, fence)
+                ops.fence_progress(conn, fence, owner, f"start child {entity_id!r}")
             claimed = ops.claim(
                 conn,
                 entity_id,
@@ -269,12 +268,10 @@ class SqliteRuns:
 
         def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool, bool]:
             if new.parent_id is not None:
-                ops.fence(conn, new.parent_id, owner, f"create child {new.name!r}")
+                ops.fence_progress(conn, new.parent_id, owner, f"create child {new.name!r}")
             existing = ops.find_entity(conn, new.parent_id, new.name)
             if existing is not None:
                 return existing, False, False
-            if new.parent_id is not None:
-                ops.progressed(conn, new.parent_id)
             record = ops.insert_claimed(
                 conn,
                 new,
@@ -355,6 +352,7 @@ class SqliteRuns:
         result: JSON = None,
         error: Mapping[str, str] | None = None,
         envelopes: Sequence[Mapping[str, JSON]] = (),
+        wake_parent: bool = True,
     ) -> bool:
         self._db.check_writable()
         if status is EntityStatus.COMPLETED:
@@ -391,7 +389,7 @@ class SqliteRuns:
                 (status.value, result_json, error_json, now, entity_id),
             ).fetchone()
             ops.insert_envelopes(conn, entity_id, last, now, bodies)
-            return ops.wake_parent(conn, parent_id, now)
+            return wake_parent and ops.wake_parent(conn, parent_id, now)
 
         return await self._db.write(write)
 
