@@ -333,8 +333,11 @@ class RunContext:
                     ...  # FINAL: a child's result; ERROR: EntityFailedError
 
         A child that waits (``wait_for_message``, ``sleep``) gives its task's capacity back
-        while it waits. ``edge_type`` names the edge to each new child, as for
-        :meth:`append_or_retrieve_call`.
+        while it waits; one that parks ends its task with no envelope, and once the runner has
+        nothing else to do, iterating its envelopes raises :class:`~sluiceway.RunParked`:
+        this run parks too, and the end of its last pending child wakes it (it replays, and
+        gets every child's result then). ``edge_type`` names the edge to each new child, as
+        for :meth:`append_or_retrieve_call`.
 
         Raises:
             UnknownEntityTypeError, ConnectionNotAllowedError: at once.
@@ -468,8 +471,11 @@ class RunContext:
 
     async def sleep(self, seconds: float) -> None:
         """Sleep durably: the deadline (now + ``seconds``, fixed by the first run that gets
-        here) survives a restart, so a re-run sleeps only what is left. The entity gives its
-        runner task's capacity back while it sleeps."""
+        here) survives a restart, so a re-run sleeps only what is left. A sleep shorter than
+        the runtime's ``park_after`` is spent in memory, with the runner task's capacity
+        given back; a longer one parks: the run ends here (:class:`~sluiceway.RunParked`
+        goes up through ``run_impl``: let it) and the entity runs again, replaying, when the
+        deadline comes."""
         seconds = check_finite(seconds, "sleep seconds")
         if seconds < 0:
             raise ValueError(f"sleep seconds must be >= 0, got {seconds}")
@@ -531,8 +537,10 @@ class RunContext:
         oldest first. A message sent while no process runs the entity is kept and delivered
         when it runs again; a re-run that gets here again receives the message this wait
         received before, without waiting. The entity gives its runner task's capacity back
-        while it waits. ``timeout`` (seconds, fixed the first time) still applies after a
-        restart.
+        while it waits; once it has waited the runtime's ``park_after`` seconds, it parks:
+        the run ends here (:class:`~sluiceway.RunParked`: let it through) and the message, or
+        the timeout, wakes it. ``timeout`` (seconds, fixed the first time) still applies
+        after a restart.
 
         Raises:
             WaitTimeoutError: the timeout passed without a message.

@@ -102,7 +102,7 @@ class WaitableEntity(RunnableEntity):
     Waiting is durable: the WAITING envelope and every message sent are stored, a message sent
     while no process runs the entity is delivered when it runs again, and a timeout still fires
     after a restart. While it waits, the entity gives back the capacity of the runner task it
-    runs in.
+    runs in; a long wait parks (the run ends, and the message wakes it).
     """
 
     waitable: ClassVar[bool] = True
