@@ -641,12 +641,14 @@ INTERRUPTED = {
 }
 
 
-@pytest.mark.parametrize("program", PROGRAMS, ids=[p.block.id for p in PROGRAMS])
+#: The programs run on their own (those a console session runs are checked by that session).
+ON_THEIR_OWN = [program for program in PROGRAMS if program.session is None]
+
+
+@pytest.mark.parametrize("program", ON_THEIR_OWN, ids=[p.block.id for p in ON_THEIR_OWN])
 def test_a_program_prints_what_the_page_shows(
     program: Program, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    if program.session is not None:
-        pytest.skip(f"run by the console session at {program.session.id}")
     assert program.expected is not None, (
         f"{program.block.id} is a complete program, but no 'text' block introduced by a "
         "sentence ending with a colon ('It prints:') follows it"
