@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from sluiceway import (
     ConnectionNotAllowedError,
@@ -18,6 +19,7 @@ from sluiceway import (
     EntityStatus,
     RunContext,
     RunnableEntity,
+    SqliteStore,
     UnknownEntityTypeError,
     open_runtime,
 )
@@ -517,3 +519,48 @@ async def test_many_streams_of_one_run_share_its_reads(
         for index, seqs in received.items():
             assert seqs == (stored if index < 25 else [s for s in stored if s > midway])
     assert_idle(GLOBAL)
+
+
+async def test_an_envelope_stored_while_the_stream_reads_wakes_it(
+    db: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Time is frozen (no poll ever fires): an envelope stored while the stream's read of the
+    store is under way must still wake the stream."""
+    async with open_runtime(
+        SqliteStore(db, threads=False), ALL_TYPES, clock=trio.current_time, work=False
+    ) as runtime:
+        leaf = await runtime.create(Leaf, {"gate": True, "value": 1}, name="racer")
+        gate = GATES["racer"] = trio.Event()
+        read = runtime.store.read_envelopes
+        reads = 0
+
+        async def read_then_let_the_run_go(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            page = await read(*args, **kwargs)
+            reads += 1
+            if reads == 2:  # the stream's read after the run's first envelopes
+                gate.set()
+                while (await runtime.store.get_entity(leaf.id)).status is not (
+                    EntityStatus.COMPLETED
+                ):
+                    await trio.lowlevel.checkpoint()  # the run stores its end meanwhile
+            return page
+
+        runtime.store.read_envelopes = read_then_let_the_run_go  # type: ignore[method-assign]
+        seen: list[str | None] = []
+
+        async def follow() -> None:
+            async with runtime.stream(leaf.id) as envelopes:
+                async for envelope in envelopes:
+                    seen.append(envelope.status or envelope.type)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runtime.run, leaf.id)
+            await started("racer").wait()
+            nursery.start_soon(follow)
+            await trio.testing.wait_all_tasks_blocked()
+            # Everything is still (and time stands still): the stream got the end by now,
+            # or it missed its wake-up and waits for a poll that never comes.
+            assert seen == ["STARTED", "RUNNING", "VALUE", "COMPLETED"]
+            nursery.cancel_scope.cancel()
+    assert trio.current_time() == 0

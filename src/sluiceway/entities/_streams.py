@@ -164,13 +164,13 @@ class StreamHub:
                     position = max(position, highest)  # (the page may go beyond it)
                 continue
             if not tail.version:  # nobody has read the tail yet
-                await tail.advance(self._store, 0)
+                await tail.advance(self._store, 0, self._current_changes)
                 continue
-            # Take the window's content, its end, its version and the wake-up event together,
-            # before delivering (which waits for the reader): whatever is stored or read into
-            # the window meanwhile sets this event, or moves this version, so the wait below
-            # returns at once instead of missing it until the next change or poll.
-            changes, version = self.changes, tail.version
+            # Take the window's content, its end, its version and the wake-up event of its
+            # last read together, before delivering (which waits for the reader): whatever is
+            # stored since that read began sets this event, or moves this version, so the wait
+            # below returns at once instead of missing it until the next change or poll.
+            changes, version = tail.changes, tail.version
             ended, last, envelopes = tail.ended, tail.last, tail.after(position)
             await deliver(envelopes)
             position = max(position, last)
@@ -179,7 +179,10 @@ class StreamHub:
             if tail.version == version:  # else another stream read more meanwhile: take it
                 with trio.move_on_after(self._poll_interval):
                     await changes.wait()
-            await tail.advance(self._store, version)
+            await tail.advance(self._store, version, self._current_changes)
+
+    def _current_changes(self) -> trio.Event:
+        return self.changes
 
     def changed(self) -> None:
         """Wake the streams of this runtime (and whoever waits for a change): something was
@@ -204,6 +207,9 @@ class _Tail:
         self.size = _WINDOW if size is None else size
         self.ended = False
         self.version = 0  # advanced this many times
+        # The runtime's wake-up event as it was when the last read began: anything stored
+        # since sets it.
+        self.changes = trio.Event()
         self.users = 0
         self.lock = trio.Lock()
 
@@ -213,12 +219,16 @@ class _Tail:
             return []
         return [envelope for envelope in self.window if envelope.seq > position]
 
-    async def advance(self, store: EntityStore, version: int) -> None:
+    async def advance(
+        self, store: EntityStore, version: int, changes: Callable[[], trio.Event]
+    ) -> None:
         """Read what was stored since ``last`` (unless another stream did it since
-        ``version``)."""
+        ``version``). ``changes()`` is the runtime's wake-up event of now: it is taken before
+        the read begins, so that a change the read misses sets it."""
         async with self.lock:
             if self.version != version:
                 return
+            event = changes()
             # The entity first: if its run had ended then, its last envelopes are in the read.
             record = await store.get_entity(self.entity_id)
             while True:
@@ -238,4 +248,5 @@ class _Tail:
                 EntityStatus.FAILED,
                 EntityStatus.CANCELLED,
             )
+            self.changes = event
             self.version += 1
