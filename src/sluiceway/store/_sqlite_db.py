@@ -11,7 +11,6 @@ threads; with ``threads=False`` every call runs on the trio thread instead, so v
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import errno
@@ -19,15 +18,14 @@ import os
 import pathlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
 from .._errors import StoreError, StoreSchemaError
-from .._util import open_owned_nursery, type_name
+from ._group_commit import GroupCommit, Op, fail_batch
 from ._sqlite_schema import MIN_SQLITE_VERSION, check_schema
 
 T = TypeVar("T")
@@ -56,19 +54,6 @@ class State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-class _Op(Generic[T]):
-    """One queued write: ``fn`` runs in the writer's transaction; ``task`` waits
-    (uncancellably) until the writer reschedules it."""
-
-    __slots__ = ("error", "fn", "result", "task")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], T], task: trio.lowlevel.Task) -> None:
-        self.fn = fn
-        self.task = task
-        self.result: T | None = None
-        self.error: BaseException | None = None
 
 
 class _ReadSlot:
@@ -106,7 +91,6 @@ class SqliteDatabase:
         self.state = State.NEW
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
-        self._max_batch = max_batch
         self._readers = readers
         self._threads = threads
         self._write_conn: sqlite3.Connection | None = None
@@ -114,21 +98,16 @@ class SqliteDatabase:
         self._idle_readers: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._read_limiter = trio.CapacityLimiter(readers)
-        self._write_limiter = trio.CapacityLimiter(1)
-        self._queue: collections.deque[_Op[Any]] = collections.deque()
-        self._work = trio.Event()
-        self._closing = False
-        self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._writes = 0
-        self._batches = 0
-        self._largest_batch = 0
+        self._writer: GroupCommit[sqlite3.Connection] = GroupCommit(
+            self._apply_batch, max_batch=max_batch, threads=threads, name=f"SqliteStore {path!r}"
+        )
         self._reads = 0
 
     def statistics(self) -> SqliteStoreStatistics:
         return SqliteStoreStatistics(
-            writes=self._writes,
-            batches=self._batches,
-            largest_batch=self._largest_batch,
+            writes=self._writer.writes,
+            batches=self._writer.batches,
+            largest_batch=self._writer.largest_batch,
             reads=self._reads,
         )
 
@@ -145,10 +124,7 @@ class SqliteDatabase:
         try:
             await self._in_thread(self._open)
             if not self.read_only:
-                nursery_cm = open_owned_nursery()
-                nursery = await nursery_cm.__aenter__()
-                self._nursery_cm = nursery_cm
-                nursery.start_soon(self._writer, name=f"SqliteStore writer {self.path!r}")
+                await self._writer.start()
         except BaseException:
             self._close_connections()
             self.state = State.CLOSED
@@ -161,14 +137,7 @@ class SqliteDatabase:
             raise RuntimeError(f"this SqliteStore is {self.state.value}, not open")
         self.state = State.CLOSING
         try:
-            nursery_cm, self._nursery_cm = self._nursery_cm, None
-            if nursery_cm is not None:
-                # The writer task is shielded: it drains the queue and returns even if the
-                # surroundings are cancelled, so this wait always ends with the queue applied.
-                # (The nursery must be exited outside any cancel scope opened here.)
-                self._closing = True
-                self._work.set()
-                await nursery_cm.__aexit__(None, None, None)
+            await self._writer.stop()
         finally:
             with trio.CancelScope(shield=True):
                 # Reads abandoned by a cancelled caller may still run in their threads: the
@@ -297,38 +266,7 @@ class SqliteDatabase:
 
     # -- the writer ----------------------------------------------------------------------------
 
-    async def _writer(self) -> None:
-        # Shielded: queued writers wait shielded for their op, so the writer must apply every
-        # op it is given even while the store's surroundings are cancelled. It stops when the
-        # store closes and the queue is empty.
-        with trio.CancelScope(shield=True):
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._work = trio.Event()
-                    await self._work.wait()
-                    continue
-                count = min(len(self._queue), self._max_batch)
-                batch = [self._queue.popleft() for _ in range(count)]
-                try:
-                    if self._threads:
-                        await trio.to_thread.run_sync(
-                            self._apply_batch, batch, limiter=self._write_limiter
-                        )
-                    else:
-                        self._apply_batch(batch)
-                except Exception as exc:  # pragma: no cover - _apply_batch catches everything
-                    _fail_batch(batch, exc)
-                self._writes += count
-                self._batches += 1
-                self._largest_batch = max(self._largest_batch, count)
-                for op in batch:
-                    trio.lowlevel.reschedule(op.task)
-                if not self._threads:
-                    await trio.lowlevel.checkpoint()  # let the writers that were served go on
-
-    def _apply_batch(self, ops: Sequence[_Op[Any]]) -> None:
+    def _apply_batch(self, ops: Sequence[Op[sqlite3.Connection, Any]]) -> None:
         """Run ``ops`` in one transaction, then commit (in the writer's worker thread).
 
         An op that raises is rolled back alone and keeps its error; if the transaction as a
@@ -356,11 +294,11 @@ class SqliteDatabase:
                 conn.execute("COMMIT")
                 return
         except BaseException as exc:
-            _fail_batch(ops, exc)
+            fail_batch(ops, exc)
             return
         self._apply_batch_carefully(ops)
 
-    def _apply_batch_carefully(self, ops: Sequence[_Op[Any]]) -> None:
+    def _apply_batch_carefully(self, ops: Sequence[Op[sqlite3.Connection, Any]]) -> None:
         """:meth:`_apply_batch` with a savepoint around each op, so that the ops that fail are
         rolled back alone."""
         conn = self._write_conn
@@ -394,27 +332,13 @@ class SqliteDatabase:
                         conn.execute("ROLLBACK")
                 raise
         except BaseException as exc:
-            _fail_batch(ops, exc)
+            fail_batch(ops, exc)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a write transaction (grouped with other writes) and return its result;
         what it raised is raised here (and only its own changes are rolled back)."""
         self.check_writable()
-        await trio.lowlevel.checkpoint_if_cancelled()
-        op = _Op(fn, trio.lowlevel.current_task())
-        self._queue.append(op)
-        self._work.set()
-        # Not cancellable (cheaper than a shielded scope): the caller always learns how its
-        # write ended; a cancellation is delivered at its next checkpoint.
-        await trio.lowlevel.wait_task_rescheduled(_not_abortable)
-        error = op.error
-        if error is not None:
-            op.error = None
-            try:
-                raise error
-            finally:
-                del error
-        return op.result  # type: ignore[return-value]  # set unless error
+        return await self._writer.write(fn)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -462,19 +386,3 @@ class SqliteDatabase:
                 slot.connection = None
             with self._pool_lock:
                 self._idle_readers.append(conn)
-
-
-def _fail_batch(ops: Iterable[_Op[Any]], cause: BaseException) -> None:
-    ops = list(ops)
-    for op in ops:
-        error = StoreError(
-            f"a write transaction of {len(ops)} operation(s) failed and was rolled back: "
-            f"{type_name(cause)}: {cause}"
-        )
-        error.__cause__ = cause
-        op.result = None
-        op.error = error
-
-
-def _not_abortable(_: object) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.FAILED
