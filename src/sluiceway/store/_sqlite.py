@@ -21,6 +21,7 @@ import trio
 
 from .._errors import EntityNotWaitingError
 from .._util import aclose_after
+from . import _rows as shared
 from . import _sqlite_ops as ops
 from ._json import encode_json, encode_object
 from ._protocol import EntityStore
@@ -206,30 +207,31 @@ class SqliteStore(SqliteRuns, EntityStore):
         return await self._db.write(write)
 
     async def get_entity(self, entity_id: str) -> EntityRecord:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
         return await self._db.read(lambda conn: ops.require_entity(conn, entity_id))
 
     async def find_entity(self, parent_id: str | None, name: str) -> EntityRecord | None:
-        if not ops.storable(name) or (parent_id is not None and not ops.storable(parent_id)):
+        if not shared.storable(name) or (parent_id is not None and not shared.storable(parent_id)):
             await trio.lowlevel.checkpoint()
             return None  # no stored name or id is like that
         return await self._db.read(lambda conn: ops.find_entity(conn, parent_id, name))
 
     async def children(self, parent_id: str) -> list[EntityRecord]:
-        if not ops.storable(parent_id):
+        if not shared.storable(parent_id):
             await trio.lowlevel.checkpoint()
             return []
 
         def read(conn: sqlite3.Connection) -> list[EntityRecord]:
             rows = conn.execute(
-                f"{ops.SELECT_ENTITY} WHERE parent_id = ? ORDER BY created_at, rowid", (parent_id,)
+                f"{shared.SELECT_ENTITY} WHERE parent_id = ? ORDER BY created_at, rowid",
+                (parent_id,),
             )
-            return [ops.entity_from_row(row) for row in rows]
+            return [shared.entity_from_row(row) for row in rows]
 
         return await self._db.read(read)
 
     async def count_children(self, parent_id: str) -> dict[EntityStatus, int]:
-        if not ops.storable(parent_id):
+        if not shared.storable(parent_id):
             await trio.lowlevel.checkpoint()
             return {}
 
@@ -245,7 +247,7 @@ class SqliteStore(SqliteRuns, EntityStore):
     async def update_data(
         self, entity_id: str, owner: str | None, partial: Mapping[str, JSON], *, now: float
     ) -> dict[str, JSON]:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
         self._db.check_writable()
         encode_object(partial, f"the data update of entity {entity_id!r}")
         patch = dict(partial)
@@ -257,7 +259,7 @@ class SqliteStore(SqliteRuns, EntityStore):
                     "SELECT data FROM entities WHERE id = ?", (entity_id,)
                 ).fetchone()
                 if row is None:
-                    raise ops.not_found(entity_id)
+                    raise shared.not_found(entity_id)
                 data_json = row[0]
             else:
                 data_json = ops.fence(conn, entity_id, owner, "data")[1]
@@ -281,18 +283,7 @@ class SqliteStore(SqliteRuns, EntityStore):
         emitted: int = 0,
     ) -> list[int]:
         self._db.check_writable()
-        if isinstance(emitted, bool) or not isinstance(emitted, int) or emitted < 0:
-            raise ValueError(f"append_envelopes() emitted must be an int >= 0, got {emitted!r}")
-        prepared: list[tuple[str, float, str]] = []
-        for item in items:
-            if not isinstance(item, tuple) or len(item) != 3:
-                raise TypeError(
-                    f"append_envelopes() items are (entity_id, ts, body) tuples, got {item!r}"
-                )
-            entity_id, ts, body = item
-            prepared.append(
-                (entity_id, ts, encode_object(body, f"an envelope of entity {entity_id!r}"))
-            )
+        prepared = shared.prepare_envelopes(items, emitted)
         if not prepared:
             await trio.lowlevel.checkpoint()
             return []
@@ -309,8 +300,6 @@ class SqliteStore(SqliteRuns, EntityStore):
                     ops.insert_envelope(conn, entity_id, first + offset, ts, body)
                     for offset, (_, ts, body) in enumerate(prepared)
                 ]
-            if emitted:
-                raise ValueError("append_envelopes() counts emitted envelopes of one entity only")
             for entity_id in entities:
                 ops.fence(conn, entity_id, owner, "envelopes")
             return [ops.append(conn, entity_id, ts, body) for entity_id, ts, body in prepared]
@@ -325,13 +314,13 @@ class SqliteStore(SqliteRuns, EntityStore):
         limit: int = 1000,
         subtree: bool = True,
     ) -> list[StoredEnvelope]:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"read_envelopes() limit must be an int >= 0, got {limit!r}")
 
         def read(conn: sqlite3.Connection) -> list[StoredEnvelope]:
             if conn.execute("SELECT 1 FROM entities WHERE id = ?", (entity_id,)).fetchone() is None:
-                raise ops.not_found(entity_id)
+                raise shared.not_found(entity_id)
             if subtree:
                 rows = conn.execute(
                     """
@@ -397,7 +386,7 @@ class SqliteStore(SqliteRuns, EntityStore):
         def write(conn: sqlite3.Connection) -> EdgeRecord:
             for end in (from_id, to_id):
                 if conn.execute("SELECT 1 FROM entities WHERE id = ?", (end,)).fetchone() is None:
-                    raise ops.not_found(end)
+                    raise shared.not_found(end)
             if owner is not None:
                 ops.fence(conn, from_id, owner, f"{edge_type} edge")
             else:
@@ -407,19 +396,21 @@ class SqliteStore(SqliteRuns, EntityStore):
         return await self._db.write(write)
 
     async def edges(self, entity_id: str) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
 
         def read(conn: sqlite3.Connection) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
             outgoing = conn.execute(
-                f"SELECT {ops.EDGE_COLUMNS} FROM edges WHERE from_id = ? ORDER BY type, position",
+                f"SELECT {shared.EDGE_COLUMNS} FROM edges WHERE from_id = ?"
+                " ORDER BY type, position",
                 (entity_id,),
             )
-            out = [ops.edge_from_row(row) for row in outgoing]
+            out = [shared.edge_from_row(row) for row in outgoing]
             incoming = conn.execute(
-                f"SELECT {ops.EDGE_COLUMNS} FROM edges WHERE to_id = ? ORDER BY type, position, id",
+                f"SELECT {shared.EDGE_COLUMNS} FROM edges WHERE to_id = ?"
+                " ORDER BY type, position, id",
                 (entity_id,),
             )
-            return out, [ops.edge_from_row(row) for row in incoming]
+            return out, [shared.edge_from_row(row) for row in incoming]
 
         return await self._db.read(read)
 
@@ -428,7 +419,7 @@ class SqliteStore(SqliteRuns, EntityStore):
     async def send_message(
         self, entity_id: str, message: str, data: JSON, *, now: float
     ) -> MessageRecord:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
         self._db.check_writable()
         if not isinstance(message, str):
             raise TypeError(f"send_message() message must be a str, got {message!r}")
@@ -438,8 +429,8 @@ class SqliteStore(SqliteRuns, EntityStore):
             self._outside(conn)
             row = conn.execute("SELECT status FROM entities WHERE id = ?", (entity_id,)).fetchone()
             if row is None:
-                raise ops.not_found(entity_id)
-            if row[0] in ops.TERMINAL:
+                raise shared.not_found(entity_id)
+            if row[0] in shared.TERMINAL:
                 raise EntityNotWaitingError(
                     f"entity {entity_id!r} is {row[0]}; it cannot receive message {message!r}"
                 )
@@ -466,14 +457,14 @@ class SqliteStore(SqliteRuns, EntityStore):
         return await self._db.write(write)
 
     async def messages(self, entity_id: str) -> list[MessageRecord]:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
 
         def read(conn: sqlite3.Connection) -> list[MessageRecord]:
             rows = conn.execute(
-                f"SELECT {ops.MESSAGE_COLUMNS} FROM messages WHERE entity_id = ? ORDER BY id",
+                f"SELECT {shared.MESSAGE_COLUMNS} FROM messages WHERE entity_id = ? ORDER BY id",
                 (entity_id,),
             )
-            return [ops.message_from_row(row) for row in rows]
+            return [shared.message_from_row(row) for row in rows]
 
         return await self._db.read(read)
 
@@ -491,7 +482,7 @@ class SqliteStore(SqliteRuns, EntityStore):
         envelope: Mapping[str, JSON] | None = None,
     ) -> WaitRecord:
         self._db.check_writable()
-        ops.check_index(index)
+        shared.check_index(index)
         if not isinstance(kind, WaitKind):
             raise TypeError(f"begin_wait() kind must be a WaitKind, got {kind!r}")
         data_json = encode_json(data, f"the data of wait {index} of entity {entity_id!r}")
@@ -593,6 +584,3 @@ class SqliteStore(SqliteRuns, EntityStore):
 
     async def get_wait(self, entity_id: str, index: int) -> WaitRecord | None:
         return await self._db.read(lambda conn: ops.get_wait(conn, entity_id, index))
-
-
-# -- JSON ------------------------------------------------------------------------------------------

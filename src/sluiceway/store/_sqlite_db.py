@@ -99,7 +99,11 @@ class SqliteDatabase:
         self._pool_lock = threading.Lock()
         self._read_limiter = trio.CapacityLimiter(readers)
         self._writer: GroupCommit[sqlite3.Connection] = GroupCommit(
-            self._apply_batch, max_batch=max_batch, threads=threads, name=f"SqliteStore {path!r}"
+            # Looked up at each batch, so that the crash tests can wrap _apply_batch.
+            lambda ops: self._apply_batch(ops),  # noqa: PLW0108
+            max_batch=max_batch,
+            threads=threads,
+            name=f"SqliteStore {path!r}",
         )
         self._reads = 0
 

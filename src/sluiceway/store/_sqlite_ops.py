@@ -3,131 +3,37 @@ the writer's (or a reader's) worker thread, and turns rows into records."""
 
 from __future__ import annotations
 
-import enum
 import json
 import sqlite3
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
-from .._errors import (
-    DataConflictError,
-    DuplicateEntityError,
-    EntityNotFoundError,
-    LeaseLostError,
-)
+from .._errors import DuplicateEntityError, EntityNotFoundError, LeaseLostError
 from ._json import encode_envelopes, encode_object
 from ._protocol import CrashFailure
-from ._records import (
-    EdgeRecord,
-    EntityRecord,
-    EntityStatus,
-    MessageRecord,
-    NewEntity,
-    ParkReason,
-    WaitKind,
-    WaitRecord,
-    WaitState,
+from ._records import EdgeRecord, EntityRecord, EntityStatus, NewEntity, ParkReason, WaitRecord
+from ._rows import (
+    EDGE_COLUMNS,
+    ENTITY_COLUMNS,
+    SELECT_ENTITY,
+    TERMINAL,
+    WAIT_COLUMNS,
+    Refusal,
+    crash_pause,
+    edge_from_row,
+    entity_from_row,
+    is_suspect,
+    not_found,
+    wait_from_row,
 )
 
-ENTITY_COLUMNS = (
-    "id, parent_id, name, type, general_type, status, data, result, error, attempt,"
-    " lease_owner, lease_expires, created_at, modified_at, last_entity_seq,"
-    " runnable_at, parked_on, abandoned, emitted"
-)
-ENTITY_COLUMNS_E = ", ".join(f"e.{column.strip()}" for column in ENTITY_COLUMNS.split(","))
-SELECT_ENTITY = f"SELECT {ENTITY_COLUMNS} FROM entities"
-EDGE_COLUMNS = "id, from_id, to_id, type, position, data, created_at"
-MESSAGE_COLUMNS = "id, entity_id, message, data, sent_at, consumed_by"
 SELECT_WAIT = (
-    "SELECT w.entity_id, w.idx, w.kind, w.prompt, w.data, w.deadline, w.state, w.created_at,"
-    " m.id, m.entity_id, m.message, m.data, m.sent_at, m.consumed_by"
-    " FROM waits AS w LEFT JOIN messages AS m ON m.id = w.message_id"
+    f"SELECT {WAIT_COLUMNS} FROM waits AS w LEFT JOIN messages AS m ON m.id = w.message_id"
     " WHERE w.entity_id = ? AND w.idx = ?"
 )
-ACTIVE = (EntityStatus.IN_PROGRESS.value, EntityStatus.WAITING.value)
-TERMINAL = (EntityStatus.COMPLETED.value, EntityStatus.CANCELLED.value)
 
 
 # -- rows ----------------------------------------------------------------------------------------
-
-
-def entity_from_row(row: Sequence[Any]) -> EntityRecord:
-    (
-        entity_id,
-        parent_id,
-        name,
-        type_,
-        general_type,
-        status,
-        data,
-        result,
-        error,
-        attempt,
-        lease_owner,
-        lease_expires,
-        created_at,
-        modified_at,
-        last_entity_seq,
-        runnable_at,
-        parked_on,
-        abandoned,
-        emitted,
-    ) = row
-    return EntityRecord(
-        id=entity_id,
-        parent_id=parent_id,
-        name=name,
-        type=type_,
-        general_type=general_type,
-        status=EntityStatus(status),
-        data=json.loads(data),
-        result=None if result is None else json.loads(result),
-        error=None if error is None else json.loads(error),
-        attempt=attempt,
-        lease_owner=lease_owner,
-        lease_expires=lease_expires,
-        created_at=created_at,
-        modified_at=modified_at,
-        last_entity_seq=last_entity_seq,
-        runnable_at=runnable_at,
-        parked_on=parked_on,
-        abandoned=abandoned,
-        emitted=emitted,
-    )
-
-
-def edge_from_row(row: Sequence[Any]) -> EdgeRecord:
-    edge_id, from_id, to_id, edge_type, position, data, created_at = row
-    return EdgeRecord(
-        id=edge_id,
-        from_id=from_id,
-        to_id=to_id,
-        type=edge_type,
-        position=position,
-        data=json.loads(data),
-        created_at=created_at,
-    )
-
-
-def message_from_row(row: Sequence[Any]) -> MessageRecord:
-    message_id, entity_id, message, data, sent_at, consumed_by = row
-    return MessageRecord(
-        id=message_id,
-        entity_id=entity_id,
-        message=message,
-        data=json.loads(data),
-        sent_at=sent_at,
-        consumed_by=consumed_by,
-    )
-
-
-def not_found(entity_id: str) -> EntityNotFoundError:
-    return EntityNotFoundError(f"no entity has the id {entity_id!r}")
-
-
-def check_index(index: int) -> None:
-    if isinstance(index, bool) or not isinstance(index, int) or index < 1:
-        raise ValueError(f"a wait index is an int >= 1 (waits are numbered from 1), got {index!r}")
 
 
 def require_entity(conn: sqlite3.Connection, entity_id: str) -> EntityRecord:
@@ -302,22 +208,6 @@ def claim(
     return require_entity(conn, entity_id)
 
 
-class Refusal(enum.Enum):
-    """Why :func:`claim` did not claim an entity."""
-
-    ENDED = "ended"  # COMPLETED or CANCELLED
-    HELD = "held"  # another owner's live lease
-    CRASH_LOOP = "crash_loop"  # failed by the crash-loop guard instead
-    BACKING_OFF = "backing_off"  # taken over again after dying: due after a pause
-    SUSPECT = "suspect"  # it must run alone in its process, and the caller runs others
-
-
-def is_suspect(abandoned: int, crash_limit: int | None) -> bool:
-    """Whether an entity abandoned ``abandoned`` times in a row is one death away from the
-    crash limit: it runs on probation, alone in its process."""
-    return crash_limit is not None and crash_limit >= 2 and abandoned >= crash_limit - 1
-
-
 def advance_tick(conn: sqlite3.Connection, owner: str) -> int:
     """Move ``owner``'s tick (it starts runs, or writes from outside any run); returns it."""
     row = conn.execute(
@@ -332,15 +222,6 @@ def owner_tick(conn: sqlite3.Connection, owner: str) -> int | None:
     """``owner``'s tick (``None`` if it never moved)."""
     row = conn.execute("SELECT tick FROM runtimes WHERE owner = ?", (owner,)).fetchone()
     return None if row is None else int(row[0])
-
-
-def crash_pause(abandoned: int) -> float:
-    """How long the claim loop waits before running again an entity whose runs were abandoned
-    ``abandoned`` times in a row: not at all the first time (a process died: take over at
-    once), then 1 s, 2 s, 4 s... up to a minute. A process killed again and again from outside
-    then rarely takes its runs down with it twice more, while a run that kills every process
-    still reaches the crash limit."""
-    return 0.0 if abandoned < 2 else min(2.0 ** (abandoned - 2), 60.0)
 
 
 def due_ids(
@@ -564,21 +445,6 @@ def insert_envelope(
     return cursor.lastrowid
 
 
-def check_expected(record: EntityRecord, expect: Mapping[str, Any]) -> None:
-    """Raise :class:`~sluiceway.DataConflictError` unless each key of ``expect`` has that
-    value in the entity's data (a missing key matches ``None``)."""
-    for key, value in expect.items():
-        current = record.data.get(key)
-        if current != value or type(current) is not type(value):
-            raise DataConflictError(
-                f"{record.type} {record.name!r} ({record.id}) has {key}={current!r}, not "
-                f"{value!r}: it changed meanwhile, so nothing was written",
-                key=key,
-                expected=value,
-                actual=current,
-            )
-
-
 def insert_envelopes(
     conn: sqlite3.Connection, entity_id: str, last: int, ts: float, bodies: Sequence[str]
 ) -> list[int]:
@@ -638,18 +504,7 @@ def get_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRecord
     row = conn.execute(SELECT_WAIT, (entity_id, index)).fetchone()
     if row is None:
         return None
-    (wait_entity, idx, kind, prompt, data, deadline, state, created_at, *message) = row
-    return WaitRecord(
-        entity_id=wait_entity,
-        index=idx,
-        kind=WaitKind(kind),
-        prompt=prompt,
-        data=json.loads(data),
-        deadline=deadline,
-        state=WaitState(state),
-        message=None if message[0] is None else message_from_row(message),
-        created_at=created_at,
-    )
+    return wait_from_row(row)
 
 
 def require_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRecord:
@@ -657,25 +512,3 @@ def require_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRe
     if wait is None:
         raise EntityNotFoundError(f"entity {entity_id!r} has no wait {index}")
     return wait
-
-
-# -- schema ------------------------------------------------------------------------------------
-
-
-def storable(text: object) -> bool:
-    """Whether ``text`` is a string SQLite can store (no lone surrogate)."""
-    if not isinstance(text, str):
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def known_id(entity_id: object) -> None:
-    """Refuse at once an id no stored entity can have (not a string, or not valid Unicode)."""
-    if not storable(entity_id):
-        raise EntityNotFoundError(f"no entity has the id {entity_id!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 
+from . import _rows as shared
 from . import _sqlite_ops as ops
 from ._json import encode_envelopes, encode_json, encode_object
 from ._protocol import CrashFailure
@@ -37,17 +38,6 @@ class SqliteRuns:
         if self._owner is not None:
             ops.advance_tick(conn, self._owner)
 
-    def _started_encoder(
-        self, started: Mapping[str, JSON] | Callable[[int], Mapping[str, JSON]], what: str
-    ) -> Callable[[int], str]:
-        """The JSON of the STARTED envelope of a claim, by attempt."""
-        if callable(started):
-            return lambda attempt: encode_object(
-                started(attempt), f"the started envelope of attempt {attempt} ({what})"
-            )
-        body = encode_object(started, f"the started envelope of entity {what!r}")
-        return lambda attempt: body
-
     # -- runs and leases -----------------------------------------------------------------------
 
     async def claim(
@@ -65,8 +55,8 @@ class SqliteRuns:
         crash_failure: CrashFailure | None = None,
     ) -> EntityRecord | None:
         self._db.check_writable()
-        _check_crash_rules(crash_limit, crash_failure)
-        encode_started = self._started_encoder(started, entity_id)
+        shared.check_crash_rules(crash_limit, crash_failure)
+        encode_started = shared.started_encoder(started, entity_id)
 
         def write(conn: sqlite3.Connection) -> EntityRecord | None:
             if fence is not None:
@@ -102,10 +92,9 @@ class SqliteRuns:
         idle: bool = True,
     ) -> ClaimBatch:
         self._db.check_writable()
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"claim_due() limit must be an int >= 1, got {limit!r}")
-        _check_crash_rules(crash_limit, crash_failure)
-        encode_started = self._started_encoder(started, "claimed by the claim loop")
+        shared.check_limit(limit, "claim_due()")
+        shared.check_crash_rules(crash_limit, crash_failure)
+        encode_started = shared.started_encoder(started, "claimed by the claim loop")
         dead = tuple(steal_from)
         kinds = None if types is None else tuple(types)
 
@@ -134,11 +123,11 @@ class SqliteRuns:
                 )
                 if isinstance(record, EntityRecord):
                     claimed.append(record)
-                    if ops.is_suspect(record.abandoned, crash_limit):
+                    if shared.is_suspect(record.abandoned, crash_limit):
                         break  # on probation: it runs alone
-                elif record is ops.Refusal.CRASH_LOOP:
+                elif record is shared.Refusal.CRASH_LOOP:
                     failed.append(entity_id)
-                elif record is ops.Refusal.SUSPECT:
+                elif record is shared.Refusal.SUSPECT:
                     waiting = True
             return ClaimBatch(claimed, failed, waiting)
 
@@ -191,7 +180,7 @@ class SqliteRuns:
         data: Mapping[str, JSON] | None = None,
         expect: Mapping[str, JSON] | None = None,
     ) -> EntityRecord:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
         self._db.check_writable()
         patch = None
         if data is not None:
@@ -206,7 +195,7 @@ class SqliteRuns:
             if record.status.is_terminal:
                 return record
             if expect is not None:
-                ops.check_expected(record, expect)
+                shared.check_expected(record, expect)
             if patch:
                 merged = {**record.data, **patch}
                 conn.execute(
@@ -320,11 +309,7 @@ class SqliteRuns:
         envelope: Mapping[str, JSON] | None = None,
     ) -> None:
         self._db.check_writable()
-        if status is not EntityStatus.IN_PROGRESS and status is not EntityStatus.WAITING:
-            raise ValueError(
-                f"set_status() moves an entity to IN_PROGRESS or WAITING, not {status!r}; "
-                "use finish() or cancel() to end it"
-            )
+        shared.check_status_move(status)
         body = (
             None
             if envelope is None
@@ -355,29 +340,7 @@ class SqliteRuns:
         wake_parent: bool = True,
     ) -> bool:
         self._db.check_writable()
-        if status is EntityStatus.COMPLETED:
-            if error is not None:
-                raise ValueError(f"finish() got an error for COMPLETED entity {entity_id!r}")
-            result_json: str | None = encode_json(result, f"the result of entity {entity_id!r}")
-            error_json: str | None = None
-        elif status is EntityStatus.FAILED:
-            if result is not None:
-                raise ValueError(f"finish() got a result for FAILED entity {entity_id!r}")
-            result_json = None
-            error_json = None
-            if error is not None:
-                if not isinstance(error, Mapping) or not all(
-                    isinstance(key, str) and isinstance(value, str) for key, value in error.items()
-                ):
-                    raise TypeError(
-                        f"finish() error must map str to str (type, message), got {error!r}"
-                    )
-                error_json = encode_json(dict(error), f"the error of entity {entity_id!r}")
-        else:
-            raise ValueError(
-                f"finish() ends a run as COMPLETED or FAILED, not {status!r}; "
-                "use cancel() to cancel an entity"
-            )
+        result_json, error_json = shared.encode_outcome(entity_id, status, result, error)
         bodies = encode_envelopes(envelopes, entity_id)
 
         def write(conn: sqlite3.Connection) -> bool:
@@ -396,7 +359,7 @@ class SqliteRuns:
     async def cancel(
         self, entity_id: str, *, now: float, envelope: Mapping[str, JSON]
     ) -> list[str]:
-        ops.known_id(entity_id)
+        shared.known_id(entity_id)
         self._db.check_writable()
         body = encode_object(envelope, f"the cancel envelope of entity {entity_id!r}")
 
@@ -406,8 +369,8 @@ class SqliteRuns:
                 "SELECT status, parent_id FROM entities WHERE id = ?", (entity_id,)
             ).fetchone()
             if row is None:
-                raise ops.not_found(entity_id)
-            if row[0] in ops.TERMINAL:
+                raise shared.not_found(entity_id)
+            if row[0] in shared.TERMINAL:
                 return []
             parent_id = row[1]
             rows = conn.execute(
@@ -422,7 +385,7 @@ class SqliteRuns:
                 WHERE e.status NOT IN (?, ?)
                 ORDER BY subtree.depth, e.created_at, e.rowid
                 """,
-                (entity_id, *ops.TERMINAL),
+                (entity_id, *shared.TERMINAL),
             ).fetchall()
             ids = [row[0] for row in rows]
             for cancelled in ids:
@@ -441,21 +404,12 @@ class SqliteRuns:
 
         def read(conn: sqlite3.Connection) -> list[EntityRecord]:
             rows = conn.execute(
-                f"SELECT {ops.ENTITY_COLUMNS_E} FROM entities AS e"
+                f"SELECT {shared.ENTITY_COLUMNS_E} FROM entities AS e"
                 " LEFT JOIN entities AS p ON p.id = e.parent_id"
                 " WHERE e.status IN (?, ?) AND (p.id IS NULL OR p.status NOT IN (?, ?))"
                 " ORDER BY e.created_at, e.rowid",
-                (*ops.ACTIVE, *ops.ACTIVE),
+                (*shared.ACTIVE, *shared.ACTIVE),
             )
-            return [ops.entity_from_row(row) for row in rows]
+            return [shared.entity_from_row(row) for row in rows]
 
         return await self._db.read(read)
-
-
-def _check_crash_rules(limit: int | None, failure: CrashFailure | None) -> None:
-    if limit is None:
-        return
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"crash_limit must be an int >= 1 or None, got {limit!r}")
-    if failure is None:
-        raise TypeError("crash_limit needs crash_failure (what to record when it is reached)")
