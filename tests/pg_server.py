@@ -360,8 +360,6 @@ def start_server() -> RunningServer:
         raise RuntimeError(f"{PROVIDER_ENV}={choice!r}: expected auto, {', '.join(PROVIDERS)}")
 
     failures: list[str] = []
-    if choice == "auto" and order[0] != "dsn":
-        failures.append(f"dsn: {DSN_ENV} is not set")
     for name in order:
         began = time.monotonic()
         try:
@@ -378,6 +376,8 @@ def start_server() -> RunningServer:
             atexit.register(server._stop)  # if the session ends without its teardown
         return server
 
+    if order[0] != "dsn":
+        failures.insert(0, f"dsn: {DSN_ENV} is not set")
     raise RuntimeError(
         f"No PostgreSQL server for the tests ({PROVIDER_ENV}={choice}). Tried:\n  "
         + "\n  ".join(failures)
