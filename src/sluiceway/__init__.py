@@ -4,6 +4,8 @@ The public API is re-exported here; everything else is private. See the document
 per component and a table mapping the original names to these.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     CapacityError,
     ConnectionNotAllowedError,
@@ -128,7 +130,21 @@ from .store import (
     WaitKind,
     WaitRecord,
     WaitState,
+    open_store,
 )
+
+if TYPE_CHECKING:
+    from .store import PostgresStore, PostgresStoreStatistics
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore needs psycopg (an optional dependency): imported when first used.
+    if name in ("PostgresStore", "PostgresStoreStatistics"):
+        from . import store  # noqa: PLC0415
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0.dev0"
 
@@ -213,6 +229,8 @@ __all__ = [
     "SluicewayError",
     "SourceBuffer",
     "SourceFromIterable",
+    "PostgresStore",
+    "PostgresStoreStatistics",
     "SqliteStore",
     "SqliteStoreStatistics",
     "StoreError",
@@ -243,5 +261,6 @@ __all__ = [
     "envelope_to_dict",
     "oneshot",
     "open_runtime",
+    "open_store",
     "streaming",
 ]

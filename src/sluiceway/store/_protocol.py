@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import NoReturn, Protocol, runtime_checkable
 
 from ._records import (
     JSON,
@@ -46,6 +46,7 @@ from ._records import (
     MessageRecord,
     NewEntity,
     ParkReason,
+    StoreChange,
     StoredEnvelope,
     WaitKind,
     WaitRecord,
@@ -77,6 +78,13 @@ class EntityStore(Protocol):
 
         Raises:
             RuntimeError: another owner was bound already.
+        """
+        ...
+
+    async def watch(self, on_change: Callable[[StoreChange], None]) -> NoReturn:
+        """Call ``on_change`` with what other processes commit to this store, as they commit
+        it, until cancelled (a runtime runs it for its lifetime to wake its streams, waits and
+        claim loop at once). A store that cannot tell waits forever: the runtime then polls.
         """
         ...
 

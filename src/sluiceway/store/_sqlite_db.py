@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import os
 import pathlib
 import sqlite3
@@ -26,6 +27,7 @@ import trio
 
 from .._errors import StoreError, StoreSchemaError
 from ._group_commit import GroupCommit, Op, fail_batch
+from ._sql import Notes, Tx
 from ._sqlite_schema import MIN_SQLITE_VERSION, check_schema
 
 T = TypeVar("T")
@@ -54,6 +56,40 @@ class State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+@functools.lru_cache(maxsize=512)
+def _qmarks(query: str) -> str:
+    """A statement of ``_sql`` (``%s`` placeholders) in SQLite's ``?`` style."""
+    return query.replace("%s", "?").replace("%%", "%")
+
+
+class SqliteTx:
+    """An operation's view of a transaction on a SQLite connection (see ``_sql.Tx``)."""
+
+    __slots__ = ("conn", "notes")
+
+    creation_order = "rowid"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.notes = Notes()  # one process's SQLite store tells nobody
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(_qmarks(query), params)
+
+    def insert_envelopes(self, rows: Sequence[tuple[str, int, float, str]]) -> list[int]:
+        seqs = []
+        for row in rows:
+            cursor = self.conn.execute(
+                "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)", row
+            )
+            assert cursor.lastrowid is not None
+            seqs.append(cursor.lastrowid)
+        return seqs
+
+    def is_duplicate(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.IntegrityError)
 
 
 class _ReadSlot:
@@ -98,7 +134,7 @@ class SqliteDatabase:
         self._idle_readers: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._read_limiter = trio.CapacityLimiter(readers)
-        self._writer: GroupCommit[sqlite3.Connection] = GroupCommit(
+        self._writer: GroupCommit[Tx] = GroupCommit(
             # Looked up at each batch, so that the crash tests can wrap _apply_batch.
             lambda ops: self._apply_batch(ops),  # noqa: PLW0108
             max_batch=max_batch,
@@ -270,7 +306,7 @@ class SqliteDatabase:
 
     # -- the writer ----------------------------------------------------------------------------
 
-    def _apply_batch(self, ops: Sequence[Op[sqlite3.Connection, Any]]) -> None:
+    def _apply_batch(self, ops: Sequence[Op[Tx, Any]]) -> None:
         """Run ``ops`` in one transaction, then commit (in the writer's worker thread).
 
         An op that raises is rolled back alone and keeps its error; if the transaction as a
@@ -285,7 +321,7 @@ class SqliteDatabase:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for op in ops:
-                    op.result = op.fn(conn)
+                    op.result = op.fn(SqliteTx(conn))
             except Exception:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -302,7 +338,7 @@ class SqliteDatabase:
             return
         self._apply_batch_carefully(ops)
 
-    def _apply_batch_carefully(self, ops: Sequence[Op[sqlite3.Connection, Any]]) -> None:
+    def _apply_batch_carefully(self, ops: Sequence[Op[Tx, Any]]) -> None:
         """:meth:`_apply_batch` with a savepoint around each op, so that the ops that fail are
         rolled back alone."""
         conn = self._write_conn
@@ -315,7 +351,7 @@ class SqliteDatabase:
                     op.result = None
                     conn.execute("SAVEPOINT op")
                     try:
-                        op.result = op.fn(conn)
+                        op.result = op.fn(SqliteTx(conn))
                     except Exception as exc:
                         if not conn.in_transaction:
                             raise  # SQLite rolled the whole transaction back (disk full...)
@@ -338,7 +374,7 @@ class SqliteDatabase:
         except BaseException as exc:
             fail_batch(ops, exc)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in a write transaction (grouped with other writes) and return its result;
         what it raised is raised here (and only its own changes are rolled back)."""
         self.check_writable()
@@ -346,7 +382,7 @@ class SqliteDatabase:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in a read transaction on a read connection and return its result."""
         self.check_open()
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -366,7 +402,7 @@ class SqliteDatabase:
         self._reads += 1
         return result
 
-    def _run_read(self, fn: Callable[[sqlite3.Connection], T], slot: _ReadSlot) -> T:
+    def _run_read(self, fn: Callable[[Tx], T], slot: _ReadSlot) -> T:
         with self._pool_lock:
             if not self._idle_readers:
                 raise RuntimeError("this SqliteStore is closed")
@@ -376,7 +412,7 @@ class SqliteDatabase:
         try:
             conn.execute("BEGIN")
             try:
-                result = fn(conn)
+                result = fn(SqliteTx(conn))
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):  # interrupted mid-statement
                     conn.execute("ROLLBACK")

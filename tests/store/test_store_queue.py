@@ -10,7 +10,7 @@ import pytest
 
 from sluiceway._errors import DataConflictError, LeaseLostError
 from sluiceway.store import EntityStatus, ParkReason, SqliteStore
-from tests.store.helpers import claimed, new, raw_query
+from tests.store.helpers import claimed, new
 
 FAILURE = (
     {"type": "CrashLoop", "message": "died too often"},
@@ -263,4 +263,7 @@ async def test_progress_and_heartbeats_start_the_count_again(store: SqliteStore)
     assert await store.renew_leases("a", expires=99.0) == 1
     record = await store.get_entity("e")
     assert (record.abandoned, record.emitted) == (0, 1)
-    assert raw_query(Path(store.path), "SELECT count(*) FROM runtimes") == [(1,)]
+    assert (
+        await store._db.read(lambda tx: tx.execute("SELECT count(*) FROM runtimes").fetchone()[0])
+        == 1
+    )

@@ -1,12 +1,20 @@
-"""The SQL of the SQLite entity store: each function runs inside the caller's transaction, in
-the writer's (or a reader's) worker thread, and turns rows into records."""
+"""The SQL of the entity stores: each function runs inside the caller's transaction (a
+:class:`Tx`, in the writer's or a reader's worker thread) and turns rows into records.
+
+The statements are written once for both databases: ``%s`` placeholders (the SQLite store
+turns them into ``?``), ``RETURNING``, ``ON CONFLICT``, ``CASE`` rather than SQLite's scalar
+``max``/``min`` or PostgreSQL's ``greatest``/``least``. What differs is behind :class:`Tx`:
+how envelopes get their store-wide ``seq``, the column that keeps creation order, and which
+error a duplicate key raises.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Container, Sequence
-from typing import Any
+from typing import Any, Protocol
+
+import attrs
 
 from .._errors import DuplicateEntityError, EntityNotFoundError, LeaseLostError
 from ._json import encode_envelopes, encode_object
@@ -27,39 +35,84 @@ from ._rows import (
     wait_from_row,
 )
 
+
+@attrs.define
+class Notes:
+    """What a write changed that other processes sharing the store want to hear of (see
+    :class:`~sluiceway.store.StoreChange`): envelopes appended, runs made due, messages sent to
+    and cancellations of these entities."""
+
+    envelopes: bool = False
+    due: bool = False
+    messages: set[str] = attrs.Factory(set)
+    cancelled: set[str] = attrs.Factory(set)
+
+    def merge(self, other: Notes) -> None:
+        self.envelopes |= other.envelopes
+        self.due |= other.due
+        self.messages |= other.messages
+        self.cancelled |= other.cancelled
+
+    def __bool__(self) -> bool:
+        return self.envelopes or self.due or bool(self.messages) or bool(self.cancelled)
+
+
+class Tx(Protocol):
+    """One operation's view of a transaction (see the module documentation)."""
+
+    #: What the operation changed, for the store's notification (PostgreSQL) or nobody.
+    notes: Notes
+    #: The column that orders entities of equal ``created_at`` by creation.
+    creation_order: str
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; returns a cursor (``fetchone``, ``fetchall``, iteration,
+        ``rowcount``)."""
+        ...
+
+    def insert_envelopes(self, rows: Sequence[tuple[str, int, float, str]]) -> list[int]:
+        """Insert ``(entity_id, entity_seq, ts, body)`` envelopes in order; returns their
+        store-wide ``seq`` numbers."""
+        ...
+
+    def is_duplicate(self, error: BaseException) -> bool:
+        """Whether ``error`` is the database's unique-key violation."""
+        ...
+
+
 SELECT_WAIT = (
     f"SELECT {WAIT_COLUMNS} FROM waits AS w LEFT JOIN messages AS m ON m.id = w.message_id"
-    " WHERE w.entity_id = ? AND w.idx = ?"
+    " WHERE w.entity_id = %s AND w.idx = %s"
 )
 
 
 # -- rows ----------------------------------------------------------------------------------------
 
 
-def require_entity(conn: sqlite3.Connection, entity_id: str) -> EntityRecord:
-    row = conn.execute(f"{SELECT_ENTITY} WHERE id = ?", (entity_id,)).fetchone()
+def require_entity(tx: Tx, entity_id: str) -> EntityRecord:
+    row = tx.execute(f"{SELECT_ENTITY} WHERE id = %s", (entity_id,)).fetchone()
     if row is None:
         raise not_found(entity_id)
     return entity_from_row(row)
 
 
-def find_entity(conn: sqlite3.Connection, parent_id: str | None, name: str) -> EntityRecord | None:
+def find_entity(tx: Tx, parent_id: str | None, name: str) -> EntityRecord | None:
     if parent_id is None:
-        row = conn.execute(
-            f"{SELECT_ENTITY} WHERE parent_id IS NULL AND name = ?", (name,)
+        row = tx.execute(
+            f"{SELECT_ENTITY} WHERE parent_id IS NULL AND name = %s", (name,)
         ).fetchone()
     else:
-        row = conn.execute(
-            f"{SELECT_ENTITY} WHERE parent_id = ? AND name = ?", (parent_id, name)
+        row = tx.execute(
+            f"{SELECT_ENTITY} WHERE parent_id = %s AND name = %s", (parent_id, name)
         ).fetchone()
     return None if row is None else entity_from_row(row)
 
 
-def fence(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> tuple[Any, ...]:
+def fence(tx: Tx, entity_id: str, owner: str, what: str) -> tuple[Any, ...]:
     """``(lease_owner, data, abandoned)`` of the entity if ``owner`` holds its lease; raises
     otherwise."""
-    row = conn.execute(
-        "SELECT lease_owner, data, abandoned FROM entities WHERE id = ?", (entity_id,)
+    row = tx.execute(
+        "SELECT lease_owner, data, abandoned FROM entities WHERE id = %s", (entity_id,)
     ).fetchone()
     if row is None:
         raise not_found(entity_id)
@@ -72,42 +125,38 @@ def fence(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> tu
     return tuple(row)
 
 
-def fence_progress(conn: sqlite3.Connection, entity_id: str, owner: str, what: str) -> None:
+def fence_progress(tx: Tx, entity_id: str, owner: str, what: str) -> None:
     """:func:`fence` for a run that does something (starts a child): its crash-loop count
     starts again (written only if it was set)."""
-    if fence(conn, entity_id, owner, what)[2]:
-        conn.execute("UPDATE entities SET abandoned = 0 WHERE id = ?", (entity_id,))
+    if fence(tx, entity_id, owner, what)[2]:
+        tx.execute("UPDATE entities SET abandoned = 0 WHERE id = %s", (entity_id,))
 
 
-def append(conn: sqlite3.Connection, entity_id: str, ts: float, body: str) -> int:
-    row = conn.execute(
-        "UPDATE entities SET last_entity_seq = last_entity_seq + 1 WHERE id = ?"
+def append(tx: Tx, entity_id: str, ts: float, body: str) -> int:
+    row = tx.execute(
+        "UPDATE entities SET last_entity_seq = last_entity_seq + 1 WHERE id = %s"
         " RETURNING last_entity_seq",
         (entity_id,),
     ).fetchone()
     if row is None:
         raise not_found(entity_id)
-    cursor = conn.execute(
-        "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)",
-        (entity_id, row[0], ts, body),
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    tx.notes.envelopes = True
+    return tx.insert_envelopes([(entity_id, row[0], ts, body)])[0]
 
 
 def add_edge(
-    conn: sqlite3.Connection, from_id: str, to_id: str, edge_type: str, *, now: float, data: str
+    tx: Tx, from_id: str, to_id: str, edge_type: str, *, now: float, data: str
 ) -> EdgeRecord:
-    row = conn.execute(
-        f"SELECT {EDGE_COLUMNS} FROM edges WHERE from_id = ? AND type = ? AND to_id = ?",
+    row = tx.execute(
+        f"SELECT {EDGE_COLUMNS} FROM edges WHERE from_id = %s AND type = %s AND to_id = %s",
         (from_id, edge_type, to_id),
     ).fetchone()
     if row is not None:
         return edge_from_row(row)
-    row = conn.execute(
+    row = tx.execute(
         "INSERT INTO edges (from_id, to_id, type, position, data, created_at)"
-        " VALUES (?, ?, ?, (SELECT coalesce(max(position), 0) + 1 FROM edges"
-        " WHERE from_id = ? AND type = ?), ?, ?)"
+        " VALUES (%s, %s, %s, (SELECT coalesce(max(position), 0) + 1 FROM edges"
+        " WHERE from_id = %s AND type = %s), %s, %s)"
         f" RETURNING {EDGE_COLUMNS}",
         (from_id, to_id, edge_type, from_id, edge_type, data, now),
     ).fetchone()
@@ -115,7 +164,7 @@ def add_edge(
 
 
 def claim(
-    conn: sqlite3.Connection,
+    tx: Tx,
     entity_id: str,
     owner: str,
     *,
@@ -137,9 +186,9 @@ def claim(
     for the second time in a row or more is not claimed now but made due after a pause
     (:func:`crash_pause`); and a suspect (one more abandonment would fail it) is claimed only
     if the caller runs nothing else (``alone``), so that its next death can be blamed on it."""
-    row = conn.execute(
+    row = tx.execute(
         "SELECT status, lease_owner, lease_expires, parked_on, abandoned, parent_id, attempt,"
-        " claim_tick FROM entities WHERE id = ?",
+        " claim_tick FROM entities WHERE id = %s",
         (entity_id,),
     ).fetchone()
     if row is None:
@@ -163,13 +212,13 @@ def claim(
         claimed_at is not None  # a run of its own (a child inside its parent's run is not)
         and holder is not None
         and holder != owner
-        and owner_tick(conn, holder) == claimed_at
+        and owner_tick(tx, holder) == claimed_at
     ):
         abandoned += 1
         if crash_limit is not None and abandoned >= crash_limit:
             assert crash_failure is not None
             fail_crash_loop(
-                conn, entity_id, parent_id, abandoned, now=now, crash_failure=crash_failure
+                tx, entity_id, parent_id, abandoned, now=now, crash_failure=crash_failure
             )
             return Refusal.CRASH_LOOP
     if alone is False and is_suspect(abandoned, crash_limit):
@@ -177,21 +226,22 @@ def claim(
     if holder is not None and holder != owner:
         pause = crash_pause(abandoned)
         if back_off and pause:
-            conn.execute(
-                "UPDATE entities SET lease_owner = NULL, lease_expires = NULL, abandoned = ?,"
-                " runnable_at = ? WHERE id = ?",
+            tx.execute(
+                "UPDATE entities SET lease_owner = NULL, lease_expires = NULL, abandoned = %s,"
+                " runnable_at = %s WHERE id = %s",
                 (abandoned, now + pause, entity_id),
             )
+            tx.notes.due = True
             return Refusal.BACKING_OFF
     waiting = status == EntityStatus.WAITING.value and parked_on in (None, "message")
     new_status = EntityStatus.WAITING.value if waiting else EntityStatus.IN_PROGRESS.value
     if own_run and tick is None:
-        tick = advance_tick(conn, owner)
-    conn.execute(
-        "UPDATE entities SET lease_owner = ?, lease_expires = ?, status = ?,"
-        " attempt = attempt + 1, error = NULL, parked_on = NULL, abandoned = ?,"
-        " runnable_at = CASE WHEN ? THEN coalesce(runnable_at, ?) ELSE runnable_at END,"
-        " claim_tick = ?, modified_at = ? WHERE id = ?",
+        tick = advance_tick(tx, owner)
+    tx.execute(
+        "UPDATE entities SET lease_owner = %s, lease_expires = %s, status = %s,"
+        " attempt = attempt + 1, error = NULL, parked_on = NULL, abandoned = %s,"
+        " runnable_at = CASE WHEN %s THEN coalesce(runnable_at, %s) ELSE runnable_at END,"
+        " claim_tick = %s, modified_at = %s WHERE id = %s",
         (
             owner,
             expires,
@@ -204,28 +254,28 @@ def claim(
             entity_id,
         ),
     )
-    append(conn, entity_id, now, started(attempt + 1))
-    return require_entity(conn, entity_id)
+    append(tx, entity_id, now, started(attempt + 1))
+    return require_entity(tx, entity_id)
 
 
-def advance_tick(conn: sqlite3.Connection, owner: str) -> int:
+def advance_tick(tx: Tx, owner: str) -> int:
     """Move ``owner``'s tick (it starts runs, or writes from outside any run); returns it."""
-    row = conn.execute(
-        "INSERT INTO runtimes (owner, tick) VALUES (?, 1)"
-        " ON CONFLICT (owner) DO UPDATE SET tick = tick + 1 RETURNING tick",
+    row = tx.execute(
+        "INSERT INTO runtimes (owner, tick) VALUES (%s, 1)"
+        " ON CONFLICT (owner) DO UPDATE SET tick = runtimes.tick + 1 RETURNING tick",
         (owner,),
     ).fetchone()
     return int(row[0])
 
 
-def owner_tick(conn: sqlite3.Connection, owner: str) -> int | None:
+def owner_tick(tx: Tx, owner: str) -> int | None:
     """``owner``'s tick (``None`` if it never moved)."""
-    row = conn.execute("SELECT tick FROM runtimes WHERE owner = ?", (owner,)).fetchone()
+    row = tx.execute("SELECT tick FROM runtimes WHERE owner = %s", (owner,)).fetchone()
     return None if row is None else int(row[0])
 
 
 def due_ids(
-    conn: sqlite3.Connection,
+    tx: Tx,
     now: float,
     limit: int,
     steal_from: Sequence[str],
@@ -236,22 +286,22 @@ def due_ids(
     ``types`` (if given: a runtime claims only the types it can run)."""
     dead = f" OR lease_owner IN ({_marks(steal_from)})" if steal_from else ""
     typed = "" if types is None else f" AND type IN ({_marks(types)})"
-    rows = conn.execute(
-        "SELECT id FROM entities WHERE runnable_at IS NOT NULL AND runnable_at <= ?"
+    rows = tx.execute(
+        "SELECT id FROM entities WHERE runnable_at IS NOT NULL AND runnable_at <= %s"
         f" AND status NOT IN ('COMPLETED', 'CANCELLED'){typed}"
-        f" AND (lease_owner IS NULL OR lease_expires <= ?{dead})"
-        " ORDER BY runnable_at, rowid LIMIT ?",
+        f" AND (lease_owner IS NULL OR lease_expires <= %s{dead})"
+        f" ORDER BY runnable_at, {tx.creation_order} LIMIT %s",
         (now, *(types or ()), now, *steal_from, limit),
     )
     return [entity_id for (entity_id,) in rows]
 
 
 def _marks(values: Sequence[object]) -> str:
-    return ", ".join("?" for _ in values)
+    return ", ".join("%s" for _ in values)
 
 
 def fail_crash_loop(
-    conn: sqlite3.Connection,
+    tx: Tx,
     entity_id: str,
     parent_id: str | None,
     count: int,
@@ -262,10 +312,10 @@ def fail_crash_loop(
     """Fail an entity whose runs died with their processes ``count`` times in a row."""
     error, envelopes = crash_failure(count)
     bodies = encode_envelopes(envelopes, entity_id)
-    row = conn.execute(
-        "UPDATE entities SET status = 'FAILED', error = ?, lease_owner = NULL,"
-        " lease_expires = NULL, runnable_at = NULL, parked_on = NULL, abandoned = ?,"
-        " last_entity_seq = last_entity_seq + ?, modified_at = ? WHERE id = ?"
+    row = tx.execute(
+        "UPDATE entities SET status = 'FAILED', error = %s, lease_owner = NULL,"
+        " lease_expires = NULL, runnable_at = NULL, parked_on = NULL, abandoned = %s,"
+        " last_entity_seq = last_entity_seq + %s, modified_at = %s WHERE id = %s"
         " RETURNING last_entity_seq",
         (
             encode_object(error, f"the error of entity {entity_id!r}"),
@@ -275,35 +325,37 @@ def fail_crash_loop(
             entity_id,
         ),
     ).fetchone()
-    insert_envelopes(conn, entity_id, row[0], now, bodies)
-    wake_parent(conn, parent_id, now)
+    insert_envelopes(tx, entity_id, row[0], now, bodies)
+    wake_parent(tx, parent_id, now)
 
 
-def wake_parent(conn: sqlite3.Connection, parent_id: str | None, now: float) -> bool:
+def wake_parent(tx: Tx, parent_id: str | None, now: float) -> bool:
     """A child ended: make its parent runnable if it is parked on its children and none of
     them is pending any more (parked, submitted, or running on its own). Returns whether it
     did."""
     if parent_id is None:
         return False
-    cursor = conn.execute(
-        "UPDATE entities SET runnable_at = ? WHERE id = ? AND parked_on = 'children'"
+    cursor = tx.execute(
+        "UPDATE entities SET runnable_at = %s WHERE id = %s AND parked_on = 'children'"
         " AND lease_owner IS NULL AND runnable_at IS NULL"
         f" AND NOT EXISTS ({PENDING_CHILD})",
         (now, parent_id, parent_id),
     )
-    return cursor.rowcount > 0
+    woken = bool(cursor.rowcount > 0)
+    tx.notes.due |= woken
+    return woken
 
 
-#: A pending child of the entity ``?``: parked, or runnable (submitted, woken, running on its
+#: A pending child of the entity ``%s``: parked, or runnable (submitted, woken, running on its
 #: own). The condition is the one of the partial index ``entities_pending``.
 PENDING_CHILD = (
-    "SELECT 1 FROM entities WHERE parent_id = ?"
+    "SELECT 1 FROM entities WHERE parent_id = %s"
     " AND (runnable_at IS NOT NULL OR parked_on IS NOT NULL)"
 )
 
 
 def park(
-    conn: sqlite3.Connection,
+    tx: Tx,
     entity_id: str,
     owner: str,
     *,
@@ -313,32 +365,32 @@ def park(
     body: str | None,
 ) -> EntityRecord:
     """End a run by parking it (see ``EntityStore.park``)."""
-    fence(conn, entity_id, owner, "park")
+    fence(tx, entity_id, owner, "park")
     due = wake_at
     if reason is ParkReason.MESSAGE:
-        unread = conn.execute(
-            "SELECT 1 FROM messages WHERE entity_id = ? AND consumed_by IS NULL LIMIT 1",
+        unread = tx.execute(
+            "SELECT 1 FROM messages WHERE entity_id = %s AND consumed_by IS NULL LIMIT 1",
             (entity_id,),
         ).fetchone()
         if unread is not None:
             due = now  # it arrived while the run was deciding to park
     elif (
-        reason is ParkReason.CHILDREN
-        and conn.execute(PENDING_CHILD, (entity_id,)).fetchone() is None
+        reason is ParkReason.CHILDREN and tx.execute(PENDING_CHILD, (entity_id,)).fetchone() is None
     ):
         due = now  # they all ended meanwhile
-    conn.execute(
+    tx.execute(
         "UPDATE entities SET status = 'WAITING', lease_owner = NULL, lease_expires = NULL,"
-        " parked_on = ?, runnable_at = ?, abandoned = 0, modified_at = ? WHERE id = ?",
+        " parked_on = %s, runnable_at = %s, abandoned = 0, modified_at = %s WHERE id = %s",
         (reason.value, due, now, entity_id),
     )
+    tx.notes.due |= due is not None
     if body is not None:
-        append(conn, entity_id, now, body)
-    return require_entity(conn, entity_id)
+        append(tx, entity_id, now, body)
+    return require_entity(tx, entity_id)
 
 
 def insert_claimed(
-    conn: sqlite3.Connection,
+    tx: Tx,
     new: NewEntity,
     *,
     data: str,
@@ -351,9 +403,9 @@ def insert_claimed(
     """Insert ``new`` already claimed by ``owner`` (attempt 1, its STARTED envelope as entity
     sequence number 1), with its edge from its parent: three statements, no re-read."""
     try:
-        conn.execute(
+        tx.execute(
             f"INSERT INTO entities ({ENTITY_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?, ?, 1, NULL, NULL, 0, 0)",
+            " (%s, %s, %s, %s, %s, %s, %s, NULL, NULL, 1, %s, %s, %s, %s, 1, NULL, NULL, 0, 0)",
             (
                 new.id,
                 new.parent_id,
@@ -368,13 +420,15 @@ def insert_claimed(
                 now,
             ),
         )
-    except sqlite3.IntegrityError as exc:
-        raise DuplicateEntityError(f"the entity id {new.id!r} is taken") from exc
+    except Exception as exc:
+        if tx.is_duplicate(exc):
+            raise DuplicateEntityError(f"the entity id {new.id!r} is taken") from exc
+        raise
     if new.parent_id is not None:
-        conn.execute(
+        tx.execute(
             "INSERT INTO edges (from_id, to_id, type, position, data, created_at)"
-            " VALUES (?, ?, ?, (SELECT coalesce(max(position), 0) + 1 FROM edges"
-            " WHERE from_id = ? AND type = ?), ?, ?)",
+            " VALUES (%s, %s, %s, (SELECT coalesce(max(position), 0) + 1 FROM edges"
+            " WHERE from_id = %s AND type = %s), %s, %s)",
             (
                 new.parent_id,
                 new.id,
@@ -385,10 +439,8 @@ def insert_claimed(
                 new.created_at,
             ),
         )
-    conn.execute(
-        "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, 1, ?, ?)",
-        (new.id, now, body),
-    )
+    tx.insert_envelopes([(new.id, 1, now, body)])
+    tx.notes.envelopes = True
     return EntityRecord(
         id=new.id,
         parent_id=new.parent_id,
@@ -409,7 +461,7 @@ def insert_claimed(
 
 
 def bump_seq(
-    conn: sqlite3.Connection,
+    tx: Tx,
     entity_id: str,
     owner: str,
     count: int,
@@ -421,56 +473,41 @@ def bump_seq(
     ``emitted`` (if higher) becomes the entity's count of emitted envelopes. A run that writes
     something new has made progress: its crash-loop count starts again. Raises (through
     :func:`fence`) if ``owner`` does not hold the lease."""
-    row = conn.execute(
-        "UPDATE entities SET last_entity_seq = last_entity_seq + ?,"
-        " emitted = max(emitted, ?), abandoned = 0"
-        " WHERE id = ? AND lease_owner = ? RETURNING last_entity_seq",
-        (count, emitted, entity_id, owner),
+    row = tx.execute(
+        "UPDATE entities SET last_entity_seq = last_entity_seq + %s,"
+        " emitted = CASE WHEN emitted > %s THEN emitted ELSE %s END, abandoned = 0"
+        " WHERE id = %s AND lease_owner = %s RETURNING last_entity_seq",
+        (count, emitted, emitted, entity_id, owner),
     ).fetchone()
     if row is None:
-        fence(conn, entity_id, owner, what)  # raises: not found, or the lease is lost
+        fence(tx, entity_id, owner, what)  # raises: not found, or the lease is lost
         raise AssertionError("unreachable")  # pragma: no cover
     return int(row[0])
 
 
-def insert_envelope(
-    conn: sqlite3.Connection, entity_id: str, entity_seq: int, ts: float, body: str
-) -> int:
-    """Insert one envelope with its reserved entity sequence number; returns its seq."""
-    cursor = conn.execute(
-        "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)",
-        (entity_id, entity_seq, ts, body),
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
-
-
 def insert_envelopes(
-    conn: sqlite3.Connection, entity_id: str, last: int, ts: float, bodies: Sequence[str]
+    tx: Tx, entity_id: str, last: int, ts: float, bodies: Sequence[str]
 ) -> list[int]:
     """Insert ``bodies`` numbered up to ``last`` (reserved by :func:`bump_seq`)."""
-    seqs = []
+    if not bodies:
+        return []
     first = last - len(bodies) + 1
-    for offset, body in enumerate(bodies):
-        cursor = conn.execute(
-            "INSERT INTO envelopes (entity_id, entity_seq, ts, body) VALUES (?, ?, ?, ?)",
-            (entity_id, first + offset, ts, body),
-        )
-        assert cursor.lastrowid is not None
-        seqs.append(cursor.lastrowid)
-    return seqs
+    tx.notes.envelopes = True
+    return tx.insert_envelopes(
+        [(entity_id, first + offset, ts, body) for offset, body in enumerate(bodies)]
+    )
 
 
 def create_entity(
-    conn: sqlite3.Connection, new: NewEntity, data: str, edge_data: str, strict: bool
+    tx: Tx, new: NewEntity, data: str, edge_data: str, strict: bool
 ) -> tuple[EntityRecord, bool]:
     if new.parent_id is not None:
-        parent = conn.execute("SELECT 1 FROM entities WHERE id = ?", (new.parent_id,)).fetchone()
+        parent = tx.execute("SELECT 1 FROM entities WHERE id = %s", (new.parent_id,)).fetchone()
         if parent is None:
             raise EntityNotFoundError(
                 f"no entity has the id {new.parent_id!r} (the parent of {new.name!r})"
             )
-    existing = find_entity(conn, new.parent_id, new.name)
+    existing = find_entity(tx, new.parent_id, new.name)
     if existing is not None:
         if strict:
             where = "among the roots" if new.parent_id is None else f"under {new.parent_id!r}"
@@ -478,11 +515,11 @@ def create_entity(
                 f"an entity called {new.name!r} exists {where} already ({existing.id})"
             )
         return existing, False
-    if conn.execute("SELECT 1 FROM entities WHERE id = ?", (new.id,)).fetchone() is not None:
+    if tx.execute("SELECT 1 FROM entities WHERE id = %s", (new.id,)).fetchone() is not None:
         raise DuplicateEntityError(f"the entity id {new.id!r} is taken")
-    conn.execute(
+    tx.execute(
         f"INSERT INTO entities ({ENTITY_COLUMNS}) VALUES"
-        " (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, NULL, NULL, ?, ?, 0, NULL, NULL, 0, 0)",
+        " (%s, %s, %s, %s, %s, %s, %s, NULL, NULL, 0, NULL, NULL, %s, %s, 0, NULL, NULL, 0, 0)",
         (
             new.id,
             new.parent_id,
@@ -496,19 +533,19 @@ def create_entity(
         ),
     )
     if new.parent_id is not None:
-        add_edge(conn, new.parent_id, new.id, new.edge_type, now=new.created_at, data=edge_data)
-    return require_entity(conn, new.id), True
+        add_edge(tx, new.parent_id, new.id, new.edge_type, now=new.created_at, data=edge_data)
+    return require_entity(tx, new.id), True
 
 
-def get_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRecord | None:
-    row = conn.execute(SELECT_WAIT, (entity_id, index)).fetchone()
+def get_wait(tx: Tx, entity_id: str, index: int) -> WaitRecord | None:
+    row = tx.execute(SELECT_WAIT, (entity_id, index)).fetchone()
     if row is None:
         return None
     return wait_from_row(row)
 
 
-def require_wait(conn: sqlite3.Connection, entity_id: str, index: int) -> WaitRecord:
-    wait = get_wait(conn, entity_id, index)
+def require_wait(tx: Tx, entity_id: str, index: int) -> WaitRecord:
+    wait = get_wait(tx, entity_id, index)
     if wait is None:
         raise EntityNotFoundError(f"entity {entity_id!r} has no wait {index}")
     return wait

@@ -1,25 +1,29 @@
-"""The runs side of the SQLite store: claims (one, or the claim loop's batches), submissions,
-parking, leases and the ends of runs. :class:`~sluiceway.SqliteStore` inherits it; the methods'
-contracts are the :class:`~sluiceway.store.EntityStore` protocol's."""
+"""The runs side of the entity stores: claims (one, or the claim loop's batches), submissions,
+parking, leases and the ends of runs. :class:`~sluiceway.store._store.StoreOperations`
+inherits it; the methods' contracts are the :class:`~sluiceway.store.EntityStore`
+protocol's."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from . import _rows as shared
-from . import _sqlite_ops as ops
+from . import _sql as sql
 from ._json import encode_envelopes, encode_json, encode_object
 from ._protocol import CrashFailure
 from ._records import JSON, ClaimBatch, EntityRecord, EntityStatus, NewEntity, ParkReason
-from ._sqlite_db import SqliteDatabase
+from ._sql import Tx
+
+if TYPE_CHECKING:
+    from ._store import Database
 
 
-class SqliteRuns:
-    """Runs and leases over a :class:`SqliteDatabase` (``_db``), for the runtime bound with
-    :meth:`bind_owner` (``_owner``)."""
+class StoreRuns:
+    """Runs and leases over a :class:`~sluiceway.store._store.Database` (``_db``), for the
+    runtime bound with :meth:`bind_owner` (``_owner``)."""
 
-    _db: SqliteDatabase
+    _db: Database
     _owner: str | None
 
     def bind_owner(self, owner: str) -> None:
@@ -32,11 +36,11 @@ class SqliteRuns:
             )
         self._owner = owner
 
-    def _outside(self, conn: sqlite3.Connection) -> None:
+    def _outside(self, tx: Tx) -> None:
         """A write from outside any run (a request being served): the bound runtime's tick
         moves (see ``bind_owner``)."""
         if self._owner is not None:
-            ops.advance_tick(conn, self._owner)
+            sql.advance_tick(tx, self._owner)
 
     # -- runs and leases -----------------------------------------------------------------------
 
@@ -58,11 +62,11 @@ class SqliteRuns:
         shared.check_crash_rules(crash_limit, crash_failure)
         encode_started = shared.started_encoder(started, entity_id)
 
-        def write(conn: sqlite3.Connection) -> EntityRecord | None:
+        def write(tx: Tx) -> EntityRecord | None:
             if fence is not None:
-                ops.fence_progress(conn, fence, owner, f"start child {entity_id!r}")
-            claimed = ops.claim(
-                conn,
+                sql.fence_progress(tx, fence, owner, f"start child {entity_id!r}")
+            claimed = sql.claim(
+                tx,
                 entity_id,
                 owner,
                 now=now,
@@ -98,16 +102,16 @@ class SqliteRuns:
         dead = tuple(steal_from)
         kinds = None if types is None else tuple(types)
 
-        def write(conn: sqlite3.Connection) -> ClaimBatch:
+        def write(tx: Tx) -> ClaimBatch:
             claimed: list[EntityRecord] = []
             failed: list[str] = []
             waiting = False
             tick: int | None = None  # one tick for the batch: its runs started together
-            for entity_id in ops.due_ids(conn, now, limit, dead, kinds):
+            for entity_id in sql.due_ids(tx, now, limit, dead, kinds):
                 if tick is None:
-                    tick = ops.advance_tick(conn, owner)
-                record = ops.claim(
-                    conn,
+                    tick = sql.advance_tick(tx, owner)
+                record = sql.claim(
+                    tx,
                     entity_id,
                     owner,
                     now=now,
@@ -144,19 +148,19 @@ class SqliteRuns:
         dead = tuple(steal_from)
         kinds = None if types is None else tuple(types)
 
-        def read(conn: sqlite3.Connection) -> list[EntityRecord]:
+        def read(tx: Tx) -> list[EntityRecord]:
             return [
-                ops.require_entity(conn, entity_id)
-                for entity_id in ops.due_ids(conn, now, limit, dead, kinds)
+                sql.require_entity(tx, entity_id)
+                for entity_id in sql.due_ids(tx, now, limit, dead, kinds)
             ]
 
         return await self._db.read(read)
 
     async def next_due(self, *, after: float) -> float | None:
-        def read(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
+        def read(tx: Tx) -> float | None:
+            row = tx.execute(
                 "SELECT min(runnable_at) FROM entities WHERE runnable_at IS NOT NULL"
-                " AND runnable_at > ? AND lease_owner IS NULL",
+                " AND runnable_at > %s AND lease_owner IS NULL",
                 (after,),
             ).fetchone()
             return None if row[0] is None else float(row[0])
@@ -164,8 +168,8 @@ class SqliteRuns:
         return await self._db.read(read)
 
     async def lease_owners(self) -> list[str]:
-        def read(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute(
+        def read(tx: Tx) -> list[str]:
+            rows = tx.execute(
                 "SELECT DISTINCT lease_owner FROM entities WHERE lease_owner IS NOT NULL"
             )
             return [owner for (owner,) in rows]
@@ -189,27 +193,30 @@ class SqliteRuns:
         if expect is not None:
             encode_object(expect, f"the data expected of entity {entity_id!r}")
 
-        def write(conn: sqlite3.Connection) -> EntityRecord:
-            self._outside(conn)
-            record = ops.require_entity(conn, entity_id)
+        def write(tx: Tx) -> EntityRecord:
+            self._outside(tx)
+            record = sql.require_entity(tx, entity_id)
             if record.status.is_terminal:
                 return record
             if expect is not None:
                 shared.check_expected(record, expect)
             if patch:
                 merged = {**record.data, **patch}
-                conn.execute(
-                    "UPDATE entities SET data = ?, modified_at = ? WHERE id = ?",
+                tx.execute(
+                    "UPDATE entities SET data = %s, modified_at = %s WHERE id = %s",
                     (encode_json(merged, f"entity data of {entity_id!r}"), now, entity_id),
                 )
             # Runnable now, unless it is (or is to be) running already.
-            conn.execute(
+            tx.execute(
                 "UPDATE entities SET runnable_at = CASE"
-                " WHEN lease_owner IS NOT NULL AND lease_expires > ? THEN coalesce(runnable_at, ?)"
-                " ELSE min(coalesce(runnable_at, ?), ?) END WHERE id = ?",
+                " WHEN lease_owner IS NOT NULL AND lease_expires > %s"
+                " THEN coalesce(runnable_at, %s)"
+                " WHEN runnable_at IS NULL OR runnable_at > %s THEN %s ELSE runnable_at END"
+                " WHERE id = %s",
                 (now, now, now, now, entity_id),
             )
-            return ops.require_entity(conn, entity_id)
+            tx.notes.due = True
+            return sql.require_entity(tx, entity_id)
 
         return await self._db.write(write)
 
@@ -234,8 +241,8 @@ class SqliteRuns:
             else encode_object(envelope, f"the parking envelope of entity {entity_id!r}")
         )
         return await self._db.write(
-            lambda conn: ops.park(
-                conn, entity_id, owner, now=now, reason=reason, wake_at=wake_at, body=body
+            lambda tx: sql.park(
+                tx, entity_id, owner, now=now, reason=reason, wake_at=wake_at, body=body
             )
         )
 
@@ -255,14 +262,14 @@ class SqliteRuns:
         edge_data = encode_object(new.edge_data, f"edge data of {new.name!r}")
         body = encode_object(started, f"the started envelope of entity {new.name!r}")
 
-        def write(conn: sqlite3.Connection) -> tuple[EntityRecord, bool, bool]:
+        def write(tx: Tx) -> tuple[EntityRecord, bool, bool]:
             if new.parent_id is not None:
-                ops.fence_progress(conn, new.parent_id, owner, f"create child {new.name!r}")
-            existing = ops.find_entity(conn, new.parent_id, new.name)
+                sql.fence_progress(tx, new.parent_id, owner, f"create child {new.name!r}")
+            existing = sql.find_entity(tx, new.parent_id, new.name)
             if existing is not None:
                 return existing, False, False
-            record = ops.insert_claimed(
-                conn,
+            record = sql.insert_claimed(
+                tx,
                 new,
                 data=data,
                 edge_data=edge_data,
@@ -276,26 +283,27 @@ class SqliteRuns:
         return await self._db.write(write)
 
     async def renew_leases(self, owner: str, *, expires: float) -> int:
-        def write(conn: sqlite3.Connection) -> int:
+        def write(tx: Tx) -> int:
             # A run alive at a heartbeat survived its start: its crash-loop count starts again.
-            cursor = conn.execute(
-                "UPDATE entities SET lease_expires = ?, abandoned = 0 WHERE lease_owner = ?",
+            cursor = tx.execute(
+                "UPDATE entities SET lease_expires = %s, abandoned = 0 WHERE lease_owner = %s",
                 (expires, owner),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)
 
         return await self._db.write(write)
 
     async def release(
         self, entity_id: str, owner: str, *, resubmit_at: float | None = None
     ) -> bool:
-        def write(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
+        def write(tx: Tx) -> bool:
+            cursor = tx.execute(
                 "UPDATE entities SET lease_owner = NULL, lease_expires = NULL, abandoned = 0,"
-                " runnable_at = ? WHERE id = ? AND lease_owner = ?",
+                " runnable_at = %s WHERE id = %s AND lease_owner = %s",
                 (resubmit_at, entity_id, owner),
             )
-            return cursor.rowcount == 1
+            tx.notes.due |= resubmit_at is not None
+            return bool(cursor.rowcount == 1)
 
         return await self._db.write(write)
 
@@ -316,14 +324,14 @@ class SqliteRuns:
             else encode_object(envelope, f"the envelope of entity {entity_id!r}")
         )
 
-        def write(conn: sqlite3.Connection) -> None:
-            ops.fence(conn, entity_id, owner, "status")
-            conn.execute(
-                "UPDATE entities SET status = ?, modified_at = ? WHERE id = ?",
+        def write(tx: Tx) -> None:
+            sql.fence(tx, entity_id, owner, "status")
+            tx.execute(
+                "UPDATE entities SET status = %s, modified_at = %s WHERE id = %s",
                 (status.value, now, entity_id),
             )
             if body is not None:
-                ops.append(conn, entity_id, now, body)
+                sql.append(tx, entity_id, now, body)
 
         await self._db.write(write)
 
@@ -343,16 +351,16 @@ class SqliteRuns:
         result_json, error_json = shared.encode_outcome(entity_id, status, result, error)
         bodies = encode_envelopes(envelopes, entity_id)
 
-        def write(conn: sqlite3.Connection) -> bool:
-            last = ops.bump_seq(conn, entity_id, owner, len(bodies), "finish")
-            (parent_id,) = conn.execute(
-                "UPDATE entities SET status = ?, result = ?, error = ?, lease_owner = NULL,"
+        def write(tx: Tx) -> bool:
+            last = sql.bump_seq(tx, entity_id, owner, len(bodies), "finish")
+            (parent_id,) = tx.execute(
+                "UPDATE entities SET status = %s, result = %s, error = %s, lease_owner = NULL,"
                 " lease_expires = NULL, runnable_at = NULL, parked_on = NULL,"
-                " modified_at = ? WHERE id = ? RETURNING parent_id",
+                " modified_at = %s WHERE id = %s RETURNING parent_id",
                 (status.value, result_json, error_json, now, entity_id),
             ).fetchone()
-            ops.insert_envelopes(conn, entity_id, last, now, bodies)
-            return wake_parent and ops.wake_parent(conn, parent_id, now)
+            sql.insert_envelopes(tx, entity_id, last, now, bodies)
+            return wake_parent and sql.wake_parent(tx, parent_id, now)
 
         return await self._db.write(write)
 
@@ -363,51 +371,52 @@ class SqliteRuns:
         self._db.check_writable()
         body = encode_object(envelope, f"the cancel envelope of entity {entity_id!r}")
 
-        def write(conn: sqlite3.Connection) -> list[str]:
-            self._outside(conn)
-            row = conn.execute(
-                "SELECT status, parent_id FROM entities WHERE id = ?", (entity_id,)
+        def write(tx: Tx) -> list[str]:
+            self._outside(tx)
+            row = tx.execute(
+                "SELECT status, parent_id FROM entities WHERE id = %s", (entity_id,)
             ).fetchone()
             if row is None:
                 raise shared.not_found(entity_id)
             if row[0] in shared.TERMINAL:
                 return []
             parent_id = row[1]
-            rows = conn.execute(
-                """
+            rows = tx.execute(
+                f"""
                 WITH RECURSIVE subtree (id, depth) AS (
-                    SELECT ?, 0
+                    SELECT CAST(%s AS TEXT), 0
                     UNION ALL
                     SELECT e.id, subtree.depth + 1
                     FROM entities AS e JOIN subtree ON e.parent_id = subtree.id
                 )
                 SELECT e.id FROM subtree JOIN entities AS e ON e.id = subtree.id
-                WHERE e.status NOT IN (?, ?)
-                ORDER BY subtree.depth, e.created_at, e.rowid
+                WHERE e.status NOT IN (%s, %s)
+                ORDER BY subtree.depth, e.created_at, e.{tx.creation_order}
                 """,
                 (entity_id, *shared.TERMINAL),
             ).fetchall()
             ids = [row[0] for row in rows]
             for cancelled in ids:
-                conn.execute(
-                    "UPDATE entities SET status = ?, lease_owner = NULL, lease_expires = NULL,"
-                    " runnable_at = NULL, parked_on = NULL, modified_at = ? WHERE id = ?",
+                tx.execute(
+                    "UPDATE entities SET status = %s, lease_owner = NULL, lease_expires = NULL,"
+                    " runnable_at = NULL, parked_on = NULL, modified_at = %s WHERE id = %s",
                     (EntityStatus.CANCELLED.value, now, cancelled),
                 )
-                ops.append(conn, cancelled, now, body)
-            ops.wake_parent(conn, parent_id, now)  # it ended, for a parent waiting on it
+                sql.append(tx, cancelled, now, body)
+            sql.wake_parent(tx, parent_id, now)  # it ended, for a parent waiting on it
+            tx.notes.cancelled.update(ids)
             return ids
 
         return await self._db.write(write)
 
     async def active(self) -> list[EntityRecord]:
 
-        def read(conn: sqlite3.Connection) -> list[EntityRecord]:
-            rows = conn.execute(
+        def read(tx: Tx) -> list[EntityRecord]:
+            rows = tx.execute(
                 f"SELECT {shared.ENTITY_COLUMNS_E} FROM entities AS e"
                 " LEFT JOIN entities AS p ON p.id = e.parent_id"
-                " WHERE e.status IN (?, ?) AND (p.id IS NULL OR p.status NOT IN (?, ?))"
-                " ORDER BY e.created_at, e.rowid",
+                " WHERE e.status IN (%s, %s) AND (p.id IS NULL OR p.status NOT IN (%s, %s))"
+                f" ORDER BY e.created_at, e.{tx.creation_order}",
                 (*shared.ACTIVE, *shared.ACTIVE),
             )
             return [shared.entity_from_row(row) for row in rows]

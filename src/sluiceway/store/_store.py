@@ -1,0 +1,458 @@
+"""The entity store's operations, written once for both databases.
+
+:class:`StoreOperations` implements the :class:`~sluiceway.store.EntityStore` protocol over a
+``_db`` (:class:`Database`): each operation checks its arguments, then hands a function of
+one transaction (its SQL in ``_sql``, written for both SQLite and PostgreSQL) to the
+database's writer (group commit) or readers. This module holds the entity graph's operations
+(entities, envelopes, edges, messages and waits); the runs' side (claims, submissions,
+parking, leases, the ends of runs) is in ``_store_runs``. :class:`~sluiceway.SqliteStore` and
+:class:`~sluiceway.PostgresStore` add their connections and lifetime.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+import trio
+
+from .._errors import EntityNotWaitingError
+from . import _rows as shared
+from . import _sql as sql
+from ._json import encode_json, encode_object
+from ._records import (
+    JSON,
+    EdgeRecord,
+    EntityRecord,
+    EntityStatus,
+    MessageRecord,
+    NewEntity,
+    StoredEnvelope,
+    WaitKind,
+    WaitRecord,
+    WaitState,
+)
+from ._sql import Tx
+from ._store_runs import StoreRuns
+
+T = TypeVar("T")
+
+
+class Database(Protocol):
+    """What the operations need of a store's connections."""
+
+    def check_open(self) -> None: ...
+
+    def check_writable(self) -> None: ...
+
+    async def write(self, fn: Callable[[Tx], T]) -> T: ...
+
+    async def read(self, fn: Callable[[Tx], T]) -> T: ...
+
+
+class StoreOperations(StoreRuns):
+    """The :class:`~sluiceway.store.EntityStore` operations over ``_db`` (see the module
+    documentation)."""
+
+    # -- entities ------------------------------------------------------------------------------
+
+    async def create_entity(
+        self, new: NewEntity, *, strict: bool = False, owner: str | None = None
+    ) -> tuple[EntityRecord, bool]:
+        self._db.check_writable()
+        if not isinstance(new, NewEntity):
+            raise TypeError(f"create_entity() takes a NewEntity, got {new!r}")
+        data = encode_object(new.data, f"entity data of {new.name!r}")
+        edge_data = encode_object(new.edge_data, f"edge data of {new.name!r}")
+
+        def write(tx: Tx) -> tuple[EntityRecord, bool]:
+            if owner is not None and new.parent_id is not None:
+                sql.fence(tx, new.parent_id, owner, f"create child {new.name!r}")
+            else:
+                self._outside(tx)
+            return sql.create_entity(tx, new, data, edge_data, strict)
+
+        return await self._db.write(write)
+
+    async def get_entity(self, entity_id: str) -> EntityRecord:
+        shared.known_id(entity_id)
+        return await self._db.read(lambda tx: sql.require_entity(tx, entity_id))
+
+    async def find_entity(self, parent_id: str | None, name: str) -> EntityRecord | None:
+        if not shared.storable(name) or (parent_id is not None and not shared.storable(parent_id)):
+            await trio.lowlevel.checkpoint()
+            return None  # no stored name or id is like that
+        return await self._db.read(lambda tx: sql.find_entity(tx, parent_id, name))
+
+    async def children(self, parent_id: str) -> list[EntityRecord]:
+        if not shared.storable(parent_id):
+            await trio.lowlevel.checkpoint()
+            return []
+
+        def read(tx: Tx) -> list[EntityRecord]:
+            rows = tx.execute(
+                f"{shared.SELECT_ENTITY} WHERE parent_id = %s ORDER BY created_at, "
+                + tx.creation_order,
+                (parent_id,),
+            )
+            return [shared.entity_from_row(row) for row in rows]
+
+        return await self._db.read(read)
+
+    async def count_children(self, parent_id: str) -> dict[EntityStatus, int]:
+        if not shared.storable(parent_id):
+            await trio.lowlevel.checkpoint()
+            return {}
+
+        def read(tx: Tx) -> dict[EntityStatus, int]:
+            rows = tx.execute(
+                "SELECT status, count(*) FROM entities WHERE parent_id = %s GROUP BY status",
+                (parent_id,),
+            )
+            return {EntityStatus(status): count for status, count in rows}
+
+        return await self._db.read(read)
+
+    async def update_data(
+        self, entity_id: str, owner: str | None, partial: Mapping[str, JSON], *, now: float
+    ) -> dict[str, JSON]:
+        shared.known_id(entity_id)
+        self._db.check_writable()
+        encode_object(partial, f"the data update of entity {entity_id!r}")
+        patch = dict(partial)
+
+        def write(tx: Tx) -> dict[str, JSON]:
+            if owner is None:
+                self._outside(tx)
+                row = tx.execute("SELECT data FROM entities WHERE id = %s", (entity_id,)).fetchone()
+                if row is None:
+                    raise shared.not_found(entity_id)
+                data_json = row[0]
+            else:
+                data_json = sql.fence(tx, entity_id, owner, "data")[1]
+            data: dict[str, JSON] = json.loads(data_json)
+            data.update(patch)
+            tx.execute(
+                "UPDATE entities SET data = %s, modified_at = %s WHERE id = %s",
+                (encode_json(data, f"entity data of {entity_id!r}"), now, entity_id),
+            )
+            return data
+
+        return await self._db.write(write)
+
+    # -- envelopes -----------------------------------------------------------------------------
+
+    async def append_envelopes(
+        self,
+        owner: str,
+        items: Sequence[tuple[str, float, Mapping[str, JSON]]],
+        *,
+        emitted: int = 0,
+    ) -> list[int]:
+        self._db.check_writable()
+        prepared = shared.prepare_envelopes(items, emitted)
+        if not prepared:
+            await trio.lowlevel.checkpoint()
+            return []
+
+        def write(tx: Tx) -> list[int]:
+            entities = dict.fromkeys(entity_id for entity_id, _, _ in prepared)
+            if len(entities) == 1:  # the common case: the envelopes of one entity
+                entity_id = prepared[0][0]
+                last = sql.bump_seq(
+                    tx, entity_id, owner, len(prepared), "envelopes", emitted=emitted
+                )
+                first = last - len(prepared) + 1
+                tx.notes.envelopes = True
+                return tx.insert_envelopes(
+                    [
+                        (entity_id, first + offset, ts, body)
+                        for offset, (_, ts, body) in enumerate(prepared)
+                    ]
+                )
+            for entity_id in entities:
+                sql.fence(tx, entity_id, owner, "envelopes")
+            return [sql.append(tx, entity_id, ts, body) for entity_id, ts, body in prepared]
+
+        return await self._db.write(write)
+
+    async def read_envelopes(
+        self,
+        entity_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 1000,
+        subtree: bool = True,
+    ) -> list[StoredEnvelope]:
+        shared.known_id(entity_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"read_envelopes() limit must be an int >= 0, got {limit!r}")
+
+        def read(tx: Tx) -> list[StoredEnvelope]:
+            if tx.execute("SELECT 1 FROM entities WHERE id = %s", (entity_id,)).fetchone() is None:
+                raise shared.not_found(entity_id)
+            if subtree:
+                rows = tx.execute(
+                    """
+                    WITH RECURSIVE subtree (id) AS (
+                        SELECT CAST(%s AS TEXT)
+                        UNION ALL
+                        SELECT e.id FROM entities AS e JOIN subtree ON e.parent_id = subtree.id
+                    )
+                    SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name
+                    FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id
+                    WHERE v.seq > %s AND v.entity_id IN (SELECT id FROM subtree)
+                    ORDER BY v.seq LIMIT %s
+                    """,
+                    (entity_id, after_seq, limit),
+                )
+            else:
+                rows = tx.execute(
+                    "SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name"
+                    " FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id"
+                    " WHERE v.entity_id = %s AND v.seq > %s ORDER BY v.seq LIMIT %s",
+                    (entity_id, after_seq, limit),
+                )
+            return [
+                StoredEnvelope(
+                    seq=seq,
+                    entity_id=owner_id,
+                    entity_seq=entity_seq,
+                    ts=ts,
+                    body=json.loads(body),
+                    entity_type=type_name,
+                    entity_name=name,
+                )
+                for seq, owner_id, entity_seq, ts, body, type_name, name in rows
+            ]
+
+        return await self._db.read(read)
+
+    async def last_seq(self) -> int:
+
+        def read(tx: Tx) -> int:
+            value = tx.execute("SELECT max(seq) FROM envelopes").fetchone()[0]
+            return 0 if value is None else int(value)
+
+        return await self._db.read(read)
+
+    # -- edges ---------------------------------------------------------------------------------
+
+    async def add_edge(
+        self,
+        from_id: str,
+        to_id: str,
+        edge_type: str,
+        *,
+        now: float,
+        data: Mapping[str, JSON] | None = None,
+        owner: str | None = None,
+    ) -> EdgeRecord:
+        self._db.check_writable()
+        data_json = encode_object(
+            {} if data is None else data, f"the data of edge {from_id!r} -{edge_type}-> {to_id!r}"
+        )
+
+        def write(tx: Tx) -> EdgeRecord:
+            for end in (from_id, to_id):
+                if tx.execute("SELECT 1 FROM entities WHERE id = %s", (end,)).fetchone() is None:
+                    raise shared.not_found(end)
+            if owner is not None:
+                sql.fence(tx, from_id, owner, f"{edge_type} edge")
+            else:
+                self._outside(tx)
+            return sql.add_edge(tx, from_id, to_id, edge_type, now=now, data=data_json)
+
+        return await self._db.write(write)
+
+    async def edges(self, entity_id: str) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
+        shared.known_id(entity_id)
+
+        def read(tx: Tx) -> tuple[list[EdgeRecord], list[EdgeRecord]]:
+            outgoing = tx.execute(
+                f"SELECT {shared.EDGE_COLUMNS} FROM edges WHERE from_id = %s"
+                " ORDER BY type, position",
+                (entity_id,),
+            )
+            out = [shared.edge_from_row(row) for row in outgoing]
+            incoming = tx.execute(
+                f"SELECT {shared.EDGE_COLUMNS} FROM edges WHERE to_id = %s"
+                " ORDER BY type, position, id",
+                (entity_id,),
+            )
+            return out, [shared.edge_from_row(row) for row in incoming]
+
+        return await self._db.read(read)
+
+    # -- messages and durable waits ------------------------------------------------------------
+
+    async def send_message(
+        self, entity_id: str, message: str, data: JSON, *, now: float
+    ) -> MessageRecord:
+        shared.known_id(entity_id)
+        self._db.check_writable()
+        if not isinstance(message, str):
+            raise TypeError(f"send_message() message must be a str, got {message!r}")
+        data_json = encode_json(data, f"the data of message {message!r} to entity {entity_id!r}")
+
+        def write(tx: Tx) -> MessageRecord:
+            self._outside(tx)
+            row = tx.execute("SELECT status FROM entities WHERE id = %s", (entity_id,)).fetchone()
+            if row is None:
+                raise shared.not_found(entity_id)
+            if row[0] in shared.TERMINAL:
+                raise EntityNotWaitingError(
+                    f"entity {entity_id!r} is {row[0]}; it cannot receive message {message!r}"
+                )
+            (message_id,) = tx.execute(
+                "INSERT INTO messages (entity_id, message, data, sent_at) VALUES (%s, %s, %s, %s)"
+                " RETURNING id",
+                (entity_id, message, data_json, now),
+            ).fetchone()
+            # A run parked on a message wait runs again now.
+            tx.execute(
+                "UPDATE entities SET runnable_at = %s WHERE id = %s AND parked_on = 'message'"
+                " AND lease_owner IS NULL AND (runnable_at IS NULL OR runnable_at > %s)",
+                (now, entity_id, now),
+            )
+            tx.notes.messages.add(entity_id)
+            return MessageRecord(
+                id=message_id,
+                entity_id=entity_id,
+                message=message,
+                data=json.loads(data_json),
+                sent_at=now,
+                consumed_by=None,
+            )
+
+        return await self._db.write(write)
+
+    async def messages(self, entity_id: str) -> list[MessageRecord]:
+        shared.known_id(entity_id)
+
+        def read(tx: Tx) -> list[MessageRecord]:
+            rows = tx.execute(
+                f"SELECT {shared.MESSAGE_COLUMNS} FROM messages WHERE entity_id = %s ORDER BY id",
+                (entity_id,),
+            )
+            return [shared.message_from_row(row) for row in rows]
+
+        return await self._db.read(read)
+
+    async def begin_wait(
+        self,
+        entity_id: str,
+        owner: str,
+        index: int,
+        kind: WaitKind,
+        *,
+        now: float,
+        prompt: str | None = None,
+        data: JSON = None,
+        deadline: float | None = None,
+        envelope: Mapping[str, JSON] | None = None,
+    ) -> WaitRecord:
+        self._db.check_writable()
+        shared.check_index(index)
+        if not isinstance(kind, WaitKind):
+            raise TypeError(f"begin_wait() kind must be a WaitKind, got {kind!r}")
+        data_json = encode_json(data, f"the data of wait {index} of entity {entity_id!r}")
+        body = (
+            None
+            if envelope is None
+            else encode_object(envelope, f"the waiting envelope of entity {entity_id!r}")
+        )
+
+        def write(tx: Tx) -> WaitRecord:
+            sql.fence(tx, entity_id, owner, "wait")
+            existing = sql.get_wait(tx, entity_id, index)
+            if existing is not None:
+                return existing
+            tx.execute(
+                "INSERT INTO waits (entity_id, idx, kind, prompt, data, deadline, state,"
+                " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    entity_id,
+                    index,
+                    kind.value,
+                    prompt,
+                    data_json,
+                    deadline,
+                    WaitState.WAITING.value,
+                    now,
+                ),
+            )
+            if kind is WaitKind.MESSAGE:
+                tx.execute(
+                    "UPDATE entities SET status = %s, modified_at = %s WHERE id = %s",
+                    (EntityStatus.WAITING.value, now, entity_id),
+                )
+                if body is not None:
+                    sql.append(tx, entity_id, now, body)
+            wait = sql.get_wait(tx, entity_id, index)
+            assert wait is not None
+            return wait
+
+        return await self._db.write(write)
+
+    async def take_message(
+        self, entity_id: str, owner: str, index: int, *, now: float
+    ) -> WaitRecord:
+        self._db.check_writable()
+
+        def write(tx: Tx) -> WaitRecord:
+            sql.fence(tx, entity_id, owner, "message")
+            wait = sql.require_wait(tx, entity_id, index)
+            if (
+                wait.state is not WaitState.WAITING
+                or wait.kind is not WaitKind.MESSAGE
+                or wait.message is not None
+            ):
+                return wait
+            row = tx.execute(
+                "SELECT id FROM messages WHERE entity_id = %s AND consumed_by IS NULL"
+                " ORDER BY id LIMIT 1",
+                (entity_id,),
+            ).fetchone()
+            if row is None:
+                return wait
+            tx.execute("UPDATE messages SET consumed_by = %s WHERE id = %s", (index, row[0]))
+            tx.execute(
+                "UPDATE waits SET state = %s, message_id = %s WHERE entity_id = %s AND idx = %s",
+                (WaitState.ANSWERED.value, row[0], entity_id, index),
+            )
+            tx.execute(
+                "UPDATE entities SET status = %s, modified_at = %s WHERE id = %s",
+                (EntityStatus.IN_PROGRESS.value, now, entity_id),
+            )
+            return sql.require_wait(tx, entity_id, index)
+
+        return await self._db.write(write)
+
+    async def end_wait(
+        self, entity_id: str, owner: str, index: int, state: WaitState, *, now: float
+    ) -> WaitRecord:
+        self._db.check_writable()
+        if state is not WaitState.TIMED_OUT and state is not WaitState.ELAPSED:
+            raise ValueError(f"end_wait() closes a wait as TIMED_OUT or ELAPSED, not {state!r}")
+
+        def write(tx: Tx) -> WaitRecord:
+            sql.fence(tx, entity_id, owner, "wait")
+            wait = sql.require_wait(tx, entity_id, index)
+            if wait.state is not WaitState.WAITING:
+                return wait
+            tx.execute(
+                "UPDATE waits SET state = %s WHERE entity_id = %s AND idx = %s",
+                (state.value, entity_id, index),
+            )
+            tx.execute(
+                "UPDATE entities SET status = %s, modified_at = %s WHERE id = %s",
+                (EntityStatus.IN_PROGRESS.value, now, entity_id),
+            )
+            return sql.require_wait(tx, entity_id, index)
+
+        return await self._db.write(write)
+
+    async def get_wait(self, entity_id: str, index: int) -> WaitRecord | None:
+        return await self._db.read(lambda tx: sql.get_wait(tx, entity_id, index))
