@@ -14,7 +14,16 @@ from sluiceway.store import EntityStatus, EntityStore, SqliteStore, SqliteStoreS
 from sluiceway.store import _sqlite_schema as sqlite_module
 from tests.store.helpers import assert_integrity, new, raw_query
 
-TABLES = {"meta", "entities", "edges", "envelopes", "messages", "waits", "runtimes"}
+TABLES = {
+    "meta",
+    "entities",
+    "edges",
+    "envelopes",
+    "messages",
+    "waits",
+    "runtimes",
+    "capacity_units",
+}
 
 
 #: The schema version this sluiceway writes, and the next two (for migrations added in tests).

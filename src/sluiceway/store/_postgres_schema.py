@@ -133,6 +133,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 expires double precision
             )
             """,
+            # One row per unit of each global limit (see EntityStore.hold_units): a unit is
+            # free when nobody holds it or its holder is no longer alive.
+            """
+            CREATE TABLE capacity_units (
+                limit_name text NOT NULL,
+                unit integer NOT NULL,
+                holder text,
+                since double precision,
+                PRIMARY KEY (limit_name, unit)
+            )
+            """,
+            "CREATE INDEX capacity_units_holder ON capacity_units (holder)"
+            " WHERE holder IS NOT NULL",
             "INSERT INTO meta (key, value) VALUES ('version', '1')",
         ],
     ),

@@ -527,3 +527,34 @@ class EntityStore(Protocol):
     async def get_wait(self, entity_id: str, index: int) -> WaitRecord | None:
         """Wait ``index`` of the entity, if it was made."""
         ...
+
+    # -- global limits ---------------------------------------------------------------------------
+
+    async def hold_units(
+        self,
+        limit: str,
+        owner: str,
+        *,
+        total: int,
+        target: int,
+        now: float,
+        expires: float,
+        dead: Sequence[str] = (),
+    ) -> int:
+        """Make ``owner`` hold ``target`` of the ``total`` units of the global limit ``limit``
+        (any name), or as many as are free, in one transaction; returns how many it holds
+        now. Units past ``target`` (or past ``total``) are given back. A unit is free when
+        nobody holds it, or its holder is not alive: its runtime's ``expires`` (set here, and
+        by :meth:`renew_leases`) has passed at ``now``, or it is one of ``dead`` (owners known
+        to be dead). So the units of a process that dies come back when its lease would have
+        expired, never earlier, and a process that stopped and resumed finds how many it
+        still holds. Since the units are rows, the holders can never exceed ``total``.
+
+        Raises:
+            ValueError: ``total`` < 1, or ``target`` < 0.
+        """
+        ...
+
+    async def unit_holders(self, limit: str, *, now: float) -> dict[str, int]:
+        """How many units of the global limit ``limit`` each live holder holds at ``now``."""
+        ...

@@ -223,6 +223,12 @@ def started_encoder(
     return lambda attempt: body
 
 
+def check_text_arg(value: object, what: str) -> None:
+    """Refuse anything but a non-empty string that can be stored."""
+    if not storable(value) or not value:
+        raise ValueError(f"{what} must be a non-empty string of valid Unicode, got {value!r}")
+
+
 def check_limit(limit: object, what: str) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"{what} limit must be an int >= 1, got {limit!r}")

@@ -46,15 +46,19 @@ class Notes:
     due: bool = False
     messages: set[str] = attrs.Factory(set)
     cancelled: set[str] = attrs.Factory(set)
+    units: bool = False
 
     def merge(self, other: Notes) -> None:
         self.envelopes |= other.envelopes
         self.due |= other.due
         self.messages |= other.messages
         self.cancelled |= other.cancelled
+        self.units |= other.units
 
     def __bool__(self) -> bool:
-        return self.envelopes or self.due or bool(self.messages) or bool(self.cancelled)
+        return (
+            self.envelopes or self.due or self.units or bool(self.messages) or bool(self.cancelled)
+        )
 
 
 class Tx(Protocol):
@@ -64,6 +68,9 @@ class Tx(Protocol):
     notes: Notes
     #: The column that orders entities of equal ``created_at`` by creation.
     creation_order: str
+    #: What a ``SELECT`` of rows to update ends with so that concurrent transactions skip
+    #: each other's rows (``FOR UPDATE SKIP LOCKED``; empty where writers take turns anyway).
+    skip_locked: str
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; returns a cursor (``fetchone``, ``fetchall``, iteration,
@@ -290,7 +297,7 @@ def due_ids(
         "SELECT id FROM entities WHERE runnable_at IS NOT NULL AND runnable_at <= %s"
         f" AND status NOT IN ('COMPLETED', 'CANCELLED'){typed}"
         f" AND (lease_owner IS NULL OR lease_expires <= %s{dead})"
-        f" ORDER BY runnable_at, {tx.creation_order} LIMIT %s",
+        f" ORDER BY runnable_at, {tx.creation_order} LIMIT %s{tx.skip_locked}",
         (now, *(types or ()), now, *steal_from, limit),
     )
     return [entity_id for (entity_id,) in rows]
@@ -549,3 +556,86 @@ def require_wait(tx: Tx, entity_id: str, index: int) -> WaitRecord:
     if wait is None:
         raise EntityNotFoundError(f"entity {entity_id!r} has no wait {index}")
     return wait
+
+
+# -- global limits -------------------------------------------------------------------------------
+
+
+def hold_units(
+    tx: Tx,
+    limit: str,
+    owner: str,
+    *,
+    total: int,
+    target: int,
+    now: float,
+    expires: float,
+    dead: Sequence[str],
+) -> int:
+    """Make ``owner`` hold ``target`` units of the global limit ``limit`` (``total`` units in
+    all), or as many as are free; returns how many it holds (see ``EntityStore.hold_units``).
+    A unit is free when nobody holds it, or its holder's runtime is not alive at ``now`` (its
+    ``runtimes.expires`` passed, or it is one of ``dead``)."""
+    tx.execute(
+        "INSERT INTO runtimes (owner, tick, expires) VALUES (%s, 0, %s)"
+        " ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
+        (owner, expires),
+    )
+    (have,) = tx.execute(
+        "SELECT count(*) FROM capacity_units WHERE limit_name = %s", (limit,)
+    ).fetchone()
+    if have < total:
+        tx.execute(
+            "WITH RECURSIVE numbers (n) AS ("
+            " SELECT CAST(%s AS INTEGER) UNION ALL SELECT n + 1 FROM numbers WHERE n < %s)"
+            " INSERT INTO capacity_units (limit_name, unit) SELECT %s, n FROM numbers WHERE true"
+            " ON CONFLICT (limit_name, unit) DO NOTHING",
+            (have + 1, total, limit),
+        )
+    held = [
+        unit
+        for (unit,) in tx.execute(
+            "SELECT unit FROM capacity_units WHERE limit_name = %s AND holder = %s ORDER BY unit",
+            (limit, owner),
+        )
+    ]
+    keep = [unit for unit in held if unit <= total][:target]
+    surplus = [unit for unit in held if unit not in keep]
+    if surplus:
+        tx.execute(
+            "UPDATE capacity_units SET holder = NULL, since = NULL WHERE limit_name = %s"
+            f" AND unit IN ({_marks(surplus)})",
+            (limit, *surplus),
+        )
+        tx.notes.units = True
+    wanted = target - len(keep)
+    if wanted > 0:
+        gone = f" OR holder IN ({_marks(dead)})" if dead else ""
+        free = [
+            unit
+            for (unit,) in tx.execute(
+                "SELECT unit FROM capacity_units AS u WHERE limit_name = %s AND unit <= %s"
+                f" AND (holder IS NULL{gone} OR NOT EXISTS (SELECT 1 FROM runtimes AS r"
+                " WHERE r.owner = u.holder AND r.expires > %s))"
+                f" ORDER BY unit LIMIT %s{tx.skip_locked}",
+                (limit, total, *dead, now, wanted),
+            )
+        ]
+        if free:
+            tx.execute(
+                "UPDATE capacity_units SET holder = %s, since = %s WHERE limit_name = %s"
+                f" AND unit IN ({_marks(free)})",
+                (owner, now, limit, *free),
+            )
+            keep += free
+    return len(keep)
+
+
+def unit_holders(tx: Tx, limit: str, now: float) -> dict[str, int]:
+    """How many units of ``limit`` each live holder holds."""
+    rows = tx.execute(
+        "SELECT u.holder, count(*) FROM capacity_units AS u JOIN runtimes AS r"
+        " ON r.owner = u.holder WHERE u.limit_name = %s AND r.expires > %s GROUP BY u.holder",
+        (limit, now),
+    )
+    return {holder: int(count) for holder, count in rows}

@@ -70,6 +70,7 @@ class SqliteTx:
     __slots__ = ("conn", "notes")
 
     creation_order = "rowid"
+    skip_locked = ""  # one writer at a time: nothing to skip
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn

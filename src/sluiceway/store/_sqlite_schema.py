@@ -15,9 +15,9 @@ MIN_SQLITE_VERSION = (3, 35, 0)
 
 #: The schema, as numbered migrations applied in order: ``(version, statements)``. Version 1 is
 #: the initial schema; version 2 adds the columns of submissions, parked waits and the crash-loop
-#: guard. To change the schema, append ``(3, [...])``: a store at version 2 runs those
-#: statements (in the same transaction as the version bump) the next time it is opened
-#: writable, and an older sluiceway refuses a store at version 3.
+#: guard; version 3 the units of global limits. To change the schema, append ``(4, [...])``: a
+#: store at version 3 runs those statements (in the same transaction as the version bump) the
+#: next time it is opened writable, and an older sluiceway refuses a store at version 4.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -144,6 +144,27 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                   SELECT id FROM entities
                   WHERE status IN ('IN_PROGRESS', 'WAITING', 'FAILED', 'CANCELLED')))
             """,
+        ],
+    ),
+    (
+        3,
+        [
+            # When each runtime's last heartbeat says it is alive until: the units of global
+            # limits it holds are free once that time has passed.
+            "ALTER TABLE runtimes ADD COLUMN expires REAL",
+            # One row per unit of each global limit (see EntityStore.hold_units): a unit is
+            # free when nobody holds it or its holder is no longer alive.
+            """
+            CREATE TABLE capacity_units (
+                limit_name TEXT NOT NULL,
+                unit INTEGER NOT NULL,
+                holder TEXT,
+                since REAL,
+                PRIMARY KEY (limit_name, unit)
+            )
+            """,
+            "CREATE INDEX capacity_units_holder ON capacity_units (holder)"
+            " WHERE holder IS NOT NULL",
         ],
     ),
 ]

@@ -284,6 +284,11 @@ class StoreRuns:
 
     async def renew_leases(self, owner: str, *, expires: float) -> int:
         def write(tx: Tx) -> int:
+            # The runtime is alive until then: the units of global limits it holds too.
+            tx.execute(
+                "UPDATE runtimes SET expires = %s WHERE owner = %s AND expires IS NOT NULL",
+                (expires, owner),
+            )
             # A run alive at a heartbeat survived its start: its crash-loop count starts again.
             cursor = tx.execute(
                 "UPDATE entities SET lease_expires = %s, abandoned = 0 WHERE lease_owner = %s",
@@ -422,3 +427,40 @@ class StoreRuns:
             return [shared.entity_from_row(row) for row in rows]
 
         return await self._db.read(read)
+
+    # -- global limits ---------------------------------------------------------------------------
+
+    async def hold_units(
+        self,
+        limit: str,
+        owner: str,
+        *,
+        total: int,
+        target: int,
+        now: float,
+        expires: float,
+        dead: Sequence[str] = (),
+    ) -> int:
+        self._db.check_writable()
+        shared.check_text_arg(limit, "hold_units() limit")
+        shared.check_text_arg(owner, "hold_units() owner")
+        shared.check_limit(total, "hold_units() total")
+        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+            raise ValueError(f"hold_units() target must be an int >= 0, got {target!r}")
+        gone = tuple(dead)
+        return await self._db.write(
+            lambda tx: sql.hold_units(
+                tx,
+                limit,
+                owner,
+                total=total,
+                target=target,
+                now=now,
+                expires=expires,
+                dead=gone,
+            )
+        )
+
+    async def unit_holders(self, limit: str, *, now: float) -> dict[str, int]:
+        shared.check_text_arg(limit, "unit_holders() limit")
+        return await self._db.read(lambda tx: sql.unit_holders(tx, limit, now))
