@@ -82,6 +82,16 @@ class ClaimLoop:
         """Wait until no run of the loop is under way."""
         await self._idle.wait()
 
+    async def wind_down(self, grace: float) -> bool:
+        """Shut down gently: claim nothing more (:meth:`pause`) and wait up to ``grace``
+        seconds for the runs under way to end. Returns whether they all did. The runs still
+        going are stopped when :meth:`~sluiceway.Runtime.working` is left (their leases are
+        given back: they are due again at once, for the next runtime)."""
+        self.pause()
+        with trio.move_on_after(grace):
+            await self.idle()
+        return not self.running
+
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

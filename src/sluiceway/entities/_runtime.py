@@ -27,7 +27,7 @@ from ..store import (
     EntityStore,
     MessageRecord,
     NewEntity,
-    SqliteStore,
+    open_store,
 )
 from ..store._json import check_text
 from ._claims import ClaimLoop, check_loop_settings
@@ -305,7 +305,10 @@ class Runtime(Executor):
         """Run the claim loop while the block runs (see :mod:`~sluiceway.entities._claims`):
         it takes the work that is due in the store and runs it, up to ``max_runs`` runs at a
         time, and makes long waits park. Leaving the block stops its runs: their leases are
-        given back and they are due again at once, for the next runtime.
+        given back and they are due again at once, for the next runtime. To let them finish
+        first, for a while, ``await loop.wind_down(grace)`` before leaving it
+        (:meth:`~sluiceway.entities.ClaimLoop.wind_down`), as a server and ``sluiceway
+        worker`` do on shutdown.
 
         :func:`open_runtime` enters it for the runtime's lifetime unless ``work=False``; a
         server enters it itself, inside its application's lifespan (so that runs start with
@@ -489,8 +492,10 @@ async def open_runtime(
     ``async with open_runtime(store="app.db", types=[Campaign, Recipient]) as runtime:``.
 
     Args:
-        store: an entity store (opened and closed by the runtime), or the path of a SQLite
-            file (a :class:`~sluiceway.SqliteStore`).
+        store: an entity store (opened and closed by the runtime), or what names one (see
+            :func:`~sluiceway.open_store`): a PostgreSQL URL (``"postgresql://app@db/app"``,
+            a ``PostgresStore``: psycopg must be installed), else the path of a SQLite file
+            (a :class:`~sluiceway.SqliteStore`).
         types: the entity classes this runtime can run. Their ``allowed_connections`` must
             name registered types.
         lease_seconds: how long a run's lease lasts without a heartbeat (renewed every third
@@ -516,6 +521,9 @@ async def open_runtime(
             being run again; ``None`` never gives up.
         max_runs: the most runs the claim loop holds at once (children run inside them).
         claim_batch: the most entities the claim loop claims in one transaction.
+
+    Raises:
+        ImportError: ``store`` is a PostgreSQL URL, and psycopg is not installed.
     """
     lease_seconds = check_finite(lease_seconds, "lease_seconds")
     poll_interval = check_finite(poll_interval, "poll_interval")
@@ -532,9 +540,9 @@ async def open_runtime(
         raise TypeError(f"work must be a bool, got {work!r}")
     registry = TypeRegistry(types)
     if isinstance(store, str | os.PathLike):
-        store = SqliteStore(store)
+        store = open_store(store)
     if not isinstance(store, EntityStore):
-        raise TypeError(f"store must be an EntityStore or a path, got {store!r}")
+        raise TypeError(f"store must be an EntityStore, a PostgreSQL URL or a path, got {store!r}")
     async with store:
         owner = new_owner() if owner is None else owner
         store.bind_owner(owner)

@@ -240,9 +240,7 @@ class RuntimeServer:
                     listening.cancel_scope.cancel()
             finally:
                 self._serving = False
-            work.pause()
-            with trio.move_on_after(grace):
-                await work.idle()
+            await work.wind_down(grace)
 
     def encoded(self, envelope: EntityEnvelope) -> str:
         """The envelope's JSON, encoded once for every subscription that sends it."""
