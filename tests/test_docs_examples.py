@@ -61,7 +61,9 @@ variable, written in the expected output as one of these markers:
     wall-clock seconds since the epoch (``created_at``, an envelope's ``ts``);
 ``<n>``
     a whole number that depends on how concurrent work interleaved (a sequence number or a row id
-    in a store that concurrent tasks wrote).
+    in a store that concurrent tasks wrote);
+``<owner>``
+    a runtime's lease owner id (``host:pid:random``, different on every run).
 
 Lines printed at the same moment by concurrent tasks come in an order that trio does not fix
 (it shuffles tasks woken together, on purpose). Where a page says so, in the sentence that
@@ -118,6 +120,11 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ): "needs the campaign application served with its notification service and a prepared "
     "campaign (its id is elided), and the live display of sluiceway run is drawn on a terminal; "
     "tests/cli/test_remote_cli.py runs these commands",
+    (
+        "docs/guides/cli.rst",
+        "$ export SLUICEWAY_DB=postgresql://sluiceway:s3cret@db.internal/campaigns",
+    ): "needs a PostgreSQL server (db.internal); tests/cli/test_worker.py runs the same "
+    "command on a SQLite file",
     ("docs/protocol.rst", "HTTP/1.1 503"): "the answer to a connection made while the server "
     "shuts down: too narrow a moment to catch from here (tests/server checks it)",
     ("docs/protocol.rst", "GET / HTTP/1.1"): "an HTTP request shown as data, with its other "
@@ -348,6 +355,7 @@ MARKERS = {
     "<uuid>": r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
     "<timestamp>": r"\d{10}(?:\.\d+)?",
     "<n>": r"\d+",
+    "<owner>": r"[^\s:]+:\d+:[0-9a-f]{12}",
 }
 _MARKER = re.compile("|".join(re.escape(marker) for marker in MARKERS))
 

@@ -615,7 +615,7 @@ def test_no_store_is_a_usage_error(capsys: pytest.CaptureFixture[str], db: str) 
     assert (code, out) == (2, "")
     assert err.startswith("usage: sluiceway graph ")
     assert err.endswith(
-        "sluiceway graph: error: no entity store given: pass --db PATH or set SLUICEWAY_DB\n"
+        "sluiceway graph: error: no entity store given: pass --db PATH|URL or set SLUICEWAY_DB\n"
     )
 
 
@@ -758,7 +758,9 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert "graph     inspect the entities of an entity store (read-only)" in out
     code, out, err = run(capsys, "graph", "--help")
     assert (code, err) == (0, "")
-    assert out.startswith("usage: sluiceway graph [-h] [--db PATH] <command> <entity> [options]\n")
+    assert out.startswith(
+        "usage: sluiceway graph [-h] [--db PATH|URL] <command> <entity> [options]\n"
+    )
     for command in ("node", "edges", "tree", "progress", "io"):
         assert f"\n    {command} " in out
     assert "$SLUICEWAY_DB" in out

@@ -21,11 +21,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import _graph, _remote, _serve
+from . import _graph, _remote, _serve, _worker
 
 #: The modules' ``register`` functions, in the order ``sluiceway --help`` lists the commands.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _serve.register,
+    _worker.register,
     _remote.register,
     _graph.register,
 )

@@ -1,9 +1,9 @@
 """``sluiceway graph``: read the entities of an entity store from the command line.
 
-``sluiceway graph [--db PATH] <command> <entity> [options]`` opens the store read-only (it never
-writes to it) and prints one entity (``node``), its edges (``edges``), its input and output
-(``io``), its call tree (``tree``) or the envelope log of its subtree (``progress``).
-``<entity>`` is an entity id, or the name of a root entity.
+``sluiceway graph [--db PATH|URL] <command> <entity> [options]`` opens the store (a SQLite
+file, or a PostgreSQL URL) read-only (it never writes to it) and prints one entity (``node``),
+its edges (``edges``), its input and output (``io``), its call tree (``tree``) or the envelope
+log of its subtree (``progress``). ``<entity>`` is an entity id, or the name of a root entity.
 
 Output is made for pipes: ``node``, ``edges`` and ``io`` print one compact JSON document on one
 line (``--pretty`` indents it), ``progress`` one compact JSON envelope per line (NDJSON), and
@@ -26,10 +26,9 @@ import trio
 
 from .._errors import EntityNotFoundError, StoreError
 from ..entities import EntityEnvelope
-from ..store import EdgeRecord, EntityRecord, EntityStatus, SqliteStore
-
-#: The environment variable that names the store when ``--db`` is not given.
-ENV_VAR = "SLUICEWAY_DB"
+from ..store import EdgeRecord, EntityRecord, EntityStatus, EntityStore, open_store
+from ..store._open import is_postgres_url
+from ._common import DB_HELP, DB_METAVAR, ENV_VAR, driver_errors, redact, scrub, store_target
 
 #: How many envelopes ``progress`` reads from the store at a time.
 PAGE_SIZE = 1000
@@ -37,10 +36,8 @@ PAGE_SIZE = 1000
 #: How many children ``tree`` lists under each entity unless ``--max-children`` says otherwise.
 DEFAULT_MAX_CHILDREN = 20
 
-_DB_HELP = f"the entity store, a SQLite file (default: ${ENV_VAR})"
-
 #: What a command does once the store is open and its entity found.
-_Show = Callable[[SqliteStore, EntityRecord, argparse.Namespace], Awaitable[None]]
+_Show = Callable[[EntityStore, EntityRecord, argparse.Namespace], Awaitable[None]]
 
 
 class GraphError(Exception):
@@ -53,7 +50,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     graph = commands.add_parser(
         "graph",
         help="inspect the entities of an entity store (read-only)",
-        usage="%(prog)s [-h] [--db PATH] <command> <entity> [options]",
+        usage=f"%(prog)s [-h] [--db {DB_METAVAR}] <command> <entity> [options]",
         description=textwrap.dedent(
             """\
             Read the entities of a sluiceway entity store: one entity, its edges, its input
@@ -72,13 +69,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
               sluiceway graph --db app.db tree campaign-7 --max-children 5
               sluiceway graph --db app.db progress campaign-7 | jq -c 'select(.type == "ERROR")'
 
-            The store is --db PATH, or ${ENV_VAR}. Errors are printed on stderr as
+            The store is --db PATH|URL (a SQLite file, or a PostgreSQL URL such as
+            postgresql://USER@HOST/DB), or ${ENV_VAR}. Errors are printed on stderr as
             "sluiceway graph: <message>" with exit code 1; usage errors exit with 2.
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    graph.add_argument("--db", metavar="PATH", default=None, help=_DB_HELP)
+    graph.add_argument("--db", metavar=DB_METAVAR, default=None, help=DB_HELP)
     graph.set_defaults(handler=functools.partial(_run, parser=graph))
     subcommands = graph.add_subparsers(
         title="commands", dest="graph_command", metavar="<command>", required=True
@@ -89,7 +87,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     common.add_argument(
         "entity", metavar="<entity>", help="an entity id, or the name of a root entity"
     )
-    common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=_DB_HELP)
+    common.add_argument("--db", metavar=DB_METAVAR, default=argparse.SUPPRESS, help=DB_HELP)
     pretty = argparse.ArgumentParser(add_help=False)
     pretty.add_argument(
         "--pretty", action="store_true", help="indent the JSON (default: compact, on one line)"
@@ -208,36 +206,42 @@ def _non_negative(text: str) -> int:
 
 def _run(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
     """Open the store named by ``--db`` or ``$SLUICEWAY_DB``, find the entity and show it."""
-    path = args.db or os.environ.get(ENV_VAR)
-    if not path:
-        parser.error(f"no entity store given: pass --db PATH or set {ENV_VAR}")
-    path = os.path.expanduser(path)
+    target = store_target(args.db, parser)
     try:
-        if os.path.isdir(path):
-            raise GraphError(f"{path!r} is a directory, not an entity store")
-        trio.run(_query, path, args.entity, args.show, args)
+        if not is_postgres_url(target) and os.path.isdir(target):
+            raise GraphError(f"{target!r} is a directory, not an entity store")
+        trio.run(_query, target, args.entity, args.show, args)
     except GraphError as exc:
-        print(f"sluiceway graph: {exc}", file=sys.stderr)
+        print(f"sluiceway graph: {scrub(str(exc), target)}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _query(path: str, ref: str, show: _Show, args: argparse.Namespace) -> None:
+async def _query(target: str, ref: str, show: _Show, args: argparse.Namespace) -> None:
+    """Open the store (a SQLite file, or a PostgreSQL URL) read-only, find the entity and
+    show it; what goes wrong is a :class:`GraphError` (the store printed without password)."""
+    shown = redact(target)
     try:
-        async with SqliteStore(path, read_only=True, readers=1) as store:
-            entity = await _resolve(store, ref, path)
+        async with open_store(target, read_only=True) as store:
+            entity = await _resolve(store, ref, shown)
             await show(store, entity, args)
     except BrokenPipeError:
         raise  # stdout was closed: main() ends quietly
-    except FileNotFoundError:
-        raise GraphError(f"no entity store at {path!r}: the file does not exist") from None
-    except StoreError as exc:  # not a store, a newer store, unreadable...
+    except FileNotFoundError as exc:
+        if is_postgres_url(target):
+            raise GraphError(f"cannot read the entity store {shown!r}: {exc}") from None
+        raise GraphError(f"no entity store at {target!r}: the file does not exist") from None
+    except StoreError as exc:  # not a store, a newer store, unreadable, unreachable...
         raise GraphError(str(exc)) from None
     except OSError as exc:
-        raise GraphError(f"cannot read the entity store {path!r}: {exc}") from None
+        raise GraphError(f"cannot read the entity store {shown!r}: {exc}") from None
+    except ImportError as exc:  # a PostgreSQL URL without psycopg
+        raise GraphError(f"cannot open the entity store {shown!r}: {exc}") from None
+    except driver_errors(target) as exc:
+        raise GraphError(f"cannot read the entity store {shown!r}: {exc}") from None
 
 
-async def _resolve(store: SqliteStore, ref: str, path: str) -> EntityRecord:
+async def _resolve(store: EntityStore, ref: str, shown: str) -> EntityRecord:
     """The entity whose id is ``ref``, else the root entity called ``ref``."""
     try:
         return await store.get_entity(ref)
@@ -245,7 +249,7 @@ async def _resolve(store: SqliteStore, ref: str, path: str) -> EntityRecord:
         pass
     found = await store.find_entity(None, ref)
     if found is None:
-        raise GraphError(f"no entity has the id or root name {ref!r} in {path}")
+        raise GraphError(f"no entity has the id or root name {ref!r} in {shown}")
     return found
 
 
@@ -310,11 +314,11 @@ def tree_line(record: EntityRecord, counts: dict[EntityStatus, int]) -> str:
     return line
 
 
-async def _show_node(store: SqliteStore, entity: EntityRecord, args: argparse.Namespace) -> None:
+async def _show_node(store: EntityStore, entity: EntityRecord, args: argparse.Namespace) -> None:
     _write(_dump(entity_to_dict(entity), pretty=args.pretty))
 
 
-async def _show_edges(store: SqliteStore, entity: EntityRecord, args: argparse.Namespace) -> None:
+async def _show_edges(store: EntityStore, entity: EntityRecord, args: argparse.Namespace) -> None:
     outgoing, incoming = await store.edges(entity.id)
     value = {
         "outgoing": [edge_to_dict(edge) for edge in outgoing],
@@ -323,7 +327,7 @@ async def _show_edges(store: SqliteStore, entity: EntityRecord, args: argparse.N
     _write(_dump(value, pretty=args.pretty))
 
 
-async def _show_io(store: SqliteStore, entity: EntityRecord, args: argparse.Namespace) -> None:
+async def _show_io(store: EntityStore, entity: EntityRecord, args: argparse.Namespace) -> None:
     value = {
         "input": entity.data,
         "output": entity.result,
@@ -333,7 +337,7 @@ async def _show_io(store: SqliteStore, entity: EntityRecord, args: argparse.Name
     _write(_dump(value, pretty=args.pretty))
 
 
-async def _show_tree(store: SqliteStore, entity: EntityRecord, args: argparse.Namespace) -> None:
+async def _show_tree(store: EntityStore, entity: EntityRecord, args: argparse.Namespace) -> None:
     """Depth-first, one line per entity as it is reached. Each entity printed costs one count
     query, and one children query if its children are printed too: the children of entities
     that are not printed (past ``--max-children`` or ``--depth``) are never loaded."""
@@ -364,7 +368,7 @@ async def _show_tree(store: SqliteStore, entity: EntityRecord, args: argparse.Na
 
 
 async def _show_progress(
-    store: SqliteStore, entity: EntityRecord, args: argparse.Namespace
+    store: EntityStore, entity: EntityRecord, args: argparse.Namespace
 ) -> None:
     """Page through the log with ``read_envelopes``, ``PAGE_SIZE`` envelopes at a time."""
     after: int = args.after

@@ -1,8 +1,9 @@
 """``sluiceway serve``: serve an application's runtime over WebSockets.
 
-``sluiceway serve --app MODULE:OBJECT --db PATH [--host 127.0.0.1] [--port 8765] [--token T]
+``sluiceway serve --app MODULE:OBJECT --db PATH|URL [--host 127.0.0.1] [--port 8765] [--token T]
 [--allow-origin ORIGIN]...``
-opens the runtime on the SQLite store, enters the application's lifespan and serves until
+opens the runtime on the entity store (a SQLite file, or a PostgreSQL URL), enters the
+application's lifespan and serves until
 Ctrl-C or SIGTERM. Then it stops taking connections and work, lets the runs it started finish
 for ``--grace`` seconds and stops the others cleanly: their leases are given back and nothing
 is half written, so the next server on the store resumes them by itself.
@@ -23,20 +24,24 @@ from collections.abc import Sequence
 
 import trio
 
-from .._errors import SluicewayError
 from ..entities import open_runtime
-from ..server import Application, RuntimeServer, ServerLimits, load_app
+from ..server import Application, RuntimeServer, ServerLimits
 from ..server._origin import check_origin
-from ._graph import ENV_VAR
+from ._common import (
+    DB_HELP,
+    DB_METAVAR,
+    CommandError,
+    load_application,
+    redact,
+    reported_errors,
+    scrub,
+    store_target,
+)
 
 #: The default port of ``serve`` and the default URL of the client commands.
 DEFAULT_PORT = 8765
 #: The environment variables of the token and the store.
 TOKEN_VAR = "SLUICEWAY_TOKEN"
-
-
-class CommandError(Exception):
-    """An error reported as ``sluiceway <command>: <message>`` (exit code 1)."""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,9 +58,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="MODULE:OBJECT",
         help="the application, e.g. sluiceway.apps.campaigns:app",
     )
-    serve.add_argument(
-        "--db", metavar="PATH", default=None, help=f"the SQLite entity store (default: ${ENV_VAR})"
-    )
+    serve.add_argument("--db", metavar=DB_METAVAR, default=None, help=DB_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"the port (default {DEFAULT_PORT})"
@@ -107,9 +110,7 @@ def _origin(value: str) -> str:
 
 
 def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
-    db = args.db or os.environ.get(ENV_VAR)
-    if not db:
-        parser.error(f"no entity store given: pass --db PATH or set {ENV_VAR}")
+    db = store_target(args.db, parser)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.grace < 0 or args.lease_seconds <= 0:
@@ -119,14 +120,10 @@ def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    # Like ``python -m``, find the application's module in the working directory too (the
-    # console script does not put it on the import path).
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        app = load_app(args.app)
+        app = load_application(args.app)
         limits = ServerLimits(max_frame_bytes=args.max_frame_bytes, queue_frames=args.queue_frames)
-    except (ImportError, ValueError) as exc:
+    except (CommandError, ValueError) as exc:
         print(f"sluiceway serve: {exc}", file=sys.stderr)
         return 1
     try:
@@ -134,7 +131,7 @@ def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
             functools.partial(
                 serve,
                 app=app,
-                db=os.path.expanduser(db),
+                db=db,
                 host=args.host,
                 port=args.port,
                 token=token,
@@ -144,8 +141,8 @@ def _main(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> int:
                 allow_origins=args.allow_origins,
             )
         )
-    except (SluicewayError, OSError, CommandError) as exc:
-        print(f"sluiceway serve: {exc}", file=sys.stderr)
+    except reported_errors(db) as exc:
+        print(f"sluiceway serve: {scrub(str(exc), db)}", file=sys.stderr)
         return 1
     return 0
 
@@ -162,7 +159,8 @@ async def serve(
     limits: ServerLimits,
     allow_origins: Sequence[str] | None = None,
 ) -> None:
-    """Serve ``app`` on the store ``db`` until SIGINT or SIGTERM, then shut down."""
+    """Serve ``app`` on the store ``db`` (a SQLite file, or a PostgreSQL URL) until SIGINT or
+    SIGTERM, then shut down."""
     async with (
         # The claim loop runs inside the application's lifespan (the server enters it), so
         # that runs start with its state and stop before it is left.
@@ -182,7 +180,8 @@ async def serve(
                 raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
             auth = "with a bearer token" if token else "without authentication"
             print(
-                f"sluiceway serve: serving {app.name} on {address.url} ({auth}; store {db})",
+                f"sluiceway serve: serving {app.name} on {address.url} ({auth}; "
+                f"store {redact(db)})",
                 flush=True,
             )
             async for signum in signals:
