@@ -25,7 +25,14 @@ from .._errors import (
     RunParked,
 )
 from ..runners._envelopes import error_to_dict
-from ..store import EntityRecord, EntityStatus, EntityStore, NewEntity, ParkReason
+from ..store import (
+    EntityRecord,
+    EntityStatus,
+    EntityStore,
+    NewEntity,
+    ParkReason,
+    StoreChange,
+)
 from ._context import CapacityHolder, RunContext
 from ._entity import RunnableEntity, TypeRegistry
 from ._envelope import EntityEnvelope, EnvelopeType, check_json
@@ -41,6 +48,7 @@ from ._streams import StreamHub
 
 if TYPE_CHECKING:
     from ._claims import ClaimLoop
+    from ._global_limits import GlobalLimitBroker
 
 #: The error type stored for an entity failed by the crash-loop guard.
 CRASH_LOOP = "sluiceway.CrashLoop"
@@ -82,6 +90,8 @@ class Executor:
         self._dead: list[str] = []
         self._dead_checked = -math.inf
         self._dead_lock = trio.Lock()
+        # The brokers of the global limits open in this runtime (woken when units come back).
+        self._brokers: set[GlobalLimitBroker] = set()
         # Called with each run the claim loop adopts (recover() follows them).
         self._adoption_watchers: list[Callable[[LiveRun], None]] = []
 
@@ -105,6 +115,28 @@ class Executor:
         """Something may have become due: let the claim loop look now."""
         if self._claims is not None:
             self._claims.wake()
+
+    def _store_changed(self, change: StoreChange) -> None:
+        """Another process committed something to the store (``store.watch``): wake what
+        waits for it here at once, instead of at its next poll."""
+        if change.envelopes or change.everything:
+            self._changed()
+        if change.due or change.messages or change.everything:
+            self._work_due()
+        woken = (
+            self._live.values()
+            if change.everything
+            else (live for entity_id in change.messages if (live := self._live.get(entity_id)))
+        )
+        for live in list(woken):
+            live.wake()  # a message may be there: its wait looks again
+        for entity_id in change.cancelled:
+            live = self._live.get(entity_id)
+            if live is not None:
+                live.cancel()
+        if change.units or change.everything:
+            for broker in self._brokers:
+                broker.wake()
 
     # -- envelopes -------------------------------------------------------------------------------
 

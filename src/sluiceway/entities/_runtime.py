@@ -20,6 +20,7 @@ from .._errors import (
     RunParked,
 )
 from .._util import open_owned_nursery
+from ..capacity import CapacitySource
 from ..store import (
     EdgeRecord,
     EntityRecord,
@@ -34,6 +35,7 @@ from ._claims import ClaimLoop, check_loop_settings
 from ._entity import CALLS, RunnableEntity, TypeRegistry
 from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
 from ._executor import Executor, check_data
+from ._global_limits import GlobalLimitBroker
 from ._live import LiveRun, RecoveredRun, check_runnable, new_owner, owner_is_dead
 
 __all__ = ["RecoveredRun", "Runtime", "open_runtime", "owner_is_dead"]
@@ -301,6 +303,46 @@ class Runtime(Executor):
     # -- the claim loop ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
+    async def global_limit(
+        self, name: str, total: int, *, linger: float = 0.05
+    ) -> AsyncIterator[CapacitySource]:
+        """A capacity node whose limit holds across every process sharing the store:
+        ``async with runtime.global_limit("image-generation", 10) as images:``.
+
+        At most ``total`` units of the limit ``name`` are held at once in all the processes
+        together (each runtime that opens it must pass the same ``total``). The block gives
+        a :class:`~sluiceway.CapacitySource` to acquire units from (``async with images:``),
+        or to use as the ``parent`` of in-process capacity nodes, so that admission within
+        this process stays atomic and max-min fair. Its ``total_tokens`` is how many units
+        this process holds now: a broker task takes units from the store as this process's
+        tasks wait for them, and gives back those it has not needed for ``linger`` seconds
+        (see :mod:`~sluiceway.entities._global_limits`). The units of a process that dies come
+        back when its lease expires (at once for a dead process of this machine). Leaving
+        the block gives every unit back.
+
+        Raises:
+            ValueError: ``name`` is empty, ``total`` is not an int >= 1, or ``linger`` is
+                not a finite number >= 0.
+        """
+        check_text(name, "a global limit's name")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"a global limit's total must be an int >= 1, got {total!r}")
+        linger = check_finite(linger, "linger")
+        if linger < 0:
+            raise ValueError(f"linger must be >= 0, got {linger!r}")
+        broker = GlobalLimitBroker(self, name, total, linger=linger)
+        self._brokers.add(broker)
+        try:
+            async with open_owned_nursery() as nursery:
+                await nursery.start(broker.run, name=f"global limit {name!r}")
+                try:
+                    yield broker.source
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._brokers.discard(broker)
+
+    @contextlib.asynccontextmanager
     async def working(self) -> AsyncIterator[ClaimLoop]:
         """Run the claim loop while the block runs (see :mod:`~sluiceway.entities._claims`):
         it takes the work that is due in the store and runs it, up to ``max_runs`` runs at a
@@ -480,7 +522,7 @@ async def open_runtime(
     *,
     lease_seconds: float = 30.0,
     poll_interval: float = 0.5,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     owner: str | None = None,
     work: bool = True,
     park_after: float = 10.0,
@@ -503,10 +545,12 @@ async def open_runtime(
             expires (at once for a dead process of this machine).
         poll_interval: how often the claim loop, waits and streams look for what other
             processes stored (what this runtime stores wakes them at once).
-        clock: the wall clock for leases, durable deadlines and wake-up times (``time.time``);
-            it must agree across the processes sharing the store. Tests pass one that follows
-            trio's clock (``lambda: BASE + trio.current_time()``) to run days of waits in
-            virtual time.
+        clock: the wall clock for leases, durable deadlines and wake-up times; it must agree
+            across the processes sharing the store. By default the store's ``clock()`` if it
+            has one (a :class:`~sluiceway.PostgresStore` keeps the database server's time, so
+            that machines whose clocks disagree still agree on leases), else ``time.time``.
+            Tests pass one that follows trio's clock (``lambda: BASE + trio.current_time()``)
+            to run days of waits in virtual time.
         owner: this runtime's lease owner id (default ``host:pid:random``).
         work: run the claim loop (:meth:`Runtime.working`) for the runtime's lifetime. A
             program that must enter something first (a server entering its application's
@@ -529,7 +573,7 @@ async def open_runtime(
     poll_interval = check_finite(poll_interval, "poll_interval")
     if lease_seconds <= 0 or poll_interval <= 0:
         raise ValueError("lease_seconds and poll_interval must be > 0")
-    if not callable(clock):
+    if clock is not None and not callable(clock):
         raise TypeError(f"clock must be callable, got {clock!r}")
     check_loop_settings(max_runs, claim_batch, park_after)
     if crash_limit is not None and (
@@ -551,7 +595,7 @@ async def open_runtime(
             registry,
             owner=owner,
             lease_seconds=lease_seconds,
-            clock=clock,
+            clock=getattr(store, "clock", time.time) if clock is None else clock,
             poll_interval=poll_interval,
             park_after=float(park_after),
             crash_limit=crash_limit,
@@ -560,6 +604,9 @@ async def open_runtime(
         )
         async with open_owned_nursery() as nursery:
             nursery.start_soon(runtime._heartbeat, name="lease heartbeat")
+            # What other processes commit wakes this runtime's streams, waits and claim loop
+            # at once (on a store that can tell; polling finds it otherwise).
+            nursery.start_soon(store.watch, runtime._store_changed, name="store notifications")
             try:
                 if work:
                     async with runtime.working():

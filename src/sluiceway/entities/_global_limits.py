@@ -1,0 +1,135 @@
+"""Global limits: a capacity node whose limit holds across every process sharing the store.
+
+The units of a global limit are rows of the store (``EntityStore.hold_units``); a unit is held
+by one runtime, and is free again when that runtime gives it back or stops being alive (its
+heartbeat expired, or it is a dead process of this machine). In each process a broker task
+holds as many units as the process needs (the units its tasks hold plus those they wait
+for), and feeds the count in as the ``total_tokens`` of a local
+:class:`~sluiceway.CapacitySource`: the root of any in-process capacity tree. So admission
+inside a process stays atomic and max-min fair, and the store is written only when the
+process's need changes, not once per task.
+
+A unit the process no longer needs is given back after ``linger`` seconds (work that comes
+in bursts keeps its units between tasks); other processes waiting for units hear of it at
+once on a store that notifies (PostgreSQL), within ``poll_interval`` otherwise. A process
+that was frozen for longer than its lease finds, at its next refresh, how many units it
+still holds, and its local limit shrinks to that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..capacity import CapacitySource
+from ._live import owner_is_dead
+
+if TYPE_CHECKING:
+    from ._executor import Executor
+
+
+class GlobalLimitBroker:
+    """Holds the units one process needs of one global limit (see the module documentation).
+
+    Its :attr:`source` is the local root node; :meth:`run` keeps it fed until cancelled, and
+    gives every unit back when it ends.
+    """
+
+    def __init__(self, runtime: Executor, name: str, total: int, *, linger: float) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.total = total
+        self.linger = linger
+        self.source = CapacitySource(0, name=f"global limit {name!r}")
+        self.held = 0
+        self._wakeup = trio.Event()
+        self._dead: tuple[str, ...] = ()
+        self._dead_checked = -math.inf
+
+    def wake(self) -> None:
+        """Look again now (units may have been given back elsewhere)."""
+        self._wakeup.set()
+
+    def demand(self) -> int:
+        """How many units this process needs now: those its tasks hold and wait for."""
+        stats = self.source.statistics()
+        wanted = stats.borrowed_tokens + stats.waiting_in_subtree
+        return int(min(wanted, self.total))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        runtime = self.runtime
+        # Renew well within the lease: the units are this runtime's while it is alive.
+        refresh_every = runtime.lease_seconds / 3
+        # A process short of units asks again this often (and at once when units come back
+        # on a store that notifies).
+        retry_every = min(runtime.poll_interval, 0.1)
+        # How often a process holding no units and needing none looks for new local demand.
+        look_every = 0.02
+        refresh_at = -math.inf  # when the units must be renewed next
+        release_at: float | None = None  # when units not needed since then go back
+        task_status.started()
+        try:
+            while True:
+                # Deadlines are absolute: under a mock clock, a pause computed as a difference
+                # can round to nothing and never let the clock move.
+                now = trio.current_time()
+                need = self.demand()
+                target = need
+                if need < self.held:
+                    if release_at is None:
+                        release_at = now + self.linger
+                    if now < release_at:
+                        target = self.held  # keep them a little: more work may come
+                else:
+                    release_at = None
+                if target != self.held or now >= refresh_at:
+                    await self._hold(target)
+                    refresh_at = trio.current_time() + refresh_every
+                    if self.held <= need:
+                        release_at = None  # nothing left over (any more)
+                now = trio.current_time()
+                if need > self.held:
+                    wake_at = now + retry_every
+                elif release_at is not None:
+                    wake_at = release_at
+                else:
+                    wake_at = now + look_every
+                self._wakeup = trio.Event()
+                with trio.move_on_at(min(wake_at, refresh_at)):
+                    await self._wakeup.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                self.source.total_tokens = 0
+                if self.held:
+                    await self._hold(0)
+
+    async def _hold(self, target: int) -> None:
+        runtime = self.runtime
+        now = runtime.clock()
+        self.held = await runtime.store.hold_units(
+            self.name,
+            runtime.owner,
+            total=self.total,
+            target=target,
+            now=now,
+            expires=now + runtime.lease_seconds,
+            dead=await self._dead_holders(target),
+        )
+        self.source.total_tokens = self.held
+
+    async def _dead_holders(self, target: int) -> tuple[str, ...]:
+        """Holders that are dead processes of this machine (their units are free before their
+        lease expires), looked up at most once per ``poll_interval``, and only while this
+        process is short of units."""
+        runtime = self.runtime
+        if target <= self.held:
+            return ()
+        if trio.current_time() - self._dead_checked >= runtime.poll_interval:
+            holders = await runtime.store.unit_holders(self.name, now=runtime.clock())
+            self._dead = tuple(
+                owner for owner in holders if owner != runtime.owner and owner_is_dead(owner)
+            )
+            self._dead_checked = trio.current_time()
+        return self._dead
