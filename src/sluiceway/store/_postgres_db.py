@@ -11,10 +11,12 @@ transaction starts by locking the one row of ``envelope_seq``: write transaction
 processes take turns (as SQLite's ``BEGIN IMMEDIATE`` makes them), so envelope seqs follow
 commit order, fenced check-then-write is safe, and two batches never deadlock. A batch whose
 transaction fails as a whole for a transient reason (a serialization failure, a deadlock with
-something else) runs again; a write that raises is rolled back alone (a savepoint each, on a
-second pass) and the rest commits. The writer's session ends a transaction left idle (a
-process stopped mid-batch) after ``idle_in_transaction_session_timeout``, so a frozen process
-cannot hold the others up for long.
+something else) runs again, and so does a batch whose connection turns out to be dead as its
+transaction begins (the server ended the session, or restarted); a write that raises is
+rolled back alone (a savepoint each, on a second pass) and the rest commits. The writer's
+session ends a transaction left idle (a process stopped mid-batch) after
+``idle_in_transaction_session_timeout``, so a frozen process cannot hold the others up for
+long.
 
 **Notifications.** What a batch changed for other processes (envelopes appended, runs made
 due, messages, cancellations) is sent as one ``NOTIFY`` in the batch's transaction, delivered
@@ -32,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +62,9 @@ RETRIES = 8
 
 #: SQLSTATE classes and codes worth running a whole transaction again for.
 _TRANSIENT = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+#: A quoted part of a libpq message (see PostgresDatabase._connect).
+_QUOTED = re.compile(r'"[^"]*"')
 
 #: The most bytes of ids one notification carries (PostgreSQL's limit is 8000 bytes); past it
 #: the notification says "anything may have changed".
@@ -99,18 +105,24 @@ class PgTx:
         return self.conn.execute(query, params)
 
     def insert_envelopes(self, rows: Sequence[tuple[str, int, float, str]]) -> list[int]:
+        if not rows:
+            return []
         # Seqs come from the one envelope_seq row the transaction holds locked: in commit order.
         (last,) = self.conn.execute(
             "UPDATE envelope_seq SET last = last + %s RETURNING last", (len(rows),)
         ).fetchone()  # type: ignore[misc]
         first = last - len(rows) + 1
         seqs = list(range(first, last + 1))
-        with self.conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO envelopes (seq, entity_id, entity_seq, ts, body)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                [(seq, *row) for seq, row in zip(seqs, rows, strict=True)],
-            )
+        # One statement with arrays, not executemany: psycopg runs executemany in pipeline
+        # mode, after which the server no longer ends a transaction left idle (its
+        # idle_in_transaction_session_timeout is not armed again), so a process frozen just
+        # after appending envelopes would hold every other writer up indefinitely.
+        entity_ids, entity_seqs, stamps, bodies = zip(*rows, strict=True)
+        self.conn.execute(
+            "INSERT INTO envelopes (seq, entity_id, entity_seq, ts, body) SELECT * FROM"
+            " unnest(%s::bigint[], %s::text[], %s::bigint[], %s::float8[], %s::text[])",
+            (seqs, list(entity_ids), list(entity_seqs), [float(ts) for ts in stamps], list(bodies)),
+        )
         return seqs
 
     def is_duplicate(self, error: BaseException) -> bool:
@@ -119,21 +131,47 @@ class PgTx:
 
 class _ReadSlot:
     """The connection a read thread is using, so that a cancelled reader can cancel its
-    query on the server."""
+    query on the server.
 
-    __slots__ = ("connection", "lock")
+    A cancel request reaches the server after an unknown delay: had the read ended by then,
+    it would cancel whatever query the connection runs next, another caller's read. So a
+    cancelled read's connection is closed, never handed back to the pool (the pool opens a
+    new one), and the request is sent under ``lock``, so that the connection cannot be
+    closed (or go back to the pool) while it is being sent. A read cancelled before it got
+    its connection does not start its query at all."""
+
+    __slots__ = ("cancelled", "connection", "lock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.connection: psycopg.Connection[Any] | None = None
+        self.cancelled = False
+
+    def use(self, conn: psycopg.Connection[Any]) -> bool:
+        """The read is about to run its query on ``conn``; False if it was cancelled."""
+        with self.lock:
+            if self.cancelled:
+                return False
+            self.connection = conn
+            return True
+
+    def release(self) -> None:
+        """The read is over (its transaction ended)."""
+        with self.lock:
+            conn, self.connection = self.connection, None
+            if self.cancelled and conn is not None:
+                # A cancel request was sent, or is on its way: the pool must not give this
+                # connection to another read.
+                conn.close()
 
     def cancel(self) -> None:
         with self.lock:
+            self.cancelled = True
             conn = self.connection
-        if conn is not None:
-            # If it fails, the query ended or the connection broke: nothing runs any more.
-            with contextlib.suppress(psycopg.Error):
-                conn.cancel_safe(timeout=5.0)
+            if conn is not None:
+                # If it fails, the query ended or the connection broke: nothing runs any more.
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel_safe(timeout=5.0)
 
 
 def describe(dsn: str) -> str:
@@ -179,6 +217,7 @@ class PostgresDatabase:
             self._apply_batch, max_batch=max_batch, threads=True, name=self.where
         )
         self._offset = 0.0
+        self._began = False  # whether the writer's current transaction got its first lock
         self._retries = 0
         self._reads = 0
         self._notifications = 0
@@ -267,8 +306,14 @@ class PostgresDatabase:
             return psycopg.connect(
                 self.dsn, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
             )
+        except psycopg.ProgrammingError as exc:
+            # libpq could not parse the connection string, and its message quotes the part it
+            # choked on, which may be the password: the quotes are blanked out, and the
+            # exception itself is not chained (its message would show in the traceback).
+            problem = _QUOTED.sub('"..."', str(exc)).strip()
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the {self.where}: {exc}") from exc
+        raise StoreError(f"cannot connect: the PostgreSQL connection string is invalid ({problem})")
 
     def _open(self) -> None:
         conn = self._connect()
@@ -342,17 +387,24 @@ class PostgresDatabase:
                 conn.close()
             self._write_conn = None
             conn = self._connect()
-            self._prepare_writer(conn)
+            try:
+                self._prepare_writer(conn)
+            except BaseException:
+                conn.close()  # not left open behind the store's back
+                raise
             self._write_conn = conn
         return conn
 
     def _apply_batch(self, ops: Sequence[Op[Tx, Any]]) -> None:
         """Run ``ops`` in one transaction and commit (in the writer's worker thread); first
         without savepoints, then (if one raised) with a savepoint around each. A transient
-        failure of the whole transaction runs it again."""
+        failure of the whole transaction runs it again, and so does (once) a batch whose
+        connection turns out to be dead when its transaction begins."""
         careful = False
         attempt = 0
+        reconnected = False
         while True:
+            self._began = False
             try:
                 conn = self._writer_connection()
                 if careful:
@@ -370,6 +422,16 @@ class PostgresDatabase:
                     return
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
                 continue
+            except psycopg.Error as exc:
+                dead = self._write_conn is None or self._write_conn.broken
+                if dead and not self._began and not reconnected:
+                    # The connection died while idle (the server ended the session, or
+                    # restarted): nothing but BEGIN reached it, so nothing of the batch can
+                    # have been applied. It runs again, once, on a new connection.
+                    reconnected = True
+                    continue
+                fail_batch(ops, exc)
+                return
             except BaseException as exc:
                 # A broken connection may have committed or not: the callers are told it
                 # failed (a StoreError), and the next batch connects again.
@@ -381,6 +443,7 @@ class PostgresDatabase:
 
     def _begin(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT last FROM envelope_seq FOR UPDATE")
+        self._began = True  # the connection works: a failure from now on is mid-batch
 
     def _notify(self, conn: psycopg.Connection[Any], notes: Notes) -> None:
         if notes:
@@ -469,14 +532,13 @@ class PostgresDatabase:
             raise RuntimeError("this PostgresStore is closed")
         try:
             with pool.connection(timeout=self._connect_timeout) as conn:
-                with slot.lock:
-                    slot.connection = conn
+                if not slot.use(conn):
+                    raise _ReadAbandoned  # nobody waits for this read any more
                 try:
                     with conn.transaction():
                         return fn(PgTx(conn))
                 finally:
-                    with slot.lock:
-                        slot.connection = None
+                    slot.release()
         except psycopg.Error as exc:
             raise StoreError(f"reading the entity store in the {self.where} failed: {exc}") from exc
         except psycopg_pool.PoolTimeout as exc:
@@ -544,3 +606,7 @@ class PostgresDatabase:
 
 class _OpRaised(Exception):
     """A write raised during a plain pass: the batch runs again, carefully."""
+
+
+class _ReadAbandoned(Exception):
+    """A read cancelled before its query started (its caller is gone: nobody sees this)."""
