@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import attrs
@@ -26,6 +26,7 @@ from ..store import (
 from ..store._json import check_text
 from ._entity import CALLS, RunnableEntity
 from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
+from ._spread import ChildWatch, SpreadChildTask
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -316,6 +317,7 @@ class RunContext:
         items: Iterable[tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
         *,
         edge_type: str = CALLS,
+        spread: bool = False,
     ) -> AsyncIterator[TaskSpec[Any, Any]]:
         """A lazy source of child tasks for a task pool runner.
 
@@ -339,20 +341,32 @@ class RunContext:
         gets every child's result then). ``edge_type`` names the edge to each new child, as
         for :meth:`append_or_retrieve_call`.
 
+        With ``spread=True`` the children are not run here but handed to every runtime that
+        shares the store (and knows their type): each task creates and submits its child, then
+        waits for it to end, wherever it runs, and returns its result (see
+        :mod:`~sluiceway.entities._spread`). The runner's capacity is then how many children are
+        in flight at once in the whole cluster; limit the work itself inside the children
+        (with a :meth:`~sluiceway.Runtime.global_limit`, say). A task that has waited
+        ``park_after`` seconds parks, as a parked child does.
+
         Raises:
             UnknownEntityTypeError, ConnectionNotAllowedError: at once.
             ValueError: when the runner reaches an item whose name was already used.
         """
         cls = self._child_type(entity_type, edge_type)
-        return self._parallel(cls, items, edge_type)
+        if not isinstance(spread, bool):
+            raise TypeError(f"spread must be a bool, got {spread!r}")
+        return self._parallel(cls, items, edge_type, spread)
 
     async def _parallel(
         self,
         cls: type[RunnableEntity],
         items: Iterable[tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
         edge_type: str,
+        spread: bool,
     ) -> AsyncIterator[TaskSpec[Any, Any]]:
         runtime = self.runtime
+        watch = ChildWatch(self) if spread else None
         # One query for the children that exist (a resumed run finds most of them here).
         existing = {record.name: record for record in await runtime.store.children(self.id)}
         seen: set[str] = set()
@@ -369,7 +383,12 @@ class RunContext:
                 _check_child_type(self.entity, record, cls)
             # A new child is created by its task, once the runner holds its capacity: the
             # creations of concurrent tasks then share store transactions.
-            yield TaskSpec(_ChildTask(self, cls, name, data, record, edge_type), key=name)
+            task: Callable[[Emitter[Any]], Awaitable[Any]]
+            if watch is None:
+                task = _ChildTask(self, cls, name, data, record, edge_type)
+            else:
+                task = SpreadChildTask(self, watch, cls, name, data, record, edge_type)
+            yield TaskSpec(task, key=name)
 
     async def _child(
         self,
