@@ -96,7 +96,7 @@ async def test_a_parent_waiting_long_parks_and_the_last_child_wakes_it(
     reset()
     async with (
         virtual_runtime(db, [Spread, Piece], poll_interval=0.5, park_after=2.0) as first,
-        virtual_runtime(db, [Piece], poll_interval=0.5, max_runs=1) as second,
+        virtual_runtime(db, [Piece], poll_interval=0.5, max_runs=1),
     ):
         # The pieces take 5 s each: the parent waits longer than park_after and parks.
         root = await first.create(Spread, {"count": 6, "seconds": 5.0}, name="spread")
