@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import attrs
 import trio
 
-from .._errors import EntityError, RunParked, WaitTimeoutError
+from .._errors import EntityError, LeaseLostError, RunParked, WaitTimeoutError
 from ..runners import Emitter, TaskSpec
 from ..store import (
     EdgeRecord,
@@ -149,6 +150,31 @@ class RunContext:
     def attempt(self) -> int:
         """Which run of the entity this is (1 for the first)."""
         return self.entity.attempt
+
+    def check_lease(self) -> None:
+        """Raise :class:`~sluiceway.LeaseLostError` unless this run surely still holds its
+        lease: call it right before a side effect. The store refuses every write of a run
+        whose lease was taken over, but a process that was frozen (or cut off from the
+        store) longer than its lease does not know yet that it lost it: this stops such a
+        run once its runtime has missed a heartbeat (its lease may be running out), before it
+        does anything. Keys from :meth:`idempotency_key` keep the rare effect that slips
+        through from happening twice at a service that honours them.
+        """
+        runtime = self.runtime
+        live = self._live
+        if live.lease_lost or live.cancelled:
+            raise LeaseLostError(
+                f"{self.entity.type_name} {self.name!r} ({self.id}) lost its lease; "
+                "it does nothing more"
+            )
+        deadline = max(live.record.lease_expires or -math.inf, runtime.renewed_until)
+        if runtime.clock() > deadline - runtime.lease_seconds / 3:
+            raise LeaseLostError(
+                f"{self.entity.type_name} {self.name!r} ({self.id}): runtime "
+                f"{runtime.owner!r} has not renewed its leases in time (it may have been "
+                "frozen, or cut off from the store); another runtime may run this entity "
+                "now, so it does nothing more"
+            )
 
     def idempotency_key(self, *parts: str | int) -> str:
         """A key for an external side effect, stable across re-runs and restarts.

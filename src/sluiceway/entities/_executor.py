@@ -90,6 +90,8 @@ class Executor:
         self._dead: list[str] = []
         self._dead_checked = -math.inf
         self._dead_lock = trio.Lock()
+        # Until when (runtime clock) the last heartbeat renewed every lease this runtime held.
+        self.renewed_until = -math.inf
         # The brokers of the global limits open in this runtime (woken when units come back).
         self._brokers: set[GlobalLimitBroker] = set()
         # Called with each run the claim loop adopts (recover() follows them).
@@ -553,18 +555,18 @@ class Executor:
             held = [live for live in self._live.values() if live.claimed]
             if not held:
                 continue
-            renewed = await self.store.renew_leases(
-                self.owner, expires=self.clock() + self.lease_seconds
-            )
-            if renewed >= len(held):
-                continue
-            for live in held:
-                if not live.claimed or self._live.get(live.record.id) is not live:
-                    continue  # it ended meanwhile
-                fresh = await self.store.get_entity(live.record.id)
-                if fresh.lease_owner == self.owner:
-                    continue
-                live.cancel(lease_lost=fresh.status is not EntityStatus.CANCELLED)
+            expires = self.clock() + self.lease_seconds
+            renewed = await self.store.renew_leases(self.owner, expires=expires)
+            if renewed < len(held):
+                for live in held:
+                    if not live.claimed or self._live.get(live.record.id) is not live:
+                        continue  # it ended meanwhile
+                    fresh = await self.store.get_entity(live.record.id)
+                    if fresh.lease_owner == self.owner:
+                        continue
+                    live.cancel(lease_lost=fresh.status is not EntityStatus.CANCELLED)
+            # Only now (the runs that lost theirs are stopped): RunContext.check_lease.
+            self.renewed_until = expires
 
 
 def check_data(data: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
