@@ -22,6 +22,19 @@ from ._sqlite_schema import APPLICATION
 #: The advisory lock key that serialises migrations (any fixed 64-bit number).
 MIGRATION_LOCK = 0x736C7569636577  # "sluicew"
 
+#: The store's tables (a schema may hold others too).
+TABLES = (
+    "meta",
+    "entities",
+    "edges",
+    "envelopes",
+    "envelope_seq",
+    "messages",
+    "waits",
+    "runtimes",
+    "capacity_units",
+)
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -170,17 +183,26 @@ def check_schema(conn: Any, where: str, *, migrate: bool) -> str:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         has_meta = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
         if not has_meta:
-            tables = conn.execute(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
-            ).fetchone()[0]
-            if tables:
+            # Other tables may share the schema (an application's own); tables with the
+            # store's names that are not the store's may not.
+            taken = sorted(
+                name
+                for (name,) in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                    " AND tablename = ANY(%s)",
+                    (list(TABLES),),
+                )
+            )
+            if taken:
                 raise StoreSchemaError(
-                    f"schema {schema!r} of {where} is not a sluiceway entity store (it has "
-                    "tables that something else made)"
+                    f"schema {schema!r} of {where} is not a sluiceway entity store, and it has "
+                    f"tables with the store's names that something else made ({', '.join(taken)})"
+                    "; give the store a schema of its own (options=-csearch_path=...)"
                 )
             if not migrate:
                 raise StoreSchemaError(
-                    f"schema {schema!r} of {where} is not a sluiceway entity store (it is empty)"
+                    f"schema {schema!r} of {where} is not a sluiceway entity store (it has none "
+                    "of its tables)"
                 )
             version = 0
         else:
