@@ -371,6 +371,22 @@ async def test_a_schema_holding_a_table_of_the_stores_name_is_refused(
     assert tables(pg_dsn, pg_schema) == ["entities"]
 
 
+async def test_a_store_shares_its_schema_with_other_tables(
+    dsn: str, pg_dsn: str, pg_schema: str
+) -> None:
+    with admin(dsn) as conn:
+        conn.execute("CREATE TABLE customers (id integer PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO customers VALUES (1, 'Ada')")
+    async with PostgresStore(dsn) as store:
+        await store.create_entity(new("x"))
+    async with PostgresStore(dsn, read_only=True) as reader:
+        assert (await reader.get_entity("x")).name == "x"
+    assert "customers" in tables(pg_dsn, pg_schema)
+    assert "entities" in tables(pg_dsn, pg_schema)
+    with admin(dsn) as conn:
+        assert conn.execute("SELECT * FROM customers").fetchall() == [(1, "Ada")]
+
+
 async def test_a_meta_table_written_by_something_else_is_refused(
     pg_dsn: str, pg_schema: str
 ) -> None:
