@@ -34,6 +34,7 @@ from .harness import (
 from .hierarchical import HierarchicalJobs
 from .memory import LazyMemory
 from .parking import ParkedWaits
+from .scaleout import Failover, ScaleOut
 from .subscribers import SubscriberFanout
 
 SCENARIOS: dict[str, Scenario] = {
@@ -48,6 +49,8 @@ SCENARIOS: dict[str, Scenario] = {
         SubscriberFanout(),
         LayeredDag(),
         ParkedWaits(),
+        ScaleOut(),
+        Failover(),
     )
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -109,8 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         metavar="N",
         help=(
-            f"repetitions of each side (default: {DEFAULT_REPEAT}; in a full run, scenarios G "
-            "and I default to 3: their repetitions are long)"
+            f"repetitions of each side (default: {DEFAULT_REPEAT}; in a full run, scenarios G, "
+            "I, J and K default to 3: their repetitions are long)"
         ),
     )
     parser.add_argument(
