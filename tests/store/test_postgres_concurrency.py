@@ -59,9 +59,11 @@ async def create(store, results, name, parent):
 
 def held(entity_id, n):
     def write(tx):
-        seq = store_sql.append(tx, entity_id, 1.0, json.dumps({"by": who, "n": n}))
-        time.sleep(0.004)  # the transaction stays open after taking its seq
-        return seq
+        body = json.dumps({"by": who, "n": n})
+        entity_seq = store_sql.next_entity_seq(tx, entity_id)
+        seqs = tx.insert_envelopes([(entity_id, entity_seq, 1.0, body)])
+        time.sleep(0.004)  # the transaction stays open (its seq comes as it commits)
+        return seqs
     return write
 
 
@@ -92,7 +94,7 @@ async def main():
 
             async def holds():
                 for n in range(count // 2):
-                    seqs.append(await store._db.write(held(slow, n)))
+                    seqs.extend(await store._db.write(held(slow, n)))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(appends)
@@ -266,12 +268,13 @@ async def test_processes_creating_one_name_at_once_get_one_entity(dsn: str) -> N
 
 def held_append(entity_id: str, n: int) -> Any:
     """A write that appends an envelope, then keeps its transaction open a little longer (in
-    the writer's thread: a write function may block it)."""
+    the writer's thread: a write function may block it). The envelope gets its seq when the
+    batch commits, so transactions that take longer commit later, with their seqs after."""
 
     def write(tx: Any) -> int:
-        seq = store_sql.append(tx, entity_id, 1.0, json.dumps({"by": "here", "n": n}))
+        store_sql.append(tx, entity_id, 1.0, json.dumps({"by": "here", "n": n}))
         time.sleep(0.004)
-        return int(seq)
+        return n
 
     return write
 

@@ -542,26 +542,26 @@ async def test_a_connection_killed_mid_batch_applies_the_batch_exactly_once(
 ) -> None:
     # The transaction on the killed connection is rolled back by the server, and the batch
     # runs again on a new connection (as when one of its writes raises: each write is a
-    # function of the transaction). Another store's write waits for the row lock the killed
-    # transaction held, and goes on once it is gone.
+    # function of the transaction). Another store's write of the same entity waits for the
+    # row lock the killed transaction held, and goes on once it is gone.
     async with PostgresStore(dsn) as store, PostgresStore(dsn) as other:
         await claimed(store, "x", "a")
         entered, release = threading.Event(), threading.Event()
         pids: list[int] = []
 
-        def two_steps(tx: Any) -> tuple[int, int]:
+        def two_steps(tx: Any) -> list[int]:
             pids.append(tx.execute("SELECT pg_backend_pid()").fetchone()[0])
-            first = store_sql.append(tx, "x", 1.0, '{"part": 1}')
+            store_sql.append(tx, "x", 1.0, '{"part": 1}')
             if len(pids) == 1:
                 entered.set()
                 release.wait(10)
-            return first, store_sql.append(tx, "x", 1.0, '{"part": 2}')
+            return tx.insert_envelopes([("x", store_sql.next_entity_seq(tx, "x"), 1.0, "{}")])
 
-        results: list[tuple[int, int]] = []
+        results: list[list[int]] = []
         other_done = trio.Event()
 
         async def write_other() -> None:
-            await other.create_entity(new("y"))
+            await other.update_data("x", None, {"other": True}, now=1.0)
             other_done.set()
 
         async with trio.open_nursery() as nursery:
@@ -583,20 +583,22 @@ async def test_a_connection_killed_mid_batch_applies_the_batch_exactly_once(
 
         assert len(pids) == 2
         assert pids[1] != pids[0]
-        assert results == [(2, 3)]
+        assert results == [[3]]  # its seqs came when it committed
         envelopes = await store.read_envelopes("x")
         assert [(e.seq, e.entity_seq, e.body) for e in envelopes][1:] == [
             (2, 2, {"part": 1}),
-            (3, 3, {"part": 2}),
+            (3, 3, {}),
         ]
+        assert (await store.get_entity("x")).data == {"other": True}
         assert (await store.get_entity("x")).last_entity_seq == 3
         assert await store.append_envelopes("a", [("x", 2.0, {"n": 3})]) == [4]
 
 
 async def test_a_transaction_left_idle_is_ended_and_holds_nobody_up(dsn: str) -> None:
-    # A write that stops inside its transaction (a process frozen mid-batch) holds the row
-    # lock every write transaction takes first; the server ends the session once it has been
-    # idle for idle_timeout, so that another store's write goes on while it is still stuck.
+    # A write that stops inside its transaction (a process frozen mid-batch) holds the lock of
+    # the entity it appended to; the server ends the session once it has been idle for
+    # idle_timeout, so that another store's write of that entity goes on while it is still
+    # stuck.
     async with PostgresStore(dsn, idle_timeout=0.3) as stuck, PostgresStore(dsn) as other:
         await claimed(stuck, "x", "a")
         entered, release = threading.Event(), threading.Event()
@@ -620,8 +622,7 @@ async def test_a_transaction_left_idle_is_ended_and_holds_nobody_up(dsn: str) ->
                 nursery.start_soon(write)
                 assert await trio.to_thread.run_sync(entered.wait, 10)
                 with trio.fail_after(5):
-                    _, created = await other.create_entity(new("y"))
-                assert created
+                    await other.update_data("x", None, {"other": True}, now=1.0)
                 assert not outcome  # the stuck write is still stuck
             finally:
                 release.set()

@@ -107,6 +107,10 @@ class GlobalLimitBroker:
 
     async def _hold(self, target: int) -> None:
         runtime = self.runtime
+        if target < self.held:
+            # Shrink here before the units go back: no task of this process may take one of
+            # them once another process can (target >= what the tasks hold: see run()).
+            self.source.total_tokens = target
         now = runtime.clock()
         self.held = await runtime.store.hold_units(
             self.name,

@@ -29,9 +29,10 @@ class PostgresStore(StoreOperations, EntityStore):
     The store keeps its tables in the connection's current schema (the first schema of its
     ``search_path`` that exists: ``public`` unless the connection string says otherwise, e.g.
     ``options=-csearch_path=myapp``), creating them when it first opens a database. Within one
-    store, concurrent writes are grouped into one transaction (group commit); write
-    transactions of all processes take turns on one row lock, so envelope ``seq`` numbers
-    follow commit order and a stream never misses an envelope that committed late. What a
+    store, concurrent writes are grouped into one transaction (group commit); the transactions
+    of several processes run at once, locking the rows they change, and take turns only to
+    insert their envelopes just before they commit, so envelope ``seq`` numbers follow commit
+    order and a stream never misses an envelope that committed late. What a
     transaction changes is announced with one ``NOTIFY``, which :meth:`watch` hears in the
     other processes within milliseconds.
 

@@ -6,14 +6,18 @@ connections in worker threads, each call under the store's own limiter (one writ
 ``readers`` reader threads). A read cancelled by trio is cancelled on the server too
 (``cancel_safe``), so the thread and its connection come back at once.
 
-**Writes.** Each write is a function of the batch's transaction (:class:`Tx`). Every write
-transaction starts by locking the one row of ``envelope_seq``: write transactions of all
-processes take turns (as SQLite's ``BEGIN IMMEDIATE`` makes them), so envelope seqs follow
-commit order, fenced check-then-write is safe, and two batches never deadlock. A batch whose
-transaction fails as a whole for a transient reason (a serialization failure, a deadlock with
-something else) runs again, and so does a batch whose connection turns out to be dead as its
-transaction begins (the server ended the session, or restarted); a write that raises is
-rolled back alone (a savepoint each, on a second pass) and the rest commits. The writer's
+**Writes.** Each write is a function of the batch's transaction (:class:`Tx`). The batches of
+several processes run at once, under READ COMMITTED: a write that reads a row and then changes
+it locks the row as it reads it (``FOR UPDATE``, the ``_sql`` statements say where), so
+fenced check-then-write is safe; the claim loop skips rows another transaction has locked
+(``FOR UPDATE SKIP LOCKED``). The envelopes a batch appends are inserted at its very end
+(:func:`insert_pending`), under the lock of the one row of ``envelope_seq``, held until the
+commit: appending transactions take turns for that last step only, so envelope seqs follow
+commit order. A batch whose transaction fails as a whole for a transient reason (a deadlock
+between batches that lock the same rows in another order, a serialization failure) runs
+again, and so does a batch whose connection turns out to be dead as its transaction begins
+(the server ended the session, or restarted); a write that raises is rolled back alone (a
+savepoint each, on a second pass) and the rest commits. The writer's
 session ends a transaction left idle (a process stopped mid-batch) after
 ``idle_in_transaction_session_timeout``, so a frozen process cannot hold the others up for
 long.
@@ -90,43 +94,63 @@ class PgTx:
     """An operation's view of the batch's transaction on a PostgreSQL connection (see
     ``_sql.Tx``)."""
 
-    __slots__ = ("conn", "notes")
+    __slots__ = ("conn", "notes", "pending")
 
     creation_order = "ord"
-    # Write transactions take turns on envelope_seq today, so nothing is locked by another
-    # when this runs; it keeps claims correct should writes ever overlap.
+    for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.notes = Notes()
+        # Envelopes to insert when the batch commits, with the lists their seqs go into.
+        self.pending: list[tuple[list[int], Sequence[tuple[str, int, float, str]]]] = []
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         return self.conn.execute(query, params)
 
     def insert_envelopes(self, rows: Sequence[tuple[str, int, float, str]]) -> list[int]:
-        if not rows:
-            return []
-        # Seqs come from the one envelope_seq row the transaction holds locked: in commit order.
-        (last,) = self.conn.execute(
-            "UPDATE envelope_seq SET last = last + %s RETURNING last", (len(rows),)
-        ).fetchone()  # type: ignore[misc]
-        first = last - len(rows) + 1
-        seqs = list(range(first, last + 1))
-        # One statement with arrays, not executemany: psycopg runs executemany in pipeline
-        # mode, after which the server no longer ends a transaction left idle (its
-        # idle_in_transaction_session_timeout is not armed again), so a process frozen just
-        # after appending envelopes would hold every other writer up indefinitely.
-        entity_ids, entity_seqs, stamps, bodies = zip(*rows, strict=True)
-        self.conn.execute(
-            "INSERT INTO envelopes (seq, entity_id, entity_seq, ts, body) SELECT * FROM"
-            " unnest(%s::bigint[], %s::text[], %s::bigint[], %s::float8[], %s::text[])",
-            (seqs, list(entity_ids), list(entity_seqs), [float(ts) for ts in stamps], list(bodies)),
-        )
+        # Inserted at the end of the batch (insert_pending), when the seqs are handed out.
+        seqs = [0] * len(rows)
+        if rows:
+            self.pending.append((seqs, list(rows)))
         return seqs
 
     def is_duplicate(self, error: BaseException) -> bool:
         return isinstance(error, psycopg.errors.UniqueViolation)
+
+
+def insert_pending(conn: psycopg.Connection[Any], txs: Sequence[PgTx]) -> None:
+    """Insert the envelopes the writes of a batch appended, just before it commits, and fill
+    in their seqs. The seqs come from the one envelope_seq row, locked from here to the
+    commit: transactions that append take turns only for this last step, so seqs follow
+    commit order (a follower whose cursor passed seq n never misses an envelope committed
+    later with a lower one), while the rest of their work runs at once."""
+    pending = [item for tx in txs for item in tx.pending]
+    count = sum(len(rows) for _, rows in pending)
+    if not count:
+        return
+    (last,) = conn.execute(
+        "UPDATE envelope_seq SET last = last + %s RETURNING last", (count,)
+    ).fetchone()  # type: ignore[misc]
+    seq = last - count + 1
+    columns: tuple[list[Any], ...] = ([], [], [], [], [])
+    for seqs, rows in pending:
+        for index, (entity_id, entity_seq, ts, body) in enumerate(rows):
+            seqs[index] = seq
+            values = (seq, entity_id, entity_seq, float(ts), body)
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+            seq += 1
+    # One statement with arrays, not executemany: psycopg runs executemany in pipeline mode,
+    # after which the server no longer ends a transaction left idle (its
+    # idle_in_transaction_session_timeout is not armed again), so a process frozen just
+    # after appending would hold every other writer up indefinitely.
+    conn.execute(
+        "INSERT INTO envelopes (seq, entity_id, entity_seq, ts, body) SELECT * FROM"
+        " unnest(%s::bigint[], %s::text[], %s::bigint[], %s::float8[], %s::text[])",
+        columns,
+    )
 
 
 class _ReadSlot:
@@ -441,9 +465,10 @@ class PostgresDatabase:
                 self._notifications += 1
             return
 
-    def _begin(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SELECT last FROM envelope_seq FOR UPDATE")
-        self._began = True  # the connection works: a failure from now on is mid-batch
+    def _begin(self) -> None:
+        # BEGIN went through (psycopg sends it on entering the transaction block): the
+        # connection works, so a failure from now on is mid-batch.
+        self._began = True
 
     def _notify(self, conn: psycopg.Connection[Any], notes: Notes) -> None:
         if notes:
@@ -468,8 +493,9 @@ class PostgresDatabase:
 
     def _run_plainly(self, conn: psycopg.Connection[Any], ops: Sequence[Op[Tx, Any]]) -> Notes:
         notes = Notes()
+        done: list[PgTx] = []
         with conn.transaction():
-            self._begin(conn)
+            self._begin()
             for op in ops:
                 tx = PgTx(conn)
                 try:
@@ -479,13 +505,16 @@ class PostgresDatabase:
                 except Exception as exc:
                     raise _OpRaised from exc
                 notes.merge(tx.notes)
+                done.append(tx)
+            insert_pending(conn, done)
             self._notify(conn, notes)
         return notes
 
     def _run_carefully(self, conn: psycopg.Connection[Any], ops: Sequence[Op[Tx, Any]]) -> Notes:
         notes = Notes()
+        done: list[PgTx] = []
         with conn.transaction():
-            self._begin(conn)
+            self._begin()
             for op in ops:
                 op.result = None
                 op.error = None
@@ -505,6 +534,8 @@ class PostgresDatabase:
                     op.error = exc
                 else:
                     notes.merge(tx.notes)
+                    done.append(tx)
+            insert_pending(conn, done)
             self._notify(conn, notes)
         return notes
 

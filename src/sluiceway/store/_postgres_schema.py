@@ -3,10 +3,10 @@ database (its current schema) as a store, creating, migrating or refusing it.
 
 The tables are the SQLite store's, in PostgreSQL's types, plus what several writers need:
 ``entities.ord`` (creation order; SQLite has its rowid) and ``envelope_seq``, the one row
-that hands out envelope ``seq`` numbers. Every write transaction locks that row first (see
-``_postgres_db``), so seqs are handed out in commit order and a stream's cursor never passes
-an envelope that commits later. JSON is kept as ``text``, exactly as encoded (``jsonb`` would
-reorder keys and refuse ``\\u0000``).
+that hands out envelope ``seq`` numbers. A transaction that appends envelopes locks that row
+just before it commits (see ``_postgres_db``), so seqs are handed out in commit order and a
+stream's cursor never passes an envelope that commits later. JSON is kept as ``text``,
+exactly as encoded (``jsonb`` would reorder keys and refuse ``\\u0000``).
 
 Migrations run in one transaction under a transaction-level advisory lock, so two processes
 opening a new database at once apply them once.
@@ -104,7 +104,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )
             """,
             "CREATE INDEX envelopes_entity ON envelopes (entity_id, seq)",
-            # The last seq handed out. Its row lock is every write transaction's first step.
+            # The last seq handed out; locked by each appending transaction as it commits.
             """
             CREATE TABLE envelope_seq (
                 one boolean PRIMARY KEY DEFAULT true CHECK (one),

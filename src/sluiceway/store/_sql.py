@@ -68,6 +68,9 @@ class Tx(Protocol):
     notes: Notes
     #: The column that orders entities of equal ``created_at`` by creation.
     creation_order: str
+    #: What a ``SELECT`` of a row about to be updated ends with, so that concurrent
+    #: transactions take turns on it (``FOR UPDATE``; empty where writers take turns anyway).
+    for_update: str
     #: What a ``SELECT`` of rows to update ends with so that concurrent transactions skip
     #: each other's rows (``FOR UPDATE SKIP LOCKED``; empty where writers take turns anyway).
     skip_locked: str
@@ -79,7 +82,9 @@ class Tx(Protocol):
 
     def insert_envelopes(self, rows: Sequence[tuple[str, int, float, str]]) -> list[int]:
         """Insert ``(entity_id, entity_seq, ts, body)`` envelopes in order; returns their
-        store-wide ``seq`` numbers."""
+        store-wide ``seq`` numbers: a list that may be filled in only when the transaction
+        commits (PostgreSQL hands seqs out then, in commit order), so read it after the
+        write, not inside it."""
         ...
 
     def is_duplicate(self, error: BaseException) -> bool:
@@ -103,6 +108,15 @@ def require_entity(tx: Tx, entity_id: str) -> EntityRecord:
     return entity_from_row(row)
 
 
+def lock_entity(tx: Tx, entity_id: str) -> EntityRecord:
+    """:func:`require_entity`, its row locked for the rest of the transaction (a write that
+    reads it first and then changes it)."""
+    row = tx.execute(f"{SELECT_ENTITY} WHERE id = %s{tx.for_update}", (entity_id,)).fetchone()
+    if row is None:
+        raise not_found(entity_id)
+    return entity_from_row(row)
+
+
 def find_entity(tx: Tx, parent_id: str | None, name: str) -> EntityRecord | None:
     if parent_id is None:
         row = tx.execute(
@@ -119,7 +133,8 @@ def fence(tx: Tx, entity_id: str, owner: str, what: str) -> tuple[Any, ...]:
     """``(lease_owner, data, abandoned)`` of the entity if ``owner`` holds its lease; raises
     otherwise."""
     row = tx.execute(
-        "SELECT lease_owner, data, abandoned FROM entities WHERE id = %s", (entity_id,)
+        f"SELECT lease_owner, data, abandoned FROM entities WHERE id = %s{tx.for_update}",
+        (entity_id,),
     ).fetchone()
     if row is None:
         raise not_found(entity_id)
@@ -139,7 +154,8 @@ def fence_progress(tx: Tx, entity_id: str, owner: str, what: str) -> None:
         tx.execute("UPDATE entities SET abandoned = 0 WHERE id = %s", (entity_id,))
 
 
-def append(tx: Tx, entity_id: str, ts: float, body: str) -> int:
+def next_entity_seq(tx: Tx, entity_id: str) -> int:
+    """Reserve the entity's next sequence number (for one envelope)."""
     row = tx.execute(
         "UPDATE entities SET last_entity_seq = last_entity_seq + 1 WHERE id = %s"
         " RETURNING last_entity_seq",
@@ -147,8 +163,13 @@ def append(tx: Tx, entity_id: str, ts: float, body: str) -> int:
     ).fetchone()
     if row is None:
         raise not_found(entity_id)
+    return int(row[0])
+
+
+def append(tx: Tx, entity_id: str, ts: float, body: str) -> None:
+    """Append one envelope to the entity (not fenced: the caller fenced the write)."""
     tx.notes.envelopes = True
-    return tx.insert_envelopes([(entity_id, row[0], ts, body)])[0]
+    tx.insert_envelopes([(entity_id, next_entity_seq(tx, entity_id), ts, body)])
 
 
 def add_edge(
@@ -195,7 +216,7 @@ def claim(
     if the caller runs nothing else (``alone``), so that its next death can be blamed on it."""
     row = tx.execute(
         "SELECT status, lease_owner, lease_expires, parked_on, abandoned, parent_id, attempt,"
-        " claim_tick FROM entities WHERE id = %s",
+        f" claim_tick FROM entities WHERE id = %s{tx.for_update}",
         (entity_id,),
     ).fetchone()
     if row is None:
@@ -342,6 +363,9 @@ def wake_parent(tx: Tx, parent_id: str | None, now: float) -> bool:
     did."""
     if parent_id is None:
         return False
+    # The parent's row first: a parent parking on its children and its last two children
+    # ending at once in other transactions take turns on it, so one of them sees the others.
+    tx.execute(f"SELECT 1 FROM entities WHERE id = %s{tx.for_update}", (parent_id,))
     cursor = tx.execute(
         "UPDATE entities SET runnable_at = %s WHERE id = %s AND parked_on = 'children'"
         " AND lease_owner IS NULL AND runnable_at IS NULL"
@@ -509,7 +533,10 @@ def create_entity(
     tx: Tx, new: NewEntity, data: str, edge_data: str, strict: bool
 ) -> tuple[EntityRecord, bool]:
     if new.parent_id is not None:
-        parent = tx.execute("SELECT 1 FROM entities WHERE id = %s", (new.parent_id,)).fetchone()
+        # Locked: children of one parent are created (and their edges numbered) in turn.
+        parent = tx.execute(
+            f"SELECT 1 FROM entities WHERE id = %s{tx.for_update}", (new.parent_id,)
+        ).fetchone()
         if parent is None:
             raise EntityNotFoundError(
                 f"no entity has the id {new.parent_id!r} (the parent of {new.name!r})"
@@ -595,7 +622,8 @@ def hold_units(
     held = [
         unit
         for (unit,) in tx.execute(
-            "SELECT unit FROM capacity_units WHERE limit_name = %s AND holder = %s ORDER BY unit",
+            "SELECT unit FROM capacity_units WHERE limit_name = %s AND holder = %s"
+            f" ORDER BY unit{tx.for_update}",
             (limit, owner),
         )
     ]
@@ -604,8 +632,8 @@ def hold_units(
     if surplus:
         tx.execute(
             "UPDATE capacity_units SET holder = NULL, since = NULL WHERE limit_name = %s"
-            f" AND unit IN ({_marks(surplus)})",
-            (limit, *surplus),
+            f" AND holder = %s AND unit IN ({_marks(surplus)})",
+            (limit, owner, *surplus),
         )
         tx.notes.units = True
     wanted = target - len(keep)

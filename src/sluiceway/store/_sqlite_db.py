@@ -70,7 +70,8 @@ class SqliteTx:
     __slots__ = ("conn", "notes")
 
     creation_order = "rowid"
-    skip_locked = ""  # one writer at a time: nothing to skip
+    for_update = ""  # one writer at a time: nothing to lock
+    skip_locked = ""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn

@@ -125,7 +125,9 @@ class StoreOperations(StoreRuns):
         def write(tx: Tx) -> dict[str, JSON]:
             if owner is None:
                 self._outside(tx)
-                row = tx.execute("SELECT data FROM entities WHERE id = %s", (entity_id,)).fetchone()
+                row = tx.execute(
+                    f"SELECT data FROM entities WHERE id = %s{tx.for_update}", (entity_id,)
+                ).fetchone()
                 if row is None:
                     raise shared.not_found(entity_id)
                 data_json = row[0]
@@ -173,7 +175,13 @@ class StoreOperations(StoreRuns):
                 )
             for entity_id in entities:
                 sql.fence(tx, entity_id, owner, "envelopes")
-            return [sql.append(tx, entity_id, ts, body) for entity_id, ts, body in prepared]
+            tx.notes.envelopes = True
+            return tx.insert_envelopes(
+                [
+                    (entity_id, sql.next_entity_seq(tx, entity_id), ts, body)
+                    for entity_id, ts, body in prepared
+                ]
+            )
 
         return await self._db.write(write)
 
@@ -255,8 +263,10 @@ class StoreOperations(StoreRuns):
         )
 
         def write(tx: Tx) -> EdgeRecord:
-            for end in (from_id, to_id):
-                if tx.execute("SELECT 1 FROM entities WHERE id = %s", (end,)).fetchone() is None:
+            for end, lock in ((from_id, tx.for_update), (to_id, "")):
+                # from_id's row locked: its edges are numbered in turn.
+                query = f"SELECT 1 FROM entities WHERE id = %s{lock}"
+                if tx.execute(query, (end,)).fetchone() is None:
                     raise shared.not_found(end)
             if owner is not None:
                 sql.fence(tx, from_id, owner, f"{edge_type} edge")
@@ -298,7 +308,9 @@ class StoreOperations(StoreRuns):
 
         def write(tx: Tx) -> MessageRecord:
             self._outside(tx)
-            row = tx.execute("SELECT status FROM entities WHERE id = %s", (entity_id,)).fetchone()
+            row = tx.execute(
+                f"SELECT status FROM entities WHERE id = %s{tx.for_update}", (entity_id,)
+            ).fetchone()
             if row is None:
                 raise shared.not_found(entity_id)
             if row[0] in shared.TERMINAL:

@@ -195,7 +195,7 @@ class StoreRuns:
 
         def write(tx: Tx) -> EntityRecord:
             self._outside(tx)
-            record = sql.require_entity(tx, entity_id)
+            record = sql.lock_entity(tx, entity_id)
             if record.status.is_terminal:
                 return record
             if expect is not None:
@@ -379,7 +379,8 @@ class StoreRuns:
         def write(tx: Tx) -> list[str]:
             self._outside(tx)
             row = tx.execute(
-                "SELECT status, parent_id FROM entities WHERE id = %s", (entity_id,)
+                f"SELECT status, parent_id FROM entities WHERE id = %s{tx.for_update}",
+                (entity_id,),
             ).fetchone()
             if row is None:
                 raise shared.not_found(entity_id)
@@ -400,14 +401,18 @@ class StoreRuns:
                 """,
                 (entity_id, *shared.TERMINAL),
             ).fetchall()
-            ids = [row[0] for row in rows]
-            for cancelled in ids:
-                tx.execute(
+            ids = []
+            for (candidate,) in rows:
+                # Not if it ended meanwhile (completed in another transaction).
+                cursor = tx.execute(
                     "UPDATE entities SET status = %s, lease_owner = NULL, lease_expires = NULL,"
-                    " runnable_at = NULL, parked_on = NULL, modified_at = %s WHERE id = %s",
-                    (EntityStatus.CANCELLED.value, now, cancelled),
+                    " runnable_at = NULL, parked_on = NULL, modified_at = %s"
+                    " WHERE id = %s AND status NOT IN ('COMPLETED', 'CANCELLED')",
+                    (EntityStatus.CANCELLED.value, now, candidate),
                 )
-                sql.append(tx, cancelled, now, body)
+                if cursor.rowcount:
+                    ids.append(candidate)
+                    sql.append(tx, candidate, now, body)
             sql.wake_parent(tx, parent_id, now)  # it ended, for a parent waiting on it
             tx.notes.cancelled.update(ids)
             return ids
