@@ -65,3 +65,16 @@ def live_units(dsn: str) -> dict[str, int]:
         " GROUP BY u.holder",
     )
     return {holder: int(count) for holder, count in rows}
+
+
+def utilization(dsn: str, *, step: float = 0.005, bucket: float = 0.05) -> list[float]:
+    """How many sends were under way on average in each ``bucket`` seconds from the first
+    one's start (sampled every ``step`` seconds on the database's clock)."""
+    rows = query(dsn, "SELECT started, ended FROM sends WHERE ended IS NOT NULL AND NOT fenced")
+    intervals = [(float(start), float(end)) for start, end in rows]
+    first = min(start for start, _ in intervals)
+    last = max(end for _, end in intervals)
+    samples = [first + index * step for index in range(int((last - first) / step) + 1)]
+    busy = [sum(start <= when < end for start, end in intervals) for when in samples]
+    per = round(bucket / step)
+    return [sum(busy[index : index + per]) / per for index in range(0, len(busy), per)]

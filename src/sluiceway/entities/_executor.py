@@ -136,9 +136,9 @@ class Executor:
             live = self._live.get(entity_id)
             if live is not None:
                 live.cancel()
-        if change.units or change.everything:
+        if change.units or change.units_wanted or change.everything:
             for broker in self._brokers:
-                broker.wake()
+                broker.wake(wanted=change.units_wanted or change.everything)
 
     # -- envelopes -------------------------------------------------------------------------------
 

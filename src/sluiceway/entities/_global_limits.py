@@ -10,8 +10,9 @@ inside a process stays atomic and max-min fair, and the store is written only wh
 process's need changes, not once per task.
 
 A unit the process no longer needs is given back after ``linger`` seconds (work that comes
-in bursts keeps its units between tasks); other processes waiting for units hear of it at
-once on a store that notifies (PostgreSQL), within ``poll_interval`` otherwise. A process
+in bursts keeps its units between tasks), or at once when another process is short of units
+(on a store that notifies: PostgreSQL); processes waiting for units hear that some came back
+at once on such a store, within ``poll_interval`` otherwise. A process
 that was frozen for longer than its lease finds, at its next refresh, how many units it
 still holds, and its local limit shrinks to that.
 """
@@ -45,11 +46,15 @@ class GlobalLimitBroker:
         self.source = CapacitySource(0, name=f"global limit {name!r}")
         self.held = 0
         self._wakeup = trio.Event()
+        self._wanted_at = -math.inf  # when another process last said it is short of units
         self._dead: tuple[str, ...] = ()
         self._dead_checked = -math.inf
 
-    def wake(self) -> None:
-        """Look again now (units may have been given back elsewhere)."""
+    def wake(self, *, wanted: bool = False) -> None:
+        """Look again now: units may have been given back elsewhere, or (``wanted``) another
+        process is short of units, so those this one does not use go back at once."""
+        if wanted:
+            self._wanted_at = trio.current_time()
         self._wakeup.set()
 
     def demand(self) -> int:
@@ -64,9 +69,9 @@ class GlobalLimitBroker:
         refresh_every = runtime.lease_seconds / 3
         # A process short of units asks again this often (and at once when units come back
         # on a store that notifies).
-        retry_every = min(runtime.poll_interval, 0.1)
+        retry_every = min(runtime.poll_interval, 0.05)
         # How often a process holding no units and needing none looks for new local demand.
-        look_every = 0.02
+        look_every = 0.01
         refresh_at = -math.inf  # when the units must be renewed next
         release_at: float | None = None  # when units not needed since then go back
         task_status.started()
@@ -80,7 +85,10 @@ class GlobalLimitBroker:
                 if need < self.held:
                     if release_at is None:
                         release_at = now + self.linger
-                    if now < release_at:
+                    # A process short of units says so at each of its tries (every
+                    # retry_every): while one was heard lately, nothing is kept back.
+                    wanted = now - self._wanted_at <= 3 * retry_every
+                    if now < release_at and not wanted:
                         target = self.held  # keep them a little: more work may come
                 else:
                     release_at = None

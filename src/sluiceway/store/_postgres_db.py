@@ -486,6 +486,8 @@ class PostgresDatabase:
             body["c"] = sorted(notes.cancelled)
         if notes.units:
             body["u"] = 1
+        if notes.units_wanted:
+            body["w"] = 1
         payload = json.dumps(body, separators=(",", ":"))
         if len(payload.encode()) > _PAYLOAD_LIMIT:
             payload = json.dumps({"o": self.owner or "", "all": 1})
@@ -632,6 +634,7 @@ class PostgresDatabase:
             messages=frozenset(str(item) for item in body.get("m", ())),
             cancelled=frozenset(str(item) for item in body.get("c", ())),
             units=bool(body.get("u")),
+            units_wanted=bool(body.get("w")),
         )
 
 

@@ -241,13 +241,15 @@ class WaitRecord:
 class StoreChange:
     """What another process committed to a shared store, as :meth:`EntityStore.watch` tells
     it: envelopes appended, runs made due (submitted, woken, given back), messages sent to
-    these entities, these entities cancelled, units of global limits given back;
-    ``everything`` when it is not known what (after the store's notification connection was
-    opened again, or for a very large change)."""
+    these entities, these entities cancelled, units of global limits given back (``units``)
+    or wanted by a process short of them (``units_wanted``); ``everything`` when it is not
+    known what (after the store's notification connection was opened again, or for a very
+    large change)."""
 
     envelopes: bool = False
     due: bool = False
     messages: frozenset[str] = frozenset()
     cancelled: frozenset[str] = frozenset()
     units: bool = False
+    units_wanted: bool = False
     everything: bool = False

@@ -47,6 +47,7 @@ class Notes:
     messages: set[str] = attrs.Factory(set)
     cancelled: set[str] = attrs.Factory(set)
     units: bool = False
+    units_wanted: bool = False
 
     def merge(self, other: Notes) -> None:
         self.envelopes |= other.envelopes
@@ -54,10 +55,16 @@ class Notes:
         self.messages |= other.messages
         self.cancelled |= other.cancelled
         self.units |= other.units
+        self.units_wanted |= other.units_wanted
 
     def __bool__(self) -> bool:
         return (
-            self.envelopes or self.due or self.units or bool(self.messages) or bool(self.cancelled)
+            self.envelopes
+            or self.due
+            or self.units
+            or self.units_wanted
+            or bool(self.messages)
+            or bool(self.cancelled)
         )
 
 
@@ -656,6 +663,8 @@ def hold_units(
                 (owner, now, limit, *free),
             )
             keep += free
+    if len(keep) < target:
+        tx.notes.units_wanted = True  # processes holding units they do not use give them back
     return len(keep)
 
 
