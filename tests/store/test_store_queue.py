@@ -267,3 +267,13 @@ async def test_progress_and_heartbeats_start_the_count_again(store: SqliteStore)
         await store._db.read(lambda tx: tx.execute("SELECT count(*) FROM runtimes").fetchone()[0])
         == 1
     )
+
+
+async def test_a_claimer_of_no_type_claims_nothing(store: SqliteStore) -> None:
+    await store.create_entity(new("e"))
+    await store.submit("e", now=0.0)
+    batch = await store.claim_due(
+        "a", now=1.0, expires=9.0, limit=5, started=lambda attempt: {"n": attempt}, types=[]
+    )
+    assert (batch.claimed, batch.failed) == ([], [])
+    assert await store.runnable(now=1.0, types=[]) == []

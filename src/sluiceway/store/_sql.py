@@ -320,6 +320,8 @@ def due_ids(
     with no live lease (free, expired, or held by one of ``steal_from``), and of one of
     ``types`` (if given: a runtime claims only the types it can run)."""
     dead = f" OR lease_owner IN ({_marks(steal_from)})" if steal_from else ""
+    if types is not None and not types:
+        return []  # a runtime that runs no type claims nothing
     typed = "" if types is None else f" AND type IN ({_marks(types)})"
     rows = tx.execute(
         "SELECT id FROM entities WHERE runnable_at IS NOT NULL AND runnable_at <= %s"
