@@ -60,7 +60,8 @@ async def test_a_frozen_worker_wakes_up_fenced_out(
         for group_id, attempt in held:
             again = started_at(schema, group_id, attempt + 1)
             assert again is not None
-            assert again - stopped_at <= LEASE + 2 * POLL + 0.5
+            # Within the lease and two claim intervals, give or take a loaded machine.
+            assert again - stopped_at <= LEASE + 2 * POLL + 2.0, again - stopped_at
         assert zombie.owner not in live_units(schema.dsn)
         stale = query(
             schema.dsn,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -565,3 +567,41 @@ def test_random_interleavings_match_the_model(plan: list[tuple[Any, ...]]) -> No
 
     with tempfile.TemporaryDirectory() as directory:
         trio.run(main, Path(directory) / "model.db")
+
+
+OPEN_STORE = """
+import sys, trio
+from sluiceway import SqliteStore
+
+async def main():
+    async with SqliteStore(sys.argv[1]):
+        pass
+
+trio.run(main)
+"""
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def open_store_process(path: Path, results: list[tuple[int, str]]) -> None:
+    done = await trio.run_process(
+        [sys.executable, "-c", OPEN_STORE, str(path)],
+        capture_stderr=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    results.append((done.returncode, done.stderr.decode()))
+
+
+async def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> None:
+    # Putting a new file in WAL mode takes an exclusive lock that SQLite does not wait for:
+    # the store tries again for up to its busy timeout.
+    for round_number in range(3):
+        path = tmp_path / f"new-{round_number}.db"
+        results: list[tuple[int, str]] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(open_store_process, path, results)
+        assert results == [(0, "")] * 4
+        assert_integrity(path)

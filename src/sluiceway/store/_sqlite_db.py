@@ -19,6 +19,7 @@ import os
 import pathlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -273,7 +274,7 @@ class SqliteDatabase:
                     conn = self._connect(target, uri=False)
                     self._write_conn = conn
                     conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    mode = self._into_wal(conn)
                     if str(mode).lower() != "wal":
                         raise StoreError(
                             f"cannot put the entity store {path!r} in WAL mode (it stays in "
@@ -294,6 +295,23 @@ class SqliteDatabase:
             self._close_connections()
             raise
         self._idle_readers = list(self._read_conns)
+
+    def _into_wal(self, conn: sqlite3.Connection) -> str:
+        """Put the database in WAL mode; returns the mode it is in. Switching takes an
+        exclusive lock, and SQLite does not wait for it as it waits for others (the busy
+        timeout): two processes creating a store at once would see "database is locked".
+        So it is tried again, for up to the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _close_connections(self) -> None:
         conns = [*self._read_conns]
