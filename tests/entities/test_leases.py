@@ -4,7 +4,9 @@ a run whose lease was lost records nothing more."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +224,20 @@ async def test_a_run_that_lost_its_lease_starts_no_child(db: Path) -> None:
         [kid] = await b.children(parent.id)
         assert (kid.status, kid.attempt) == (EntityStatus.COMPLETED, 1)
     assert EXECUTIONS["kid"] == 1
+
+
+def test_a_killed_process_not_reaped_yet_is_dead() -> None:
+    """A process that exited but that its parent has not waited for yet (a zombie) still has
+    its pid: it runs nothing any more, so its leases can be taken over at once."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = f"{socket.gethostname()}:{child.pid}:zombie"
+    try:
+        assert not owner_is_dead(owner)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while not owner_is_dead(owner):  # until the kernel has made it a zombie
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait()
