@@ -31,8 +31,8 @@ class StoreRuns:
             raise TypeError(f"bind_owner() takes a non-empty owner id, got {owner!r}")
         if self._owner is not None and self._owner != owner:
             raise RuntimeError(
-                f"this SqliteStore belongs to the runtime {self._owner!r} already: open one "
-                "store per runtime"
+                f"this {type(self).__name__} belongs to the runtime {self._owner!r} already: "
+                "open one store per runtime"
             )
         self._owner = owner
 
