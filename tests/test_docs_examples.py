@@ -125,6 +125,15 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "$ export SLUICEWAY_DB=postgresql://sluiceway:s3cret@db.internal/campaigns",
     ): "needs a PostgreSQL server (db.internal); tests/cli/test_worker.py runs the same "
     "command on a SQLite file",
+    (
+        "docs/guides/scaleout.rst",
+        "$ psql postgresql://sluiceway:s3cret@db.internal/app -c 'CREATE SCHEMA campaigns'",
+    ): "needs a PostgreSQL server (db.internal) and the notification service; "
+    "tests/test_demo_scaleout.py runs workers on a schema of their own the same way",
+    (
+        "docs/guides/scaleout.rst",
+        '$ sluiceway serve --app sluiceway.apps.campaigns:app --host 0.0.0.0 --token "$TOKEN"',
+    ): "needs a PostgreSQL server (db.internal); tests/cli runs sluiceway serve on a store",
     ("docs/protocol.rst", "HTTP/1.1 503"): "the answer to a connection made while the server "
     "shuts down: too narrow a moment to catch from here (tests/server checks it)",
     ("docs/protocol.rst", "GET / HTTP/1.1"): "an HTTP request shown as data, with its other "
@@ -134,6 +143,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
 # sh blocks that show the nox commands: checked against noxfile.py and .ci/run.
 NOX_COMMANDS = {
     ("README.md", "python3 -m pip install nox && python3 -m nox -s demo"),
+    ("README.md", "python3 -m pip install nox && python3 -m nox -s scaleout"),
     ("README.md", "python3 -m pip install nox"),
     ("docs/index.rst", "python3 -m pip install nox && python3 -m nox -s demo"),
 }
@@ -804,9 +814,10 @@ def nox_sessions() -> dict[str, str]:
 
 
 def test_the_readme_commands_are_what_nox_and_ci_run() -> None:
-    """The README's first commands (the main job, the test suite), its development commands
-    and the index's copy of the first ones name nox sessions that do what the pages say, and
-    .ci/run runs the test command and then the lint and docs sessions."""
+    """The README's first commands (the main job, the test suite), the scale-out demo's after
+    them, its development commands and the index's copy of the first ones name nox sessions
+    that do what the pages say, and .ci/run runs the test command and then the lint and docs
+    sessions."""
     sessions = nox_sessions()
     readme = [block for block in ALL_BLOCKS if block.page == "README.md" and block.lang == "sh"]
     first = readme[0].code.splitlines()
@@ -821,6 +832,13 @@ def test_the_readme_commands_are_what_nox_and_ci_run() -> None:
     assert (ROOT / "src" / "sluiceway" / "demos" / "live.py").exists()
     assert 'session.run("pytest", *session.posargs)' in sessions["tests"]
     assert 'session.install("-e", ".[test]")' in sessions["tests"]
+    # Right after them, the scale-out demo: its own session, with the demo extra.
+    assert readme[1].code.splitlines() == [
+        "python3 -m pip install nox && python3 -m nox -s scaleout"
+    ]
+    assert 'session.run("python", "-m", "sluiceway.demos.scaleout"' in sessions["scaleout"]
+    assert 'session.install("-e", ".[demo]")' in sessions["scaleout"]
+    assert (ROOT / "src" / "sluiceway" / "demos" / "scaleout.py").exists()
     development = next(b for b in readme if b.first_line == "python3 -m pip install nox")
     for line in development.code.splitlines()[1:]:
         command = line.split("#")[0].split()
