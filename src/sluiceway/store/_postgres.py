@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from types import TracebackType
 from typing import NoReturn
 
-from .._util import aclose_after
 from ._postgres_db import PostgresDatabase, PostgresStoreStatistics, describe
 from ._protocol import EntityStore
 from ._records import StoreChange
-from ._sqlite_db import State
 from ._store import StoreOperations
 
 
@@ -145,21 +142,6 @@ class PostgresStore(StoreOperations, EntityStore):
         """
         await self._db.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Apply the writes still queued, stop the writer and close every connection.
-
-        An exception raised by the block is never hidden: it propagates unchanged (together
-        with the closing error in a group, should closing fail as well).
-        """
-        if self._db.state is not State.OPEN:
-            raise RuntimeError(f"this PostgresStore is {self._db.state.value}, not open")
-        await aclose_after(self._db.close, exc)
 
     async def watch(self, on_change: Callable[[StoreChange], None]) -> NoReturn:
         """Call ``on_change`` with what each transaction committed by *another* store on the

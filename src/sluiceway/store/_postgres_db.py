@@ -56,8 +56,8 @@ from .._errors import StoreError, StoreSchemaError
 from ._group_commit import GroupCommit, Op, fail_batch
 from ._postgres_schema import check_schema
 from ._records import StoreChange
+from ._rows import State
 from ._sql import Notes, Tx
-from ._sqlite_db import State
 
 T = TypeVar("T")
 

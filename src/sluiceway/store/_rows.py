@@ -285,3 +285,13 @@ def prepare_envelopes(
     if emitted and len({entity_id for entity_id, _, _ in prepared}) > 1:
         raise ValueError("append_envelopes() counts emitted envelopes of one entity only")
     return prepared
+
+
+class State(enum.Enum):
+    """Where a database is in its life."""
+
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"

@@ -11,15 +11,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from types import TracebackType
 from typing import NoReturn
 
 import trio
 
-from .._util import aclose_after
 from ._protocol import EntityStore
 from ._records import StoreChange
-from ._sqlite_db import SqliteDatabase, SqliteStoreStatistics, State
+from ._sqlite_db import SqliteDatabase, SqliteStoreStatistics
 from ._store import StoreOperations
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -154,21 +152,6 @@ class SqliteStore(StoreOperations, EntityStore):
         """
         await self._db.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Apply the writes still queued, stop the writer and close every connection.
-
-        An exception raised by the block is never hidden: it propagates unchanged (together
-        with the closing error in a group, should closing fail as well).
-        """
-        if self._db.state is not State.OPEN:
-            raise RuntimeError(f"this SqliteStore is {self._db.state.value}, not open")
-        await aclose_after(self._db.close, exc)
 
     async def watch(self, on_change: Callable[[StoreChange], None]) -> NoReturn:
         """SQLite cannot tell one process what another committed: this waits forever, and

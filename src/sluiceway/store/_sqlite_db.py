@@ -12,7 +12,6 @@ threads; with ``threads=False`` every call runs on the trio thread instead, so v
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import functools
 import os
@@ -28,6 +27,7 @@ import trio
 
 from .._errors import StoreError, StoreSchemaError
 from ._group_commit import GroupCommit, Op, fail_batch
+from ._rows import State
 from ._sql import Notes, Tx
 from ._sqlite_schema import MIN_SQLITE_VERSION, check_schema
 
@@ -47,16 +47,6 @@ class SqliteStoreStatistics:
     batches: int
     largest_batch: int
     reads: int
-
-
-class State(enum.Enum):
-    """Where a database is in its life."""
-
-    NEW = "new"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 @functools.lru_cache(maxsize=512)

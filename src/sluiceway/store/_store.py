@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Protocol, TypeVar
 
 import trio
 
 from .._errors import EntityNotWaitingError
+from .._util import aclose_after
 from . import _rows as shared
 from . import _sql as sql
 from ._json import encode_json, encode_object
@@ -33,6 +35,7 @@ from ._records import (
     WaitRecord,
     WaitState,
 )
+from ._rows import State
 from ._sql import Tx
 from ._store_runs import StoreRuns
 
@@ -41,6 +44,10 @@ T = TypeVar("T")
 
 class Database(Protocol):
     """What the operations need of a store's connections."""
+
+    state: State
+
+    async def close(self) -> None: ...
 
     def check_open(self) -> None: ...
 
@@ -54,6 +61,21 @@ class Database(Protocol):
 class StoreOperations(StoreRuns):
     """The :class:`~sluiceway.store.EntityStore` operations over ``_db`` (see the module
     documentation)."""
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Apply the writes still queued, stop the writer and close every connection.
+
+        An exception raised by the block is never hidden: it propagates unchanged (together
+        with the closing error in a group, should closing fail as well).
+        """
+        if self._db.state is not State.OPEN:
+            raise RuntimeError(f"this {type(self).__name__} is {self._db.state.value}, not open")
+        await aclose_after(self._db.close, exc)
 
     # -- entities ------------------------------------------------------------------------------
 
