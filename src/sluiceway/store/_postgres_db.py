@@ -54,6 +54,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .._errors import StoreError, StoreSchemaError
 from ._group_commit import GroupCommit, Op, fail_batch
+from ._lifetime import Lifetime
 from ._postgres_schema import check_schema
 from ._records import StoreChange
 from ._rows import State
@@ -211,9 +212,11 @@ def describe(dsn: str) -> str:
     return f"PostgreSQL database {database!r} at {where}"
 
 
-class PostgresDatabase:
+class PostgresDatabase(Lifetime):
     """The connections, the writer task, the readers and the listener of one
     :class:`~sluiceway.PostgresStore` (see the module documentation)."""
+
+    kind = "PostgresStore"
 
     def __init__(
         self,
@@ -289,41 +292,8 @@ class PostgresDatabase:
             raise
         self.state = State.OPEN
 
-    async def close(self) -> None:
-        if self.state is not State.OPEN:
-            raise RuntimeError(f"this PostgresStore is {self.state.value}, not open")
-        self.state = State.CLOSING
-        try:
-            await self._writer.stop()
-        finally:
-            with trio.CancelScope(shield=True):
-                # Reads abandoned by a cancelled caller may still run in their threads (their
-                # queries are being cancelled): wait until every reader token is back.
-                tokens = [object() for _ in range(self._readers)]
-                for token in tokens:
-                    await self._read_limiter.acquire_on_behalf_of(token)
-                try:
-                    await trio.to_thread.run_sync(self._close_connections)
-                finally:
-                    for token in tokens:
-                        self._read_limiter.release_on_behalf_of(token)
-                    self.state = State.CLOSED
-        await trio.lowlevel.checkpoint_if_cancelled()
-
-    def check_open(self) -> None:
-        if self.state is not State.OPEN:
-            problem = "is not open" if self.state in (State.NEW, State.OPENING) else "is closed"
-            raise RuntimeError(
-                f"this PostgresStore {problem}; use it inside "
-                "`async with PostgresStore(...) as store:`"
-            )
-
-    def check_writable(self) -> None:
-        self.check_open()
-        if self.read_only:
-            raise RuntimeError(
-                f"this PostgresStore ({self.where}) was opened read-only; it cannot write"
-            )
+    async def _close_connections_async(self) -> None:
+        await trio.to_thread.run_sync(self._close_connections)
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:

@@ -27,6 +27,7 @@ import trio
 
 from .._errors import StoreError, StoreSchemaError
 from ._group_commit import GroupCommit, Op, fail_batch
+from ._lifetime import Lifetime
 from ._rows import State
 from ._sql import Notes, Tx
 from ._sqlite_schema import MIN_SQLITE_VERSION, check_schema
@@ -100,9 +101,11 @@ class _ReadSlot:
                 self.connection.interrupt()
 
 
-class SqliteDatabase:
+class SqliteDatabase(Lifetime):
     """The connections, the writer task and the readers of one store (see the module
     documentation). :class:`~sluiceway.SqliteStore` checks its arguments and owns one."""
+
+    kind = "SqliteStore"
 
     def __init__(
         self,
@@ -116,6 +119,7 @@ class SqliteDatabase:
         threads: bool,
     ) -> None:
         self.path = path
+        self.where = repr(path)
         self.read_only = read_only
         self.state = State.NEW
         self._synchronous = synchronous
@@ -164,46 +168,8 @@ class SqliteDatabase:
             raise
         self.state = State.OPEN
 
-    async def close(self) -> None:
-        """Apply the writes still queued, stop the writer and close every connection."""
-        if self.state is not State.OPEN:
-            raise RuntimeError(f"this SqliteStore is {self.state.value}, not open")
-        self.state = State.CLOSING
-        try:
-            await self._writer.stop()
-        finally:
-            with trio.CancelScope(shield=True):
-                # Reads abandoned by a cancelled caller may still run in their threads: the
-                # limiter is released only when a thread ends, so holding every token means
-                # that no read uses a connection any more.
-                tokens = [object() for _ in range(self._readers)]
-                for token in tokens:
-                    await self._read_limiter.acquire_on_behalf_of(token)
-                try:
-                    await self._in_thread(self._close_connections)
-                finally:
-                    for token in tokens:
-                        self._read_limiter.release_on_behalf_of(token)
-                    self.state = State.CLOSED
-        # Everything above ran shielded: deliver a cancellation now that the store is closed.
-        await trio.lowlevel.checkpoint_if_cancelled()
-
-    def check_open(self) -> None:
-        if self.state is not State.OPEN:
-            if self.state is State.NEW or self.state is State.OPENING:
-                problem = "is not open"
-            else:
-                problem = "is closed"
-            raise RuntimeError(
-                f"this SqliteStore {problem}; use it inside `async with SqliteStore(...) as store:`"
-            )
-
-    def check_writable(self) -> None:
-        self.check_open()
-        if self.read_only:
-            raise RuntimeError(
-                f"this SqliteStore ({self.path!r}) was opened read-only; it cannot write"
-            )
+    async def _close_connections_async(self) -> None:
+        await self._in_thread(self._close_connections)
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         if self._threads:
