@@ -11,38 +11,30 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import psycopg
 import trio
-from psycopg.conninfo import conninfo_to_dict
 
+from sluiceway.demos._pgserver import schema_url
 from tests.helpers import eventually
 from tests.scaleout.app import LEDGER_TABLES
+
+__all__ = [
+    "APP",
+    "ROOT",
+    "Cluster",
+    "Worker",
+    "cluster",
+    "create_ledger",
+    "db_now",
+    "peak",
+    "query",
+    "schema_url",  # the URL --db takes for a DSN and a schema
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.scaleout.app:app"
 TIMEOUT = 60.0
-
-
-def schema_url(dsn: str, schema: str) -> str:
-    """A ``postgresql://`` URL (what ``--db`` takes) for ``dsn``'s server whose sessions use
-    ``schema``."""
-    params = conninfo_to_dict(dsn)
-    user = quote(str(params.pop("user", "postgres")), safe="")
-    password = params.pop("password", None)
-    auth = user if password is None else f"{user}:{quote(str(password), safe='')}"
-    host = str(params.pop("host", ""))
-    port = params.pop("port", None)
-    dbname = quote(str(params.pop("dbname", "postgres")), safe="")
-    netloc = "" if host.startswith("/") else f"{host}:{port}" if port else host
-    query: dict[str, str] = {key: str(value) for key, value in params.items()}
-    if host.startswith("/"):
-        query["host"] = host
-        if port:
-            query["port"] = str(port)
-    query["options"] = f"-c search_path={schema}"
-    return f"postgresql://{auth}@{netloc}/{dbname}?{urlencode(query, quote_via=quote)}"
 
 
 def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

