@@ -213,6 +213,7 @@ def claim(
     back_off: bool = False,
     alone: bool | None = None,
     tick: int | None = None,
+    row: Sequence[Any] | None = None,
 ) -> EntityRecord | Refusal:
     """Claim the entity for ``owner`` if it can run and nobody else holds it (see
     ``EntityStore.claim``); else why not.
@@ -220,12 +221,12 @@ def claim(
     The claim loop passes ``back_off`` and ``alone``: a run taken over from a dying process
     for the second time in a row or more is not claimed now but made due after a pause
     (:func:`crash_pause`); and a suspect (one more abandonment would fail it) is claimed only
-    if the caller runs nothing else (``alone``), so that its next death can be blamed on it."""
-    row = tx.execute(
-        "SELECT status, lease_owner, lease_expires, parked_on, abandoned, parent_id, attempt,"
-        f" claim_tick FROM entities WHERE id = %s{tx.for_update}",
-        (entity_id,),
-    ).fetchone()
+    if the caller runs nothing else (``alone``), so that its next death can be blamed on it.
+    ``row`` is the entity's :data:`CLAIM_COLUMNS`, if the caller read (and locked) them."""
+    if row is None:
+        row = tx.execute(
+            f"SELECT {CLAIM_COLUMNS} FROM entities WHERE id = %s{tx.for_update}", (entity_id,)
+        ).fetchone()
     if row is None:
         raise not_found(entity_id)
     status, holder, holder_expires, parked_on, abandoned, parent_id, attempt, claimed_at = row
@@ -272,25 +273,36 @@ def claim(
     new_status = EntityStatus.WAITING.value if waiting else EntityStatus.IN_PROGRESS.value
     if own_run and tick is None:
         tick = advance_tick(tx, owner)
-    tx.execute(
-        "UPDATE entities SET lease_owner = %s, lease_expires = %s, status = %s,"
-        " attempt = attempt + 1, error = NULL, parked_on = NULL, abandoned = %s,"
-        " runnable_at = CASE WHEN %s THEN coalesce(runnable_at, %s) ELSE runnable_at END,"
-        " claim_tick = %s, modified_at = %s WHERE id = %s",
-        (
-            owner,
-            expires,
-            new_status,
-            abandoned,
-            own_run,
-            now,
-            tick if own_run else None,
-            now,
-            entity_id,
-        ),
+    # One statement: the claim, the STARTED envelope's entity sequence number, the record.
+    record = entity_from_row(
+        tx.execute(
+            "UPDATE entities SET lease_owner = %s, lease_expires = %s, status = %s,"
+            " attempt = attempt + 1, error = NULL, parked_on = NULL, abandoned = %s,"
+            " runnable_at = CASE WHEN %s THEN coalesce(runnable_at, %s) ELSE runnable_at END,"
+            " claim_tick = %s, modified_at = %s, last_entity_seq = last_entity_seq + 1"
+            f" WHERE id = %s RETURNING {ENTITY_COLUMNS}",
+            (
+                owner,
+                expires,
+                new_status,
+                abandoned,
+                own_run,
+                now,
+                tick if own_run else None,
+                now,
+                entity_id,
+            ),
+        ).fetchone()
     )
-    append(tx, entity_id, now, started(attempt + 1))
-    return require_entity(tx, entity_id)
+    tx.notes.envelopes = True
+    tx.insert_envelopes([(entity_id, record.last_entity_seq, now, started(attempt + 1))])
+    return record
+
+
+#: What :func:`claim` reads of an entity to decide.
+CLAIM_COLUMNS = (
+    "status, lease_owner, lease_expires, parked_on, abandoned, parent_id, attempt, claim_tick"
+)
 
 
 def advance_tick(tx: Tx, owner: str) -> int:
@@ -319,18 +331,32 @@ def due_ids(
     """The entities the claim loop may take now, earliest first: runnable by now, not ended,
     with no live lease (free, expired, or held by one of ``steal_from``), and of one of
     ``types`` (if given: a runtime claims only the types it can run)."""
+    return [row[0] for row in due_rows(tx, now, limit, steal_from, types, columns="id")]
+
+
+def due_rows(
+    tx: Tx,
+    now: float,
+    limit: int,
+    steal_from: Sequence[str],
+    types: Sequence[str] | None,
+    *,
+    columns: str,
+) -> list[Sequence[Any]]:
+    """``columns`` of the entities :func:`due_ids` gives, earliest first; in a write, their
+    rows are locked (and rows another transaction locked are skipped)."""
     dead = f" OR lease_owner IN ({_marks(steal_from)})" if steal_from else ""
     if types is not None and not types:
         return []  # a runtime that runs no type claims nothing
     typed = "" if types is None else f" AND type IN ({_marks(types)})"
     rows = tx.execute(
-        "SELECT id FROM entities WHERE runnable_at IS NOT NULL AND runnable_at <= %s"
+        f"SELECT {columns} FROM entities WHERE runnable_at IS NOT NULL AND runnable_at <= %s"
         f" AND status NOT IN ('COMPLETED', 'CANCELLED'){typed}"
         f" AND (lease_owner IS NULL OR lease_expires <= %s{dead})"
         f" ORDER BY runnable_at, {tx.creation_order} LIMIT %s{tx.skip_locked}",
         (now, *(types or ()), now, *steal_from, limit),
     )
-    return [entity_id for (entity_id,) in rows]
+    return list(rows)
 
 
 def _marks(values: Sequence[object]) -> str:

@@ -107,7 +107,9 @@ class StoreRuns:
             failed: list[str] = []
             waiting = False
             tick: int | None = None  # one tick for the batch: its runs started together
-            for entity_id in sql.due_ids(tx, now, limit, dead, kinds):
+            # Read and locked in one statement; then one statement per claim.
+            due = sql.due_rows(tx, now, limit, dead, kinds, columns=f"id, {sql.CLAIM_COLUMNS}")
+            for entity_id, *row in due:
                 if tick is None:
                     tick = sql.advance_tick(tx, owner)
                 record = sql.claim(
@@ -124,6 +126,7 @@ class StoreRuns:
                     back_off=True,
                     alone=idle and not claimed,
                     tick=tick,
+                    row=row,
                 )
                 if isinstance(record, EntityRecord):
                     claimed.append(record)
