@@ -19,11 +19,13 @@ still holds, and its local limit shrinks to that.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
 import trio
 
+from .._errors import StoreError
 from ..capacity import CapacitySource
 from ._live import owner_is_dead
 
@@ -73,6 +75,7 @@ class GlobalLimitBroker:
         # How often a process holding no units and needing none looks for new local demand.
         look_every = 0.01
         refresh_at = -math.inf  # when the units must be renewed next
+        renewed_at = trio.current_time()  # when they last were
         release_at: float | None = None  # when units not needed since then go back
         task_status.started()
         try:
@@ -93,10 +96,22 @@ class GlobalLimitBroker:
                 else:
                     release_at = None
                 if target != self.held or now >= refresh_at:
-                    await self._hold(target)
-                    refresh_at = trio.current_time() + refresh_every
-                    if self.held <= need:
-                        release_at = None  # nothing left over (any more)
+                    try:
+                        await self._hold(target)
+                    except StoreError:
+                        # The store is out of reach for now: try again soon. The units
+                        # stay this runtime's until its lease would expire; past two
+                        # thirds of it, none is used any more (another process may get
+                        # them once it has expired).
+                        if trio.current_time() >= renewed_at + 2 * refresh_every:
+                            self.held = 0
+                            self.source.total_tokens = 0
+                        refresh_at = trio.current_time() + retry_every
+                    else:
+                        renewed_at = trio.current_time()
+                        refresh_at = renewed_at + refresh_every
+                        if self.held <= need:
+                            release_at = None  # nothing left over (any more)
                 now = trio.current_time()
                 if need > self.held:
                     wake_at = now + retry_every
@@ -111,7 +126,10 @@ class GlobalLimitBroker:
             with trio.CancelScope(shield=True):
                 self.source.total_tokens = 0
                 if self.held:
-                    await self._hold(0)
+                    # Given back now; if the store is out of reach, they come back when
+                    # this runtime's lease expires.
+                    with contextlib.suppress(StoreError):
+                        await self._hold(0)
 
     async def _hold(self, target: int) -> None:
         runtime = self.runtime
