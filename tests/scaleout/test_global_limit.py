@@ -21,12 +21,18 @@ GLOBAL, LOCAL, JOBS, WORK = 4, 10, 200, 0.02
 
 
 async def submit_jobs(url: str) -> list[str]:
+    """Create the jobs, then submit them all at once (a few grouped transactions), as a
+    program handing a batch of work to the cluster does."""
     async with open_runtime(PostgresStore(url), TYPES, work=False) as runtime:
-        ids = []
-        for n in range(JOBS):
-            record = await runtime.create(Job, {"work": WORK}, name=f"job-{n}")
-            ids.append(record.id)
-        async with trio.open_nursery() as nursery:  # submitted together: a few transactions
+        ids: list[str] = []
+
+        async def create(n: int) -> None:
+            ids.append((await runtime.create(Job, {"work": WORK}, name=f"job-{n}")).id)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(JOBS):
+                nursery.start_soon(create, n)
+        async with trio.open_nursery() as nursery:
             for entity_id in ids:
                 nursery.start_soon(runtime.start, entity_id)
         return ids
