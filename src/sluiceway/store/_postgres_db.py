@@ -244,7 +244,7 @@ class PostgresDatabase(Lifetime):
             self._apply_batch, max_batch=max_batch, threads=True, name=self.where
         )
         self._offset = 0.0
-        self._began = False  # whether the writer's current transaction got its first lock
+        self._began = False  # whether the current batch got past BEGIN (the connection works)
         self._retries = 0
         self._reads = 0
         self._notifications = 0
