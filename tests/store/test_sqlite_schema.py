@@ -23,6 +23,7 @@ TABLES = {
     "waits",
     "runtimes",
     "capacity_units",
+    "capacity_wants",
 }
 
 

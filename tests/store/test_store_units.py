@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluiceway.store import EntityStore
+from sluiceway.store import EntityStore, UnitHold
 
 
 async def hold(
@@ -17,9 +17,10 @@ async def hold(
     lease: float = 30.0,
     dead: tuple[str, ...] = (),
 ) -> int:
-    return await store.hold_units(
+    hold = await store.hold_units(
         "images", owner, total=total, target=target, now=now, expires=now + lease, dead=dead
     )
+    return hold.held
 
 
 async def test_units_are_shared_up_to_the_total(store: EntityStore) -> None:
@@ -28,7 +29,8 @@ async def test_units_are_shared_up_to_the_total(store: EntityStore) -> None:
     assert await hold(store, "c", 1) == 0
     assert await store.unit_holders("images", now=10.0) == {"a": 2, "b": 1}
     # Each limit has its own units.
-    assert await store.hold_units("other", "c", total=1, target=1, now=10.0, expires=40.0) == 1
+    other = await store.hold_units("other", "c", total=1, target=1, now=10.0, expires=40.0)
+    assert other == UnitHold(held=1, sharing=1, wanting=0)
 
 
 async def test_giving_back_frees_units_for_others(store: EntityStore) -> None:
@@ -78,3 +80,22 @@ async def test_bad_arguments_are_refused(
     with pytest.raises(ValueError, match="hold_units"):
         await store.hold_units(limit, "a", total=total, target=target, now=1.0, expires=2.0)
     assert await store.unit_holders("images", now=1.0) == {}
+
+
+async def test_a_process_left_short_is_counted_as_wanting(store: EntityStore) -> None:
+    first = await store.hold_units("images", "a", total=4, target=4, now=10.0, expires=40.0)
+    assert first == UnitHold(held=4, sharing=1, wanting=0)
+    short = await store.hold_units("images", "b", total=4, target=3, now=10.0, expires=40.0)
+    assert short == UnitHold(held=0, sharing=2, wanting=0)  # nobody else wants
+    # a learns that b is short: its fair share is 2 of 4.
+    again = await store.hold_units("images", "a", total=4, target=2, now=10.0, expires=40.0)
+    assert again == UnitHold(held=2, sharing=2, wanting=1)
+    served = await store.hold_units("images", "b", total=4, target=2, now=10.0, expires=40.0)
+    assert served == UnitHold(held=2, sharing=2, wanting=0)
+    # b is served: nobody wants any more.
+    last = await store.hold_units("images", "a", total=4, target=2, now=10.0, expires=40.0)
+    assert last.wanting == 0
+    # A process that wants and then dies is not counted once its lease is over.
+    await store.hold_units("images", "c", total=4, target=1, now=10.0, expires=20.0)
+    later = await store.hold_units("images", "a", total=4, target=2, now=21.0, expires=60.0)
+    assert (later.sharing, later.wanting) == (2, 0)  # a and b hold; c is gone

@@ -12,7 +12,9 @@ process's need changes, not once per task.
 A unit the process no longer needs is given back after ``linger`` seconds (work that comes
 in bursts keeps its units between tasks), or at once when another process is short of units
 (on a store that notifies: PostgreSQL); processes waiting for units hear that some came back
-at once on such a store, within ``poll_interval`` otherwise. A process
+at once on such a store, within ``poll_interval`` otherwise. While other processes are short,
+a process keeps no more than its fair share (the total over the processes sharing the limit)
+as its tasks end: the units are shared max-min fairly between processes as well. A process
 that was frozen for longer than its lease finds, at its next refresh, how many units it
 still holds, and its local limit shrinks to that.
 """
@@ -47,6 +49,10 @@ class GlobalLimitBroker:
         self.linger = linger
         self.source = CapacitySource(0, name=f"global limit {name!r}")
         self.held = 0
+        # As the store last said: processes sharing the limit, and others short of units.
+        self.sharing = 1
+        self.wanting = 0
+        self._recheck = False  # another process said it is short: learn the shares again
         self._wakeup = trio.Event()
         self._wanted_at = -math.inf  # when another process last said it is short of units
         self._dead: tuple[str, ...] = ()
@@ -57,13 +63,21 @@ class GlobalLimitBroker:
         process is short of units, so those this one does not use go back at once."""
         if wanted:
             self._wanted_at = trio.current_time()
+            self._recheck = True
         self._wakeup.set()
 
-    def demand(self) -> int:
-        """How many units this process needs now: those its tasks hold and wait for."""
+    def demand(self) -> tuple[int, bool]:
+        """How many units this process needs now: those its tasks hold and wait for, but no
+        more than its fair share while other processes are short of units (and no fewer than
+        its tasks hold: units in use are never taken back); and whether the share held it
+        back."""
         stats = self.source.statistics()
-        wanted = stats.borrowed_tokens + stats.waiting_in_subtree
-        return int(min(wanted, self.total))
+        need = int(min(stats.borrowed_tokens + stats.waiting_in_subtree, self.total))
+        if self.wanting and self.sharing > 1:
+            share = -(-self.total // self.sharing)
+            capped = min(need, max(share, int(stats.borrowed_tokens)))
+            return capped, capped < need
+        return need, False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         runtime = self.runtime
@@ -76,6 +90,7 @@ class GlobalLimitBroker:
         look_every = 0.01
         refresh_at = -math.inf  # when the units must be renewed next
         renewed_at = trio.current_time()  # when they last were
+        ask_at = renewed_at  # when a process held back by its share may look again
         release_at: float | None = None  # when units not needed since then go back
         task_status.started()
         try:
@@ -83,19 +98,23 @@ class GlobalLimitBroker:
                 # Deadlines are absolute: under a mock clock, a pause computed as a difference
                 # can round to nothing and never let the clock move.
                 now = trio.current_time()
-                need = self.demand()
+                need, held_back = self.demand()
                 target = need
                 if need < self.held:
                     if release_at is None:
                         release_at = now + self.linger
                     # A process short of units says so at each of its tries (every
                     # retry_every): while one was heard lately, nothing is kept back.
-                    wanted = now - self._wanted_at <= 3 * retry_every
+                    wanted = now - self._wanted_at <= 3 * retry_every or self.wanting > 0
                     if now < release_at and not wanted:
                         target = self.held  # keep them a little: more work may come
                 else:
                     release_at = None
-                if target != self.held or now >= refresh_at:
+                # Learn the shares again when another process said it is short, and, while
+                # the share holds this process back, as often as a short process asks.
+                recheck, self._recheck = self._recheck, False
+                recheck = (recheck and self.held > 0) or (held_back and now >= ask_at)
+                if target != self.held or now >= refresh_at or recheck:
                     try:
                         await self._hold(target)
                     except StoreError:
@@ -110,10 +129,11 @@ class GlobalLimitBroker:
                     else:
                         renewed_at = trio.current_time()
                         refresh_at = renewed_at + refresh_every
+                        ask_at = renewed_at + retry_every
                         if self.held <= need:
                             release_at = None  # nothing left over (any more)
                 now = trio.current_time()
-                if need > self.held:
+                if need > self.held or held_back:
                     wake_at = now + retry_every
                 elif release_at is not None:
                     wake_at = release_at
@@ -138,7 +158,7 @@ class GlobalLimitBroker:
             # them once another process can (target >= what the tasks hold: see run()).
             self.source.total_tokens = target
         now = runtime.clock()
-        self.held = await runtime.store.hold_units(
+        hold = await runtime.store.hold_units(
             self.name,
             runtime.owner,
             total=self.total,
@@ -147,6 +167,7 @@ class GlobalLimitBroker:
             expires=now + runtime.lease_seconds,
             dead=await self._dead_holders(target),
         )
+        self.held, self.sharing, self.wanting = hold.held, hold.sharing, hold.wanting
         self.source.total_tokens = self.held
 
     async def _dead_holders(self, target: int) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ TABLES = (
     "waits",
     "runtimes",
     "capacity_units",
+    "capacity_wants",
 )
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -159,6 +160,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
             "CREATE INDEX capacity_units_holder ON capacity_units (holder)"
             " WHERE holder IS NOT NULL",
+            # What the processes left short of units of each limit want (fair shares).
+            """
+            CREATE TABLE capacity_wants (
+                limit_name text NOT NULL,
+                owner text NOT NULL,
+                wanted integer NOT NULL,
+                PRIMARY KEY (limit_name, owner)
+            )
+            """,
             "INSERT INTO meta (key, value) VALUES ('version', '1')",
         ],
     ),

@@ -48,6 +48,7 @@ from ._records import (
     ParkReason,
     StoreChange,
     StoredEnvelope,
+    UnitHold,
     WaitKind,
     WaitRecord,
     WaitState,
@@ -540,11 +541,14 @@ class EntityStore(Protocol):
         now: float,
         expires: float,
         dead: Sequence[str] = (),
-    ) -> int:
+    ) -> UnitHold:
         """Make ``owner`` hold ``target`` of the ``total`` units of the global limit ``limit``
         (any name), or as many as are free, in one transaction; returns how many it holds
-        now. Units past ``target`` (or past ``total``) are given back. A unit is free when
-        nobody holds it, or its holder is not alive: its runtime's ``expires`` (set here, and
+        now, and how many live processes share the limit (hold or want units of it), so that
+        the caller can keep to its fair share while others want units (:class:`UnitHold`).
+        Units past ``target`` (or past ``total``) are given back; a caller left short is
+        recorded as wanting the rest. A unit is free when nobody holds it, or its holder is
+        not alive: its runtime's ``expires`` (set here, and
         by :meth:`renew_leases`) has passed at ``now``, or it is one of ``dead`` (owners known
         to be dead). So the units of a process that dies come back when its lease would have
         expired, never earlier, and a process that stopped and resumed finds how many it

@@ -253,3 +253,14 @@ class StoreChange:
     units: bool = False
     units_wanted: bool = False
     everything: bool = False
+
+
+@attrs.frozen
+class UnitHold:
+    """What ``hold_units`` did: how many units of the global limit the caller holds now, how
+    many live processes hold or want units of it (the caller included if it does: its fair
+    share is ``ceil(total / sharing)``), and how many other processes are short of units."""
+
+    held: int
+    sharing: int
+    wanting: int

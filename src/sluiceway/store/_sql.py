@@ -19,7 +19,15 @@ import attrs
 from .._errors import DuplicateEntityError, EntityNotFoundError, LeaseLostError
 from ._json import encode_envelopes, encode_object
 from ._protocol import CrashFailure
-from ._records import EdgeRecord, EntityRecord, EntityStatus, NewEntity, ParkReason, WaitRecord
+from ._records import (
+    EdgeRecord,
+    EntityRecord,
+    EntityStatus,
+    NewEntity,
+    ParkReason,
+    UnitHold,
+    WaitRecord,
+)
 from ._rows import (
     EDGE_COLUMNS,
     ENTITY_COLUMNS,
@@ -633,11 +641,13 @@ def hold_units(
     now: float,
     expires: float,
     dead: Sequence[str],
-) -> int:
+) -> UnitHold:
     """Make ``owner`` hold ``target`` units of the global limit ``limit`` (``total`` units in
-    all), or as many as are free; returns how many it holds (see ``EntityStore.hold_units``).
-    A unit is free when nobody holds it, or its holder's runtime is not alive at ``now`` (its
-    ``runtimes.expires`` passed, or it is one of ``dead``)."""
+    all), or as many as are free; returns how many it holds, and how many live processes hold
+    or want units of it (see ``EntityStore.hold_units``). A unit is free when nobody holds it,
+    or its holder's runtime is not alive at ``now`` (its ``runtimes.expires`` passed, or it is
+    one of ``dead``). A process left short records what it wants (``capacity_wants``), so
+    that the others can hold no more than their share."""
     tx.execute(
         "INSERT INTO runtimes (owner, tick, expires) VALUES (%s, 0, %s)"
         " ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
@@ -691,9 +701,30 @@ def hold_units(
                 (owner, now, limit, *free),
             )
             keep += free
-    if len(keep) < target:
+    short = target - len(keep)
+    if short > 0:
         tx.notes.units_wanted = True  # processes holding units they do not use give them back
-    return len(keep)
+        tx.execute(
+            "INSERT INTO capacity_wants (limit_name, owner, wanted) VALUES (%s, %s, %s)"
+            " ON CONFLICT (limit_name, owner) DO UPDATE SET wanted = excluded.wanted",
+            (limit, owner, short),
+        )
+    else:
+        tx.execute(
+            "DELETE FROM capacity_wants WHERE limit_name = %s AND owner = %s", (limit, owner)
+        )
+    (sharing,) = tx.execute(
+        "SELECT count(*) FROM runtimes WHERE expires > %s AND owner IN ("
+        " SELECT holder FROM capacity_units WHERE limit_name = %s AND holder IS NOT NULL"
+        " UNION SELECT owner FROM capacity_wants WHERE limit_name = %s)",
+        (now, limit, limit),
+    ).fetchone()
+    (wanting,) = tx.execute(
+        "SELECT count(*) FROM capacity_wants AS w JOIN runtimes AS r ON r.owner = w.owner"
+        " WHERE w.limit_name = %s AND w.owner <> %s AND r.expires > %s",
+        (limit, owner, now),
+    ).fetchone()
+    return UnitHold(len(keep), int(sharing), int(wanting))
 
 
 def unit_holders(tx: Tx, limit: str, now: float) -> dict[str, int]:

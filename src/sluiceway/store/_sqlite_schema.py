@@ -165,6 +165,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
             "CREATE INDEX capacity_units_holder ON capacity_units (holder)"
             " WHERE holder IS NOT NULL",
+            # What the processes left short of units of each limit want (fair shares).
+            """
+            CREATE TABLE capacity_wants (
+                limit_name TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                wanted INTEGER NOT NULL,
+                PRIMARY KEY (limit_name, owner)
+            )
+            """,
         ],
     ),
 ]

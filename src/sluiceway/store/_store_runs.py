@@ -12,7 +12,15 @@ from . import _rows as shared
 from . import _sql as sql
 from ._json import encode_envelopes, encode_json, encode_object
 from ._protocol import CrashFailure
-from ._records import JSON, ClaimBatch, EntityRecord, EntityStatus, NewEntity, ParkReason
+from ._records import (
+    JSON,
+    ClaimBatch,
+    EntityRecord,
+    EntityStatus,
+    NewEntity,
+    ParkReason,
+    UnitHold,
+)
 from ._sql import Tx
 
 if TYPE_CHECKING:
@@ -448,7 +456,7 @@ class StoreRuns:
         now: float,
         expires: float,
         dead: Sequence[str] = (),
-    ) -> int:
+    ) -> UnitHold:
         self._db.check_writable()
         shared.check_text_arg(limit, "hold_units() limit")
         shared.check_text_arg(owner, "hold_units() owner")
