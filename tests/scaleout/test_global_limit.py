@@ -86,7 +86,7 @@ async def test_three_processes_share_a_global_limit_of_four(
         )
     assert peak == GLOBAL  # never more, and all of it used
     assert processes == 3
-    # Measured 1.18x to 1.33x on 2 cores (3 workers, the server and this test on them): the
+    # Measured 1.12x to 1.33x on 2 cores (3 workers, the server and this test on them): the
     # first sends start while the jobs are still being claimed and submitted, and a unit is
     # idle for a moment between one job and the next of its process (3.6 of 4 busy at steady
     # state). This bound catches units that stop moving between processes.
