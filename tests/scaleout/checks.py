@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 
+from sluiceway.entities._live import owner_is_dead
 from tests.scaleout.cluster import peak, query
 
 
@@ -57,14 +58,16 @@ def send_peak(dsn: str) -> int:
 
 
 def live_units(dsn: str) -> dict[str, int]:
-    """The units of global limits held by a runtime that is alive (by its heartbeat)."""
+    """The units of global limits held by a runtime that is alive: its heartbeat has not
+    expired, and it is not a process of this machine that is gone (a SIGKILLed worker's units
+    are free for any process here at once, and for the others when its lease expires)."""
     rows = query(
         dsn,
         "SELECT u.holder, count(*) FROM capacity_units AS u JOIN runtimes AS r"
         " ON r.owner = u.holder WHERE r.expires > extract(epoch FROM clock_timestamp())"
         " GROUP BY u.holder",
     )
-    return {holder: int(count) for holder, count in rows}
+    return {holder: int(count) for holder, count in rows if not owner_is_dead(holder)}
 
 
 def utilization(dsn: str, *, step: float = 0.005, bucket: float = 0.05) -> list[float]:
