@@ -143,11 +143,39 @@ def test_a_loop_with_a_wait_is_a_recurring_sequence() -> None:
             "webhook url must be http",
         ),
         ([7], "a step is an object"),
+        (
+            [
+                WELCOME,
+                {**OPENED, "condition": {"type": "email_opened", "step": "nowhere"}},
+                THANKS,
+                NUDGE,
+                TAG,
+            ],
+            "step 'opened\\?': its condition looks at the email of step 'nowhere'",
+        ),
+        (
+            [
+                WAIT_1,
+                {**OPENED, "condition": {"type": "email_opened", "step": "wait-1"}},
+                THANKS,
+                NUDGE,
+                TAG,
+            ],
+            "and no email step is",
+        ),
     ],
 )
 def test_bad_steps_are_refused_naming_the_step(steps: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StepGraph.parse(steps)
+
+
+def test_a_condition_may_look_at_one_email_step() -> None:
+    one = {**OPENED, "condition": {"type": "email_opened", "step": "welcome"}}
+    drip = graph(WELCOME, WAIT_1, one, THANKS, NUDGE, TAG)
+    condition = drip["opened?"].condition
+    assert condition is not None
+    assert condition.email_step == "welcome"
 
 
 def test_actions_of_every_type_parse() -> None:

@@ -255,10 +255,17 @@ class StepGraph:
                     f"step {step.id!r}: step_order {step.order} is step {orders[step.order]!r}'s"
                 )
             orders[step.order] = step.id
+        emails = {step.id for step in steps if step.type is StepType.EMAIL}
         for step in steps:
             for target in (step.next, step.true_next, step.false_next):
                 if target is not None and target not in ids:
                     raise ValueError(f"step {step.id!r}: it goes to {target!r}, and no step is")
+            looked_at = None if step.condition is None else step.condition.email_step
+            if looked_at is not None and looked_at not in emails:
+                raise ValueError(
+                    f"step {step.id!r}: its condition looks at the email of step "
+                    f"{looked_at!r}, and no email step is"
+                )
         graph = cls(tuple(steps))
         graph._check_loops()
         return graph
