@@ -315,10 +315,11 @@ class Runtime(Executor):
         or to use as the ``parent`` of in-process capacity nodes, so that admission within
         this process stays atomic and max-min fair. Its ``total_tokens`` is how many units
         this process holds now: a broker task takes units from the store as this process's
-        tasks wait for them, and gives back those it has not needed for ``linger`` seconds
-        (see :mod:`~sluiceway.entities._global_limits`). The units of a process that dies come
-        back when its lease expires (at once for a dead process of this machine). Leaving
-        the block gives every unit back.
+        tasks wait for them, and gives back those it has not needed for ``linger`` seconds,
+        at once if another process is short of units; while one is, each process keeps no
+        more than its fair share (see :mod:`~sluiceway.entities._global_limits`). The units of
+        a process that dies come back when its lease expires (at once for a dead process of
+        this machine). Leaving the block gives every unit back.
 
         Raises:
             ValueError: ``name`` is empty, ``total`` is not an int >= 1, or ``linger`` is
