@@ -28,11 +28,32 @@ HTTP contract (JSON in and out; every error is ``{"error": {"code", "message", "
       the same key sends once the fault is gone;
     * **500** ``INTERNAL_ERROR`` for anything unexpected (logged; no traceback in the body).
 
+``POST /v1/emails/{id}/opened``, ``/clicked``, ``/replied``
+    Engagement with the sent email ``id`` (the SendResult's ``id``), as a recipient's mail
+    client, a test, the demo or a provider's webhook reports it; an optional body ``{"at":
+    seconds since the epoch}`` says when (for virtual or shifted clocks; default: now). **200**
+    with the email's engagement record (below) every time: a repeat is idempotent, counted
+    (``opens``, ``clicks``, ``replies``) and keeps the earliest time reported. **404**
+    ``NOT_FOUND`` for an unknown email (nothing recorded); **400** ``VALIDATION_ERROR`` for an
+    ``at`` that is not a finite, non-negative number, or a body that is not an object; **400**
+    ``INVALID_JSON``/**415** as for sends.
+
+``GET /v1/engagement?campaign=C&contact=K[&step=S]``
+    The emails sent with ``metadata`` ``{"campaign_id": C, "contact_id": K, "step_id": S}``
+    (string values; at least one of ``campaign`` and ``contact``), oldest first, each
+    ``{email_id, campaign, contact, step, sent_at, opened_at, clicked_at, replied_at, opens,
+    clicks, replies}``: times in seconds since the epoch, ``null`` until the event happens.
+    **400** ``VALIDATION_ERROR`` for a missing, empty, repeated or unknown parameter.
+
 ``GET /notifications/{id}``: the SendResult, or 404 ``NOT_FOUND``. ``GET /health``:
 ``{"status": "ok"}``. ``GET /stats``: ``{"sends", "requests", "repeats", "failures",
 "inFlight"}``. ``GET``/``POST /admin/faults``: the :class:`Faults` settings (partial updates,
 400 ``VALIDATION_ERROR`` for a bad or unknown setting). Unknown paths: 404 ``NOT_FOUND``; a
 wrong method: 405 ``METHOD_NOT_ALLOWED`` with ``Allow``.
+
+The SQLite file carries its schema version (``PRAGMA user_version``); opening an older file
+migrates it in place (a file from before engagement keeps its sends, their references read
+from their stored ``metadata``), and a file from a newer version is refused.
 
 Command line: ``python -m sluiceway.apps.notification --db PATH --port N [--fail-rate ...]``.
 """

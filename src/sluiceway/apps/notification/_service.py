@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -24,8 +25,14 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, S
 from hypercorn.utils import wrap_app
 
 from ._faults import Faults, faults_changes
-from ._store import Store
-from ._validation import EmailRequest, ValidationFailed, parse_email_request
+from ._store import EVENTS, Store
+from ._validation import (
+    EmailRequest,
+    ValidationFailed,
+    parse_email_request,
+    parse_engagement_event,
+    parse_engagement_query,
+)
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "NotificationService", "serve_notifications"]
 
@@ -76,8 +83,16 @@ class _Request:
     receive: ASGIReceiveCallable
     max_body_bytes: int
     params: dict[str, str] = attrs.field(factory=dict)
+    query: str = ""
+    _read: bytes | None = None
 
     async def body(self) -> bytes:
+        """The whole body (read once; later calls answer from memory)."""
+        if self._read is None:
+            self._read = await self._receive_body()
+        return self._read
+
+    async def _receive_body(self) -> bytes:
         """The whole body; 413 past ``max_body_bytes``. A too-large body is still read (and
         dropped) up to 4 times the limit so that the client gets to read the 413."""
         drain_limit = 4 * self.max_body_bytes
@@ -286,6 +301,22 @@ class NotificationService:
         """The stored SendResult with this id, or ``None``."""
         return await self._store.by_id(notification_id)
 
+    async def record_engagement(
+        self, email_id: str, event: str, *, at: float | None = None
+    ) -> dict[str, Any] | None:
+        """Record ``event`` (``"opened"``, ``"clicked"`` or ``"replied"``) for the sent email
+        ``email_id`` at ``at`` (seconds since the epoch; default now), as ``POST
+        /v1/emails/{id}/{event}`` does. Returns the email's engagement record, or ``None`` for
+        an unknown email."""
+        return await self._store.engage(email_id, event, time.time() if at is None else at)
+
+    async def engagement(
+        self, *, campaign: str | None = None, contact: str | None = None, step: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The engagement records of the emails sent with these ``metadata`` references, as
+        ``GET /v1/engagement`` lists them (``None``: any)."""
+        return await self._store.engagement(campaign=campaign, contact=contact, step=step)
+
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(
@@ -326,7 +357,14 @@ class NotificationService:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        request = _Request(scope["method"], scope["path"], headers, receive, self.max_body_bytes)
+        request = _Request(
+            scope["method"],
+            scope["path"],
+            headers,
+            receive,
+            self.max_body_bytes,
+            query=scope["query_string"].decode("latin-1"),
+        )
         try:
             response = await self._dispatch(request)
         except _ClientGone:
@@ -355,6 +393,10 @@ class NotificationService:
             if head == "/notifications" and tail:
                 methods = _ROUTES["/notifications/{id}"]
                 request.params["id"] = tail
+            prefix, _, email_id = head.rpartition("/")
+            if prefix == "/v1/emails" and email_id and tail in EVENTS:
+                methods = _ROUTES["/v1/emails/{id}/{event}"]
+                request.params.update(id=email_id, event=tail)
         if methods is None:
             raise _HTTPError(404, "NOT_FOUND", f"no route {request.path}")
         method = "GET" if request.method == "HEAD" else request.method
@@ -436,6 +478,27 @@ class NotificationService:
         log.info("sent %s to %s (key %s)", result["id"], ", ".join(message.to), key)
         return _Response(202, result, (("location", f"/notifications/{result['id']}"),))
 
+    async def _post_engagement_event(self, request: _Request) -> _Response:
+        email_id, event = request.params["id"], request.params["event"]
+        body = await request.body()
+        at = time.time()
+        if body.strip():
+            try:
+                at = parse_engagement_event(await request.json(), default=at)
+            except ValidationFailed as error:
+                raise _validation_error(error) from None
+        record = await self._store.engage(email_id, event, at)
+        if record is None:
+            raise _HTTPError(404, "NOT_FOUND", f"no email {email_id}")
+        return _Response(200, record)
+
+    async def _get_engagement(self, request: _Request) -> _Response:
+        try:
+            filters = parse_engagement_query(request.query)
+        except ValidationFailed as error:
+            raise _validation_error(error) from None
+        return _Response(200, await self._store.engagement(**filters))
+
     async def _provider_call(self, message: EmailRequest) -> None:
         """The simulated provider: the faults decide latency and failures (nothing is stored)."""
         faults = self._faults
@@ -474,6 +537,8 @@ _ROUTES: dict[str, dict[str, _Handler]] = {
     "/stats": {"GET": NotificationService._stats},
     "/send/email": {"POST": NotificationService._post_send_email},
     "/notifications/{id}": {"GET": NotificationService._get_notification},
+    "/v1/emails/{id}/{event}": {"POST": NotificationService._post_engagement_event},
+    "/v1/engagement": {"GET": NotificationService._get_engagement},
     "/admin/faults": {
         "GET": NotificationService._get_faults,
         "POST": NotificationService._post_faults,

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import trio
@@ -28,6 +29,76 @@ CREATE TABLE IF NOT EXISTS counters (
 INSERT OR IGNORE INTO counters (name, value)
     VALUES ('requests', 0), ('repeats', 0), ('failures', 0);
 """
+
+#: The schema version this code writes (``PRAGMA user_version``). Version 0 is the original
+#: ``sends`` and ``counters`` tables; each later version has a migration in ``_MIGRATIONS``.
+SCHEMA_VERSION = 1
+
+#: The engagement events an email can record, and the ``engagement`` column of each.
+EVENTS = ("opened", "clicked", "replied")
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    """Version 1: engagement. ``sends`` gains the campaign, contact and step an email belongs
+    to (from its ``metadata``: ``campaign_id``, ``contact_id``, ``step_id``), filled in for
+    the rows already there; ``engagement`` holds one row per email and event."""
+    for column in ("campaign_id", "contact_id", "step_id"):
+        conn.execute(f"ALTER TABLE sends ADD COLUMN {column} TEXT")
+    rows = conn.execute("SELECT key, message FROM sends").fetchall()
+    for key, message in rows:
+        campaign, contact, step = metadata_refs(_loads(message).get("metadata"))
+        conn.execute(
+            "UPDATE sends SET campaign_id = ?, contact_id = ?, step_id = ? WHERE key = ?",
+            (campaign, contact, step, key),
+        )
+    conn.execute("CREATE INDEX sends_campaign_contact ON sends (campaign_id, contact_id)")
+    conn.execute("CREATE INDEX sends_contact ON sends (contact_id)")
+    conn.execute(
+        """CREATE TABLE engagement (
+            email_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (email_id, event)
+        )"""
+    )
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
+
+
+def metadata_refs(metadata: object) -> tuple[str | None, str | None, str | None]:
+    """``(campaign_id, contact_id, step_id)`` from a send's ``metadata`` (string values only)."""
+    if not isinstance(metadata, dict):
+        return None, None, None
+    refs = [metadata.get(name) for name in ("campaign_id", "contact_id", "step_id")]
+    campaign, contact, step = (value if isinstance(value, str) else None for value in refs)
+    return campaign, contact, step
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the file to :data:`SCHEMA_VERSION`, one version per transaction (``BEGIN
+    IMMEDIATE``, the version read inside it: processes opening one file together migrate it
+    once). A file written by a newer version is refused."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the notification store has schema version {version}; "
+                    f"this code knows versions up to {SCHEMA_VERSION}"
+                )
+            if version < SCHEMA_VERSION:
+                _MIGRATIONS[version + 1](conn)
+                conn.execute(f"PRAGMA user_version = {int(version) + 1}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if version + 1 >= SCHEMA_VERSION:
+            return
 
 
 class Store:
@@ -56,6 +127,7 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            _migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -97,11 +169,23 @@ class Store:
         constraint, not a check-then-insert). Returns ``(True, result)`` for a new send,
         ``(False, stored)`` (counted as a repeat) when another writer got there first."""
 
+        campaign, contact, step = metadata_refs(message.get("metadata"))
+
         def run(conn: sqlite3.Connection) -> tuple[bool, dict[str, Any]]:
             cursor = conn.execute(
-                "INSERT INTO sends (key, id, result, message, created_at) VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO sends (key, id, result, message, created_at, campaign_id,"
+                " contact_id, step_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (key) DO NOTHING",
-                (key, result["id"], _dumps(result), _dumps(message), result["timestamp"]),
+                (
+                    key,
+                    result["id"],
+                    _dumps(result),
+                    _dumps(message),
+                    result["timestamp"],
+                    campaign,
+                    contact,
+                    step,
+                ),
             )
             if cursor.rowcount == 1:
                 _count(conn)
@@ -124,6 +208,52 @@ class Store:
                 "SELECT result FROM sends WHERE id = ?", (notification_id,)
             ).fetchone()
             return None if row is None else _loads(row[0])
+
+        return await self._run(run, write=False)
+
+    async def engage(self, email_id: str, event: str, at: float) -> dict[str, Any] | None:
+        """Record that ``event`` (one of :data:`EVENTS`) happened to the email ``email_id`` at
+        ``at`` (seconds since the epoch): the first report creates the record, a repeat counts
+        one more and keeps the earliest time. Returns the email's engagement
+        (:meth:`engagement`'s shape), or ``None`` for an unknown email (nothing recorded)."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown engagement event {event!r}")
+
+        def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            if conn.execute("SELECT 1 FROM sends WHERE id = ?", (email_id,)).fetchone() is None:
+                return None
+            conn.execute(
+                "INSERT INTO engagement (email_id, event, first_at, last_at, count)"
+                " VALUES (?, ?, ?, ?, 1) ON CONFLICT (email_id, event) DO UPDATE SET"
+                " first_at = MIN(first_at, excluded.first_at),"
+                " last_at = MAX(last_at, excluded.last_at), count = count + 1",
+                (email_id, event, at, at),
+            )
+            rows = _engagement_rows(conn, "s.id = ?", (email_id,))
+            return rows[0]
+
+        return await self._run(run)
+
+    async def engagement(
+        self, *, campaign: str | None = None, contact: str | None = None, step: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The emails sent with these ``metadata`` references (``None``: any), oldest first,
+        each ``{email_id, campaign, contact, step, sent_at, opened_at, clicked_at, replied_at,
+        opens, clicks, replies}`` (times in seconds since the epoch, ``None`` for an event not
+        yet recorded; the counts are how many times each was reported)."""
+        where = ["1"]
+        args: list[str] = []
+        for column, value in (
+            ("campaign_id", campaign),
+            ("contact_id", contact),
+            ("step_id", step),
+        ):
+            if value is not None:
+                where.append(f"s.{column} = ?")
+                args.append(value)
+
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return _engagement_rows(conn, " AND ".join(where), tuple(args))
 
         return await self._run(run, write=False)
 
@@ -154,6 +284,53 @@ def _transaction(
         raise
     conn.execute("COMMIT")
     return value
+
+
+def _engagement_rows(
+    conn: sqlite3.Connection, where: str, args: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT s.id, s.campaign_id, s.contact_id, s.step_id, s.created_at,"
+        " o.first_at, o.count, c.first_at, c.count, r.first_at, r.count FROM sends s"
+        " LEFT JOIN engagement o ON o.email_id = s.id AND o.event = 'opened'"
+        " LEFT JOIN engagement c ON c.email_id = s.id AND c.event = 'clicked'"
+        " LEFT JOIN engagement r ON r.email_id = s.id AND r.event = 'replied'"
+        f" WHERE {where} ORDER BY s.created_at, s.id",
+        args,
+    ).fetchall()
+    return [
+        {
+            "email_id": email_id,
+            "campaign": campaign,
+            "contact": contact,
+            "step": step,
+            "sent_at": _epoch(created_at),
+            "opened_at": opened_at,
+            "clicked_at": clicked_at,
+            "replied_at": replied_at,
+            "opens": opens or 0,
+            "clicks": clicks or 0,
+            "replies": replies or 0,
+        }
+        for (
+            email_id,
+            campaign,
+            contact,
+            step,
+            created_at,
+            opened_at,
+            opens,
+            clicked_at,
+            clicks,
+            replied_at,
+            replies,
+        ) in rows
+    ]
+
+
+def _epoch(timestamp: str) -> float:
+    """An ISO 8601 timestamp (``2026-01-01T09:00:00.000Z``) as seconds since the epoch."""
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def _count(conn: sqlite3.Connection, outcome: str | None = None) -> None:

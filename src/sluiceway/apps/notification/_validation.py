@@ -7,6 +7,7 @@ import binascii
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -336,3 +337,64 @@ def parse_email_request(body: object) -> EmailRequest:
         correlation_id=correlation_id,
         metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
     )
+
+
+def parse_engagement_event(body: object, *, default: float) -> float:
+    """The time of a ``POST /v1/emails/{id}/{event}`` body ``{"at"?: seconds since the epoch}``
+    (``default`` when ``at`` is absent or null); raises :class:`ValidationFailed`. ``at`` must
+    be a finite, non-negative number (not a boolean); other fields are ignored."""
+    if not isinstance(body, Mapping):
+        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
+    at = body.get("at")
+    if at is None:
+        return default
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        raise ValidationFailed([{"field": "at", "message": "must be a number of seconds"}])
+    try:
+        value = float(at)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value) or value < 0:
+        raise ValidationFailed(
+            [{"field": "at", "message": "must be a finite, non-negative number of seconds"}]
+        )
+    return value
+
+
+#: The filters of ``GET /v1/engagement`` and the keyword of :meth:`Store.engagement` each sets.
+ENGAGEMENT_FILTERS = {"campaign": "campaign", "contact": "contact", "step": "step"}
+
+
+def parse_engagement_query(query: str) -> dict[str, str]:
+    """The filters of a ``GET /v1/engagement`` query string (``campaign``, ``contact``,
+    ``step``; at least one of ``campaign`` and ``contact``, each at most once and non-empty);
+    raises :class:`ValidationFailed`. Other parameters are refused."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, strict_parsing=False, errors="strict"
+        )
+    except UnicodeDecodeError:
+        raise ValidationFailed([{"field": "query", "message": "must be UTF-8"}]) from None
+    details: list[dict[str, str]] = []
+    filters: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in ENGAGEMENT_FILTERS:
+            details.append({"field": name, "message": "is not a filter (campaign, contact, step)"})
+        elif name in filters:
+            details.append({"field": name, "message": "must be given at most once"})
+        elif not value:
+            details.append({"field": name, "message": "must not be empty"})
+        elif _SURROGATE.search(value):
+            details.append({"field": name, "message": SURROGATE_MESSAGE})
+        else:
+            filters[name] = value
+    if not details and "campaign" not in filters and "contact" not in filters:
+        details.append(
+            {
+                "field": "campaign|contact",
+                "message": "at least one of campaign or contact is required",
+            }
+        )
+    if details:
+        raise ValidationFailed(details)
+    return {ENGAGEMENT_FILTERS[name]: value for name, value in filters.items()}
