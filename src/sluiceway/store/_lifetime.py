@@ -3,6 +3,7 @@ before each call, and closing (the writer drained, then the readers waited for).
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import trio
@@ -11,7 +12,7 @@ from ._group_commit import GroupCommit
 from ._rows import State
 
 
-class Lifetime:
+class Lifetime(abc.ABC):
     """The life of a store's connections. A subclass sets ``kind`` (the store's class name),
     ``where`` (the file or database, for messages), ``read_only``, ``_writer``,
     ``_read_limiter`` and ``_readers``, and closes its connections in
@@ -63,5 +64,6 @@ class Lifetime:
         # Everything above ran shielded: deliver a cancellation now that the store is closed.
         await trio.lowlevel.checkpoint_if_cancelled()
 
+    @abc.abstractmethod
     async def _close_connections_async(self) -> None:
-        raise NotImplementedError
+        """Close every connection (the writer has stopped and no read is under way)."""
