@@ -39,13 +39,22 @@ TIMEOUT = 30
 
 class Chatter(RunnableEntity):
     """Emits ``data["count"]`` INTERNAL_UPDATE envelopes of about ``data["pad"]`` characters
-    each; waits for ``workflows.GATES[name]`` after ``data["pause_after"]`` of them, if set."""
+    each; waits for ``workflows.GATES[name]`` after ``data["pause_after"]`` of them, if set.
+    With ``data["until_gate"]``, emits at least ``count`` and goes on until that gate is set
+    (for a test that needs "as much as it takes", whatever the kernel's socket buffers hold)."""
 
     async def run_impl(self, ctx: RunContext) -> Any:
         workflows.executed(self.name)
         pad = "x" * self.data.get("pad", 0)
         pause_after = self.data.get("pause_after")
         count = self.data["count"]
+        if self.data.get("until_gate"):
+            gate = workflows.GATES.setdefault(self.name, trio.Event())
+            emitted = 0
+            while emitted < count or not gate.is_set():
+                emitted += 1
+                await ctx.emit("INTERNAL_UPDATE", message=f"{emitted}", metadata={"pad": pad})
+            return {"count": emitted}
         for i in range(count):
             if i == pause_after:
                 await workflows.GATES.setdefault(self.name, trio.Event()).wait()
