@@ -11,6 +11,8 @@ import trio.testing
 
 from sluiceway import (
     ConnectionNotAllowedError,
+    DataConflictError,
+    DataEntity,
     DuplicateEntityError,
     EntityCancelledError,
     EntityEnvelope,
@@ -335,6 +337,23 @@ async def test_update_data_is_an_atomic_merge(db: Path) -> None:
         data = await runtime.run(root.id)
         assert data == {"kept": "yes", "last": True, **{f"k{i}": i for i in range(50)}}
         assert (await runtime.get(root.id)).data == data
+
+
+class Note(DataEntity):
+    """Data only."""
+
+
+async def test_update_data_if_is_a_compare_and_set(db: Path) -> None:
+    async with open_runtime(db, [Note]) as runtime:
+        note = await runtime.create(Note, {"score": 1}, name="note")
+        assert await runtime.update_data_if(note.id, {"score": 1}, {"score": 2}) == {"score": 2}
+        with pytest.raises(DataConflictError, match="has score=2, not 1"):
+            await runtime.update_data_if(note.id, {"score": 1}, {"score": 3})
+        assert (await runtime.get(note.id)).data == {"score": 2}
+        with pytest.raises(TypeError):
+            await runtime.update_data_if(note.id, {"score": {2}}, {})
+        with pytest.raises(EntityNotFoundError):
+            await runtime.update_data_if("nope", {}, {"a": 1})
 
 
 async def test_context_rejects_bad_input(db: Path) -> None:

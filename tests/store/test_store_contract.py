@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from sluiceway._errors import (
+    DataConflictError,
     DuplicateEntityError,
     EntityNotFoundError,
     EntityNotWaitingError,
@@ -294,6 +295,52 @@ async def test_update_data_from_100_concurrent_callers_keeps_every_key(
             nursery.start_soon(update, index)
     assert (await store.get_entity("x")).data == {f"k{index}": index for index in range(100)}
     assert store.statistics().batches < 50
+
+
+async def test_update_data_with_expect_is_a_compare_and_set(store: SqliteStore) -> None:
+    await store.create_entity(new("x", data={"score": 10, "log": {"a": 1}}))
+    data = await store.update_data(
+        "x", None, {"score": 15, "log": {"a": 1, "b": 5}}, now=2.0, expect={"score": 10}
+    )
+    assert data == {"score": 15, "log": {"a": 1, "b": 5}}
+    before = await snapshot(store, "x")
+    with pytest.raises(DataConflictError, match="has score=15, not 10") as conflict:
+        await store.update_data("x", None, {"score": 99}, now=3.0, expect={"score": 10})
+    assert (conflict.value.key, conflict.value.expected, conflict.value.actual) == ("score", 10, 15)
+    # 15.0 is not 15 (a JSON float is not an integer), nested values compare whole, and a
+    # missing key matches None.
+    for expect in ({"score": 15.0}, {"log": {"a": 1}}, {"absent": 0}):
+        with pytest.raises(DataConflictError):
+            await store.update_data("x", None, {"score": 99}, now=3.0, expect=expect)
+    assert await snapshot(store, "x") == before
+    data = await store.update_data(
+        "x", None, {"n": 1}, now=4.0, expect={"log": {"b": 5, "a": 1}, "absent": None}
+    )
+    assert data["n"] == 1
+    with pytest.raises(TypeError, match="data expected of entity 'x'"):
+        await store.update_data("x", None, {}, now=5.0, expect={"a": {1}})
+
+
+async def test_compare_and_set_from_concurrent_callers_loses_no_increment(
+    store: SqliteStore,
+) -> None:
+    await store.create_entity(new("x", data={"count": 0}))
+
+    async def increment() -> None:
+        while True:
+            count = (await store.get_entity("x")).data["count"]
+            try:
+                await store.update_data(
+                    "x", None, {"count": count + 1}, now=1.0, expect={"count": count}
+                )
+                return
+            except DataConflictError:
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(30):
+            nursery.start_soon(increment)
+    assert (await store.get_entity("x")).data["count"] == 30
 
 
 # -- claim, renew_leases, release ------------------------------------------------------------------

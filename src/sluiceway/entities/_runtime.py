@@ -127,6 +127,25 @@ class Runtime(Executor):
         check_json(partial, "entity data")
         return await self.store.update_data(entity_id, None, partial, now=self.clock())
 
+    async def update_data_if(
+        self, entity_id: str, expect: Mapping[str, Any], data: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge ``data`` into the entity's stored data only if each key of ``expect`` has
+        exactly that value there (a missing key matches ``None``), atomically: a
+        compare-and-set, for read-modify-write updates that concurrent writers must not lose
+        (read, compute, ``update_data_if(id, {"score": old}, {"score": new})``, and on
+        :class:`~sluiceway.DataConflictError` read again). Returns the new data.
+
+        Raises:
+            EntityNotFoundError.
+            DataConflictError: the data did not hold what ``expect`` says (nothing written).
+        """
+        payload = check_data(data, "entity data")
+        wanted = check_data(expect, "the data an update expects")
+        return await self.store.update_data(
+            entity_id, None, payload, now=self.clock(), expect=wanted
+        )
+
     async def connect(
         self,
         from_id: str,

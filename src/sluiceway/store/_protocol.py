@@ -132,14 +132,22 @@ class EntityStore(Protocol):
         ...
 
     async def update_data(
-        self, entity_id: str, owner: str | None, partial: Mapping[str, JSON], *, now: float
+        self,
+        entity_id: str,
+        owner: str | None,
+        partial: Mapping[str, JSON],
+        *,
+        now: float,
+        expect: Mapping[str, JSON] | None = None,
     ) -> dict[str, JSON]:
         """Merge ``partial`` into the entity's data (top-level keys are replaced, others kept)
         atomically, and return the new data. Fenced unless ``owner`` is ``None`` (an update
-        from outside any run).
+        from outside any run). With ``expect``, only if each of its keys has exactly that
+        value in the data (a missing key matches ``None``): a compare-and-set.
 
         Raises:
             EntityNotFoundError, LeaseLostError.
+            DataConflictError: the data did not hold what ``expect`` says (nothing written).
         """
         ...
 

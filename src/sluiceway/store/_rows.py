@@ -145,11 +145,22 @@ def crash_pause(abandoned: int) -> float:
 def check_expected(record: EntityRecord, expect: Mapping[str, Any]) -> None:
     """Raise :class:`~sluiceway.DataConflictError` unless each key of ``expect`` has that
     value in the entity's data (a missing key matches ``None``)."""
+    _check_expected(f"{record.type} {record.name!r} ({record.id})", record.data, expect)
+
+
+def check_expected_data(
+    entity_id: str, data: Mapping[str, Any], expect: Mapping[str, Any]
+) -> None:
+    """:func:`check_expected` on the data of the entity ``entity_id``."""
+    _check_expected(f"entity {entity_id}", data, expect)
+
+
+def _check_expected(what: str, data: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
     for key, value in expect.items():
-        current = record.data.get(key)
+        current = data.get(key)
         if current != value or type(current) is not type(value):
             raise DataConflictError(
-                f"{record.type} {record.name!r} ({record.id}) has {key}={current!r}, not "
+                f"{what} has {key}={current!r}, not "
                 f"{value!r}: it changed meanwhile, so nothing was written",
                 key=key,
                 expected=value,

@@ -137,11 +137,19 @@ class StoreOperations(StoreRuns):
         return await self._db.read(read)
 
     async def update_data(
-        self, entity_id: str, owner: str | None, partial: Mapping[str, JSON], *, now: float
+        self,
+        entity_id: str,
+        owner: str | None,
+        partial: Mapping[str, JSON],
+        *,
+        now: float,
+        expect: Mapping[str, JSON] | None = None,
     ) -> dict[str, JSON]:
         shared.known_id(entity_id)
         self._db.check_writable()
         encode_object(partial, f"the data update of entity {entity_id!r}")
+        if expect is not None:
+            encode_object(expect, f"the data expected of entity {entity_id!r}")
         patch = dict(partial)
 
         def write(tx: Tx) -> dict[str, JSON]:
@@ -156,6 +164,8 @@ class StoreOperations(StoreRuns):
             else:
                 data_json = sql.fence(tx, entity_id, owner, "data")[1]
             data: dict[str, JSON] = json.loads(data_json)
+            if expect is not None:
+                shared.check_expected_data(entity_id, data, expect)
             data.update(patch)
             tx.execute(
                 "UPDATE entities SET data = %s, modified_at = %s WHERE id = %s",
