@@ -148,9 +148,7 @@ def check_expected(record: EntityRecord, expect: Mapping[str, Any]) -> None:
     _check_expected(f"{record.type} {record.name!r} ({record.id})", record.data, expect)
 
 
-def check_expected_data(
-    entity_id: str, data: Mapping[str, Any], expect: Mapping[str, Any]
-) -> None:
+def check_expected_data(entity_id: str, data: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
     """:func:`check_expected` on the data of the entity ``entity_id``."""
     _check_expected(f"entity {entity_id}", data, expect)
 
