@@ -19,7 +19,6 @@ from ._entities import (
     ContactList,
     EmailDraft,
     EmailTemplate,
-    SendError,
 )
 from ._personalize import (
     Personalization,
@@ -27,6 +26,7 @@ from ._personalize import (
     Personalizer,
     TemplatePersonalizer,
 )
+from ._sending import SendError
 
 #: The application with its configuration from the environment (read when the server starts).
 app = create_app()

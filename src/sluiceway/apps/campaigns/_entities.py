@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import datetime
-import logging
 from typing import Any
 
-import httpx
-import trio
-
-from ..._errors import EntityFailedError, SluicewayError
+from ..._errors import EntityFailedError
 from ...capacity import CapacitySource
 from ...entities import DataEntity, RunContext, RunnableEntity
 from ...runners import EnvelopeKind, HierarchicalTaskPoolRunner
 from ._config import CampaignServices, services_of
 from ._personalize import PersonalizationRequest
-
-log = logging.getLogger("sluiceway.apps.campaigns")
+from ._sending import SendError, post_with_retries
 
 #: The name of the address book every contact is filed under.
 CONTACT_LIST = "contacts"
@@ -63,10 +58,6 @@ class EmailDraft(RunnableEntity, type_name="EmailDraft"):
             status="ready",
         )
         return personalization.to_dict()
-
-
-class SendError(SluicewayError):
-    """The notification service did not accept an email (after the retries it deserved)."""
 
 
 class CampaignRecipient(
@@ -126,10 +117,6 @@ def draft_id(result: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-#: HTTP answers worth another try with the same idempotency key.
-_TRANSIENT = frozenset({429, 500, 502, 503, 504})
-
-
 async def _send(
     ctx: RunContext,
     services: CampaignServices,
@@ -152,43 +139,19 @@ async def _send(
     }
     if d.get("actor_id"):
         body["from"] = d["actor_id"]
-    delay = config.retry_delay
-    problem = ""
-    for attempt in range(1, config.send_attempts + 1):
-        try:
-            response = await services.http.post("/send/email", json=body)
-        except httpx.TransportError as exc:
-            problem = f"the notification service is unreachable: {type(exc).__name__}: {exc}"
-        else:
-            if response.status_code in (200, 202):
-                answer: dict[str, Any] = response.json()
-                return answer
-            code, reason = _reason(response)
-            problem = f"the notification service answered {response.status_code}: {reason}"
-            if response.status_code not in _TRANSIENT or code in _PERMANENT_CODES:
-                raise SendError(problem)
-            retry_after = response.headers.get("retry-after", "")
-            if retry_after.isdigit():
-                delay = max(delay, min(float(retry_after), 30.0))
-        if attempt < config.send_attempts:
-            log.info("send to %s failed (%s); retrying", d["contact_email"], problem)
-            await ctx.status("RUNNING", f"retrying {d['contact_email']}: {problem}")
-            await trio.sleep(delay)
-            delay *= 2
-    raise SendError(f"{problem} (after {config.send_attempts} attempts)")
 
+    async def retrying(problem: str) -> None:
+        await ctx.status("RUNNING", f"retrying {d['contact_email']}: {problem}")
 
-#: Error codes the service answers with a 5xx that another try would not change.
-_PERMANENT_CODES = frozenset({"INVALID_RECIPIENT"})
-
-
-def _reason(response: httpx.Response) -> tuple[str | None, str]:
-    """The service's error code (if it sent one) and a line about the error."""
-    try:
-        error = response.json().get("error") or {}
-        return error.get("code"), f"{error.get('code')}: {error.get('message')}"
-    except (ValueError, AttributeError):
-        return None, response.text[:200]
+    return await post_with_retries(
+        services.http,
+        "/send/email",
+        body,
+        attempts=config.send_attempts,
+        retry_delay=config.retry_delay,
+        what="the notification service",
+        on_retry=retrying,
+    )
 
 
 class Campaign(

@@ -1,0 +1,91 @@
+"""Posting to the notification service (and other HTTP services) with retries: the one place
+that decides which failures deserve another try with the same idempotency key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+import trio
+
+from ..._errors import SluicewayError
+
+log = logging.getLogger("sluiceway.apps.campaigns")
+
+
+class SendError(SluicewayError):
+    """The notification service (or a webhook) did not accept a request, after the retries
+    it deserved."""
+
+
+#: HTTP answers worth another try with the same idempotency key.
+TRANSIENT = frozenset({429, 500, 502, 503, 504})
+
+#: Error codes the service answers with a 5xx that another try would not change.
+PERMANENT_CODES = frozenset({"INVALID_RECIPIENT"})
+
+
+async def post_with_retries(
+    http: httpx.AsyncClient,
+    url: str,
+    body: Mapping[str, Any],
+    *,
+    attempts: int,
+    retry_delay: float,
+    what: str,
+    headers: Mapping[str, str] | None = None,
+    on_retry: Callable[[str], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """POST ``body`` as JSON to ``url`` and return the answer's JSON object (``{}`` for an
+    empty or non-object answer), trying up to ``attempts`` times while the failure is
+    transient: a transport error, 429 or a 5xx (not one with a permanent error code).
+    ``Retry-After`` (seconds, at most 30) lengthens the pause; pauses start at
+    ``retry_delay`` and double. ``on_retry(problem)`` is awaited before each pause.
+    Safe only with a request the service de-duplicates (an idempotency key).
+
+    Raises:
+        SendError: a permanent answer, or the last attempt failed (naming ``what``).
+    """
+    delay = retry_delay
+    problem = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            response = await http.post(url, json=dict(body), headers=dict(headers or {}))
+        except httpx.TransportError as exc:
+            problem = f"{what} is unreachable: {type(exc).__name__}: {exc}"
+        else:
+            if 200 <= response.status_code < 300:
+                return _json_object(response)
+            code, reason = _reason(response)
+            problem = f"{what} answered {response.status_code}: {reason}"
+            if response.status_code not in TRANSIENT or code in PERMANENT_CODES:
+                raise SendError(problem)
+            retry_after = response.headers.get("retry-after", "")
+            if retry_after.isdigit():
+                delay = max(delay, min(float(retry_after), 30.0))
+        if attempt < attempts:
+            log.info("%s failed (%s); retrying", what, problem)
+            if on_retry is not None:
+                await on_retry(problem)
+            await trio.sleep(delay)
+            delay *= 2
+    raise SendError(f"{problem} (after {attempts} attempts)")
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _reason(response: httpx.Response) -> tuple[str | None, str]:
+    """The service's error code (if it sent one) and a line about the error."""
+    try:
+        error = response.json().get("error") or {}
+        return error.get("code"), f"{error.get('code')}: {error.get('message')}"
+    except (ValueError, AttributeError):
+        return None, response.text[:200]
