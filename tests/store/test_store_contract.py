@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -202,6 +203,28 @@ async def test_count_children(store: SqliteStore) -> None:
         PENDING: 1,
     }
     assert await store.count_children("unknown") == {}
+
+
+async def test_a_child_created_submitted_is_due_and_pending(store: SqliteStore) -> None:
+    await store.create_entity(new("root"))
+    assert await store.pending_children("root") == 0
+    await store.create_entity(new("plain", parent="root"))
+    submitted = attrs.evolve(new("sub", parent="root", created_at=3.0), submit=True)
+    record, created = await store.create_entity(submitted)
+    assert created
+    assert (record.status, record.runnable_at) == (PENDING, 3.0)
+    assert [r.id for r in await store.runnable(now=3.0)] == ["sub"]
+    # Only the submitted one is pending (a never-submitted child is not).
+    assert await store.pending_children("root") == 1
+    await store.claim("sub", "o", now=4.0, expires=9.0, started=STARTED)
+    assert await store.pending_children("root") == 1
+    await store.finish("sub", "o", COMPLETED, now=5.0, result=1)
+    assert await store.pending_children("root") == 0
+    # Found again, it is returned as it is: not submitted again.
+    again, created = await store.create_entity(submitted)
+    assert not created
+    assert (again.status, again.runnable_at) == (COMPLETED, None)
+    assert await store.pending_children("unknown") == 0
 
 
 @pytest.mark.parametrize(

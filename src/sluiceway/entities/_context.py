@@ -27,6 +27,7 @@ from ..store import (
 from ..store._json import check_text
 from ._entity import CALLS, RunnableEntity
 from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
+from ._live import check_runnable
 from ._spread import ChildWatch, SpreadChildTask
 
 if TYPE_CHECKING:
@@ -314,6 +315,51 @@ class RunContext:
             ConnectionNotAllowedError: this type does not allow the edge to it.
         """
         return await self._child(entity_type, name, data, edge_type, strict=False)
+
+    async def start_child(
+        self,
+        entity_type: type[RunnableEntity] | str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        edge_type: str = CALLS,
+    ) -> tuple[EntityRecord, bool]:
+        """Create the child ``name`` submitted, to run on its own, not in this run: a claim
+        loop (of any runtime on the store) runs it, as it runs an entity that
+        :meth:`Runtime.start <sluiceway.Runtime.start>` submitted. It is created and
+        submitted in one transaction, so a crash cannot leave it created and never started;
+        a re-run finds it (whatever it is doing by then) and submits nothing. Returns
+        ``(record, created)``. Start many children from a nursery of a few tasks: their
+        writes share transactions. :meth:`wait_for_children` waits for their end.
+
+        Raises:
+            UnknownEntityTypeError: ``entity_type`` is not registered.
+            ConnectionNotAllowedError: this type does not allow the edge to it.
+            EntityNotRunnableError: the type is a DataEntity.
+        """
+        cls = self._child_type(entity_type, edge_type)
+        check_runnable(cls.runnable, cls.type_name, name, "(new)")
+        new = attrs.evolve(self._new_child(cls, name, data, edge_type), submit=True)
+        record, created = await self.runtime.store.create_entity(new, owner=self.runtime.owner)
+        if not created:
+            _check_child_type(self.entity, record, cls)
+        else:
+            self.runtime._work_due()
+        return record, created
+
+    async def wait_for_children(self) -> None:
+        """Wait until no child of this entity is pending (submitted, running or parked):
+        the children it started with :meth:`start_child` (or that others started) have all
+        ended. Returns at once when none is. While a claim loop runs, the run parks here
+        (``parked_on="children"``: :class:`~sluiceway.RunParked` ends it, let it through)
+        and the end of the last pending child wakes it; a re-run finds none pending and goes
+        on. Without a claim loop, it checks every ``poll_interval``."""
+        runtime = self.runtime
+        while await runtime.store.pending_children(self.id):
+            if runtime.can_park:
+                self._park_on(ParkReason.CHILDREN, None)
+            async with self._released():
+                await trio.sleep(runtime.poll_interval)
 
     async def call(
         self,

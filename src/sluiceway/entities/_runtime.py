@@ -72,10 +72,13 @@ class Runtime(Executor):
         exist_ok: bool = False,
         parent_id: str | None = None,
         edge_type: str = CALLS,
+        start: bool = False,
     ) -> EntityRecord:
         """Create an entity (PENDING: nothing runs until :meth:`run`): a root, or with
         ``parent_id`` a child of that entity, connected to it by an ``edge_type`` edge (which
-        the parent's type must allow), as a contact is filed under its address book.
+        the parent's type must allow), as a contact is filed under its address book. With
+        ``start=True`` it is created submitted, in the same transaction, as :meth:`start`
+        would submit it (an existing one found with ``exist_ok`` is returned as it is).
 
         ``name`` (default: the new id) is unique among roots, or among the parent's children.
         With ``exist_ok=True`` an existing entity of that name and type is returned unchanged
@@ -88,6 +91,8 @@ class Runtime(Executor):
             ConnectionNotAllowedError: the parent's type does not allow the edge.
         """
         cls = self.registry.get(entity_type)
+        if start:
+            check_runnable(cls.runnable, cls.type_name, name or "(new)", "(new)")
         if name is not None:
             check_text(name, "an entity name")
         check_text(edge_type, "an edge type")
@@ -106,6 +111,7 @@ class Runtime(Executor):
                 created_at=self.clock(),
                 parent_id=parent_id,
                 edge_type=edge_type,
+                submit=start,
             ),
             strict=not exist_ok,
         )
@@ -114,6 +120,8 @@ class Runtime(Executor):
             raise EntityError(
                 f"{where} named {record.name!r} exists with type {record.type}, not {cls.type_name}"
             )
+        if created and start:
+            self._work_due()
         return record
 
     async def update_data(self, entity_id: str, **partial: Any) -> dict[str, Any]:

@@ -131,6 +131,11 @@ class EntityStore(Protocol):
         """How many children of ``parent_id`` are in each status (absent statuses omitted)."""
         ...
 
+    async def pending_children(self, parent_id: str) -> int:
+        """How many children of ``parent_id`` are pending: submitted, running or parked (the
+        ones whose end a parent parked on its children waits for)."""
+        ...
+
     async def update_data(
         self,
         entity_id: str,

@@ -84,7 +84,9 @@ class NewEntity:
     """An entity to create.
 
     ``parent_id`` is ``None`` for a root. A child is created together with the edge
-    ``edge_type`` (``"Calls"`` by default) from its parent, in the same transaction.
+    ``edge_type`` (``"Calls"`` by default) from its parent, in the same transaction. With
+    ``submit``, it is created submitted (runnable at ``created_at``): a claim loop runs it, and
+    no crash can leave it created but never started.
     """
 
     id: str
@@ -96,6 +98,7 @@ class NewEntity:
     parent_id: str | None = None
     edge_type: str = "Calls"
     edge_data: Mapping[str, JSON] = attrs.field(factory=dict)
+    submit: bool = False
 
 
 @attrs.frozen

@@ -596,7 +596,7 @@ def create_entity(
         raise DuplicateEntityError(f"the entity id {new.id!r} is taken")
     tx.execute(
         f"INSERT INTO entities ({ENTITY_COLUMNS}) VALUES"
-        " (%s, %s, %s, %s, %s, %s, %s, NULL, NULL, 0, NULL, NULL, %s, %s, 0, NULL, NULL, 0, 0)",
+        " (%s, %s, %s, %s, %s, %s, %s, NULL, NULL, 0, NULL, NULL, %s, %s, 0, %s, NULL, 0, 0)",
         (
             new.id,
             new.parent_id,
@@ -607,8 +607,10 @@ def create_entity(
             data,
             new.created_at,
             new.created_at,
+            new.created_at if new.submit else None,
         ),
     )
+    tx.notes.due |= new.submit
     if new.parent_id is not None:
         add_edge(tx, new.parent_id, new.id, new.edge_type, now=new.created_at, data=edge_data)
     return require_entity(tx, new.id), True

@@ -136,6 +136,18 @@ class StoreOperations(StoreRuns):
 
         return await self._db.read(read)
 
+    async def pending_children(self, parent_id: str) -> int:
+        if not shared.storable(parent_id):
+            await trio.lowlevel.checkpoint()
+            return 0
+
+        def read(tx: Tx) -> int:
+            query = sql.PENDING_CHILD.replace("SELECT 1", "SELECT count(*)", 1)
+            (count,) = tx.execute(query, (parent_id,)).fetchone()
+            return int(count)
+
+        return await self._db.read(read)
+
     async def update_data(
         self,
         entity_id: str,
