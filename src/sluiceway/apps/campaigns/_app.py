@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import typing
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from ...server import Application, EndpointContext, EndpointError
 from ...server._protocol import request_converter
 from ..notification._validation import is_email
 from ._config import CampaignConfig, CampaignServices, services_of
+from ._contacts import RESERVED, ContactChange, change_contact
 from ._entities import (
     CONTACT_LIST,
     TYPES,
@@ -45,6 +47,18 @@ class NewContact:
     email: str
     company: str | None = None
     tags: list[str] = attrs.field(factory=list)
+    attributes: dict[str, Any] = attrs.field(factory=dict)
+    lead_score: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UpdateContact:
+    contact_id: str
+    attributes: dict[str, Any] = attrs.field(factory=dict)
+    add_tags: list[str] = attrs.field(factory=list)
+    remove_tags: list[str] = attrs.field(factory=list)
+    lead_score: float | None = None
+    lead_score_delta: float = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -133,6 +147,8 @@ def _check_contact(contact: NewContact, where: str = "") -> dict[str, Any]:
     for index, tag in enumerate(contact.tags):
         if not tag.strip():
             problems.append(f"{where}tags[{index}]: a tag must not be empty")
+    problems.extend(_attribute_problems(contact.attributes, where, removing=False))
+    problems.extend(_score_problems(contact.lead_score, f"{where}lead_score"))
     if problems:
         raise EndpointError("invalid_contact", "; ".join(problems), problems)
     return {
@@ -141,8 +157,42 @@ def _check_contact(contact: NewContact, where: str = "") -> dict[str, Any]:
         "email": contact.email.lower(),
         "company": contact.company,
         "tags": sorted({tag.strip() for tag in contact.tags}),
+        "attributes": dict(contact.attributes),
+        "lead_score": contact.lead_score,
         "created_at": now_iso(),
     }
+
+
+def _attribute_problems(attributes: dict[str, Any], where: str, *, removing: bool) -> list[str]:
+    """What is wrong with custom attributes: a reserved or empty name, a value that is not
+    a string, number, boolean or list of those (``None`` only when ``removing``)."""
+    problems = []
+    for name, value in attributes.items():
+        if not name.strip() or name in RESERVED:
+            problems.append(f"{where}attributes: {name!r} cannot be an attribute's name")
+        elif value is None:
+            if not removing:
+                problems.append(f"{where}attributes.{name}: must not be null")
+        elif not _attribute_value(value):
+            problems.append(
+                f"{where}attributes.{name}: a string, number, boolean or a list of those, "
+                f"not {value!r}"
+            )
+    return problems
+
+
+def _attribute_value(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_attribute_value(item) and not isinstance(item, list) for item in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int | bool)
+
+
+def _score_problems(score: float | None, where: str) -> list[str]:
+    if score is not None and not math.isfinite(score):
+        return [f"{where}: must be a finite number"]
+    return []
 
 
 def _contact_json(record_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +202,8 @@ def _contact_json(record_id: str, data: dict[str, Any]) -> dict[str, Any]:
         "email": data.get("email"),
         "company": data.get("company"),
         "tags": data.get("tags", []),
+        "attributes": data.get("attributes") or {},
+        "lead_score": data.get("lead_score"),
     }
 
 
@@ -191,12 +243,14 @@ async def create_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
 
 
 async def import_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
-    """``contacts/import``: ``{contacts: [contact, ...]}`` → ``{created, existing, ids}``; all
+    """``contacts/import``: ``{contacts: [contact, ...]}`` → ``{created, existing, ids,
+    created_ids}``; all
     are checked before any is created, and an address already there is kept as it is."""
     batch = _structure(body, ImportContacts, "contacts/import")
     rows = [_check_contact(c, f"contacts[{i}].") for i, c in enumerate(batch.contacts)]
     created = existing = 0
     ids = []
+    created_ids = []
     list_id = services_of(ctx).contact_list_id
     for data in rows:
         record = await ctx.runtime.store.find_entity(list_id, data["email"])
@@ -205,10 +259,44 @@ async def import_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
                 Contact, data, name=data["email"], parent_id=list_id, edge_type="HasContact"
             )
             created += 1
+            created_ids.append(record.id)
         else:
             existing += 1
         ids.append(record.id)
-    return {"created": created, "existing": existing, "ids": ids}
+    return {"created": created, "existing": existing, "ids": ids, "created_ids": created_ids}
+
+
+async def update_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
+    """``contacts/update``: ``{contact_id, attributes?, add_tags?, remove_tags?,
+    lead_score?, lead_score_delta?}`` → the contact. Attributes are merged (``null`` removes
+    one); the change is one compare-and-set, so concurrent changes all land. Errors:
+    ``invalid_body``, ``invalid_contact``, ``contact_not_found``."""
+    update = _structure(body, UpdateContact, "contacts/update")
+    problems = _attribute_problems(update.attributes, "", removing=True)
+    problems.extend(_score_problems(update.lead_score, "lead_score"))
+    problems.extend(_score_problems(update.lead_score_delta, "lead_score_delta"))
+    for field in ("add_tags", "remove_tags"):
+        for index, tag in enumerate(getattr(update, field)):
+            if not tag.strip():
+                problems.append(f"{field}[{index}]: a tag must not be empty")
+    if problems:
+        raise EndpointError("invalid_contact", "; ".join(problems), problems)
+    await _entity(ctx, update.contact_id, Contact.type_name, "contact")
+    change = ContactChange(
+        attributes=update.attributes,
+        add_tags=tuple(tag.strip() for tag in update.add_tags),
+        remove_tags=tuple(tag.strip() for tag in update.remove_tags),
+        lead_score=update.lead_score,
+        lead_score_delta=update.lead_score_delta,
+    )
+    try:
+        changed = await change_contact(ctx.runtime, update.contact_id, change)
+    except ValueError as exc:
+        raise EndpointError("invalid_contact", str(exc)) from None
+    return {
+        **_contact_json(update.contact_id, changed.data),
+        "added_tags": list(changed.added_tags),
+    }
 
 
 async def list_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
@@ -400,6 +488,7 @@ async def campaign_status(ctx: EndpointContext, body: dict[str, Any]) -> Any:
 ENDPOINTS = {
     "contacts/create": create_contact,
     "contacts/import": import_contacts,
+    "contacts/update": update_contact,
     "contacts/list": list_contacts,
     "templates/create": create_template,
     "templates/approve": approve_template,

@@ -40,6 +40,7 @@ __all__ = [
     "Engagement",
     "ab_variant",
     "ab_winner",
+    "contact_attributes",
 ]
 
 #: The condition types of seed 001, the values of the ``"type"`` key.
@@ -311,6 +312,14 @@ class Condition:
             case "less_than":
                 return _is_number(actual) and _is_number(self.value) and actual < self.value
         raise AssertionError(f"unchecked operator {self.operator!r}")  # parse refuses it
+
+
+def contact_attributes(contact: Mapping[str, Any]) -> dict[str, Any]:
+    """A contact's data as conditions read it: its fields (``first_name``, ``company``,
+    ``tags``...) and its custom ``attributes`` as one mapping (an attribute hides a field of
+    the same name)."""
+    fields = {k: v for k, v in contact.items() if k not in ("attributes", "applied_changes")}
+    return {**fields, **(contact.get("attributes") or {})}
 
 
 def _digest(campaign_id: str, contact_id: str) -> bytes:

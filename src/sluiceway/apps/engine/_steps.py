@@ -17,7 +17,8 @@ Steps are JSON objects (a campaign's data), by type::
      "action": {"type": "add_tag", "tag": "engaged"}}
 
 An email step names a ``template_id`` or carries its own ``subject`` and ``content``. Email,
-wait and action steps go on to ``next`` if given, else to the step with the next
+wait and action steps end the enrollment with ``"end": true``; else they go on to ``next``
+if given, else to the step with the next
 ``step_order`` (the seed's ``getNextStep``), else the enrollment ends; a condition goes to
 ``true_next`` or ``false_next`` (at least one), and ends the enrollment where the branch it
 takes is absent.
@@ -72,10 +73,10 @@ MAX_STEPS = 500
 #: The keys every step takes, and those of each type.
 _COMMON_KEYS = frozenset({"id", "step_order", "type", "name"})
 _TYPE_KEYS: dict[StepType, frozenset[str]] = {
-    StepType.EMAIL: frozenset({"template_id", "subject", "content", "next"}),
-    StepType.WAIT: frozenset({"wait", "next"}),
+    StepType.EMAIL: frozenset({"template_id", "subject", "content", "next", "end"}),
+    StepType.WAIT: frozenset({"wait", "next", "end"}),
     StepType.CONDITION: frozenset({"condition", "true_next", "false_next"}),
-    StepType.ACTION: frozenset({"action", "next"}),
+    StepType.ACTION: frozenset({"action", "next", "end"}),
 }
 
 
@@ -140,6 +141,7 @@ class Step:
     next: str | None = None
     true_next: str | None = None
     false_next: str | None = None
+    end: bool = False
 
     @classmethod
     def parse(cls, obj: object) -> Step:
@@ -174,6 +176,12 @@ class Step:
         for key in ("next", "true_next", "false_next"):
             if obj.get(key) is not None:
                 fields[key] = _text(obj[key], f"{where}: {key}")
+        if "end" in obj:
+            if not isinstance(obj["end"], bool):
+                raise ValueError(f"{where}: end must be true or false, got {obj['end']!r}")
+            if obj["end"] and "next" in fields:
+                raise ValueError(f"{where}: a step that ends the enrollment has no next")
+            fields["end"] = obj["end"]
         if kind is StepType.EMAIL:
             fields.update(_email_fields(obj, where))
         elif kind is StepType.WAIT:
@@ -199,7 +207,7 @@ class Step:
         step, resolved by :class:`StepGraph`)."""
         if self.type is StepType.CONDITION:
             return [branch for branch in (self.true_next, self.false_next) if branch]
-        return [self.next]
+        return [] if self.end else [self.next]
 
 
 def _email_fields(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -295,6 +303,8 @@ class StepGraph:
                 raise ValueError(f"step {step.id!r} is a condition: pass its outcome")
             target = step.true_next if outcome else step.false_next
             return None if target is None else self[target]
+        if step.end:
+            return None
         if step.next is not None:
             return self[step.next]
         index = self.steps.index(step)

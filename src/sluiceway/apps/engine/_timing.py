@@ -251,8 +251,15 @@ def next_send_time(
     timezone: str,
     start_at: float | None,
     open_times: Sequence[float],
+    follow_up: bool = False,
 ) -> float:
     """When a contact's next email goes out, in epoch seconds (UTC), under ``strategy``.
+
+    What follows is the first email of an enrollment (the seed's ``nextEmailScheduledAt``,
+    computed at enrollment). For a ``follow_up`` (an email after the first, which the seed
+    leaves unspecified): ``immediate`` and ``scheduled`` send now (the start has passed), and
+    ``optimized`` sends at the next ``H``:00 local that is not before ``now`` (today's if it
+    is still ahead), so that a drip's waits are not lengthened by a day at every email.
 
     - ``immediate``: ``now``.
     - ``scheduled``: ``start_at`` if it is later than ``now``, else ``now`` (also when
@@ -285,7 +292,7 @@ def next_send_time(
         ) from None
     zone = _zone(timezone)
     now = _check_instant("now", now)
-    if strategy is SendStrategy.IMMEDIATE:
+    if strategy is SendStrategy.IMMEDIATE or (follow_up and strategy is SendStrategy.SCHEDULED):
         return now
     if strategy is SendStrategy.SCHEDULED:
         if start_at is None:
@@ -294,6 +301,12 @@ def next_send_time(
 
     today = _local(now, zone, "now").date()
     hour = most_common_hour(open_times, zone)
+    if follow_up:
+        day = today
+        at = time(DEFAULT_SEND_HOUR if hour is None else hour)
+        while (send := _first_valid(day, at, zone)) < now:
+            day += timedelta(days=1)
+        return send
     if hour is None:
         day = today
         while (send := _first_valid(day, time(DEFAULT_SEND_HOUR), zone)) < now:

@@ -209,10 +209,11 @@ class NotificationService:
         *,
         faults: Faults | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        threads: bool = True,
     ) -> None:
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
-        self._store = Store(db_path)
+        self._store = Store(db_path, threads=threads)
         self._faults = faults if faults is not None else Faults()
         self._rng = random.Random(self._faults.seed)
         self._key_locks = _KeyLocks()
@@ -499,6 +500,15 @@ class NotificationService:
             raise _validation_error(error) from None
         return _Response(200, await self._store.engagement(**filters))
 
+    async def _get_engagement_summary(self, request: _Request) -> _Response:
+        try:
+            filters = parse_engagement_query(request.query)
+        except ValidationFailed as error:
+            raise _validation_error(error) from None
+        if set(filters) != {"campaign"}:
+            raise _HTTPError(400, "VALIDATION_ERROR", "the summary takes one filter: campaign=<id>")
+        return _Response(200, await self._store.engagement_summary(filters["campaign"]))
+
     async def _provider_call(self, message: EmailRequest) -> None:
         """The simulated provider: the faults decide latency and failures (nothing is stored)."""
         faults = self._faults
@@ -539,6 +549,7 @@ _ROUTES: dict[str, dict[str, _Handler]] = {
     "/notifications/{id}": {"GET": NotificationService._get_notification},
     "/v1/emails/{id}/{event}": {"POST": NotificationService._post_engagement_event},
     "/v1/engagement": {"GET": NotificationService._get_engagement},
+    "/v1/engagement/summary": {"GET": NotificationService._get_engagement_summary},
     "/admin/faults": {
         "GET": NotificationService._get_faults,
         "POST": NotificationService._post_faults,

@@ -104,8 +104,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
 class Store:
     """The ``sends`` table (one row per idempotency key) and the request counters."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, threads: bool = True) -> None:
         self.path = os.fspath(path)
+        # Without threads the file is used on the trio thread (for tests on virtual time,
+        # where a wait on a worker thread lets the mock clock jump).
+        self.threads = threads
         self._conn: sqlite3.Connection | None = None
         self._lock = trio.Lock()
 
@@ -147,6 +150,9 @@ class Store:
             if conn is None:
                 raise RuntimeError("the notification store is not open")
             begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+            if not self.threads:
+                await trio.lowlevel.checkpoint()
+                return _transaction(conn, begin, func)
             return await trio.to_thread.run_sync(_transaction, conn, begin, func)
 
     async def repeat(self, key: str) -> dict[str, Any] | None:
@@ -254,6 +260,37 @@ class Store:
 
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             return _engagement_rows(conn, " AND ".join(where), tuple(args))
+
+        return await self._run(run, write=False)
+
+    async def engagement_summary(self, campaign: str) -> list[dict[str, Any]]:
+        """Per step (and A/B ``variant``, from the send's ``metadata``) of ``campaign``:
+        ``{step, variant, sent, opened, clicked, replied}``, counting emails (an email opened
+        three times is one open), ordered by step then variant."""
+
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT s.step_id, json_extract(s.message, '$.metadata.variant') AS variant,"
+                " count(DISTINCT s.id),"
+                " count(DISTINCT CASE WHEN e.event = 'opened' THEN s.id END),"
+                " count(DISTINCT CASE WHEN e.event = 'clicked' THEN s.id END),"
+                " count(DISTINCT CASE WHEN e.event = 'replied' THEN s.id END)"
+                " FROM sends s LEFT JOIN engagement e ON e.email_id = s.id"
+                " WHERE s.campaign_id = ? GROUP BY s.step_id, variant"
+                " ORDER BY s.step_id, variant",
+                (campaign,),
+            ).fetchall()
+            return [
+                {
+                    "step": step,
+                    "variant": variant if isinstance(variant, str) else None,
+                    "sent": sent,
+                    "opened": opened,
+                    "clicked": clicked,
+                    "replied": replied,
+                }
+                for step, variant, sent, opened, clicked, replied in rows
+            ]
 
         return await self._run(run, write=False)
 
