@@ -253,7 +253,7 @@ def _wrong_status(record: Any, action: str, allowed: str) -> EndpointError:
     return EndpointError(
         "campaign_wrong_status",
         f"campaign {record.data.get('name')!r} is {record.data.get('status')}: "
-        f"only a {allowed} campaign can be {action}",
+        f"only {'an' if allowed[0] in 'aeiou' else 'a'} {allowed} campaign can be {action}",
     )
 
 
