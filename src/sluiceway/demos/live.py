@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,29 @@ def contacts(count: int) -> list[dict[str, Any]]:
 class ServerProcess:
     """``sluiceway serve`` in a child process, killed and restarted at will."""
 
-    def __init__(self, db: Path, notify_url: str, log: Path) -> None:
+    def __init__(
+        self,
+        db: Path,
+        notify_url: str,
+        log: Path,
+        *,
+        app: str = "sluiceway.apps.campaigns:app",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``app``: the application to serve (``module:name``); ``env``: more environment
+        variables for it (``SLUICEWAY_ENGINE_TIME_SCALE``)."""
         self.db, self.notify_url, self.log = db, notify_url, log
+        self.app = app
+        self.env = dict(env or {})
         self.port = 0
         self.process: trio.Process | None = None
 
     async def start(self, nursery: trio.Nursery) -> str:
         """Start it (on the port of the last one, if any) and return its URL."""
-        env = dict(os.environ, SLUICEWAY_NOTIFY_URL=self.notify_url)
+        env = dict(os.environ, SLUICEWAY_NOTIFY_URL=self.notify_url, **self.env)
         command = [
             sys.executable, "-m", "sluiceway", "serve",
-            "--app", "sluiceway.apps.campaigns:app",
+            "--app", self.app,
             "--db", str(self.db), "--port", str(self.port), "--lease-seconds", "10",
         ]  # fmt: skip
         with self.log.open("ab") as log:
