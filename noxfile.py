@@ -51,9 +51,12 @@ def docs(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: seed 000's campaign application served over WebSockets on the embedded
     SQLite store, its progress shown live; the server is killed mid-campaign, restarted, and
-    resumes without sending any email twice."""
+    resumes without sending any email twice. Then a drip campaign of seed 001's campaign
+    engine, its days shortened to seconds, shown live as its enrollments wait and branch.
+    Arguments after ``--`` go to the first part."""
     session.install("-e", ".")
     session.run("python", "-m", "sluiceway.demos.live", *session.posargs)
+    session.run("python", "-m", "sluiceway.demos.drip")
 
 
 @nox.session(python=PYTHON)
