@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -16,6 +16,7 @@ from ..._errors import DataConflictError, DuplicateEntityError
 from ...capacity import CapacitySource
 from ...entities import Runtime
 from ...server import Application, EndpointContext, EndpointError
+from ...store import EntityRecord
 from ..campaigns import CONTACT_LIST, ContactList, TemplatePersonalizer
 from ..campaigns import ENDPOINTS as CAMPAIGN_ENDPOINTS
 from ..campaigns import TYPES as CAMPAIGN_TYPES
@@ -419,17 +420,23 @@ async def fire(
     contact_id: str,
     *,
     tags: tuple[str, ...] = (),
+    campaigns: Sequence[EntityRecord] | None = None,
 ) -> list[str]:
     """Enroll the contact in every active triggered campaign whose trigger is ``event`` (for
     ``tag_added``, one of ``tags``) and whose segment, if it has one, the contact is in.
     Created and started in one write per campaign; a contact is enrolled once per campaign.
-    Returns the ids of the campaigns it was enrolled in now."""
+    Returns the ids of the campaigns it was enrolled in now. ``campaigns``: the active
+    triggered campaigns, when the caller fires for many contacts (else they are read)."""
+    if campaigns is None:
+        campaigns = await triggered_campaigns(runtime, services)
+    if not campaigns:
+        return []
     contact = (await runtime.get(contact_id)).data
     enrolled = []
-    for campaign in await runtime.children(services.campaign_book_id):
+    for campaign in campaigns:
         d = campaign.data
         trigger = d.get("trigger") or {}
-        if d.get("status") != "active" or trigger.get("event") != event:
+        if trigger.get("event") != event:
             continue
         if event == "tag_added" and trigger.get("tag") not in tags:
             continue
@@ -451,6 +458,16 @@ async def fire(
         )
         enrolled.append(campaign.id)
     return enrolled
+
+
+async def triggered_campaigns(runtime: Runtime, services: EngineServices) -> list[EntityRecord]:
+    """The triggered campaigns that are active now."""
+    return [
+        campaign
+        for campaign in await runtime.children(services.campaign_book_id)
+        if campaign.data.get("campaign_type") == "triggered"
+        and campaign.data.get("status") == "active"
+    ]
 
 
 async def post_event(ctx: EndpointContext, body: dict[str, Any]) -> Any:
@@ -475,6 +492,9 @@ def _firing(
     async def wrapped(ctx: EndpointContext, body: dict[str, Any]) -> Any:
         result = await endpoint(ctx, body)
         services = engine_services(ctx)
+        campaigns = await triggered_campaigns(ctx.runtime, services)
+        if not campaigns:
+            return result  # nothing to fire (an import of 100,000 contacts reads this once)
         if "added_tags" in result:  # contacts/update
             if result["added_tags"]:
                 await fire(
@@ -483,23 +503,36 @@ def _firing(
                     "tag_added",
                     result["id"],
                     tags=tuple(result["added_tags"]),
+                    campaigns=campaigns,
                 )
         elif "created_ids" in result:  # contacts/import
             for contact_id in result["created_ids"]:
-                await _fire_created(ctx.runtime, services, contact_id)
+                await _fire_created(ctx.runtime, services, contact_id, campaigns)
         else:  # contacts/create
-            await _fire_created(ctx.runtime, services, result["id"])
+            await _fire_created(ctx.runtime, services, result["id"], campaigns)
         return result
 
     wrapped.__doc__ = (endpoint.__doc__ or "") + " Fires the engine's triggers."
     return wrapped
 
 
-async def _fire_created(runtime: Runtime, services: EngineServices, contact_id: str) -> None:
+async def _fire_created(
+    runtime: Runtime,
+    services: EngineServices,
+    contact_id: str,
+    campaigns: Sequence[EntityRecord],
+) -> None:
     contact = (await runtime.get(contact_id)).data
-    await fire(runtime, services, "contact_created", contact_id)
+    await fire(runtime, services, "contact_created", contact_id, campaigns=campaigns)
     if contact.get("tags"):
-        await fire(runtime, services, "tag_added", contact_id, tags=tuple(contact["tags"]))
+        await fire(
+            runtime,
+            services,
+            "tag_added",
+            contact_id,
+            tags=tuple(contact["tags"]),
+            campaigns=campaigns,
+        )
 
 
 ENDPOINTS = {

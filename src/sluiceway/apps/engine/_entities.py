@@ -181,11 +181,17 @@ async def _enroll(ctx: RunContext, members: Sequence[tuple[str, str | None]], st
     for start in range(0, total, ENROLL_BATCH):
         batch = members[start : start + ENROLL_BATCH]
         if start + len(batch) > done:
+            if await _completed(ctx):
+                return  # completed meanwhile: enroll nobody more
             await _start_batch(ctx, batch)
             await ctx.update_data(**{done_key: start + len(batch)})
         await ctx.status(
             "RUNNING", f"{stage}: {start + len(batch)}/{total}", stage=stage, total=total
         )
+
+
+async def _completed(ctx: RunContext) -> bool:
+    return (await _runtime(ctx).get(ctx.id)).data.get("status") == "completed"
 
 
 async def _start_batch(ctx: RunContext, batch: Sequence[tuple[str, str | None]]) -> None:
