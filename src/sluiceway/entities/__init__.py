@@ -5,11 +5,12 @@ and :class:`RunContext` for what a run can do.
 """
 
 from ._claims import ClaimLoop
-from ._context import CapacityHolder, ChildCall, Message, RunContext
+from ._context import ChildCall, RunContext
 from ._entity import CALLS, DataEntity, RunnableEntity, TypeRegistry, WaitableEntity
 from ._envelope import EntityEnvelope, EnvelopeType
 from ._live import RecoveredRun
 from ._runtime import Runtime, open_runtime
+from ._waits import CapacityHolder, Message
 
 __all__ = [
     "CALLS",

@@ -33,7 +33,7 @@ from ..store import (
     ParkReason,
     StoreChange,
 )
-from ._context import CapacityHolder, RunContext
+from ._context import RunContext
 from ._entity import RunnableEntity, TypeRegistry
 from ._envelope import EntityEnvelope, EnvelopeType, check_json
 from ._live import (
@@ -45,6 +45,7 @@ from ._live import (
     owner_is_dead,
 )
 from ._streams import StreamHub
+from ._waits import CapacityHolder
 
 if TYPE_CHECKING:
     from ._claims import ClaimLoop
