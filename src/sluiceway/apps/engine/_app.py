@@ -33,6 +33,7 @@ from ._entities import (
     SegmentBook,
     StepCampaign,
     enrollment_data,
+    enrollment_status,
     segment_filter,
     segment_members,
 )
@@ -339,7 +340,7 @@ async def campaign_status(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``engine/campaigns/status``: ``{campaign_id}`` → its status and enrollment counts."""
     record = await _campaign(ctx, body, "engine/campaigns/status")
     counts = collections.Counter(
-        child.data.get("status")
+        enrollment_status(child)
         for child in await ctx.runtime.children(record.id)
         if child.type == Enrollment.type_name
     )
@@ -363,7 +364,7 @@ async def campaign_analytics(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     enrollments = [
         c for c in await ctx.runtime.children(record.id) if c.type == Enrollment.type_name
     ]
-    statuses = collections.Counter(c.data.get("status") for c in enrollments)
+    statuses = collections.Counter(enrollment_status(c) for c in enrollments)
     graph = services.graph(record.id, record.data["steps"])
     steps: dict[str, dict[str, int]] = {
         step.id: dict.fromkeys(

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from ...entities import DataEntity, RunContext, RunnableEntity, Runtime, WaitableEntity
+from ...store import EntityRecord, EntityStatus
 from ..campaigns import Contact
 from ._conditions import Condition, ab_variant, ab_winner, contact_attributes
 from ._services import EngineServices, engine_services
@@ -163,7 +164,7 @@ class StepCampaign(
             await _enroll(ctx, rest, "rest")
         await ctx.wait_for_children()
         ended = collections.Counter(
-            child.data.get("status")
+            enrollment_status(child)
             for child in await _runtime(ctx).children(ctx.id)
             if child.type == Enrollment.type_name
         )
@@ -210,6 +211,18 @@ async def _start_batch(ctx: RunContext, batch: Sequence[tuple[str, str | None]])
     async with trio.open_nursery() as nursery:
         for _ in range(ENROLL_TASKS):
             nursery.start_soon(worker)
+
+
+def enrollment_status(record: EntityRecord) -> Any:
+    """An enrollment's status: its data's, unless the runtime ended its run without the walk
+    (``failed``: the crash-loop guard failed it after processes died running it, or its run
+    raised; ``cancelled``). Its data then still says what it was doing (``active``,
+    ``waiting``), which it will never do: a campaign that ended would count it as going on."""
+    if record.status is EntityStatus.FAILED:
+        return "failed"
+    if record.status is EntityStatus.CANCELLED:
+        return "cancelled"
+    return record.data.get("status")
 
 
 def enrollment_data(
