@@ -75,12 +75,15 @@ class ServerProcess:
         *,
         app: str = "sluiceway.apps.campaigns:app",
         env: Mapping[str, str] | None = None,
+        lease_seconds: float = 10.0,
     ) -> None:
         """``app``: the application to serve (``module:name``); ``env``: more environment
-        variables for it (``SLUICEWAY_ENGINE_TIME_SCALE``)."""
+        variables for it (``SLUICEWAY_ENGINE_TIME_SCALE``); ``lease_seconds``: its
+        ``--lease-seconds`` (its runs' leases are renewed every third of it)."""
         self.db, self.notify_url, self.log = db, notify_url, log
         self.app = app
         self.env = dict(env or {})
+        self.lease_seconds = lease_seconds
         self.port = 0
         self.process: trio.Process | None = None
 
@@ -90,7 +93,8 @@ class ServerProcess:
         command = [
             sys.executable, "-m", "sluiceway", "serve",
             "--app", self.app,
-            "--db", str(self.db), "--port", str(self.port), "--lease-seconds", "10",
+            "--db", str(self.db), "--port", str(self.port),
+            "--lease-seconds", str(self.lease_seconds),
         ]  # fmt: skip
         with self.log.open("ab") as log:
             process: trio.Process = await nursery.start(
