@@ -89,7 +89,7 @@ class ServerProcess:
 
     async def start(self, nursery: trio.Nursery) -> str:
         """Start it (on the port of the last one, if any) and return its URL."""
-        env = dict(os.environ, SLUICEWAY_NOTIFY_URL=self.notify_url, **self.env)
+        env = {**os.environ, "SLUICEWAY_NOTIFY_URL": self.notify_url, **self.env}
         command = [
             sys.executable, "-m", "sluiceway", "serve",
             "--app", self.app,
