@@ -106,6 +106,8 @@ class Cluster:
         env.update(self.options)
         argv = [sys.executable, "-m", "sluiceway", "worker", "--app", APP, "--db", self.url]
         argv += ["--lease-seconds", self.options.get("LEASE", "3"), "--grace", "0"]
+        if "MAX_RUNS" in self.options:
+            argv += ["--max-runs", self.options["MAX_RUNS"]]
         with log.open("w") as stderr:
             process = await trio.lowlevel.open_process(
                 argv,
@@ -135,7 +137,8 @@ class Cluster:
 @contextlib.asynccontextmanager
 async def cluster(url: str, dsn: str, tmp_path: Path, **options: str) -> AsyncIterator[Cluster]:
     """A cluster of workers on ``url``, every one stopped (killed if need be) when the block
-    ends. ``options`` go into the workers' environment (``SCALEOUT_GLOBAL``...)."""
+    ends. ``options`` go into the workers' environment (``SCALEOUT_GLOBAL``...); ``LEASE``
+    and ``MAX_RUNS`` also set their ``--lease-seconds`` and ``--max-runs``."""
     group = Cluster(url, dsn, tmp_path, options)
     try:
         yield group
