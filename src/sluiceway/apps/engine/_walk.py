@@ -238,11 +238,7 @@ class Walk:
             await ctx.sleep_until(entry["at"])
             if not await self._may_go_on(step):
                 raise _Exit
-        entry = self._replaying()
-        if entry is not None:
-            await self._take()
-            if entry["event"] == "failed":
-                raise StepFailed(entry["error"])
+        if await self._replayed_outcome():
             return
         try:
             email_id = await self._send(step)
@@ -393,12 +389,19 @@ class Walk:
                 break
         raise StepFailed(f"could not read the engagement of the contact: {problem}")
 
-    async def _action(self, step: Step) -> None:
+    async def _replayed_outcome(self) -> bool:
+        """Replay the recorded outcome of an email or action step, if there is one: whether
+        there was (a recorded failure raises it again)."""
         entry = self._replaying()
-        if entry is not None:
-            await self._take()
-            if entry["event"] == "failed":
-                raise StepFailed(entry["error"])
+        if entry is None:
+            return False
+        await self._take()
+        if entry["event"] == "failed":
+            raise StepFailed(entry["error"])
+        return True
+
+    async def _action(self, step: Step) -> None:
+        if await self._replayed_outcome():
             return
         assert step.action is not None
         ctx = self.ctx
