@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .dag import LayeredDag
+from .drip import EngineDrip
 from .entities import EntityFanout
 from .entities_resume import EntityResume
 from .fanout import NoopFanout, SleepFanout
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, Scenario] = {
         ParkedWaits(),
         ScaleOut(),
         Failover(),
+        EngineDrip(),
     )
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -113,7 +115,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help=(
             f"repetitions of each side (default: {DEFAULT_REPEAT}; in a full run, scenarios G, "
-            "I, J and K default to 3: their repetitions are long)"
+            "I, J and K default to 3 and L to 2: their repetitions are long)"
         ),
     )
     parser.add_argument(
