@@ -36,6 +36,7 @@ from ..apps.campaigns import (
     EmailTemplate,
 )
 from ..apps.campaigns._config import services_of
+from ..apps.campaigns._entities import recipient_outcome
 from ..capacity import CapacitySource
 from ..entities import RunContext, RunnableEntity, Runtime
 from ..runners import EnvelopeKind, HierarchicalTaskPoolRunner
@@ -92,13 +93,9 @@ class CampaignBatch(
         await ctx.status("RUNNING", f"sending to {len(items)} contacts on {worker_name()}")
         async with runner.run_tasks() as envelopes:
             async for envelope in envelopes:
-                if envelope.kind is EnvelopeKind.FINAL:
-                    if (envelope.value or {}).get("status") == "sent":
-                        sent += 1
-                    else:
-                        failed += 1
-                elif envelope.kind is EnvelopeKind.ERROR:
-                    failed += 1
+                outcome = recipient_outcome(envelope)
+                sent += outcome == "sent"
+                failed += outcome == "failed"
         return {"batch": ctx.data["batch"], "sent": sent, "failed": failed, "worker": worker_name()}
 
 

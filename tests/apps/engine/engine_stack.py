@@ -13,9 +13,9 @@ import attrs
 import httpx
 
 from sluiceway import Runtime
-from sluiceway.apps.engine import ENDPOINTS, EngineConfig, create_app
+from sluiceway.apps.engine import EngineConfig, create_app
 from sluiceway.apps.notification import NotificationService
-from sluiceway.server import EndpointContext
+from sluiceway.server import Application, EndpointContext
 from tests.entities.virtual import virtual_runtime
 
 #: Where the engine believes the notification service is (the ASGI transport answers).
@@ -24,6 +24,7 @@ NOTIFY_URL = "http://notify.test"
 
 @attrs.define
 class Engine:
+    app: Application
     runtime: Runtime
     state: Any
     service: NotificationService
@@ -31,7 +32,7 @@ class Engine:
 
     async def call(self, endpoint: str, body: dict[str, Any]) -> Any:
         """Call an endpoint of the engine application as the server would."""
-        handler = _ENDPOINTS[endpoint]
+        handler = self.app.endpoints[endpoint]
         return await handler(EndpointContext(self.runtime, self.state), body)
 
     async def contacts(self, rows: list[dict[str, Any]]) -> list[str]:
@@ -42,10 +43,6 @@ class Engine:
     async def open_email(self, email_id: str, at: float) -> None:
         response = await self.http.post(f"/v1/emails/{email_id}/opened", json={"at": at})
         response.raise_for_status()
-
-
-_APP = create_app(EngineConfig(notify_url=NOTIFY_URL))
-_ENDPOINTS = {**_APP.endpoints, **ENDPOINTS}
 
 
 @contextlib.asynccontextmanager
@@ -63,4 +60,4 @@ async def engine_stack(tmp_path: Path, **config: Any) -> AsyncIterator[Engine]:
             app.running(runtime) as state,
             httpx.AsyncClient(base_url=NOTIFY_URL, transport=transport()) as http,
         ):
-            yield Engine(runtime, state, service, http)
+            yield Engine(app, runtime, state, service, http)

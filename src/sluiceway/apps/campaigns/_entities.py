@@ -8,7 +8,7 @@ from typing import Any
 from ..._errors import EntityFailedError
 from ...capacity import CapacitySource
 from ...entities import DataEntity, RunContext, RunnableEntity
-from ...runners import EnvelopeKind, HierarchicalTaskPoolRunner
+from ...runners import EnvelopeKind, HierarchicalTaskPoolRunner, TaskEnvelope
 from ._config import CampaignServices, services_of
 from ._personalize import PersonalizationRequest
 from ._sending import SendError, post_with_retries
@@ -202,15 +202,11 @@ class Campaign(
         sent = failed = 0
         async with runner.run_tasks() as envelopes:
             async for envelope in envelopes:
-                if envelope.kind is EnvelopeKind.FINAL:
-                    if (envelope.value or {}).get("status") == "sent":
-                        sent += 1
-                    else:
-                        failed += 1
-                elif envelope.kind is EnvelopeKind.ERROR:
-                    failed += 1
-                else:
+                outcome = recipient_outcome(envelope)
+                if outcome is None:
                     continue
+                sent += outcome == "sent"
+                failed += outcome == "failed"
                 await ctx.update_data(sent_count=sent, failed_count=failed)
                 await ctx.status(
                     "RUNNING",
@@ -228,6 +224,16 @@ class Campaign(
             updated_at=now_iso(),
         )
         return _outcome(ctx.id, status, total, sent, failed)
+
+
+def recipient_outcome(envelope: TaskEnvelope[Any, Any]) -> str | None:
+    """``"sent"`` or ``"failed"`` for the end of a :class:`CampaignRecipient` task (its
+    result, or the error that ended it); ``None`` for its progress."""
+    if envelope.kind is EnvelopeKind.FINAL:
+        return "sent" if (envelope.value or {}).get("status") == "sent" else "failed"
+    if envelope.kind is EnvelopeKind.ERROR:
+        return "failed"
+    return None
 
 
 def _outcome(

@@ -40,10 +40,44 @@ async def post_with_retries(
 ) -> dict[str, Any]:
     """POST ``body`` as JSON to ``url`` and return the answer's JSON object (``{}`` for an
     empty or non-object answer), trying up to ``attempts`` times while the failure is
-    transient: a transport error, 429 or a 5xx (not one with a permanent error code).
-    ``Retry-After`` (seconds, at most 30) lengthens the pause; pauses start at
-    ``retry_delay`` and double. ``on_retry(problem)`` is awaited before each pause.
-    Safe only with a request the service de-duplicates (an idempotency key).
+    transient (see :func:`request_with_retries`). Safe only with a request the service
+    de-duplicates (an idempotency key).
+
+    Raises:
+        SendError: a permanent answer, or the last attempt failed (naming ``what``).
+    """
+    answer = await request_with_retries(
+        http,
+        "POST",
+        url,
+        json=dict(body),
+        attempts=attempts,
+        retry_delay=retry_delay,
+        what=what,
+        headers=headers,
+        on_retry=on_retry,
+    )
+    return answer if isinstance(answer, dict) else {}
+
+
+async def request_with_retries(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    attempts: int,
+    retry_delay: float,
+    what: str,
+    json: Any = None,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    on_retry: Callable[[str], Awaitable[None]] | None = None,
+) -> Any:
+    """Make the request and return the answer's JSON (``None`` for an empty or non-JSON
+    answer), trying up to ``attempts`` times while the failure is transient: a transport
+    error, 429 or a 5xx (not one with a permanent error code). ``Retry-After`` (seconds, at
+    most 30) lengthens the pause; pauses start at ``retry_delay`` and double.
+    ``on_retry(problem)`` is awaited before each pause.
 
     Raises:
         SendError: a permanent answer, or the last attempt failed (naming ``what``).
@@ -52,12 +86,14 @@ async def post_with_retries(
     problem = ""
     for attempt in range(1, attempts + 1):
         try:
-            response = await http.post(url, json=dict(body), headers=dict(headers or {}))
+            response = await http.request(
+                method, url, json=json, params=params, headers=dict(headers or {})
+            )
         except httpx.TransportError as exc:
             problem = f"{what} is unreachable: {type(exc).__name__}: {exc}"
         else:
             if 200 <= response.status_code < 300:
-                return _json_object(response)
+                return _json(response)
             code, reason = _reason(response)
             problem = f"{what} answered {response.status_code}: {reason}"
             if response.status_code not in TRANSIENT or code in PERMANENT_CODES:
@@ -74,12 +110,11 @@ async def post_with_retries(
     raise SendError(f"{problem} (after {attempts} attempts)")
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _json(response: httpx.Response) -> Any:
     try:
-        answer = response.json()
+        return response.json()
     except ValueError:
-        return {}
-    return answer if isinstance(answer, dict) else {}
+        return None
 
 
 def _reason(response: httpx.Response) -> tuple[str | None, str]:

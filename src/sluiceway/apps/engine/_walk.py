@@ -30,13 +30,11 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-import httpx
-
 from ...entities import RunContext, Runtime
 from ...store import EntityRecord
 from ..campaigns._contacts import ContactChange, change_contact
 from ..campaigns._personalize import PersonalizationRequest
-from ..campaigns._sending import SendError, post_with_retries
+from ..campaigns._sending import SendError, post_with_retries, request_with_retries
 from ._conditions import Engagement, contact_attributes
 from ._services import EngineServices
 from ._steps import ActionType, Step, StepGraph, StepType
@@ -71,6 +69,9 @@ class Walk:
         self.position = 0  # the next trail entry to replay
         self.done: collections.Counter[str] = collections.Counter()  # steps done, by id
         self.holds = 0
+        # The campaign as read when the run started: its status serves the first look, unless
+        # the run waited since (so a wake-up reads the campaign once).
+        self._unread_record: EntityRecord | None = campaign
 
     # -- the trail -------------------------------------------------------------------------
 
@@ -194,8 +195,15 @@ class Walk:
                 return False
             return True
 
+    async def _sleep_until(self, when: float) -> None:
+        if when > self.runtime.clock():
+            self._unread_record = None  # it will wait: the campaign may change meanwhile
+        await self.ctx.sleep_until(when)
+
     async def _campaign_status(self) -> str:
-        record = await self.runtime.get(self.campaign.id)
+        record, self._unread_record = self._unread_record, None
+        if record is None:
+            record = await self.runtime.get(self.campaign.id)
         status = record.data.get("status")
         return status if isinstance(status, str) else "active"
 
@@ -215,6 +223,7 @@ class Walk:
     async def _await_resume(self, number: int) -> None:
         """Until the resume message of hold ``number`` (an older hold's is skipped)."""
         while True:
+            self._unread_record = None  # a hold may wait: the campaign may change meanwhile
             message = await self.ctx.wait_for_message(
                 "paused: waiting for the campaign to resume", {"hold": number}
             )
@@ -230,12 +239,12 @@ class Walk:
             at = await self._send_time()
             if at > ctx.runtime.clock():
                 entry = await self._record(step, "scheduled", at=at)
-                await ctx.sleep_until(at)
+                await self._sleep_until(at)
                 if not await self._may_go_on(step):
                     raise _Exit
         elif entry["event"] == "scheduled":
             await self._take()
-            await ctx.sleep_until(entry["at"])
+            await self._sleep_until(entry["at"])
             if not await self._may_go_on(step):
                 raise _Exit
         if await self._replayed_outcome():
@@ -339,7 +348,7 @@ class Walk:
             await self._record(step, "waited", until=until)
         else:
             until = (await self._take())["until"]
-        await ctx.sleep_until(until)
+        await self._sleep_until(until)
 
     async def _condition(self, step: Step) -> bool:
         entry = self._replaying()
@@ -374,20 +383,21 @@ class Walk:
     async def _engagement(self, query: dict[str, str]) -> list[dict[str, Any]]:
         """The notification service's engagement records for ``query``."""
         config = self.services.config
-        problem = ""
-        for _ in range(config.send_attempts):
-            try:
-                response = await self.services.http.get("/v1/engagement", params=query)
-            except httpx.TransportError as exc:
-                problem = f"the notification service is unreachable: {exc}"
-                continue
-            if response.status_code == 200:
-                rows: list[dict[str, Any]] = response.json()
-                return rows
-            problem = f"the notification service answered {response.status_code}"
-            if response.status_code < 500:
-                break
-        raise StepFailed(f"could not read the engagement of the contact: {problem}")
+        try:
+            rows = await request_with_retries(
+                self.services.http,
+                "GET",
+                "/v1/engagement",
+                params=query,
+                attempts=config.send_attempts,
+                retry_delay=config.retry_delay,
+                what="the notification service",
+            )
+        except SendError as exc:
+            raise StepFailed(f"could not read the engagement of the contact: {exc}") from None
+        if not isinstance(rows, list):
+            raise StepFailed(f"the notification service's engagement is not a list: {rows!r}")
+        return rows
 
     async def _replayed_outcome(self) -> bool:
         """Replay the recorded outcome of an email or action step, if there is one: whether
