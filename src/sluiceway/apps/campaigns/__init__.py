@@ -8,6 +8,7 @@ notification service's URL comes from ``SLUICEWAY_NOTIFY_URL``), or build one wi
 :func:`create_app`. Its endpoints are listed in :data:`ENDPOINTS`.
 """
 
+from .._requests import SendError
 from ._app import ENDPOINTS, create_app
 from ._config import DEFAULT_NOTIFY_URL, CampaignConfig, CampaignServices
 from ._entities import (
@@ -26,7 +27,6 @@ from ._personalize import (
     Personalizer,
     TemplatePersonalizer,
 )
-from ._sending import SendError
 
 #: The application with its configuration from the environment (read when the server starts).
 app = create_app()

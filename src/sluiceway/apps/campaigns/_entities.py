@@ -9,9 +9,9 @@ from ..._errors import EntityFailedError
 from ...capacity import CapacitySource
 from ...entities import DataEntity, RunContext, RunnableEntity
 from ...runners import EnvelopeKind, HierarchicalTaskPoolRunner, TaskEnvelope
+from .._requests import SendError, post_with_retries
 from ._config import CampaignServices, services_of
 from ._personalize import PersonalizationRequest
-from ._sending import SendError, post_with_retries
 
 #: The name of the address book every contact is filed under.
 CONTACT_LIST = "contacts"

@@ -32,9 +32,9 @@ from typing import Any
 
 from ...entities import RunContext, Runtime
 from ...store import EntityRecord
+from .._requests import SendError, post_with_retries, request_with_retries
 from ..campaigns._contacts import ContactChange, change_contact
 from ..campaigns._personalize import PersonalizationRequest
-from ..campaigns._sending import SendError, post_with_retries, request_with_retries
 from ._conditions import Engagement, contact_attributes
 from ._services import EngineServices
 from ._steps import ActionType, Step, StepGraph, StepType

@@ -1,5 +1,6 @@
-"""Posting to the notification service (and other HTTP services) with retries: the one place
-that decides which failures deserve another try with the same idempotency key."""
+"""Requests to the applications' HTTP services (the notification service, the image service,
+webhooks) with retries: the one place that decides which failures deserve another try with the
+same idempotency key."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from typing import Any
 import httpx
 import trio
 
-from ..._errors import SluicewayError
+from .._errors import SluicewayError
 
-log = logging.getLogger("sluiceway.apps.campaigns")
+log = logging.getLogger("sluiceway.apps")
 
 
 class SendError(SluicewayError):
-    """The notification service (or a webhook) did not accept a request, after the retries
-    it deserved."""
+    """A service (the notification service, the image service, a webhook) did not accept a
+    request, after the retries it deserved."""
 
 
 #: HTTP answers worth another try with the same idempotency key.
