@@ -9,7 +9,8 @@ from typing import Any
 
 import attrs
 
-from ._validation import ValidationFailed, text_problem
+from .._http import ValidationFailed
+from ._validation import text_problem
 
 #: The provider error codes of the original service (any other non-empty code is accepted too).
 PROVIDER_ERROR_CODES = (

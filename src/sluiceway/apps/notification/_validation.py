@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from .._http import ValidationFailed
+
 MAX_KEY_LENGTH = 256
 MAX_RECIPIENTS = 50  # per list: to, cc, bcc
 MAX_ATTACHMENTS = 10
@@ -39,14 +41,6 @@ MAX_METADATA_PROBLEMS = 20
 SURROGATE_MESSAGE = (
     "must not contain a lone surrogate (U+D800 to U+DFFF): such text cannot be encoded as UTF-8"
 )
-
-
-class ValidationFailed(Exception):
-    """A request body failed validation; ``details`` names each bad field."""
-
-    def __init__(self, details: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(f"{d['field']}: {d['message']}" for d in details))
-        self.details = details
 
 
 def is_email(value: str) -> bool:
