@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-import typing
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
-import cattrs
 import httpx
 
-from ..._errors import DataConflictError, DuplicateEntityError, EntityNotFoundError
+from ..._errors import DataConflictError, DuplicateEntityError
 from ...capacity import CapacitySource
 from ...entities import Runtime
 from ...server import Application, EndpointContext, EndpointError
-from ...server._protocol import request_converter
+from .._endpoints import fetch_entity, parse_body
 from ..notification._validation import is_email
 from ._config import CampaignConfig, CampaignServices, services_of
 from ._contacts import RESERVED, ContactChange, change_contact
@@ -104,39 +102,6 @@ class ExecuteCampaign:
     actor_id: str | None = None
 
 
-#: The protocol's strict converter, also strict about lists (a string is not a list of tags).
-_converter = request_converter.copy()
-
-
-def _structure_list(value: Any, kind: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list, got {type(value).__name__}")
-    (item,) = typing.get_args(kind) or (Any,)
-    return [_converter.structure(element, item) for element in value]
-
-
-def _is_list(kind: Any) -> bool:
-    origin: Any = typing.get_origin(kind)
-    return origin is list
-
-
-_converter.register_structure_hook_func(_is_list, _structure_list)
-
-
-def _structure(body: dict[str, Any], cls: type[Any], endpoint: str) -> Any:
-    try:
-        return _converter.structure(body, cls)
-    except Exception as exc:
-        problems = (
-            cattrs.transform_error(exc)
-            if isinstance(exc, cattrs.BaseValidationError)
-            else [str(exc)]
-        )
-        raise EndpointError(
-            "invalid_body", f"invalid {endpoint} body: " + "; ".join(problems), problems
-        ) from None
-
-
 def _check_contact(contact: NewContact, where: str = "") -> dict[str, Any]:
     problems = []
     for field in ("first_name", "last_name"):
@@ -207,25 +172,13 @@ def _contact_json(record_id: str, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _entity(ctx: EndpointContext, entity_id: str, entity_type: str, what: str) -> Any:
-    try:
-        record = await ctx.runtime.get(entity_id)
-    except EntityNotFoundError:
-        raise EndpointError(f"{what}_not_found", f"no {what} has the id {entity_id!r}") from None
-    if record.type != entity_type:
-        raise EndpointError(
-            f"{what}_not_found", f"{entity_id!r} is a {record.type}, not a {entity_type}"
-        )
-    return record
-
-
 # -- endpoints -----------------------------------------------------------------------------------
 
 
 async def create_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``contacts/create``: ``{first_name, last_name, email, company?, tags?}`` → the contact.
     Errors: ``invalid_body``, ``invalid_contact``, ``contact_exists`` (the address is taken)."""
-    contact = _structure(body, NewContact, "contacts/create")
+    contact = parse_body(body, NewContact, "contacts/create")
     data = _check_contact(contact)
     try:
         record = await ctx.runtime.create(
@@ -246,7 +199,7 @@ async def import_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``contacts/import``: ``{contacts: [contact, ...]}`` → ``{created, existing, ids,
     created_ids}``; all
     are checked before any is created, and an address already there is kept as it is."""
-    batch = _structure(body, ImportContacts, "contacts/import")
+    batch = parse_body(body, ImportContacts, "contacts/import")
     rows = [_check_contact(c, f"contacts[{i}].") for i, c in enumerate(batch.contacts)]
     created = existing = 0
     ids = []
@@ -271,7 +224,7 @@ async def update_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     lead_score?, lead_score_delta?}`` → the contact. Attributes are merged (``null`` removes
     one); the change is one compare-and-set, so concurrent changes all land. Errors:
     ``invalid_body``, ``invalid_contact``, ``contact_not_found``."""
-    update = _structure(body, UpdateContact, "contacts/update")
+    update = parse_body(body, UpdateContact, "contacts/update")
     problems = _attribute_problems(update.attributes, "", removing=True)
     problems.extend(_score_problems(update.lead_score, "lead_score"))
     problems.extend(_score_problems(update.lead_score_delta, "lead_score_delta"))
@@ -281,7 +234,7 @@ async def update_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
                 problems.append(f"{field}[{index}]: a tag must not be empty")
     if problems:
         raise EndpointError("invalid_contact", "; ".join(problems), problems)
-    await _entity(ctx, update.contact_id, Contact.type_name, "contact")
+    await fetch_entity(ctx, update.contact_id, Contact.type_name, "contact")
     change = ContactChange(
         attributes=update.attributes,
         add_tags=tuple(tag.strip() for tag in update.add_tags),
@@ -301,7 +254,7 @@ async def update_contact(ctx: EndpointContext, body: dict[str, Any]) -> Any:
 
 async def list_contacts(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``contacts/list``: ``{tag?}`` → ``{contacts: [...]}`` (those with the tag, or all)."""
-    query = _structure(body, ListContacts, "contacts/list")
+    query = parse_body(body, ListContacts, "contacts/list")
     contacts = await _contacts(ctx)
     if query.tag is not None:
         contacts = [c for c in contacts if query.tag in c["tags"]]
@@ -318,7 +271,7 @@ async def create_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     "draft"}``. Errors: ``invalid_template`` (empty parts, unbalanced or malformed
     placeholders, saying where; a placeholder that names no contact field),
     ``template_exists``."""
-    new = _structure(body, NewTemplate, "templates/create")
+    new = parse_body(body, NewTemplate, "templates/create")
     problems = [
         f"{f}: must not be empty"
         for f in ("name", "subject_template", "body_html")
@@ -348,7 +301,7 @@ async def create_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
 
 
 async def _review(ctx: EndpointContext, template_id: str, status: str, **extra: Any) -> Any:
-    record = await _entity(ctx, template_id, EmailTemplate.type_name, "template")
+    record = await fetch_entity(ctx, template_id, EmailTemplate.type_name, "template")
     current = record.data.get("status")
     if current != "draft":
         raise EndpointError(
@@ -361,13 +314,13 @@ async def _review(ctx: EndpointContext, template_id: str, status: str, **extra: 
 
 async def approve_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``templates/approve``: ``{template_id}`` (a draft) → ``{template_id, status}``."""
-    ref = _structure(body, TemplateRef, "templates/approve")
+    ref = parse_body(body, TemplateRef, "templates/approve")
     return await _review(ctx, ref.template_id, "approved")
 
 
 async def reject_template(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``templates/reject``: ``{template_id, reason?}`` (a draft) → ``{template_id, status}``."""
-    ref = _structure(body, RejectTemplate, "templates/reject")
+    ref = parse_body(body, RejectTemplate, "templates/reject")
     return await _review(ctx, ref.template_id, "rejected", rejection_reason=ref.reason)
 
 
@@ -375,7 +328,7 @@ async def create_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``campaigns/create``: ``{name, template_id, tag_filter, description?, actor_id?}`` →
     ``{campaign_id, status: "draft"}``, with a ``UsesTemplate`` edge to the template.
     Errors: ``invalid_campaign``, ``template_not_found``, ``campaign_exists``."""
-    new = _structure(body, NewCampaign, "campaigns/create")
+    new = parse_body(body, NewCampaign, "campaigns/create")
     tags = sorted({tag.strip() for tag in new.tag_filter if tag.strip()})
     problems = []
     if not new.name.strip():
@@ -384,7 +337,7 @@ async def create_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
         problems.append("tag_filter: name at least one tag")
     if problems:
         raise EndpointError("invalid_campaign", "; ".join(problems), problems)
-    template = await _entity(ctx, new.template_id, EmailTemplate.type_name, "template")
+    template = await fetch_entity(ctx, new.template_id, EmailTemplate.type_name, "template")
     data = {
         "name": new.name,
         "description": new.description,
@@ -412,12 +365,12 @@ async def execute_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     campaign (``_contacts``, ``_template``), marks it ``executing`` and starts its run.
     Errors: ``campaign_not_found``, ``campaign_not_draft``, ``template_not_found``,
     ``template_not_approved``, ``no_recipients``."""
-    request = _structure(body, ExecuteCampaign, "campaigns/execute")
-    campaign = await _entity(ctx, request.campaign_id, Campaign.type_name, "campaign")
+    request = parse_body(body, ExecuteCampaign, "campaigns/execute")
+    campaign = await fetch_entity(ctx, request.campaign_id, Campaign.type_name, "campaign")
     data = campaign.data
     if data.get("status") != "draft":
         raise _not_draft(data)
-    template = await _entity(ctx, data["template_id"], EmailTemplate.type_name, "template")
+    template = await fetch_entity(ctx, data["template_id"], EmailTemplate.type_name, "template")
     if template.data.get("status") != "approved":
         raise EndpointError(
             "template_not_approved",
@@ -471,8 +424,8 @@ def _not_draft(data: dict[str, Any]) -> EndpointError:
 
 async def campaign_status(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``campaigns/status``: ``{campaign_id}`` → its status and counts."""
-    ref = _structure(body, ExecuteCampaign, "campaigns/status")
-    record = await _entity(ctx, ref.campaign_id, Campaign.type_name, "campaign")
+    ref = parse_body(body, ExecuteCampaign, "campaigns/status")
+    record = await fetch_entity(ctx, ref.campaign_id, Campaign.type_name, "campaign")
     d = record.data
     return {
         "campaign_id": record.id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -11,31 +10,11 @@ import attrs
 import httpx
 
 from ...capacity import CapacitySource
+from .._validators import positive_float, positive_int
 from ._personalize import Personalizer, TemplatePersonalizer
 
 #: Where the notification service listens unless configured (seed 000's default).
 DEFAULT_NOTIFY_URL = "http://127.0.0.1:8085"
-
-
-def _positive_int(name: str) -> Any:
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-    return check
-
-
-def _positive_float(name: str) -> Any:
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or math.isnan(value)
-            or value <= 0
-        ):
-            raise ValueError(f"{name} must be a number > 0, got {value!r}")
-
-    return check
 
 
 @attrs.frozen(kw_only=True)
@@ -54,11 +33,11 @@ class CampaignConfig:
     """
 
     notify_url: str = DEFAULT_NOTIFY_URL
-    per_campaign: int = attrs.field(default=3, validator=_positive_int("per_campaign"))
-    global_limit: int = attrs.field(default=5, validator=_positive_int("global_limit"))
-    send_attempts: int = attrs.field(default=3, validator=_positive_int("send_attempts"))
-    retry_delay: float = attrs.field(default=0.2, validator=_positive_float("retry_delay"))
-    send_timeout: float = attrs.field(default=10.0, validator=_positive_float("send_timeout"))
+    per_campaign: int = attrs.field(default=3, validator=positive_int("per_campaign"))
+    global_limit: int = attrs.field(default=5, validator=positive_int("global_limit"))
+    send_attempts: int = attrs.field(default=3, validator=positive_int("send_attempts"))
+    retry_delay: float = attrs.field(default=0.2, validator=positive_float("retry_delay"))
+    send_timeout: float = attrs.field(default=10.0, validator=positive_float("send_timeout"))
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.notify_url, str) or not self.notify_url.startswith(

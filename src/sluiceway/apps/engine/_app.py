@@ -17,10 +17,10 @@ from ...capacity import CapacitySource
 from ...entities import Runtime
 from ...server import Application, EndpointContext, EndpointError
 from ...store import EntityRecord
+from .._endpoints import fetch_entity, parse_body
 from ..campaigns import CONTACT_LIST, ContactList, TemplatePersonalizer
 from ..campaigns import ENDPOINTS as CAMPAIGN_ENDPOINTS
 from ..campaigns import TYPES as CAMPAIGN_TYPES
-from ..campaigns._app import _entity, _structure
 from ..campaigns._personalize import Personalizer
 from ._conditions import Condition
 from ._entities import (
@@ -88,7 +88,7 @@ async def create_segment(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     is in the segment if it has any of ``tags`` (none: every contact) and every condition
     (``contact_attribute`` or ``lead_score``) holds. Errors: ``invalid_segment``,
     ``segment_exists``."""
-    new = _structure(body, NewSegment, "segments/create")
+    new = parse_body(body, NewSegment, "segments/create")
     problems = [] if new.name.strip() else ["name: must not be empty"]
     for index, rule in enumerate(new.conditions):
         try:
@@ -211,19 +211,19 @@ async def create_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     → ``{campaign_id, status}`` (``draft``, or ``scheduled`` with a ``start_at``). Everything
     is checked first, each error naming its step. Errors: ``invalid_campaign``,
     ``segment_not_found``, ``template_not_found``, ``campaign_exists``."""
-    new = _structure(body, NewCampaign, "engine/campaigns/create")
+    new = parse_body(body, NewCampaign, "engine/campaigns/create")
     problems, graph = _check_campaign(new)
     if problems:
         raise EndpointError("invalid_campaign", "; ".join(problems), problems)
     assert graph is not None
     if new.segment_id is not None:
-        await _entity(ctx, new.segment_id, Segment.type_name, "segment")
+        await fetch_entity(ctx, new.segment_id, Segment.type_name, "segment")
     templates = {s.template_id for s in graph if s.template_id}
     for variant in (new.ab_test or {}).get("variants", []):
         if variant.get("template_id"):
             templates.add(variant["template_id"])
     for template_id in sorted(templates):
-        template = await _entity(ctx, template_id, "EmailTemplate", "template")
+        template = await fetch_entity(ctx, template_id, "EmailTemplate", "template")
         if template.data.get("status") != "approved":
             raise EndpointError(
                 "template_not_approved", f"template {template.data.get('name')!r} is not approved"
@@ -247,8 +247,8 @@ async def create_campaign(ctx: EndpointContext, body: dict[str, Any]) -> Any:
 
 
 async def _campaign(ctx: EndpointContext, body: dict[str, Any], endpoint: str) -> Any:
-    ref = _structure(body, CampaignRef, endpoint)
-    return await _entity(ctx, ref.campaign_id, StepCampaign.type_name, "campaign")
+    ref = parse_body(body, CampaignRef, endpoint)
+    return await fetch_entity(ctx, ref.campaign_id, StepCampaign.type_name, "campaign")
 
 
 def _wrong_status(record: Any, action: str, allowed: str) -> EndpointError:
@@ -474,10 +474,10 @@ async def triggered_campaigns(runtime: Runtime, services: EngineServices) -> lis
 async def post_event(ctx: EndpointContext, body: dict[str, Any]) -> Any:
     """``engine/events``: ``{event, contact_id, tag?}`` (``contact_created``, ``tag_added``)
     → ``{enrolled: [campaign ids]}``, as a contact created or tagged elsewhere would."""
-    event = _structure(body, Event, "engine/events")
+    event = parse_body(body, Event, "engine/events")
     if event.event not in TRIGGER_EVENTS:
         raise EndpointError("invalid_event", f"event: one of {', '.join(TRIGGER_EVENTS)}")
-    await _entity(ctx, event.contact_id, "Contact", "contact")
+    await fetch_entity(ctx, event.contact_id, "Contact", "contact")
     tags = (event.tag,) if event.tag else ()
     enrolled = await fire(
         ctx.runtime, engine_services(ctx), event.event, event.contact_id, tags=tags
