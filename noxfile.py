@@ -52,11 +52,14 @@ def demo(session: nox.Session) -> None:
     """The main job: seed 000's campaign application served over WebSockets on the embedded
     SQLite store, its progress shown live; the server is killed mid-campaign, restarted, and
     resumes without sending any email twice. Then a drip campaign of seed 001's campaign
-    engine, its days shortened to seconds, shown live as its enrollments wait and branch.
+    engine, its days shortened to seconds, shown live as its enrollments wait and branch. Then
+    seed 002's illustrated stories, their images generated 3 per story and 10 in all, the
+    server killed and resumed without generating an image twice, their pages written as HTML.
     Arguments after ``--`` go to the first part."""
     session.install("-e", ".")
     session.run("python", "-m", "sluiceway.demos.live", *session.posargs)
     session.run("python", "-m", "sluiceway.demos.drip")
+    session.run("python", "-m", "sluiceway.demos.stories")
 
 
 @nox.session(python=PYTHON)
