@@ -1,0 +1,8 @@
+"""``python -m sluiceway.apps.imagegen``: run the image service."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
