@@ -150,6 +150,7 @@ async def test_a_new_key_is_201_and_a_repeat_is_200_with_the_stored_result(
     assert blob.status_code == 200
     assert blob.headers["content-type"] == "image/png"
     assert "immutable" in blob.headers["cache-control"]
+    assert blob.headers["content-security-policy"] == "sandbox"
     assert len(blob.content) == result["bytes"]
     assert hashlib.sha256(blob.content).hexdigest() == result["sha256"]
     with Image.open(io.BytesIO(blob.content)) as picture:

@@ -240,3 +240,22 @@ async def test_a_restarted_runtime_finishes_the_story_without_generating_an_imag
         for placeholder in done:
             key = f"ImageGeneration:{images[placeholder].id}:generate"
             assert counts[key]["requests"] == 1  # a finished image was not asked for again
+
+
+async def test_a_bare_message_decides_by_its_name(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with story_stack(tmp_path) as stories:
+        ids = [
+            await stories.create("a quiet heron", name, require_approval=True)
+            for name in ("yes", "no")
+        ]
+
+        async def awaiting() -> bool:
+            return {await stage(stories, i) for i in ids} == {"awaiting_approval"}
+
+        await eventually(awaiting)
+        await stories.runtime.send_message(ids[0], "approved")  # `sluiceway send <id> approved`
+        await stories.runtime.send_message(ids[1], "declined")
+        assert (await stories.runtime.wait(ids[0]))["status"] == "completed"
+        assert (await stories.runtime.wait(ids[1]))["status"] == "declined"

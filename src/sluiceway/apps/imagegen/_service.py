@@ -57,6 +57,8 @@ _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _BLOB_HEADERS = (
     ("cache-control", "public, max-age=31536000, immutable"),
     ("x-content-type-options", "nosniff"),
+    # A stored page (a story's HTML) is shown, never trusted: no script, an origin of its own.
+    ("content-security-policy", "sandbox"),
 )
 
 

@@ -172,7 +172,9 @@ class StoryPipeline(
                 {"title": story.title, "images": len(story.image_prompts)},
             )
             decision = message.data if isinstance(message.data, dict) else {}
-            if decision.get("approved") is not True:
+            # stories/approve sends its decision as the data; a bare message (`sluiceway send
+            # <id> approved`) decides by its name.
+            if decision.get("approved", message.message == "approved") is not True:
                 reason = decision.get("reason")
                 await _advance(ctx, "declined", status="declined", reason=reason)
                 await ctx.status("RUNNING", f"The reviewer declined the story: {reason}")
