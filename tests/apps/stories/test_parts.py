@@ -57,6 +57,8 @@ def test_a_request_lists_all_its_problems() -> None:
     assert len(raised.value.problems) == 3
     with pytest.raises(InvalidStoryRequest, match="control characters"):
         StoryRequest.parse("a\x00b")
+    with pytest.raises(InvalidStoryRequest, match="image placeholder"):
+        StoryRequest.parse("a cat called {{image_1}}")
     with pytest.raises(InvalidStoryRequest, match="a string"):
         StoryRequest.parse(42)
     request = StoryRequest.parse("  a brave kitten  ")

@@ -132,6 +132,10 @@ class StoryRequest:
             problems.append(f"topic: at most {MAX_TOPIC_LENGTH} characters, got {len(text)}")
         elif any(ord(c) < 32 and c not in "\t\n" for c in text) or "\x00" in text:
             problems.append("topic: must not contain control characters")
+        elif "{{IMAGE_" in text.upper():
+            # The writer's placeholders mark where images go: one in the topic would be
+            # taken for an image of the story.
+            problems.append("topic: must not contain an image placeholder ({{IMAGE_...}})")
         try:
             chosen = Customization.from_json(customization)
         except InvalidStoryRequest as error:
