@@ -55,7 +55,7 @@ class Stories:
 
 @contextlib.asynccontextmanager
 async def story_stack(
-    tmp_path: Path, *, faults: ImageFaults | None = None, **config: Any
+    tmp_path: Path, *, faults: ImageFaults | None = None, writer: Any = None, **config: Any
 ) -> AsyncIterator[Stories]:
     """The story application running on a virtual-time runtime over ``tmp_path``, with the
     image service's ``faults`` (default: every image takes 10 s, as in the seed)."""
@@ -74,6 +74,7 @@ async def story_stack(
             StoryConfig(image_url=IMAGE_URL, blob_dir=str(tmp_path / "blobs"), **config),
             blobs=blobs,
             transport=transport,
+            writer=writer,
         )
         async with (
             virtual_runtime(tmp_path / "stories.db", app.types) as runtime,

@@ -12,7 +12,9 @@ import pytest
 import trio
 import trio.testing
 
+from sluiceway import EntityFailedError
 from sluiceway.apps.imagegen import FaultRule, ImageFaults
+from sluiceway.apps.stories import ImagePrompt, StoryRequest, WrittenStory
 from sluiceway.server import EndpointError
 from tests.apps.stories.story_stack import Stories, story_stack
 from tests.helpers import eventually
@@ -259,3 +261,22 @@ async def test_a_bare_message_decides_by_its_name(
         await stories.runtime.send_message(ids[1], "declined")
         assert (await stories.runtime.wait(ids[0]))["status"] == "completed"
         assert (await stories.runtime.wait(ids[1]))["status"] == "declined"
+
+
+class _BrokenWriter:
+    async def write(self, request: StoryRequest) -> WrittenStory:
+        return WrittenStory(title="Oops", paragraphs=("No placeholder here.",), image_prompts=(
+            ImagePrompt(placeholder="{{IMAGE_1}}", prompt="a cat", alt_text="a cat"),
+        ))  # fmt: skip
+
+
+async def test_a_writer_whose_story_does_not_fit_fails_the_pipeline_saying_why(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with story_stack(tmp_path, writer=_BrokenWriter()) as stories:
+        story = await stories.create("a cat", "cat")
+        with pytest.raises(EntityFailedError, match="is not in the story's text"):
+            await stories.runtime.wait(story)
+        status = await stories.call("stories/status", {"story_id": story})
+        assert (status["stage"], status["status"], status["run"]) == ("writing", "failed", "FAILED")
+        assert (await stories.service.stats())["requests"] == 0

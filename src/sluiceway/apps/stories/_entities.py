@@ -163,7 +163,12 @@ class StoryPipeline(
         await _advance(ctx, "writing")
         await ctx.status("RUNNING", "Writing the story")
         writer = await ctx.append_or_retrieve_call(StoryWriter, "story-writer", request.to_json())
-        story = WrittenStory.from_json(await writer.run())
+        try:
+            story = WrittenStory.from_json(await writer.run())
+        except EntityFailedError as exc:
+            # Without a story there is nothing to illustrate: the pipeline fails, saying why.
+            await ctx.update_data(status="failed", error=str(exc))
+            raise
 
         if ctx.data.get("require_approval", True):
             await _advance(ctx, "awaiting_approval", title=story.title)
