@@ -36,6 +36,7 @@ from .hierarchical import HierarchicalJobs
 from .memory import LazyMemory
 from .parking import ParkedWaits
 from .scaleout import Failover, ScaleOut
+from .stories import StoryImages
 from .subscribers import SubscriberFanout
 
 SCENARIOS: dict[str, Scenario] = {
@@ -53,6 +54,7 @@ SCENARIOS: dict[str, Scenario] = {
         ScaleOut(),
         Failover(),
         EngineDrip(),
+        StoryImages(),
     )
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
