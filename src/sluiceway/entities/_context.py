@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from .._errors import EntityError, LeaseLostError, RunParked
-from ..runners import Emitter, TaskSpec
+from .._errors import LeaseLostError, RunParked
 from ..store import (
     EdgeRecord,
     EntityRecord,
-    EntityStatus,
     NewEntity,
     ParkReason,
 )
 from ..store._json import check_text
+from ._child_tasks import ChildTasks, check_child_type, parked_not_due
 from ._entity import CALLS, RunnableEntity
 from ._envelope import EntityEnvelope, EnvelopeType, check_json
 from ._live import check_runnable
-from ._spread import ChildWatch, SpreadChildTask
 from ._waits import CapacityHolder, DurableWaits
 
 if TYPE_CHECKING:
@@ -72,7 +70,7 @@ class ChildCall:
         """
         ctx = self._ctx
         record = self.record
-        if _parked_not_due(record, ctx.runtime.clock()):
+        if parked_not_due(record, ctx.runtime.clock()):
             raise RunParked(f"{record.type} {record.name!r} ({record.id}) is parked")
         return await ctx.runtime._execute(record, holder=ctx._holder, fence=ctx.id)
 
@@ -320,7 +318,7 @@ class RunContext(DurableWaits):
         new = attrs.evolve(self._new_child(cls, name, data, edge_type), submit=True)
         record, created = await self.runtime.store.create_entity(new, owner=self.runtime.owner)
         if not created:
-            _check_child_type(self.entity, record, cls)
+            check_child_type(self.entity, record, cls)
         else:
             self.runtime._work_due()
         return record, created
@@ -354,14 +352,16 @@ class RunContext(DurableWaits):
         *,
         edge_type: str = CALLS,
         spread: bool = False,
-    ) -> AsyncIterator[TaskSpec[Any, Any]]:
-        """A lazy source of child tasks for a task pool runner.
+    ) -> ChildTasks:
+        """A source of child tasks for a task pool runner.
 
         ``items`` gives each child's ``(name, data)`` (or ``{"name": ..., "data": ...}``).
-        Each task, when the runner starts it, runs its child and returns the child's result
-        (a COMPLETED child returns its stored one at once). Children are created only as the
-        runner pulls the tasks, that is when it has capacity for them, and a re-run finds the
-        children it created before. Tasks carry the child's name as their key::
+        Each task, when the runner starts it, creates its child (or finds the one a run before
+        created), runs it and returns its result (a COMPLETED child returns its stored one at
+        once). Children are created only as their tasks start, that is when the runner has
+        capacity for them. The items are read one ahead, so the runner knows the source's
+        end without holding capacity: its stream ends as soon as its last task does, however
+        busy its capacity's other users are. Tasks carry the child's name as their key::
 
             runner = HierarchicalTaskPoolRunner(
                 "send", ctx.parallel_calls(Recipient, items), CapacitySource(3, GLOBAL)
@@ -387,44 +387,14 @@ class RunContext(DurableWaits):
 
         Raises:
             UnknownEntityTypeError, ConnectionNotAllowedError: at once.
-            ValueError: when the runner reaches an item whose name was already used.
+            ValueError, TypeError: a malformed item, or a name already used, ends the source
+                with that error (after the tasks of the items before it).
+            EntityError: from a task whose child exists with another type.
         """
         cls = self._child_type(entity_type, edge_type)
         if not isinstance(spread, bool):
             raise TypeError(f"spread must be a bool, got {spread!r}")
-        return self._parallel(cls, items, edge_type, spread)
-
-    async def _parallel(
-        self,
-        cls: type[RunnableEntity],
-        items: Iterable[tuple[str, Mapping[str, Any] | None] | Mapping[str, Any]],
-        edge_type: str,
-        spread: bool,
-    ) -> AsyncIterator[TaskSpec[Any, Any]]:
-        runtime = self.runtime
-        watch = ChildWatch(self) if spread else None
-        # One query for the children that exist (a resumed run finds most of them here).
-        existing = {record.name: record for record in await runtime.store.children(self.id)}
-        seen: set[str] = set()
-        for item in items:
-            name, data = _parse_item(item)
-            if name in seen:
-                raise ValueError(
-                    f"parallel_calls got the name {name!r} twice; child names must be unique "
-                    "under their parent"
-                )
-            seen.add(name)
-            record = existing.pop(name, None)
-            if record is not None:
-                _check_child_type(self.entity, record, cls)
-            # A new child is created by its task, once the runner holds its capacity: the
-            # creations of concurrent tasks then share store transactions.
-            task: Callable[[Emitter[Any]], Awaitable[Any]]
-            if watch is None:
-                task = _ChildTask(self, cls, name, data, record, edge_type)
-            else:
-                task = SpreadChildTask(self, watch, cls, name, data, record, edge_type)
-            yield TaskSpec(task, key=name)
+        return ChildTasks(self, cls, items, edge_type, spread)
 
     async def _child(
         self,
@@ -461,7 +431,7 @@ class RunContext(DurableWaits):
             new, strict=strict, owner=self.runtime.owner
         )
         if not created:
-            _check_child_type(self.entity, record, cls)
+            check_child_type(self.entity, record, cls)
         return ChildCall(record, created, self)
 
     def _new_child(
@@ -524,70 +494,3 @@ class RunContext(DurableWaits):
 
     def __repr__(self) -> str:
         return f"<RunContext of {self.entity!r} attempt {self.entity.attempt}>"
-
-
-@attrs.frozen(eq=False)
-class _ChildTask:
-    """The task ``parallel_calls`` gives a runner for one child: create the child if it does
-    not exist yet, then run it in the task, with the task's emitter as the capacity to give
-    back while it waits."""
-
-    ctx: RunContext
-    cls: type[RunnableEntity]
-    name: str
-    data: dict[str, Any]
-    record: EntityRecord | None
-    edge_type: str = CALLS
-
-    async def __call__(self, emit: Emitter[Any]) -> Any:
-        runtime = self.ctx.runtime
-        record = self.record
-        if record is not None:
-            if record.status is EntityStatus.COMPLETED:
-                # Its stored result, at once: a resumed run skips its finished children
-                # quickly (the runner checkpoints between tasks that do not block).
-                return record.result
-            if _parked_not_due(record, runtime.clock()):
-                # Still waiting (it wakes by itself): nothing to run, nothing to report.
-                raise RunParked(f"{record.type} {record.name!r} ({record.id}) is parked")
-            return await runtime._execute(record, holder=emit, fence=self.ctx.id)
-        new = self.ctx._new_child(self.cls, self.name, self.data, self.edge_type)
-        return await runtime._execute_new(self.cls, new, holder=emit)
-
-
-def _parked_not_due(record: EntityRecord, now: float) -> bool:
-    """Whether a child is parked and its wake-up has not come (as of ``record``)."""
-    return record.parked and (record.runnable_at is None or record.runnable_at > now)
-
-
-def _parse_item(item: object) -> tuple[str, dict[str, Any]]:
-    if isinstance(item, Mapping):
-        name = item.get("name")
-        data = item.get("data")
-        extra = set(item) - {"name", "data"}
-        if extra:
-            raise ValueError(
-                f"a parallel_calls item has 'name' and 'data' only, got {sorted(extra)}"
-            )
-    elif isinstance(item, tuple) and len(item) == 2:
-        name, data = item
-    else:
-        raise TypeError(
-            f"parallel_calls items are (name, data) tuples or {{'name', 'data'}} mappings, "
-            f"got {item!r}"
-        )
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"a child's name must be a non-empty string, got {name!r}")
-    if data is not None and not isinstance(data, Mapping):
-        raise TypeError(f"the data of child {name!r} must be a mapping, got {data!r}")
-    return name, dict(data or {})
-
-
-def _check_child_type(
-    parent: RunnableEntity, record: EntityRecord, cls: type[RunnableEntity]
-) -> None:
-    if record.type != cls.type_name:
-        raise EntityError(
-            f"{parent.type_name} {parent.name!r} already has a child named {record.name!r} of "
-            f"type {record.type}, not {cls.type_name}"
-        )

@@ -25,6 +25,7 @@ from ..store import EntityRecord, EntityStatus
 from ._entity import CALLS, RunnableEntity
 
 if TYPE_CHECKING:
+    from ._child_tasks import ExistingChildren
     from ._context import RunContext
 
 
@@ -57,16 +58,16 @@ class SpreadChildTask:
 
     ctx: RunContext
     watch: ChildWatch
+    existing: ExistingChildren
     cls: type[RunnableEntity]
     name: str
     data: dict[str, Any]
-    record: EntityRecord | None
     edge_type: str = CALLS
 
     async def __call__(self, emit: Emitter[Any]) -> Any:
         ctx = self.ctx
         runtime = ctx.runtime
-        record = self.record
+        record = await self.existing.find(self.name, self.cls)
         if record is None:
             created = await ctx._create(
                 self.cls, self.name, self.data, self.edge_type, strict=False
