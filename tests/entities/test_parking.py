@@ -309,3 +309,28 @@ async def test_children_started_at_zero_show_up_at_zero(
         ("timed", "VALUE", 7),
         ("timed", "COMPLETED", 7),
     ]
+
+
+async def test_a_wait_begun_in_an_earlier_run_parks_at_once_when_its_run_starts_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``park_after`` counts from when the wait began, not from when this run reached it: the
+    run that takes an entity over and finds its wait begun long enough ago parks it at once,
+    instead of holding a lease for another ``park_after`` (under restarts more frequent than
+    ``park_after``, a waiting entity would otherwise never park)."""
+    db = tmp_path / "w.db"
+    async with virtual_runtime(db, [Asker], park_after=100.0) as runtime:
+        asker = await runtime.create(Asker, {}, name="asker")
+        await runtime.start(asker.id)
+        await trio.sleep(50)  # waiting, not parked yet: then the process stops
+        record = await runtime.get(asker.id)
+        assert (record.status.value, record.parked_on) == ("WAITING", None)
+    async with virtual_runtime(db, [Asker], park_after=10.0) as runtime:
+
+        async def parked() -> bool:
+            return (await runtime.get(asker.id)).parked_on == "message"
+
+        await eventually(parked)
+        assert now() - BASE < 51  # its wait began 50 s ago: more than this runtime's 10 s
+        await runtime.send_message(asker.id, "yes")
+        assert (await runtime.wait(asker.id))["answer"] == "yes"

@@ -210,10 +210,11 @@ class DurableWaits:
     async def _await_message(self, index: int, wait: WaitRecord) -> WaitRecord:
         """Poll the store for a message (woken at once by ``send_message`` in this runtime)
         until one arrives or the wait's deadline passes; park once it has waited
-        ``park_after`` seconds (if parking is on)."""
+        ``park_after`` seconds (if parking is on), counted from when the wait began, in
+        whichever run: a run that starts again (after a crash) and finds the wait long begun
+        parks at once, rather than holding its lease for another ``park_after``."""
         runtime = self.runtime
         store = runtime.store
-        since = trio.current_time()
         while wait.state is WaitState.WAITING:
             wakeup = self._live.wakeup
             now = runtime.clock()
@@ -225,7 +226,7 @@ class DurableWaits:
             if wait.deadline is not None:
                 pause = min(pause, wait.deadline - now)
             if runtime.can_park:
-                left = runtime.park_after - (trio.current_time() - since)
+                left = runtime.park_after - (now - wait.created_at)
                 if left <= 0:
                     self._park_on(ParkReason.MESSAGE, wait.deadline)
                 pause = min(pause, left)
