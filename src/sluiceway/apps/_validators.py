@@ -1,8 +1,10 @@
-"""Validators the applications' configurations share."""
+"""What the applications' configurations share: attrs validators, and reading fields from
+the environment."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -31,3 +33,34 @@ def positive_float(name: str) -> Any:
             raise ValueError(f"{name} must be a number > 0, got {value!r}")
 
     return check
+
+
+def fields_from_env(
+    env: Mapping[str, str],
+    *,
+    urls: Mapping[str, str] = {},
+    strings: Mapping[str, str] = {},
+    integers: Mapping[str, str] = {},
+) -> dict[str, Any]:
+    """The configuration fields set by the variables of ``env`` that are set and not empty:
+    each mapping goes from a variable's name to its field's; a URL loses its trailing
+    slashes, an integer is parsed.
+
+    Raises:
+        ValueError: an integer variable is not an integer (naming it).
+    """
+    fields: dict[str, Any] = {}
+    for variable, field in urls.items():
+        if env.get(variable):
+            fields[field] = env[variable].rstrip("/")
+    for variable, field in strings.items():
+        if env.get(variable):
+            fields[field] = env[variable]
+    for variable, field in integers.items():
+        text = env.get(variable)
+        if text:
+            try:
+                fields[field] = int(text)
+            except ValueError:
+                raise ValueError(f"{variable} must be an integer, got {text!r}") from None
+    return fields

@@ -18,6 +18,7 @@ from sluiceway.apps.stories import (
     InlineImage,
     InvalidStoryRequest,
     SafetyChecker,
+    StoryConfig,
     StoryRequest,
     TemplateWriter,
     WordListSafetyChecker,
@@ -159,3 +160,22 @@ def test_the_page_inlines_images_escapes_text_and_keeps_missing_placeholders() -
     assert html.escape("503 <busy>") in page
     assert "{{IMAGE_1}}" not in page
     assert "{{IMAGE_2}}" not in page
+
+
+def test_the_configuration_comes_from_the_environment() -> None:
+    config = StoryConfig.from_env(
+        {
+            "SLUICEWAY_IMAGE_URL": "http://127.0.0.1:9000/",
+            "SLUICEWAY_BLOB_DIR": "/tmp/blobs",
+            "SLUICEWAY_STORY_IMAGE_CONCURRENCY": "2",
+            "SLUICEWAY_GLOBAL_IMAGE_CONCURRENCY": "",  # empty: the default
+        }
+    )
+    assert (config.image_url, config.blob_dir) == ("http://127.0.0.1:9000", "/tmp/blobs")
+    assert (config.per_story, config.global_limit) == (2, 10)
+    with pytest.raises(ValueError, match="SLUICEWAY_IMAGE_ATTEMPTS must be an integer"):
+        StoryConfig.from_env({"SLUICEWAY_IMAGE_ATTEMPTS": "three"})
+    with pytest.raises(ValueError, match="per_story must be an integer >= 1"):
+        StoryConfig.from_env({"SLUICEWAY_STORY_IMAGE_CONCURRENCY": "0"})
+    with pytest.raises(ValueError, match="image_url must be an http"):
+        StoryConfig(image_url="ftp://x")

@@ -10,7 +10,7 @@ import attrs
 import httpx
 
 from ...capacity import CapacitySource
-from .._validators import positive_float, positive_int
+from .._validators import fields_from_env, positive_float, positive_int
 from ._personalize import Personalizer, TemplatePersonalizer
 
 #: Where the notification service listens unless configured (seed 000's default).
@@ -55,20 +55,15 @@ class CampaignConfig:
             ValueError: a variable is set to something invalid (naming it).
         """
         env = os.environ if environ is None else environ
-        fields: dict[str, Any] = {}
-        if env.get("SLUICEWAY_NOTIFY_URL"):
-            fields["notify_url"] = env["SLUICEWAY_NOTIFY_URL"].rstrip("/")
-        for variable, field in (
-            ("SLUICEWAY_CAMPAIGN_CONCURRENCY", "per_campaign"),
-            ("SLUICEWAY_GLOBAL_SEND_CONCURRENCY", "global_limit"),
-            ("SLUICEWAY_SEND_ATTEMPTS", "send_attempts"),
-        ):
-            text = env.get(variable)
-            if text:
-                try:
-                    fields[field] = int(text)
-                except ValueError:
-                    raise ValueError(f"{variable} must be an integer, got {text!r}") from None
+        fields = fields_from_env(
+            env,
+            urls={"SLUICEWAY_NOTIFY_URL": "notify_url"},
+            integers={
+                "SLUICEWAY_CAMPAIGN_CONCURRENCY": "per_campaign",
+                "SLUICEWAY_GLOBAL_SEND_CONCURRENCY": "global_limit",
+                "SLUICEWAY_SEND_ATTEMPTS": "send_attempts",
+            },
+        )
         return cls(**fields)
 
 

@@ -11,7 +11,7 @@ import attrs
 import httpx
 
 from ...capacity import CapacitySource
-from .._validators import positive_float, positive_int
+from .._validators import fields_from_env, positive_float, positive_int
 from ..imagegen import DEFAULT_IMAGE_URL, BlobStore
 from ._safety import SafetyChecker
 from ._writer import Writer
@@ -67,24 +67,19 @@ class StoryConfig:
             ValueError: a variable is set to something invalid (naming it).
         """
         env = os.environ if environ is None else environ
-        fields: dict[str, Any] = {}
-        if env.get("SLUICEWAY_IMAGE_URL"):
-            fields["image_url"] = env["SLUICEWAY_IMAGE_URL"].rstrip("/")
-        if env.get("SLUICEWAY_BLOB_DIR"):
-            fields["blob_dir"] = env["SLUICEWAY_BLOB_DIR"]
-        if env.get("SLUICEWAY_IMAGE_MODEL_POOL"):
-            fields["model_pool"] = env["SLUICEWAY_IMAGE_MODEL_POOL"]
-        for variable, field in (
-            ("SLUICEWAY_STORY_IMAGE_CONCURRENCY", "per_story"),
-            ("SLUICEWAY_GLOBAL_IMAGE_CONCURRENCY", "global_limit"),
-            ("SLUICEWAY_IMAGE_ATTEMPTS", "image_attempts"),
-        ):
-            text = env.get(variable)
-            if text:
-                try:
-                    fields[field] = int(text)
-                except ValueError:
-                    raise ValueError(f"{variable} must be an integer, got {text!r}") from None
+        fields = fields_from_env(
+            env,
+            urls={"SLUICEWAY_IMAGE_URL": "image_url"},
+            strings={
+                "SLUICEWAY_BLOB_DIR": "blob_dir",
+                "SLUICEWAY_IMAGE_MODEL_POOL": "model_pool",
+            },
+            integers={
+                "SLUICEWAY_STORY_IMAGE_CONCURRENCY": "per_story",
+                "SLUICEWAY_GLOBAL_IMAGE_CONCURRENCY": "global_limit",
+                "SLUICEWAY_IMAGE_ATTEMPTS": "image_attempts",
+            },
+        )
         return cls(**fields)
 
     @property
