@@ -131,6 +131,21 @@ class EntityStore(Protocol):
         """How many children of ``parent_id`` are in each status (absent statuses omitted)."""
         ...
 
+    async def list_roots(
+        self,
+        *,
+        status: EntityStatus | None = None,
+        type: str | None = None,
+        name: str | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[EntityRecord]:
+        """Root entities (no parent), newest first (by ``created_at``, then id), at most
+        ``limit``: those in ``status``, of ``type``, whose name contains ``name`` (ignoring
+        the case of ASCII letters), created before ``before`` (the ``(created_at, id)`` of
+        the last root of the previous page)."""
+        ...
+
     async def pending_children(self, parent_id: str) -> int:
         """How many children of ``parent_id`` are pending: submitted, running or parked (the
         ones whose end a parent parked on its children waits for)."""

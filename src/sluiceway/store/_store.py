@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -133,6 +133,49 @@ class StoreOperations(StoreRuns):
                 (parent_id,),
             )
             return {EntityStatus(status): count for status, count in rows}
+
+        return await self._db.read(read)
+
+    async def list_roots(
+        self,
+        *,
+        status: EntityStatus | None = None,
+        type: str | None = None,
+        name: str | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[EntityRecord]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        if not all(shared.storable(text) for text in (type, name) if text is not None) or (
+            before is not None and not shared.storable(before[1])
+        ):
+            await trio.lowlevel.checkpoint()
+            return []  # no stored type or name is like that
+        where = ["parent_id IS NULL"]
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = %s")
+            args.append(EntityStatus(status).value)
+        if type is not None:
+            where.append("type = %s")
+            args.append(type)
+        if name:
+            # LIKE with its wildcards escaped: a substring, ASCII letters in any case.
+            escaped = name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("lower(name) LIKE %s ESCAPE '\\'")
+            args.append(f"%{escaped}%")
+        if before is not None:
+            where.append("(created_at < %s OR (created_at = %s AND id < %s))")
+            args.extend([before[0], before[0], before[1]])
+        query = (
+            f"{shared.SELECT_ENTITY} WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT %s"
+        )
+        args.append(limit)
+
+        def read(tx: Tx) -> list[EntityRecord]:
+            return [shared.entity_from_row(row) for row in tx.execute(query, tuple(args))]
 
         return await self._db.read(read)
 
