@@ -16,11 +16,13 @@ from ._faces import (
     TryAcquireResult,
     UnitCapacityStatistics,
 )
+from ._gauges import CapacityGauges
 
 __all__ = [
     "BalancedChild",
     "BalancerAdjustment",
     "BaseCapacity",
+    "CapacityGauges",
     "CapacitySource",
     "CapacityStatistics",
     "HierarchicalBalancer",

@@ -24,6 +24,7 @@ from .._errors import (
     LeaseLostError,
     RunParked,
 )
+from ..capacity import CapacityGauges
 from ..runners._envelopes import error_to_dict
 from ..store import (
     EntityRecord,
@@ -77,6 +78,8 @@ class Executor:
     ) -> None:
         self.store = store
         self.registry = registry
+        #: The capacity nodes this runtime shows (the server's ``capacity`` operation).
+        self.gauges = CapacityGauges()
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.clock = clock

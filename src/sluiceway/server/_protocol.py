@@ -65,6 +65,8 @@ class ErrorCode(enum.Enum):
     NOT_WAITING = "not_waiting"
     #: The entity was cancelled.
     CANCELLED = "cancelled"
+    #: ``retry`` of an entity that is not FAILED.
+    NOT_FAILED = "not_failed"
     #: The entity holds data only (a ``DataEntity``): it does not run.
     NOT_RUNNABLE = "not_runnable"
     #: The entity type is not registered with the application.
@@ -179,6 +181,32 @@ class CallRequest:
 
 
 @attrs.frozen(kw_only=True)
+class ListRequest:
+    """``list``: the root entities (runs), newest first, filtered, a page at a time (result:
+    ``{"runs": [...], "cursor"}``; pass ``cursor`` back for the next page, ``null`` at the
+    end)."""
+
+    status: str | None = None
+    type: str | None = None
+    name: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CapacityRequest:
+    """``capacity``: the capacity nodes the runtime shows, with what they hold and who waits
+    (result: ``{"nodes": [...]}``)."""
+
+
+@attrs.frozen(kw_only=True)
+class RetryRequest:
+    """``retry``: run a FAILED entity again, from the top (result: as ``start``'s)."""
+
+    entity_id: str
+
+
+@attrs.frozen(kw_only=True)
 class PingRequest:
     """``ping`` (result: ``{"pong": true}``)."""
 
@@ -194,6 +222,9 @@ REQUESTS: dict[str, type[Any]] = {
     "get": GetRequest,
     "tree": TreeRequest,
     "call": CallRequest,
+    "list": ListRequest,
+    "capacity": CapacityRequest,
+    "retry": RetryRequest,
     "ping": PingRequest,
 }
 

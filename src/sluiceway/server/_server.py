@@ -34,6 +34,7 @@ from .._util import open_owned_nursery
 from ..entities import EntityEnvelope, Runtime
 from ..store import EntityRecord, EntityStatus
 from ._app import Application, EndpointContext, EndpointError
+from ._ops import capacity, list_runs, retry
 from ._origin import OriginPolicy
 from ._protocol import (
     CLOSE_GOING_AWAY,
@@ -882,6 +883,9 @@ class _Connection:
         "get": _get,
         "tree": _tree,
         "call": _call,
+        "list": lambda self, request: list_runs(self.server, request.body),
+        "capacity": lambda self, request: capacity(self.server, request.body),
+        "retry": lambda self, request: retry(self.server, request.body),
         "ping": _ping,
     }
 

@@ -1,0 +1,84 @@
+"""The operations for looking around and for a page's actions: ``list`` (the runs, filtered
+and paged), ``capacity`` (the watched capacity nodes) and ``retry`` (a FAILED entity run
+again), over the real protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import trio
+
+from sluiceway import CapacitySource, EntityFailedError
+from tests.server.conftest import TIMEOUT, Served, call, error, frame, open_raw
+
+
+async def test_list_pages_through_the_runs_newest_first(served: Served) -> None:
+    runtime = served.runtime
+    for n in range(5):
+        await runtime.create("Leaf", {"value": n}, name=f"leaf-{n}")
+    await runtime.create("Chain", {}, name="chain")
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(served.url) as ws:
+            first = await call(ws, "list", 1, limit=4)
+            assert [r["name"] for r in first["runs"]] == ["chain", "leaf-4", "leaf-3", "leaf-2"]
+            assert set(first["runs"][0]) == {
+                "id", "name", "type", "status", "attempt", "parked_on", "created_at",
+                "modified_at", "error",
+            }  # fmt: skip
+            rest = await call(ws, "list", 2, limit=4, cursor=first["cursor"])
+            assert [r["name"] for r in rest["runs"]] == ["leaf-1", "leaf-0"]
+            assert rest["cursor"] is None
+            leaves = await call(ws, "list", 3, type="Leaf", name="LEAF-3", status="PENDING")
+            assert [r["name"] for r in leaves["runs"]] == ["leaf-3"]
+            bad = await error(ws, frame("list", 4, status="DONE"), 4)
+            assert bad["code"] == "invalid_request"
+            assert "known: PENDING" in bad["message"]
+            for fields in ({"limit": 0}, {"limit": 201}, {"cursor": "nonsense"}):
+                bad = await error(ws, frame("list", 5, **fields), 5)
+                assert bad["code"] == "invalid_request"
+
+
+async def test_capacity_shows_the_watched_nodes_while_they_live(served: Served) -> None:
+    gauges = served.runtime.gauges
+    images = gauges.watch(CapacitySource(10, name="images"))
+    story = CapacitySource(3, images)
+    runs = gauges.watch(CapacitySource(2, images))
+    await story.acquire()
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(served.url) as ws:
+            with gauges.watching(story, name="story brave-kitten"):
+                nodes = (await call(ws, "capacity", 1))["nodes"]
+            assert nodes == [
+                {"name": "images", "parent": None, "limits": {"slots": 10},
+                 "in_use": {"slots": 1}, "waiting": 0, "waiting_in_subtree": 0},
+                {"name": "node 2", "parent": "images", "limits": {"slots": 2},
+                 "in_use": {}, "waiting": 0, "waiting_in_subtree": 0},
+                {"name": "story brave-kitten", "parent": "images", "limits": {"slots": 3},
+                 "in_use": {"slots": 1}, "waiting": 0, "waiting_in_subtree": 0},
+            ]  # fmt: skip
+            story.release()
+            names = [n["name"] for n in (await call(ws, "capacity", 2))["nodes"]]
+            assert names == ["images", "node 2"]  # shown while its run used it
+            del runs
+            gc.collect()  # a node nobody uses any more goes away by itself
+            assert [n["name"] for n in (await call(ws, "capacity", 3))["nodes"]] == ["images"]
+
+
+async def test_retry_runs_a_failed_entity_again(served: Served) -> None:
+    runtime = served.runtime
+    leaf = await runtime.create("Leaf", {"value": 4, "fail": True}, name="flaky")
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(served.url) as ws:
+            refused = await error(ws, frame("retry", 1, entity_id=leaf.id), 1)
+            assert refused["code"] == "not_failed"
+            assert "PENDING" in refused["message"]
+            await call(ws, "start", 2, entity_id=leaf.id)
+            with contextlib.suppress(EntityFailedError):
+                await runtime.wait(leaf.id)
+            await runtime.update_data(leaf.id, fail=False)  # the cause is fixed
+            answer = await call(ws, "retry", 3, entity_id="flaky")
+            assert answer["entity_id"] == leaf.id
+            assert await runtime.wait(leaf.id) == {"name": "flaky", "value": 8}
+            missing = await error(ws, frame("retry", 4, entity_id="nobody"), 4)
+            assert missing["code"] == "not_found"
