@@ -173,6 +173,7 @@ async def open_raw(
     *,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     message_queue_size: int = 1,
+    subprotocols: list[str] | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """A raw trio-websocket client connection, like ``open_websocket_url``, whose TCP stream is
     closed however the connection ends: trio-websocket leaves a client's socket to the garbage
@@ -191,6 +192,7 @@ async def open_raw(
                 "/",
                 extra_headers=extra_headers,
                 message_queue_size=message_queue_size,
+                subprotocols=subprotocols,
             )
             try:
                 yield ws

@@ -105,3 +105,24 @@ async def test_a_token_is_a_non_empty_string(served: Served) -> None:
     for token in ["", 5]:
         with pytest.raises(ValueError, match="token"):
             RuntimeServer(served.runtime, served.server.app, token=token)  # type: ignore[arg-type]
+
+
+async def test_a_browser_gives_the_token_as_a_subprotocol(db: Path) -> None:
+    """A browser cannot set ``Authorization`` on a WebSocket: it offers the subprotocols
+    ``sluiceway.v1`` and ``bearer.<token>``, and the server answers ``sluiceway.v1``."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(db, token=TOKEN) as served:
+            offered = ["sluiceway.v1", f"bearer.{TOKEN}"]
+            async with open_raw(served.url, subprotocols=offered) as ws:
+                assert ws.subprotocol == "sluiceway.v1"
+                await hello(ws)
+                assert await call(ws, "ping", 1) == {"pong": True}
+            for wrong in (["sluiceway.v1", "bearer.wrong"], ["sluiceway.v1"], [f"{TOKEN}"]):
+                with pytest.raises(ConnectionRejected) as refused:
+                    async with open_raw(served.url, subprotocols=wrong):
+                        pass
+                assert refused.value.status_code == 401
+        # No token: the subprotocol is still echoed.
+        async with serving(db) as served, open_raw(served.url, subprotocols=["sluiceway.v1"]) as ws:
+            assert ws.subprotocol == "sluiceway.v1"
+            await hello(ws)

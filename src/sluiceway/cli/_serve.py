@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import textwrap
+import urllib.parse
 from collections.abc import Sequence
 
 import trio
@@ -184,6 +185,11 @@ async def serve(
                 f"store {redact(db)})",
                 flush=True,
             )
+            # The token goes in the fragment: the browser keeps it (the page reads it) and
+            # never sends it to the server in a request line, so no log ever holds it.
+            fragment = f"#token={urllib.parse.quote(token, safe='')}" if token else ""
+            page = f"http://{address.host}:{address.port}/{fragment}"
+            print(f"sluiceway serve: the page: {page}", flush=True)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 print(

@@ -34,6 +34,7 @@ from .._util import open_owned_nursery
 from ..entities import EntityEnvelope, Runtime
 from ..store import EntityRecord, EntityStatus
 from ._app import Application, EndpointContext, EndpointError
+from ._front import ReplayStream, read_head, serve_page
 from ._ops import capacity, list_runs, retry
 from ._origin import OriginPolicy
 from ._protocol import (
@@ -318,9 +319,14 @@ class RuntimeServer:
             async with open_owned_nursery() as nursery:
                 request: WebSocketRequest | None = None
                 with trio.move_on_after(_HANDSHAKE_SECONDS):
+                    head = await read_head(stream)
+                    if not head.is_upgrade:
+                        # Not a WebSocket: a file of the page (or an HTTP error), then close.
+                        await serve_page(stream, head, peer)
+                        return
                     request = await _wrap_server_stream(
                         nursery,
-                        stream,
+                        ReplayStream(stream, head.received),
                         peer,
                         max_message_size=self.limits.max_frame_bytes * 4 + 1024,
                     )
@@ -376,7 +382,7 @@ class RuntimeServer:
                 body=_UNAUTHORIZED,
             )
             return
-        socket = await request.accept()
+        socket = await request.accept(subprotocol=_subprotocol(request))
         connection = _Connection(self, socket)
         if not self._connections:
             self._no_connections = trio.Event()
@@ -437,7 +443,7 @@ class _ServerWebSocket(WebSocketConnection):
 
 
 async def _wrap_server_stream(
-    nursery: trio.Nursery, stream: trio.SocketStream, peer: str, *, max_message_size: int
+    nursery: trio.Nursery, stream: trio.abc.Stream, peer: str, *, max_message_size: int
 ) -> WebSocketRequest | None:
     """``trio_websocket.wrap_server_stream`` with a :class:`_ServerWebSocket`; ``None`` when
     the client's reader ends without a request (a refused handshake, logged, or a client that
@@ -496,11 +502,30 @@ _FORBIDDEN_ORIGIN = (
 
 
 def _authorized(request: WebSocketRequest, token: str) -> bool:
+    """Whether the request carries the token: in its ``Authorization`` header (``Bearer
+    <token>``), or, from a browser (which cannot set that header on a WebSocket), as the
+    subprotocol ``bearer.<token>`` next to :data:`SUBPROTOCOL`."""
     expected = f"Bearer {token}".encode()
     for name, value in request.headers:
         if name.lower() == b"authorization":
             return hmac.compare_digest(value.strip(), expected)
-    return False
+    wanted = f"{_BEARER_PREFIX}{token}".encode()
+    return any(
+        hmac.compare_digest(offered.encode("utf-8", "replace"), wanted)
+        for offered in request.proposed_subprotocols
+        if offered.startswith(_BEARER_PREFIX)
+    )
+
+
+def _subprotocol(request: WebSocketRequest) -> str | None:
+    """The subprotocol to accept: :data:`SUBPROTOCOL` if the client offered it (a browser
+    that offers subprotocols needs one of them back), else none."""
+    return SUBPROTOCOL if SUBPROTOCOL in request.proposed_subprotocols else None
+
+
+#: The subprotocol a browser offers (with its token as ``bearer.<token>``), echoed back.
+SUBPROTOCOL = "sluiceway.v1"
+_BEARER_PREFIX = "bearer."
 
 
 class _Connection:
@@ -913,9 +938,9 @@ async def _tree(
     }
     total = sum(counts.values())
     if total and (depth is None or depth > 0) and max_children:
-        children = await store.children(record.id)
+        children = await store.children(record.id, limit=max_children)
         below = None if depth is None else depth - 1
-        for child in children[:max_children]:
+        for child in children:
             node["children"].append(await _tree(runtime, child, below, max_children))
         node["more"] = max(total - max_children, 0)
     elif total:

@@ -122,9 +122,10 @@ class EntityStore(Protocol):
         """The child of ``parent_id`` (a root if ``None``) called ``name``, if any."""
         ...
 
-    async def children(self, parent_id: str) -> list[EntityRecord]:
+    async def children(self, parent_id: str, *, limit: int | None = None) -> list[EntityRecord]:
         """The children of ``parent_id`` (created with it as parent), oldest first (by
-        ``created_at``, then creation order); empty if there is no such entity."""
+        ``created_at``, then creation order), the first ``limit`` of them if given; empty if
+        there is no such entity."""
         ...
 
     async def count_children(self, parent_id: str) -> dict[EntityStatus, int]:

@@ -107,17 +107,23 @@ class StoreOperations(StoreRuns):
             return None  # no stored name or id is like that
         return await self._db.read(lambda tx: sql.find_entity(tx, parent_id, name))
 
-    async def children(self, parent_id: str) -> list[EntityRecord]:
+    async def children(self, parent_id: str, *, limit: int | None = None) -> list[EntityRecord]:
         if not shared.storable(parent_id):
             await trio.lowlevel.checkpoint()
             return []
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"limit must be an integer or None, got {limit!r}")
 
         def read(tx: Tx) -> list[EntityRecord]:
-            rows = tx.execute(
+            query = (
                 f"{shared.SELECT_ENTITY} WHERE parent_id = %s ORDER BY created_at, "
-                + tx.creation_order,
-                (parent_id,),
+                + tx.creation_order
             )
+            args: tuple[Any, ...] = (parent_id,)
+            if limit is not None:
+                query += " LIMIT %s"
+                args += (max(limit, 0),)
+            rows = tx.execute(query, args)
             return [shared.entity_from_row(row) for row in rows]
 
         return await self._db.read(read)
