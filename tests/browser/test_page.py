@@ -121,7 +121,10 @@ async def test_cancel_answer_and_retry_from_the_page(tmp_path: Path) -> None:
             # Answer the waiting entity: its prompt is shown.
             open_run(page, "needs-an-answer")
             page.wait_for_selector("#message-form:not([hidden])")
-            assert page.text_content("#message-prompt") == "it asks: approve needs-an-answer?"
+            page.wait_for_function(
+                "document.getElementById('message-prompt').textContent"
+                " === 'it asks: approve needs-an-answer?'"
+            )
             screenshot(page, "waiting-for-a-message")
             page.fill("#message-text", "yes")
             page.fill("#message-data", '{"by": "the page"}')

@@ -82,3 +82,36 @@ async def test_retry_runs_a_failed_entity_again(served: Served) -> None:
             assert await runtime.wait(leaf.id) == {"name": "flaky", "value": 8}
             missing = await error(ws, frame("retry", 4, entity_id="nobody"), 4)
             assert missing["code"] == "not_found"
+
+
+async def test_pages_polling_one_run_share_the_stores_answers(served: Served) -> None:
+    """Twenty connections asking for one run's tree at once cost the store one tree; a
+    write (a cancel) makes the next answer fresh."""
+    runtime = served.runtime
+    fan = await runtime.create("FanOut", {"count": 3}, name="shared")
+    await runtime.start(fan.id)
+    await runtime.wait(fan.id)
+    reads = served.server.reads
+    trees: list[dict[str, object]] = []
+
+    async def page() -> None:
+        async with open_raw(served.url) as ws:
+            trees.append(await call(ws, "tree", 1, entity_id="shared", depth=1))
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(page)
+        assert len(trees) == 20
+        assert all(tree == trees[0] for tree in trees)
+        assert reads.computed + reads.shared >= 20
+        assert reads.computed <= 2
+        leaf = await runtime.create("Leaf", {"gate": True}, name="stuck")
+        async with open_raw(served.url) as ws:
+            before = reads.computed
+            await call(ws, "tree", 1, entity_id="stuck")
+            await call(ws, "start", 2, entity_id=leaf.id)  # a write: the next tree is fresh
+            await call(ws, "cancel", 3, entity_id=leaf.id)
+            tree = await call(ws, "tree", 4, entity_id="stuck")
+            assert tree["status"] == "CANCELLED"
+            assert reads.computed == before + 2

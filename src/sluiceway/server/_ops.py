@@ -38,13 +38,19 @@ async def list_runs(server: RuntimeServer, body: ListRequest) -> dict[str, Any]:
                 ErrorCode.INVALID_REQUEST, f"unknown status {body.status!r}; known: {known}"
             ) from None
     before = None if body.cursor is None else _parse_cursor(body.cursor)
-    # One more than asked for: whether there is a next page, without another query.
-    records = await server.runtime.store.list_roots(
-        status=status, type=body.type, name=body.name, before=before, limit=body.limit + 1
-    )
-    page = records[: body.limit]
-    cursor = _cursor(page[-1]) if len(records) > body.limit else None
-    return {"runs": [run_summary(record) for record in page], "cursor": cursor}
+
+    async def read() -> dict[str, Any]:
+        # One more than asked for: whether there is a next page, without another query.
+        records = await server.runtime.store.list_roots(
+            status=status, type=body.type, name=body.name, before=before, limit=body.limit + 1
+        )
+        page = records[: body.limit]
+        cursor = _cursor(page[-1]) if len(records) > body.limit else None
+        return {"runs": [run_summary(record) for record in page], "cursor": cursor}
+
+    key = ("list", body.status, body.type, body.name, body.limit, body.cursor)
+    answer: dict[str, Any] = await server.reads.get(key, read)
+    return answer
 
 
 def run_summary(record: EntityRecord) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from .._util import open_owned_nursery
 from ..entities import EntityEnvelope, Runtime
 from ..store import EntityRecord, EntityStatus
 from ._app import Application, EndpointContext, EndpointError
+from ._cache import ReadCache
 from ._front import ReplayStream, read_head, serve_page
 from ._ops import capacity, list_runs, retry
 from ._origin import OriginPolicy
@@ -182,6 +183,9 @@ class RuntimeServer:
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string (or None for no authentication)")
         self._origins = OriginPolicy.of(allow_origins)
+        #: The answers of ``tree`` and ``list`` shared by every connection for half a second
+        #: (many pages polling one run cost the store what one does), cleared by any write.
+        self.reads = ReadCache(ttl=READ_CACHE_SECONDS)
         #: The origins whose pages may connect besides the server's own, normalised
         #: (``"*"``: every origin).
         self.allow_origins = self._origins.origins
@@ -763,6 +767,8 @@ class _Connection:
             self.emit(result_frame(request.id, result))
         finally:
             self.pending -= 1
+            if request.op in _WRITES:
+                self.server.reads.clear()  # a page that acted sees the effect at once
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -879,7 +885,10 @@ class _Connection:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "max_children must be >= 0")
         runtime = self.server.runtime
         root = await self.server.resolve(body.entity_id)
-        return await _tree(runtime, root, body.depth, body.max_children)
+        return await self.server.reads.get(
+            ("tree", root.id, body.depth, body.max_children),
+            partial(_tree, runtime, root, body.depth, body.max_children),
+        )
 
     async def _call(self, request: Request) -> Any:
         body: CallRequest = request.body
@@ -914,6 +923,11 @@ class _Connection:
         "ping": _ping,
     }
 
+
+#: Operations that write: each clears the shared answers of the read operations.
+_WRITES = frozenset({"create", "start", "send_message", "cancel", "call", "retry"})
+#: How long the answers of ``tree`` and ``list`` are shared.
+READ_CACHE_SECONDS = 0.5
 
 #: How long a closing connection may take to send its last frames and its close frame.
 _CLOSE_SECONDS = 5.0

@@ -10,6 +10,9 @@ const RUNS_EVERY = 3000; // ms between refreshes of the runs list
 const GAUGES_EVERY = 1000; // ms between capacity snapshots
 const LOG_KEEP = 500; // envelopes kept in the log
 const PAGE_SIZE = 25;
+// A run with more descendants than this is followed by its own envelopes only: a page would
+// otherwise receive every envelope of every child (the tree's counts still come every second).
+const SUBTREE_LIMIT = 2000;
 const STATUSES = ["PENDING", "IN_PROGRESS", "WAITING", "COMPLETED", "FAILED", "CANCELLED"];
 
 const $ = (id) => document.getElementById(id);
@@ -137,6 +140,7 @@ const view = {
   tree: null,
   expanded: new Set(),
   subtrees: new Map(), // id -> a tree node fetched on expanding it
+  subtree: true, // whether the selected run's whole subtree is followed
   waitingPrompt: new Map(), // entity id -> the prompt of its latest WAITING envelope
   gauges: [],
   dirty: new Set(),
@@ -262,6 +266,16 @@ async function select(id) {
   view.subtrees.clear();
   view.waitingPrompt.clear();
   markDirty("runs", "log", "entities", "tree", "seq");
+  try {
+    const top = await conn.request("tree", { entity_id: id, depth: 0 });
+    const children = Object.values(top.children_by_status).reduce((a, b) => a + b, 0);
+    view.subtree = children <= SUBTREE_LIMIT;
+  } catch {
+    view.subtree = true;
+  }
+  $("log-scope").textContent = view.subtree
+    ? "every entity of the run"
+    : `the run's own envelopes (it has more than ${SUBTREE_LIMIT} children: see the tree)`;
   await subscribe();
   loadTree();
   loadDetail();
@@ -271,7 +285,7 @@ async function subscribe() {
   if (!view.selected) return;
   try {
     const result = await conn.request("subscribe", {
-      entity_id: view.selected, after_seq: view.lastSeq,
+      entity_id: view.selected, after_seq: view.lastSeq, subtree: view.subtree,
     });
     view.subscription = result.subscription;
   } catch (error) {
@@ -415,13 +429,17 @@ function renderDetail(entity) {
   $("action-cancel").disabled = ended;
   $("action-retry").disabled = entity.status !== "FAILED";
   const waiting = entity.status === "WAITING" && entity.parked_on !== "timer" && entity.parked_on !== "children";
-  const form = $("message-form");
-  form.hidden = !waiting;
-  if (waiting) {
-    const prompt = view.waitingPrompt.get(entity.id);
-    $("message-prompt").textContent = prompt ? `it asks: ${prompt}` : "it waits for a message";
-  }
+  $("message-form").hidden = !waiting;
   view.detailEntity = entity;
+  renderPrompt();
+}
+
+function renderPrompt() {
+  // The prompt comes with the entity's WAITING envelope, which may arrive after its details.
+  const entity = view.detailEntity;
+  if (!entity || $("message-form").hidden) return;
+  const prompt = view.waitingPrompt.get(entity.id);
+  $("message-prompt").textContent = prompt ? `it asks: ${prompt}` : "it waits for a message";
 }
 
 function showResult(text) {
@@ -520,7 +538,10 @@ function redraw() {
   if (dirty.has("runs")) renderRuns();
   if (dirty.has("tree")) renderTree();
   if (dirty.has("entities")) renderEntities();
-  if (dirty.has("log")) renderLog();
+  if (dirty.has("log")) {
+    renderLog();
+    renderPrompt();
+  }
   if (dirty.has("gauges")) renderGauges();
   if (dirty.has("seq")) $("last-seq").textContent = String(view.lastSeq);
 }
