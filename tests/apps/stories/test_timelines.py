@@ -92,9 +92,23 @@ async def test_two_stories_run_6_of_10_and_both_finish_at_24s(
     async with story_stack(tmp_path, faults=ImageFaults(latency=10.0, rules=rules)) as stories:
         a = await stories.create("a brave kitten", "a-tale")
         b = await stories.create("a lost robot", "b-tale")
+        gauges: list[dict[str, object]] = []
+
+        async def look_at_the_gauges() -> None:
+            await trio.sleep(5)
+            gauges.extend(stories.runtime.gauges.snapshot())
+
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(look_at_the_gauges)
             for story in (a, b):
                 nursery.start_soon(stories.runtime.wait, story)
+        # What the page's gauges showed at 5 s: 6 of the 10, 3 for each story.
+        assert [(g["name"], g["parent"], g["in_use"]) for g in gauges] == [
+            ("images", None, {"slots": 6}),
+            ("story-pipeline-a-tale images", "images", {"slots": 3}),
+            ("story-pipeline-b-tale images", "images", {"slots": 3}),
+        ]
+        assert [g["name"] for g in stories.runtime.gauges.snapshot()] == ["images"]
         assert trio.current_time() == 24
         spans = {"A": await intervals(stories, a), "B": await intervals(stories, b)}
         table = {

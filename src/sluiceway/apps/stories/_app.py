@@ -253,10 +253,11 @@ def create_app(
             timeout=settings.request_timeout,
             transport=None if transport is None else transport(),
         ) as http:
+            images = runtime.gauges.watch(CapacitySource(settings.global_limit), name="images")
             yield StoryServices(
                 config=settings,
                 http=http,
-                global_capacity=CapacitySource(settings.global_limit, name="images"),
+                global_capacity=images,
                 blobs=blobs if blobs is not None else FileBlobStore(settings.blob_path),
                 writer=writer or TemplateWriter(),
                 safety=safety or WordListSafetyChecker(),

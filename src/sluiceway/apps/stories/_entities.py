@@ -244,13 +244,27 @@ class StoryPipeline(
             )
             for prompt in story.image_prompts
         ]
+        capacity = CapacitySource(services.config.per_story, services.global_capacity)
         runner = HierarchicalTaskPoolRunner(
-            "image-gen",
-            ctx.parallel_calls(ImageGeneration, items),
-            CapacitySource(services.config.per_story, services.global_capacity),
+            "image-gen", ctx.parallel_calls(ImageGeneration, items), capacity
         )
         generated: dict[str, dict[str, Any]] = {}
         failures: dict[str, str] = {}
+        # The story's slots are shown (the server's capacity operation, the page's gauges)
+        # while its images generate.
+        with ctx.runtime.gauges.watching(capacity, name=f"{ctx.name} images"):
+            await self._follow(ctx, runner, total, generated, failures)
+        return generated, failures
+
+    async def _follow(
+        self,
+        ctx: RunContext,
+        runner: HierarchicalTaskPoolRunner[Any, Any],
+        total: int,
+        generated: dict[str, dict[str, Any]],
+        failures: dict[str, str],
+    ) -> None:
+        """Collect the images' results as they complete, counting them in the data."""
         async with runner.run_tasks() as envelopes:
             async for envelope in envelopes:
                 if envelope.kind is EnvelopeKind.FINAL and envelope.value:
@@ -265,7 +279,6 @@ class StoryPipeline(
                     await ctx.status(
                         "RUNNING", f"Image {placeholder} failed: {error}", placeholder=placeholder
                     )
-        return generated, failures
 
 
 def _failure(envelope: TaskEnvelope[Any, Any]) -> tuple[str, str]:
