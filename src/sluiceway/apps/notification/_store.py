@@ -1,20 +1,27 @@
 """The notification service's SQLite state: one connection, used from worker threads one call at a
-time (a :class:`trio.Lock`), WAL journal, every write in one ``BEGIN IMMEDIATE`` transaction."""
+time (a :class:`trio.Lock`), WAL journal, every write in one ``BEGIN IMMEDIATE`` transaction
+(the plumbing is :class:`~sluiceway.apps._sqlite_file.SqliteFile`'s)."""
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
-import trio
+from .._sqlite_file import (
+    COUNTERS_SCHEMA,
+    SqliteFile,
+    count_requests,
+    dump_json,
+    load_object,
+    request_totals,
+    schema_version,
+    transaction,
+)
 
-T = TypeVar("T")
-
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sends (
     key TEXT PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -22,12 +29,7 @@ CREATE TABLE IF NOT EXISTS sends (
     message TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO counters (name, value)
-    VALUES ('requests', 0), ('repeats', 0), ('failures', 0);
+{COUNTERS_SCHEMA}
 """
 
 #: The schema version this code writes (``PRAGMA user_version``). Version 0 is the original
@@ -46,7 +48,7 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE sends ADD COLUMN {column} TEXT")
     rows = conn.execute("SELECT key, message FROM sends").fetchall()
     for key, message in rows:
-        campaign, contact, step = metadata_refs(_loads(message).get("metadata"))
+        campaign, contact, step = metadata_refs(load_object(message).get("metadata"))
         conn.execute(
             "UPDATE sends SET campaign_id = ?, contact_id = ?, step_id = ? WHERE key = ?",
             (campaign, contact, step, key),
@@ -81,79 +83,27 @@ def _migrate(conn: sqlite3.Connection) -> None:
     """Bring the file to :data:`SCHEMA_VERSION`, one version per transaction (``BEGIN
     IMMEDIATE``, the version read inside it: processes opening one file together migrate it
     once). A file written by a newer version is refused."""
-    while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"the notification store has schema version {version}; "
-                    f"this code knows versions up to {SCHEMA_VERSION}"
-                )
-            if version < SCHEMA_VERSION:
-                _MIGRATIONS[version + 1](conn)
-                conn.execute(f"PRAGMA user_version = {int(version) + 1}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        if version + 1 >= SCHEMA_VERSION:
-            return
+
+    def step(conn: sqlite3.Connection) -> int:
+        version = schema_version(conn, known=SCHEMA_VERSION, what="the notification store")
+        if version < SCHEMA_VERSION:
+            _MIGRATIONS[version + 1](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        return version
+
+    version = -1
+    while version + 1 < SCHEMA_VERSION:
+        version = transaction(conn, "BEGIN IMMEDIATE", step)
 
 
-class Store:
+class Store(SqliteFile):
     """The ``sends`` table (one row per idempotency key) and the request counters."""
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: bool = True) -> None:
-        self.path = os.fspath(path)
-        # Without threads the file is used on the trio thread (for tests on virtual time,
-        # where a wait on a worker thread lets the mock clock jump).
-        self.threads = threads
-        self._conn: sqlite3.Connection | None = None
-        self._lock = trio.Lock()
+    what = "notification store"
 
-    @property
-    def is_open(self) -> bool:
-        """Whether :meth:`open` ran and :meth:`close` did not."""
-        return self._conn is not None
-
-    async def open(self) -> None:
-        """Open (creating if needed) the database file."""
-        async with self._lock:
-            if self._conn is None:
-                self._conn = await trio.to_thread.run_sync(self._connect)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            _migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    async def close(self) -> None:
-        """Close the connection (safe to call twice; completes even when cancelled)."""
-        with trio.CancelScope(shield=True):
-            async with self._lock:
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    await trio.to_thread.run_sync(conn.close)
-
-    async def _run(self, func: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise RuntimeError("the notification store is not open")
-            begin = "BEGIN IMMEDIATE" if write else "BEGIN"
-            if not self.threads:
-                await trio.lowlevel.checkpoint()
-                return _transaction(conn, begin, func)
-            return await trio.to_thread.run_sync(_transaction, conn, begin, func)
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        _migrate(conn)
 
     async def repeat(self, key: str) -> dict[str, Any] | None:
         """The stored result for ``key``, counting the request as a repeat; ``None`` (and nothing
@@ -164,7 +114,7 @@ class Store:
             if row is None:
                 return None
             _count(conn, "repeats")
-            return _loads(row[0])
+            return load_object(row[0])
 
         return await self._run(run)
 
@@ -185,8 +135,8 @@ class Store:
                 (
                     key,
                     result["id"],
-                    _dumps(result),
-                    _dumps(message),
+                    dump_json(result),
+                    dump_json(message),
                     result["timestamp"],
                     campaign,
                     contact,
@@ -198,7 +148,7 @@ class Store:
                 return True, result
             row = conn.execute("SELECT result FROM sends WHERE key = ?", (key,)).fetchone()
             _count(conn, "repeats")
-            return False, _loads(row[0])
+            return False, load_object(row[0])
 
         return await self._run(run)
 
@@ -213,7 +163,7 @@ class Store:
             row = conn.execute(
                 "SELECT result FROM sends WHERE id = ?", (notification_id,)
             ).fetchone()
-            return None if row is None else _loads(row[0])
+            return None if row is None else load_object(row[0])
 
         return await self._run(run, write=False)
 
@@ -296,31 +246,8 @@ class Store:
 
     async def stats(self) -> dict[str, int]:
         """``{"sends", "requests", "repeats", "failures"}`` (persisted with the sends)."""
-
-        def run(conn: sqlite3.Connection) -> dict[str, int]:
-            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-            (sends,) = conn.execute("SELECT COUNT(*) FROM sends").fetchone()
-            return {
-                "sends": int(sends),
-                "requests": int(counters["requests"]),
-                "repeats": int(counters["repeats"]),
-                "failures": int(counters["failures"]),
-            }
-
-        return await self._run(run, write=False)
-
-
-def _transaction(
-    conn: sqlite3.Connection, begin: str, func: Callable[[sqlite3.Connection], T]
-) -> T:
-    conn.execute(begin)
-    try:
-        value = func(conn)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return value
+        totals = partial(request_totals, stored="sends", table="sends")
+        return await self._run(totals, write=False)
 
 
 def _engagement_rows(
@@ -371,19 +298,4 @@ def _epoch(timestamp: str) -> float:
 
 
 def _count(conn: sqlite3.Connection, outcome: str | None = None) -> None:
-    names = ("requests",) if outcome is None else ("requests", outcome)
-    conn.execute(
-        f"UPDATE counters SET value = value + 1 WHERE name IN ({', '.join('?' * len(names))})",
-        names,
-    )
-
-
-def _dumps(value: object) -> str:
-    # Never Infinity or NaN in a stored document: JSON has neither.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _loads(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    assert isinstance(value, dict)
-    return value
+    count_requests(conn, ("requests",) if outcome is None else ("requests", outcome))
