@@ -1,33 +1,21 @@
 """The image service: an ASGI app over :class:`~._store.ImageStore` and a
 :class:`~._blobs.BlobStore`, served by hypercorn's trio worker (plumbing in
-:mod:`sluiceway.apps._http`)."""
+:mod:`sluiceway.apps._http` and :mod:`sluiceway.apps._service_base`)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import random
 import uuid
 from datetime import UTC, datetime
 from functools import partial
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-from .._http import (
-    ClientGone,
-    HTTPError,
-    KeyLocks,
-    Request,
-    Response,
-    Router,
-    answer_http,
-    handle_lifespan,
-    serve_asgi,
-)
+from .._http import HTTPError, Request, Response
+from .._service_base import HttpService
 from ._blobs import BlobCorruptError, BlobNotFoundError, BlobStore, FileBlobStore, content_type_of
 from ._faults import FaultRule, ImageFaults, faults_changes
 from ._render import RenderedImage, render_image
@@ -62,7 +50,7 @@ _BLOB_HEADERS = (
 )
 
 
-class ImageService:
+class ImageService(HttpService[ImageStore, ImageFaults]):
     """The image generation service: ``POST /v1/images/generate`` renders a picture for a
     prompt (:func:`~._render.render_image`), stores it in ``blobs`` (a :class:`BlobStore`, or a
     directory for a :class:`FileBlobStore`) and records the result in the SQLite file
@@ -83,6 +71,8 @@ class ImageService:
     time jump).
     """
 
+    _log = log
+
     def __init__(
         self,
         db_path: str | os.PathLike[str],
@@ -92,88 +82,27 @@ class ImageService:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         threads: bool = True,
     ) -> None:
-        if max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be positive")
+        super().__init__(
+            ImageStore(db_path, threads=threads),
+            faults=faults if faults is not None else ImageFaults(),
+            parse_faults=faults_changes,
+            max_body_bytes=max_body_bytes,
+            routes={
+                "/v1/images/generate": {"POST": self._post_generate},
+                "/v1/images/counts": {"GET": self._get_counts},
+                "/v1/images/{id}": {"GET": self._get_image},
+                "/v1/blobs/{key}": {"GET": self._get_blob},
+            },
+        )
         if isinstance(blobs, str | os.PathLike):
             blobs = FileBlobStore(blobs, threads=threads)
         elif not isinstance(blobs, BlobStore):
             raise TypeError(f"blobs must be a BlobStore or a directory, not {blobs!r}")
         self.blobs: BlobStore = blobs
-        self._store = ImageStore(db_path, threads=threads)
-        self._faults = faults if faults is not None else ImageFaults()
-        self._rng = random.Random(self._faults.seed)
-        self._key_locks = KeyLocks()
         self._render_limiter = trio.CapacityLimiter(_RENDER_THREADS)
         self._threads = threads
-        self._in_flight = 0
-        self.max_body_bytes = max_body_bytes
-        self._router = Router(
-            {
-                "/health": {"GET": self._health},
-                "/stats": {"GET": self._stats},
-                "/v1/images/generate": {"POST": self._post_generate},
-                "/v1/images/counts": {"GET": self._get_counts},
-                "/v1/images/{id}": {"GET": self._get_image},
-                "/v1/blobs/{key}": {"GET": self._get_blob},
-                "/admin/faults": {"GET": self._get_faults, "POST": self._post_faults},
-            }
-        )
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Open (creating if needed) the SQLite file; safe to call again."""
-        await self._store.open()
-
-    async def aclose(self) -> None:
-        """Close the SQLite file (completes even when cancelled)."""
-        await self._store.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def serve(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve over HTTP with hypercorn's trio worker until cancelled; reports the base URL
-        (``"http://127.0.0.1:41234"``) through ``task_status`` once the socket listens."""
-        await serve_asgi(
-            self,
-            host=host,
-            port=port,
-            logger=logging.getLogger("sluiceway.apps.imagegen.server"),
-            task_status=task_status,
-        )
 
     # -- state -----------------------------------------------------------------------------
-
-    @property
-    def faults(self) -> ImageFaults:
-        """The current fault settings."""
-        return self._faults
-
-    def configure_faults(self, **changes: Any) -> ImageFaults:
-        """Change some fault settings (as ``POST /admin/faults`` does); re-seeds the RNG when
-        ``seed`` is among the changes. Returns the new settings."""
-        faults = self._faults.evolve(**changes)
-        if "seed" in changes:
-            self._rng.seed(faults.seed)
-        self._faults = faults
-        log.info("faults: %s", faults)
-        return faults
 
     async def stats(self) -> dict[str, int]:
         """``{"generations", "requests", "repeats", "failures", "inFlight"}``: stored images;
@@ -181,9 +110,7 @@ class ImageService:
         repeats, the errors); new generations in progress now. ``requests == generations +
         repeats + failures`` on a file used by one service at a time (the counts persist in the
         file; ``inFlight`` is this process's)."""
-        stats = await self._store.stats()
-        stats["inFlight"] = self._in_flight
-        return stats
+        return await super().stats()
 
     async def counts(self, prefix: str | None = None) -> dict[str, dict[str, int]]:
         """Per idempotency key starting with ``prefix`` (``None``: every key):
@@ -195,40 +122,7 @@ class ImageService:
         """The stored result with this id, or ``None``."""
         return await self._store.by_id(image_id)
 
-    # -- ASGI ------------------------------------------------------------------------------
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        """The ASGI application (http and lifespan; websockets are refused)."""
-        if scope["type"] == "http":
-            await answer_http(
-                scope,
-                receive,
-                send,
-                self._router.dispatch,
-                max_body_bytes=self.max_body_bytes,
-                logger=log,
-            )
-        elif scope["type"] == "lifespan":
-            await handle_lifespan(
-                receive,
-                send,
-                is_open=lambda: self._store.is_open,
-                open=self.open,
-                close=self.aclose,
-                what=self._store.path,
-            )
-        else:
-            await send({"type": "websocket.close", "code": 1003, "reason": "not supported"})
-
     # -- handlers --------------------------------------------------------------------------
-
-    async def _health(self, request: Request) -> Response:
-        return Response(200, {"status": "ok"})
-
-    async def _stats(self, request: Request) -> Response:
-        return Response(200, await self.stats())
 
     async def _get_counts(self, request: Request) -> Response:
         prefix = parse_counts_query(request.query)
@@ -259,27 +153,13 @@ class ImageService:
             ) from None
         return Response.of_bytes(200, data, content_type_of(key), _BLOB_HEADERS)
 
-    async def _get_faults(self, request: Request) -> Response:
-        return Response(200, self._faults.to_json())
-
-    async def _post_faults(self, request: Request) -> Response:
-        changes = faults_changes(await request.json())
-        return Response(200, self.configure_faults(**changes).to_json())
-
     async def _post_generate(self, request: Request) -> Response:
         key: str | None = None
-        try:
+        # The lambda reads key when a failure is counted: by then it may have been found.
+        async with self._failures_counted(lambda: self._store.count_failure(key)):
             body = await request.json()
             key = valid_key(body)  # a request failing validation still counts against its key
             return await self._generate(parse_generate_request(body))
-        except ClientGone:
-            raise
-        except Exception:
-            try:
-                await self._store.count_failure(key)
-            except Exception:
-                log.exception("cannot count a failed request")
-            raise
 
     async def _generate(self, generation: GenerateRequest) -> Response:
         key = generation.idempotency_key

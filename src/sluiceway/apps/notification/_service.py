@@ -1,32 +1,21 @@
 """The notification service: a hand-written ASGI app over :class:`~._store.Store`, served by
-hypercorn's trio worker."""
+hypercorn's trio worker (plumbing in :mod:`sluiceway.apps._http` and
+:mod:`sluiceway.apps._service_base`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import random
 import time
 import uuid
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-from .._http import (
-    ClientGone,
-    HTTPError,
-    KeyLocks,
-    Request,
-    Response,
-    Router,
-    answer_http,
-    handle_lifespan,
-    serve_asgi,
-)
+from .._http import HTTPError, Request, Response
+from .._service_base import HttpService
 from ._faults import Faults, faults_changes
 from ._store import EVENTS, Store
 from ._validation import (
@@ -44,7 +33,7 @@ log = logging.getLogger("sluiceway.apps.notification")
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
-class NotificationService:
+class NotificationService(HttpService[Store, Faults]):
     """Seed 000's notification service: ``POST /send/email`` de-duplicated by idempotency key,
     with its state in the SQLite file ``db_path`` and a fault switch (:class:`Faults`).
 
@@ -60,6 +49,8 @@ class NotificationService:
     stored key is answered 200 from the store whatever the faults and whatever else the body says.
     """
 
+    _log = log
+
     def __init__(
         self,
         db_path: str | os.PathLike[str],
@@ -68,18 +59,12 @@ class NotificationService:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         threads: bool = True,
     ) -> None:
-        if max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be positive")
-        self._store = Store(db_path, threads=threads)
-        self._faults = faults if faults is not None else Faults()
-        self._rng = random.Random(self._faults.seed)
-        self._key_locks = KeyLocks()
-        self._in_flight = 0
-        self.max_body_bytes = max_body_bytes
-        self._router = Router(
-            {
-                "/health": {"GET": self._health},
-                "/stats": {"GET": self._stats},
+        super().__init__(
+            Store(db_path, threads=threads),
+            faults=faults if faults is not None else Faults(),
+            parse_faults=faults_changes,
+            max_body_bytes=max_body_bytes,
+            routes={
                 "/send/email": {"POST": self._post_send_email},
                 "/notifications/{id}": {"GET": self._get_notification},
                 f"/v1/emails/{{id}}/{{event:{'|'.join(EVENTS)}}}": {
@@ -87,65 +72,10 @@ class NotificationService:
                 },
                 "/v1/engagement": {"GET": self._get_engagement},
                 "/v1/engagement/summary": {"GET": self._get_engagement_summary},
-                "/admin/faults": {"GET": self._get_faults, "POST": self._post_faults},
-            }
-        )
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Open (creating if needed) the SQLite file; safe to call again."""
-        await self._store.open()
-
-    async def aclose(self) -> None:
-        """Close the SQLite file (completes even when cancelled)."""
-        await self._store.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def serve(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve over HTTP with hypercorn's trio worker until cancelled; reports the base URL
-        (``"http://127.0.0.1:41234"``) through ``task_status`` once the socket listens."""
-        await serve_asgi(
-            self,
-            host=host,
-            port=port,
-            logger=logging.getLogger("sluiceway.apps.notification.server"),
-            task_status=task_status,
+            },
         )
 
     # -- state -----------------------------------------------------------------------------
-
-    @property
-    def faults(self) -> Faults:
-        """The current fault settings."""
-        return self._faults
-
-    def configure_faults(self, **changes: Any) -> Faults:
-        """Change some fault settings (as ``POST /admin/faults`` does); re-seeds the RNG when
-        ``seed`` is among the changes. Returns the new settings."""
-        faults = self._faults.evolve(**changes)
-        if "seed" in changes:
-            self._rng.seed(faults.seed)
-        self._faults = faults
-        log.info("faults: %s", faults)
-        return faults
 
     async def stats(self) -> dict[str, int]:
         """``{"sends", "requests", "repeats", "failures", "inFlight"}``: stored sends;
@@ -153,9 +83,7 @@ class NotificationService:
         sends in progress now (in the simulated provider call or being recorded).
         ``requests == sends + repeats + failures`` on a file used by one service at a time (the
         counts persist in the file; ``inFlight`` is this process's)."""
-        stats = await self._store.stats()
-        stats["inFlight"] = self._in_flight
-        return stats
+        return await super().stats()
 
     async def notification(self, notification_id: str) -> dict[str, Any] | None:
         """The stored SendResult with this id, or ``None``."""
@@ -177,40 +105,7 @@ class NotificationService:
         ``GET /v1/engagement`` lists them (``None``: any)."""
         return await self._store.engagement(campaign=campaign, contact=contact, step=step)
 
-    # -- ASGI ------------------------------------------------------------------------------
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        """The ASGI application (http and lifespan; websockets are refused)."""
-        if scope["type"] == "http":
-            await answer_http(
-                scope,
-                receive,
-                send,
-                self._router.dispatch,
-                max_body_bytes=self.max_body_bytes,
-                logger=log,
-            )
-        elif scope["type"] == "lifespan":
-            await handle_lifespan(
-                receive,
-                send,
-                is_open=lambda: self._store.is_open,
-                open=self.open,
-                close=self.aclose,
-                what=self._store.path,
-            )
-        else:
-            await send({"type": "websocket.close", "code": 1003, "reason": "not supported"})
-
     # -- handlers --------------------------------------------------------------------------
-
-    async def _health(self, request: Request) -> Response:
-        return Response(200, {"status": "ok"})
-
-    async def _stats(self, request: Request) -> Response:
-        return Response(200, await self.stats())
 
     async def _get_notification(self, request: Request) -> Response:
         notification_id = request.params["id"]
@@ -219,24 +114,9 @@ class NotificationService:
             raise HTTPError(404, "NOT_FOUND", f"no notification {notification_id}")
         return Response(200, result)
 
-    async def _get_faults(self, request: Request) -> Response:
-        return Response(200, self._faults.to_json())
-
-    async def _post_faults(self, request: Request) -> Response:
-        changes = faults_changes(await request.json())
-        return Response(200, self.configure_faults(**changes).to_json())
-
     async def _post_send_email(self, request: Request) -> Response:
-        try:
+        async with self._failures_counted(self._store.count_failure):
             return await self._send_email(request)
-        except ClientGone:
-            raise
-        except Exception:
-            try:
-                await self._store.count_failure()
-            except Exception:
-                log.exception("cannot count a failed request")
-            raise
 
     async def _send_email(self, request: Request) -> Response:
         body = await request.json()
