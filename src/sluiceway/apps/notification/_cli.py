@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-import sqlite3
-import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-import trio
-
+from .._cli_runner import add_serving_arguments, parse_arguments, serve_until_signal
 from ._faults import Faults
 from ._service import DEFAULT_MAX_BODY_BYTES, serve_notifications
 
@@ -28,14 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--db", type=Path, required=True, help="SQLite file (created if needed)")
-    parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default: 0, a free one)")
-    parser.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=DEFAULT_MAX_BODY_BYTES,
-        help="answer 413 past this body size (default: %(default)s)",
-    )
+    add_serving_arguments(parser, max_body_bytes=DEFAULT_MAX_BODY_BYTES)
     faults = parser.add_argument_group("faults")
     faults.add_argument("--fail-rate", type=float, default=0.0, help="0..1 (default: 0)")
     faults.add_argument("--fail-status", type=int, default=502, help="(default: 502)")
@@ -57,64 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace, faults: Faults, out: TextIO) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                partial(
-                    serve_notifications,
-                    args.db,
-                    host=args.host,
-                    port=args.port,
-                    faults=faults,
-                    max_body_bytes=args.max_body_bytes,
-                )
-            )
-            print(f"notification service listening on {url} (db {args.db})", file=out, flush=True)
-            async for signum in signals:
-                print(f"{signal.Signals(signum).name}: stopping", file=out, flush=True)
-                break
-            nursery.cancel_scope.cancel()
-
-
-def _leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+def _faults(args: argparse.Namespace) -> Faults:
+    return Faults(
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+        fail_code=args.fail_code,
+        latency=args.latency,
+        jitter=args.jitter,
+        fail_recipients=args.fail_recipient,
+        channel_enabled=not args.channel_disabled,
+        seed=args.seed,
+    )
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run the service until SIGINT or SIGTERM; returns the exit status (0 after a signal)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        faults = Faults(
-            fail_rate=args.fail_rate,
-            fail_status=args.fail_status,
-            fail_code=args.fail_code,
-            latency=args.latency,
-            jitter=args.jitter,
-            fail_recipients=args.fail_recipient,
-            channel_enabled=not args.channel_disabled,
-            seed=args.seed,
-        )
-    except ValueError as error:
-        parser.error(str(error))
-    if args.max_body_bytes < 1:
-        parser.error("--max-body-bytes must be positive")
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    stream = sys.stdout if out is None else out
-    failure: str | None = None
-    try:
-        trio.run(_run, args, faults, stream)
-    except* OSError as group:
-        failure = f"cannot serve on {args.host}:{args.port}: {_leaf(group)}"
-    except* sqlite3.Error as group:
-        failure = f"cannot use {args.db}: {_leaf(group)}"
-    if failure is not None:
-        print(failure, file=sys.stderr)
-        return 1
-    return 0
+    args, faults = parse_arguments(_parser(), argv, _faults)
+    serve = partial(serve_notifications, args.db, faults=faults)
+    details = f"db {args.db}"
+    return serve_until_signal(serve, args, what="notification service", details=details, out=out)
