@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from .._http import ValidationFailed
+from .._checks import MAX_LATENCY, Problems, fault_changes, finite_number, status_problem
 
-MAX_LATENCY = 3600.0
 MAX_RULES = 100
 
 #: What a fault code must look like (it is answered in JSON and logged).
@@ -19,31 +17,17 @@ _CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _RULE_FIELDS = ("match", "latency", "fail_status", "fail_code")
 
 
-def _number(value: object) -> float | None:
-    """``value`` as a finite float, or ``None`` when it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 def _seconds_problem(value: object) -> str | None:
-    number = _number(value)
+    number = finite_number(value)
     if number is None or not 0.0 <= number <= MAX_LATENCY:
         return f"must be a number of seconds between 0 and {MAX_LATENCY:g}"
     return None
 
 
 def _fraction_problem(value: object) -> str | None:
-    number = _number(value)
+    number = finite_number(value)
     if number is None or not 0.0 <= number <= 1.0:
         return "must be a number between 0 and 1"
-    return None
-
-
-def _status_problem(value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
-        return "must be an integer HTTP error status (400-599)"
     return None
 
 
@@ -98,7 +82,7 @@ class FaultRule:
 
     match: tuple[str, ...] = attrs.field(converter=_strings, validator=_validator(_match_problem))
     latency: float | None = attrs.field(default=None, validator=_optional(_seconds_problem))
-    fail_status: int | None = attrs.field(default=None, validator=_optional(_status_problem))
+    fail_status: int | None = attrs.field(default=None, validator=_optional(status_problem))
     fail_code: str | None = attrs.field(default=None, validator=_optional(_code_problem))
 
     def __attrs_post_init__(self) -> None:
@@ -143,7 +127,7 @@ class ImageFaults:
     latency: float = attrs.field(default=0.0, validator=_validator(_seconds_problem))
     jitter: float = attrs.field(default=0.0, validator=_validator(_seconds_problem))
     fail_rate: float = attrs.field(default=0.0, validator=_validator(_fraction_problem))
-    fail_status: int = attrs.field(default=503, validator=_validator(_status_problem))
+    fail_status: int = attrs.field(default=503, validator=_validator(status_problem))
     fail_code: str = attrs.field(default="GENERATION_FAILED", validator=_validator(_code_problem))
     seed: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int))
@@ -177,17 +161,7 @@ class ImageFaults:
         return cls().evolve(**faults_changes(body))
 
 
-class _Problems:
-    """The bad fields of a body, in the order found."""
-
-    def __init__(self) -> None:
-        self.details: list[dict[str, str]] = []
-
-    def __call__(self, field: str, message: str) -> None:
-        self.details.append({"field": field, "message": message})
-
-
-def _parse_rule(value: object, where: str, bad: _Problems) -> FaultRule | None:
+def _parse_rule(value: object, where: str, bad: Problems) -> FaultRule | None:
     if not isinstance(value, Mapping):
         bad(where, "must be an object with match and latency and/or fail_status")
         return None
@@ -201,7 +175,7 @@ def _parse_rule(value: object, where: str, bad: _Problems) -> FaultRule | None:
         bad(f"{where}.match", problem)
     for name, check in (
         ("latency", _seconds_problem),
-        ("fail_status", _status_problem),
+        ("fail_status", status_problem),
         ("fail_code", _code_problem),
     ):
         field = value.get(name)
@@ -212,7 +186,7 @@ def _parse_rule(value: object, where: str, bad: _Problems) -> FaultRule | None:
     try:
         return FaultRule(
             match,
-            latency=_number(value.get("latency")),
+            latency=finite_number(value.get("latency")),
             fail_status=value.get("fail_status"),
             fail_code=value.get("fail_code"),
         )
@@ -224,41 +198,19 @@ def _parse_rule(value: object, where: str, bad: _Problems) -> FaultRule | None:
 def faults_changes(body: object) -> dict[str, Any]:
     """Validate a (partial) ``POST /admin/faults`` body; returns the changes for
     :meth:`ImageFaults.evolve`. Raises :class:`ValidationFailed` naming every bad field."""
-    if not isinstance(body, Mapping):
-        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    changes: dict[str, Any] = {}
-    bad = _Problems()
-    for name, value in body.items():
-        if name in ("latency", "jitter", "fail_rate"):
-            number = _number(value)
-            upper = 1.0 if name == "fail_rate" else MAX_LATENCY
-            if number is None or not 0.0 <= number <= upper:
-                bad(name, f"must be a number between 0 and {upper:g}")
-            else:
-                changes[name] = number
-        elif name == "fail_status":
-            if (problem := _status_problem(value)) is not None:
-                bad(name, problem)
-            else:
-                changes[name] = value
-        elif name == "fail_code":
-            if (problem := _code_problem(value)) is not None:
-                bad(name, problem)
-            else:
-                changes[name] = value
-        elif name == "seed":
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                bad(name, "must be an integer or null")
-            else:
-                changes[name] = value
-        elif name == "rules":
-            if not isinstance(value, list) or len(value) > MAX_RULES:
-                bad(name, f"must be a list of at most {MAX_RULES} rules")
-                continue
+    return fault_changes(body, _own_change)
+
+
+def _own_change(name: str, value: object, changes: dict[str, Any], bad: Problems) -> bool:
+    """The settings only this switch has (see :func:`~sluiceway.apps._checks.fault_changes`)."""
+    if name == "fail_code":
+        bad.accept(changes, name, value, _code_problem(value))
+    elif name == "rules":
+        if not isinstance(value, list) or len(value) > MAX_RULES:
+            bad(name, f"must be a list of at most {MAX_RULES} rules")
+        else:
             rules = [_parse_rule(rule, f"rules[{i}]", bad) for i, rule in enumerate(value)]
             changes[name] = tuple(rule for rule in rules if rule is not None)
-        else:
-            bad(str(name), "unknown setting")
-    if bad.details:
-        raise ValidationFailed(bad.details)
-    return changes
+    else:
+        return False
+    return True

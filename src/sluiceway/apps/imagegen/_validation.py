@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from .._http import ValidationFailed
+from .._checks import CONTROL_CHARACTERS, LONE_SURROGATE, Problems, json_object, query_pairs
 from ._render import ASPECT_RATIOS, QUALITIES
 
 MAX_PROMPT_LENGTH = 4000
@@ -24,13 +22,6 @@ DEFAULT_QUALITY = "medium"
 DEFAULT_ASPECT_RATIO = "3:2"
 
 FIELDS = ("prompt", "quality", "aspect_ratio", "idempotency_key", "metadata")
-
-#: A lone surrogate: valid in JSON text as an escape (``"\\ud800"``), but no UTF-8 can carry
-#: it, so it could be neither stored nor answered.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-#: Control characters (tab aside) and the Unicode line separators: not in a key, which ends up
-#: in logs, URLs and other services' requests.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 MetadataValue = str | int | float | bool
 
@@ -54,7 +45,7 @@ class GenerateRequest:
 
 
 def _text_problem(value: str) -> str | None:
-    if _SURROGATE.search(value):
+    if LONE_SURROGATE.search(value):
         return "must not contain a lone surrogate (U+D800 to U+DFFF): UTF-8 cannot carry it"
     return None
 
@@ -63,7 +54,7 @@ def key_problem(value: object) -> str | None:
     """What is wrong with an idempotency key (``None``: nothing)."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
         return f"must be a string of 1 to {MAX_KEY_LENGTH} characters"
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):  # a key ends up in logs, URLs, others' requests
         return "must not contain line breaks or other control characters"
     return _text_problem(value)
 
@@ -81,13 +72,8 @@ def valid_key(body: object) -> str | None:
 def parse_generate_request(body: object) -> GenerateRequest:
     """Validate a decoded JSON body; raises :class:`ValidationFailed` naming every bad field
     (unknown fields included)."""
-    if not isinstance(body, Mapping):
-        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    details: list[dict[str, str]] = []
-
-    def bad(field: str, message: str) -> None:
-        details.append({"field": field, "message": message})
-
+    body = json_object(body)
+    bad = Problems()
     for name in body:
         if name not in FIELDS:
             bad(str(name), f"unknown field (known: {', '.join(FIELDS)})")
@@ -121,8 +107,7 @@ def parse_generate_request(body: object) -> GenerateRequest:
         for problem_field, problem in _metadata_problems(metadata):
             bad(problem_field, problem)
 
-    if details:
-        raise ValidationFailed(details)
+    bad.raise_any()
     # Checked above; the asserts tell the type checker.
     assert isinstance(prompt, str)
     assert isinstance(quality, str)
@@ -159,21 +144,14 @@ def _metadata_problems(metadata: Mapping[Any, Any]) -> list[tuple[str, str]]:
 def parse_counts_query(query: str) -> str | None:
     """The ``prefix`` of a ``GET /v1/images/counts`` query string (``None``: every key);
     raises :class:`ValidationFailed` for another parameter or a repeated one."""
-    try:
-        pairs = urllib.parse.parse_qsl(
-            query, keep_blank_values=True, strict_parsing=False, errors="strict"
-        )
-    except UnicodeDecodeError:
-        raise ValidationFailed([{"field": "query", "message": "must be UTF-8"}]) from None
-    details: list[dict[str, str]] = []
+    bad = Problems()
     prefix: str | None = None
-    for name, value in pairs:
+    for name, value in query_pairs(query):
         if name != "prefix":
-            details.append({"field": name, "message": "unknown parameter (known: prefix)"})
+            bad(name, "unknown parameter (known: prefix)")
         elif prefix is not None:
-            details.append({"field": name, "message": "must be given once"})
+            bad(name, "must be given once")
         else:
             prefix = value
-    if details:
-        raise ValidationFailed(details)
+    bad.raise_any()
     return prefix

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
-from .._http import ValidationFailed
+from .._checks import MAX_LATENCY, Problems, fault_changes
 from ._validation import text_problem
 
 #: The provider error codes of the original service (any other non-empty code is accepted too).
@@ -19,8 +18,6 @@ PROVIDER_ERROR_CODES = (
     "INVALID_RECIPIENT",
     "PROVIDER_ERROR",
 )
-
-MAX_LATENCY = 3600.0
 
 
 def _patterns(value: Iterable[str]) -> tuple[str, ...]:
@@ -97,68 +94,35 @@ class Faults:
         }
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 def faults_changes(body: object) -> dict[str, Any]:
     """Validate a (partial) ``POST /admin/faults`` body; returns the changes for
     :meth:`Faults.evolve`. Raises :class:`ValidationFailed` naming every bad field."""
-    if not isinstance(body, Mapping):
-        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    changes: dict[str, Any] = {}
-    details: list[dict[str, str]] = []
+    return fault_changes(body, _own_change)
 
-    def bad(field: str, message: str) -> None:
-        details.append({"field": field, "message": message})
 
-    for name, value in body.items():
-        if name in ("fail_rate", "latency", "jitter"):
-            number = _number(value)
-            upper = 1.0 if name == "fail_rate" else MAX_LATENCY
-            if number is None or not 0.0 <= number <= upper:
-                bad(name, f"must be a number between 0 and {upper:g}")
-            else:
-                changes[name] = number
-        elif name == "fail_status":
-            if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
-                bad(name, "must be an integer HTTP error status (400-599)")
-            else:
-                changes[name] = value
-        elif name == "fail_code":
-            if not isinstance(value, str) or not 1 <= len(value) <= 64:
-                bad(name, "must be a non-empty string of at most 64 characters")
-            elif (problem := text_problem(value, header=True)) is not None:
-                bad(name, problem)
-            else:
-                changes[name] = value
-        elif name == "fail_recipients":
-            if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
-                bad(name, "must be a list of non-empty strings (addresses or glob patterns)")
-            elif problems := [
-                (i, problem)
-                for i, pattern in enumerate(value)
-                if (problem := text_problem(pattern, header=True)) is not None
-            ]:
-                for index, problem in problems:
-                    bad(f"{name}[{index}]", problem)
-            else:
-                changes[name] = tuple(value)
-        elif name == "channel_enabled":
-            if not isinstance(value, bool):
-                bad(name, "must be a boolean")
-            else:
-                changes[name] = value
-        elif name == "seed":
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                bad(name, "must be an integer or null")
-            else:
-                changes[name] = value
+def _own_change(name: str, value: object, changes: dict[str, Any], bad: Problems) -> bool:
+    """The settings only this switch has (see :func:`~sluiceway.apps._checks.fault_changes`)."""
+    if name == "fail_code":
+        if not isinstance(value, str) or not 1 <= len(value) <= 64:
+            bad(name, "must be a non-empty string of at most 64 characters")
+        elif (problem := text_problem(value, header=True)) is not None:
+            bad(name, problem)
         else:
-            bad(str(name), "unknown setting")
-    if details:
-        raise ValidationFailed(details)
-    return changes
+            changes[name] = value
+    elif name == "fail_recipients":
+        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+            bad(name, "must be a list of non-empty strings (addresses or glob patterns)")
+        elif problems := [
+            (i, problem)
+            for i, pattern in enumerate(value)
+            if (problem := text_problem(pattern, header=True)) is not None
+        ]:
+            for index, problem in problems:
+                bad(f"{name}[{index}]", problem)
+        else:
+            changes[name] = tuple(value)
+    elif name == "channel_enabled":
+        bad.accept(changes, name, value, None if isinstance(value, bool) else "must be a boolean")
+    else:
+        return False
+    return True

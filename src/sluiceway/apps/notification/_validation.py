@@ -7,12 +7,12 @@ import binascii
 import json
 import math
 import re
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from .._checks import CONTROL_CHARACTERS, LONE_SURROGATE, json_object, query_pairs
 from .._http import ValidationFailed
 
 MAX_KEY_LENGTH = 256
@@ -27,13 +27,6 @@ _EMAIL = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(?:\s*;.*)?")
-#: A lone surrogate: valid in JSON text as an escape (``"\\ud800"``), but no UTF-8 can carry it,
-#: so it can be neither stored nor sent.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-#: What must not reach an email header (where a line break starts a new header): the C0
-#: controls but tab, DEL, the C1 controls (NEL among them) and the Unicode line and paragraph
-#: separators.
-_NOT_IN_HEADERS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: At most this many problems are reported for ``metadata``.
 MAX_METADATA_PROBLEMS = 20
@@ -105,10 +98,10 @@ def text_problem(value: str, *, header: bool) -> str | None:
     anywhere; in a ``header`` field (one that ends up in an email header: subject, addresses,
     names, keys), a line break or another control character, which would let the text start
     a header of its own (header injection)."""
-    if _SURROGATE.search(value):
+    if LONE_SURROGATE.search(value):
         return SURROGATE_MESSAGE
     if header:
-        found = _NOT_IN_HEADERS.search(value)
+        found = CONTROL_CHARACTERS.search(value)
         if found is not None:
             return (
                 "must not contain line breaks or other control characters "
@@ -133,7 +126,7 @@ def json_problems(value: object, where: str) -> list[dict[str, str]]:
     while stack and len(problems) < MAX_METADATA_PROBLEMS:
         path, item = stack.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item):
+            if LONE_SURROGATE.search(item):
                 problems.append({"field": path, "message": SURROGATE_MESSAGE})
         elif isinstance(item, float):
             if not math.isfinite(item):
@@ -148,7 +141,7 @@ def json_problems(value: object, where: str) -> list[dict[str, str]]:
             members = []
             for key, member in item.items():
                 name = _member(path, str(key))
-                if _SURROGATE.search(str(key)):
+                if LONE_SURROGATE.search(str(key)):
                     problems.append({"field": name, "message": "its name " + SURROGATE_MESSAGE})
                 members.append((name, member))
             stack.extend(reversed(members))
@@ -281,9 +274,7 @@ def parse_email_request(body: object) -> EmailRequest:
     types) a line break or other control character; ``metadata`` may hold any JSON but lone
     surrogates (in keys too) and numbers beyond a double's range.
     """
-    if not isinstance(body, Mapping):
-        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    check = _Checker(body)
+    check = _Checker(json_object(body))
     key = check.string(
         "idempotencyKey", required=True, min_length=1, max_length=MAX_KEY_LENGTH, header=True
     )
@@ -293,7 +284,7 @@ def parse_email_request(body: object) -> EmailRequest:
     )
     html = check.string("html", max_length=2**31)
     text = check.string("text", max_length=2**31)
-    raw = (body.get("html"), body.get("text"))
+    raw = (check.body.get("html"), check.body.get("text"))
     if raw == (None, None):
         check.bad("html|text", "at least one of html or text is required")
     elif not html and not text and all(v is None or isinstance(v, str) for v in raw):
@@ -308,7 +299,7 @@ def parse_email_request(body: object) -> EmailRequest:
     correlation_id = check.string(
         "correlationId", min_length=1, max_length=MAX_KEY_LENGTH, header=True
     )
-    metadata = body.get("metadata")
+    metadata = check.body.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         check.bad("metadata", "must be an object")
     elif metadata is not None:
@@ -337,9 +328,7 @@ def parse_engagement_event(body: object, *, default: float) -> float:
     """The time of a ``POST /v1/emails/{id}/{event}`` body ``{"at"?: seconds since the epoch}``
     (``default`` when ``at`` is absent or null); raises :class:`ValidationFailed`. ``at`` must
     be a finite, non-negative number (not a boolean); other fields are ignored."""
-    if not isinstance(body, Mapping):
-        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    at = body.get("at")
+    at = json_object(body).get("at")
     if at is None:
         return default
     if isinstance(at, bool) or not isinstance(at, int | float):
@@ -363,22 +352,16 @@ def parse_engagement_query(query: str) -> dict[str, str]:
     """The filters of a ``GET /v1/engagement`` query string (``campaign``, ``contact``,
     ``step``; at least one of ``campaign`` and ``contact``, each at most once and non-empty);
     raises :class:`ValidationFailed`. Other parameters are refused."""
-    try:
-        pairs = urllib.parse.parse_qsl(
-            query, keep_blank_values=True, strict_parsing=False, errors="strict"
-        )
-    except UnicodeDecodeError:
-        raise ValidationFailed([{"field": "query", "message": "must be UTF-8"}]) from None
     details: list[dict[str, str]] = []
     filters: dict[str, str] = {}
-    for name, value in pairs:
+    for name, value in query_pairs(query):
         if name not in ENGAGEMENT_FILTERS:
             details.append({"field": name, "message": "is not a filter (campaign, contact, step)"})
         elif name in filters:
             details.append({"field": name, "message": "must be given at most once"})
         elif not value:
             details.append({"field": name, "message": "must not be empty"})
-        elif _SURROGATE.search(value):
+        elif LONE_SURROGATE.search(value):
             details.append({"field": name, "message": SURROGATE_MESSAGE})
         else:
             filters[name] = value
