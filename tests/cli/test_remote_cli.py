@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trio_websocket import ConnectionRejected
 
 from sluiceway.cli import main
+from sluiceway.client import ConnectionRefusedByServerError
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret"
@@ -153,13 +155,104 @@ def test_errors_are_reported_with_exit_codes(
 def test_without_the_token_nothing_is_readable(
     capsys: pytest.CaptureFixture[str], server: Served
 ) -> None:
-    for token in ("", "wrong"):
+    for token, what in (("", "requires a token"), ("wrong", "refused the token")):
         code = main(
             ["call", "fanout", "--url", server.url, "--token", token, "--reconnect-timeout", "0"]
         )
         _, err = capsys.readouterr()
         assert code == 1
-        assert "cannot connect" in err
+        assert err == (
+            f"sluiceway call: the server at {server.url} {what} (401 unauthorized): give its "
+            "token with --token or $SLUICEWAY_TOKEN\n"
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "fix"),
+    [
+        ("http://127.0.0.1:8765", ": use ws://127.0.0.1:8765"),
+        ("https://example.com/ws", ": use wss://example.com/ws"),
+        ("127.0.0.1:8765", ""),
+        ("ws://", ""),
+        ("ws://127.0.0.1:port", ""),
+    ],
+)
+def test_a_url_that_is_not_a_websocket_url_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], url: str, fix: str
+) -> None:
+    assert main(["run", "some-id", "--url", url]) == 2
+    assert capsys.readouterr().err == (
+        f"sluiceway run: --url: a server URL is ws://HOST:PORT or wss://HOST:PORT, got "
+        f"{url!r}{fix}\n"
+    )
+
+
+def test_a_url_from_the_environment_is_checked_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLUICEWAY_URL", "http://127.0.0.1:8765")
+    assert main(["cancel", "some-id"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sluiceway cancel: $SLUICEWAY_URL: a server URL is ws://HOST:PORT")
+    assert err.count("\n") == 1
+
+
+def test_a_refused_connection_is_one_line() -> None:
+    """What the server says, not the HTTP exchange: a page of another origin (403), a body
+    that is not JSON, a status without a name."""
+    rejected = ConnectionRejected(
+        403,
+        ((b"content-type", b"application/json"),),
+        b'{"error":{"code":"forbidden_origin","message":"pages of this origin may not connect"}}',
+    )
+    error = ConnectionRefusedByServerError.of("ws://h:1", rejected)
+    assert (error.status, error.code) == (403, "forbidden_origin")
+    assert str(error) == (
+        "the server at ws://h:1 refused the connection: HTTP 403 forbidden (forbidden_origin: "
+        "pages of this origin may not connect)"
+    )
+    plain = ConnectionRefusedByServerError.of("ws://h:1", ConnectionRejected(418, (), b"teapot"))
+    assert str(plain) == "the server at ws://h:1 refused the connection: HTTP 418 refused (teapot)"
+    empty = ConnectionRefusedByServerError.of("ws://h:1", ConnectionRejected(503, (), None))
+    assert str(empty) == (
+        "the server at ws://h:1 refused the connection: HTTP 503 service unavailable"
+    )
+
+
+def test_wait_gives_a_server_that_is_starting_time_to_listen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}"
+    # Nothing listens: without --wait it fails at once, with --wait once the time is up.
+    assert main(["call", "fanout", "--url", url]) == 1
+    assert capsys.readouterr().err.startswith(f"sluiceway call: cannot connect to {url}")
+    assert main(["call", "fanout", "--url", url, "--wait", "0.3"]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+    assert main(["call", "fanout", "--url", url, "--wait", "-1"]) == 2
+    assert "--wait must be >= 0" in capsys.readouterr().err
+    # A server started just before: the command waits for it to listen.
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "sluiceway", "serve", "--app", "tests.cli.remote_app:app"),
+            *("--db", str(tmp_path / "store.db"), "--port", str(port)),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        code = main(["call", "fanout", "--url", url, "--wait", "30", "--body", '{"count": 1}'])
+        assert code == 0, capsys.readouterr().err
+        assert "entity_id" in capsys.readouterr().out
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
 
 
 def test_serve_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

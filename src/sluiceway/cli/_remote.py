@@ -2,8 +2,9 @@
 
 They talk to a ``sluiceway serve`` server at ``--url`` (default ``$SLUICEWAY_URL``, else
 ``ws://127.0.0.1:8765``) with the bearer token ``--token`` (default ``$SLUICEWAY_TOKEN``).
-Results are printed as JSON on stdout; errors as ``sluiceway <command>: <message>`` on
-stderr with exit code 1.
+Results are printed as JSON on stdout; errors as one line, ``sluiceway <command>:
+<message>``, on stderr with exit code 1 (2 for usage errors: a ``--url`` that is not a
+``ws://`` URL, a ``--body`` that is not JSON...).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import trio
 from rich.console import Console
 from rich.live import Live
 
-from ..client import Client, ConnectionLostError, ServerError, connect
+from ..client import (
+    Client,
+    ConnectionLostError,
+    ConnectionRefusedByServerError,
+    ServerError,
+    connect,
+)
+from ..client._client import check_url
 from ._progress import RunProgress
 from ._serve import DEFAULT_PORT, TOKEN_VAR
 
@@ -43,6 +51,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=float,
         default=30.0,
         help="seconds to keep reconnecting after the connection drops (default 30)",
+    )
+    common.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the server to accept connections, as one just started "
+        "in the background does (default 0: fail at once)",
     )
 
     run = commands.add_parser(
@@ -102,8 +118,16 @@ class _UsageError(Exception):
 def _main(args: argparse.Namespace, *, action: _Action, name: str) -> int:
     url = args.url or os.environ.get(URL_VAR) or DEFAULT_URL
     token = (args.token if args.token is not None else os.environ.get(TOKEN_VAR)) or None
-    if args.reconnect_timeout < 0:
-        print(f"sluiceway {name}: --reconnect-timeout must be >= 0", file=sys.stderr)
+    for option in ("reconnect_timeout", "wait"):
+        value = getattr(args, option)
+        if not value >= 0:  # NaN too
+            print(f"sluiceway {name}: --{option.replace('_', '-')} must be >= 0", file=sys.stderr)
+            return 2
+    try:
+        check_url(url)
+    except ValueError as exc:
+        where = "--url" if args.url else f"${URL_VAR}" if os.environ.get(URL_VAR) else "the URL"
+        print(f"sluiceway {name}: {where}: {exc}", file=sys.stderr)
         return 2
     try:
         return trio.run(_session, url, token, args, action)
@@ -113,14 +137,39 @@ def _main(args: argparse.Namespace, *, action: _Action, name: str) -> int:
     except ServerError as exc:
         print(f"sluiceway {name}: {exc}", file=sys.stderr)
         return 1
+    except ConnectionRefusedByServerError as exc:
+        print(f"sluiceway {name}: {_refusal(exc, token)}", file=sys.stderr)
+        return 1
     except ConnectionLostError as exc:
         print(f"sluiceway {name}: {exc}", file=sys.stderr)
         return 1
 
 
+def _refusal(exc: ConnectionRefusedByServerError, token: str | None) -> str:
+    """One line on a refused connection, saying what to do about a token."""
+    if exc.status == 401:
+        what = "requires a token" if token is None else "refused the token"
+        return (
+            f"the server at {exc.url} {what} (401 unauthorized): give its token with --token "
+            f"or ${TOKEN_VAR}"
+        )
+    return str(exc)
+
+
 async def _session(url: str, token: str | None, args: argparse.Namespace, action: _Action) -> int:
-    async with connect(url, token=token, reconnect_timeout=args.reconnect_timeout) as client:
-        return await action(client, args)
+    deadline = trio.current_time() + args.wait
+    while True:
+        connected = False
+        try:
+            async with connect(url, token=token, reconnect_timeout=args.reconnect_timeout) as c:
+                connected = True
+                return await action(c, args)
+        except ConnectionLostError as exc:
+            # --wait: a server that is starting does not listen yet (connection refused)
+            refused = isinstance(exc.__cause__, OSError)
+            if connected or not refused or trio.current_time() >= deadline:
+                raise
+        await trio.sleep(min(0.1, max(deadline - trio.current_time(), 0)))
 
 
 def _json_arg(text: str, option: str) -> Any:

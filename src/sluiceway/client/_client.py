@@ -17,6 +17,7 @@ import attrs
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     wrap_client_stream,
@@ -44,6 +45,45 @@ class ServerError(SluicewayError):
 class ConnectionLostError(SluicewayError):
     """The connection to the server was lost (and could not be restored in time, or a request
     was in flight when it dropped: it may or may not have been carried out)."""
+
+
+class ConnectionRefusedByServerError(ConnectionLostError):
+    """The server answered the WebSocket handshake with an HTTP error instead: ``status``
+    (401 without the right bearer token, 403 for a browser page of another origin, 503 while
+    it shuts down), and the ``code`` and ``message`` of its JSON body when it has one."""
+
+    def __init__(self, url: str, status: int, code: str | None, message: str | None) -> None:
+        reason = _REASONS.get(status, "refused")
+        detail = ": ".join(part for part in (code, message) if part)
+        super().__init__(
+            f"the server at {url} refused the connection: HTTP {status} {reason}"
+            + (f" ({detail})" if detail else "")
+        )
+        self.url = url
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def of(cls, url: str, rejected: ConnectionRejected) -> ConnectionRefusedByServerError:
+        code = message = None
+        try:
+            error = json.loads(rejected.body or b"")["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, TypeError, KeyError):
+            text = (rejected.body or b"").decode("utf-8", "replace").strip()
+            message = text[:200] or None
+        return cls(url, rejected.status_code, code, message)
+
+
+_REASONS = {
+    400: "bad request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    426: "upgrade required",
+    503: "service unavailable",
+}
 
 
 #: How long opening a connection (TCP and the WebSocket handshake) may take.
@@ -324,6 +364,8 @@ class Client:
                         await self._read(socket)
                         nursery.cancel_scope.cancel()
             except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
+                if first and isinstance(exc, ConnectionRejected):
+                    raise ConnectionRefusedByServerError.of(self.url, exc) from exc
                 if first:
                     raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
                 if not connected:
@@ -423,15 +465,35 @@ def _server_error(error: Any) -> ServerError:
     return ServerError(str(body.get("code")), str(body.get("message")), body.get("details"))
 
 
+def check_url(url: str) -> urllib.parse.SplitResult:
+    """``url`` taken apart, if it is a server's ``ws://`` or ``wss://`` URL.
+
+    Raises:
+        ValueError: it is not; for an ``http://`` or ``https://`` URL the message says which
+            ``ws://`` or ``wss://`` URL to use instead.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is not None and parts.scheme in ("ws", "wss") and parts.hostname:
+        return parts
+    message = f"a server URL is ws://HOST:PORT or wss://HOST:PORT, got {url!r}"
+    if parts is not None and parts.scheme in ("http", "https") and parts.hostname:
+        fixed = urllib.parse.urlunsplit(parts._replace(scheme=parts.scheme.replace("http", "ws")))
+        message += f": use {fixed}"
+    raise ValueError(message)
+
+
 @contextlib.asynccontextmanager
 async def _open_websocket(
     url: str, headers: list[tuple[bytes, bytes]], max_frame_bytes: int
 ) -> AsyncIterator[WebSocketConnection]:
     """A WebSocket connection to ``url`` whose TCP stream is closed however it ends (the
     server may close first)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"a server URL is ws://host:port or wss://host:port, got {url!r}")
+    parts = check_url(url)
+    hostname = parts.hostname or ""  # check_url made sure there is one
     secure = parts.scheme == "wss"
     port = parts.port or (443 if secure else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -440,10 +502,10 @@ async def _open_websocket(
     with trio.fail_after(_CONNECT_SECONDS):
         if secure:
             stream = await trio.open_ssl_over_tcp_stream(
-                parts.hostname, port, ssl_context=ssl.create_default_context()
+                hostname, port, ssl_context=ssl.create_default_context()
             )
         else:
-            stream = await trio.open_tcp_stream(parts.hostname, port)
+            stream = await trio.open_tcp_stream(hostname, port)
     try:
         async with open_owned_nursery() as nursery:
             with trio.fail_after(_CONNECT_SECONDS):
@@ -489,10 +551,13 @@ async def connect(
         max_frame_bytes: the largest frame accepted from the server.
 
     Raises:
-        ConnectionLostError: the server cannot be reached (or refuses the token).
+        ValueError: ``url`` is not a ``ws://`` or ``wss://`` URL.
+        ConnectionRefusedByServerError: the server refused the connection (a wrong token).
+        ConnectionLostError: the server cannot be reached.
     """
     if reconnect_timeout < 0 or math.isnan(reconnect_timeout):
         raise ValueError("reconnect_timeout must be >= 0")
+    check_url(url)
     client = Client(
         url,
         token=token,
