@@ -340,6 +340,27 @@ async def test_two_executes_of_one_draft_start_it_once(tmp_path: Path) -> None:
         assert (await stack.stats())["requests"] == 3
 
 
+async def test_start_does_not_run_a_draft_campaign_and_follows_an_executed_one(
+    tmp_path: Path,
+) -> None:
+    """The protocol's start (sluiceway run) leaves a draft alone: run, it would find no
+    recipients and end failed for good. Once campaigns/execute started it, start follows it."""
+    async with campaign_stack(tmp_path) as stack:
+        await stack.contacts(2, ["x"])
+        campaign = await stack.campaign("c", await stack.template(), ["x"])
+        with pytest.raises(ServerError) as refused:
+            await stack.client.start(campaign)
+        assert (refused.value.code, refused.value.details) == ("not_runnable", {"startable": False})
+        status = await stack.client.call("campaigns/status", {"campaign_id": campaign})
+        assert (status["status"], status["run"]) == ("draft", "PENDING")
+        await stack.client.call("campaigns/execute", {"campaign_id": campaign})
+        assert (await stack.client.start(campaign))["state"] in ("running", "completed")
+        result, _ = await stack.wait(campaign)
+        assert (result["status"], result["sent_count"]) == ("completed", 2)
+        assert (await stack.client.start(campaign))["state"] == "completed"
+        assert (await stack.stats())["requests"] == 2
+
+
 async def test_a_campaign_without_its_snapshot_fails_cleanly(tmp_path: Path) -> None:
     async with campaign_stack(tmp_path) as stack:
         record = await stack.runtime.create(Campaign, {"name": "raw", "template_id": "x"})

@@ -255,6 +255,48 @@ def test_wait_gives_a_server_that_is_starting_time_to_listen(
     assert process.returncode == 0, err
 
 
+def test_run_does_not_start_what_only_an_endpoint_starts(
+    capsys: pytest.CaptureFixture[str], server: Served
+) -> None:
+    entity = call(capsys, server, "guarded", {})["entity_id"]
+    code, out, err = run_cli(capsys, server, "run", entity)
+    assert (code, out) == (1, "")
+    assert err == (
+        "sluiceway run: not_runnable: cli-test does not let start begin a run of Guarded "
+        f"{entity!r} (PENDING): the application's endpoints start it\n"
+    )
+    # Started by its endpoint, it is followed to its end.
+    entity = call(capsys, server, "guarded", {"start": True})["entity_id"]
+    code, out, err = run_cli(capsys, server, "run", entity)
+    assert code == 0, err
+    assert json.loads(out) == {"guarded": True}
+
+
+def test_run_of_a_run_whose_result_says_failed_exits_1(
+    capsys: pytest.CaptureFixture[str], server: Served
+) -> None:
+    body = {"status": "failed", "error": "every send failed"}
+    entity = call(capsys, server, "outcome", body)["entity_id"]
+    code, out, err = run_cli(capsys, server, "run", entity)
+    assert code == 1
+    assert json.loads(out) == body  # the result, all the same
+    assert "COMPLETED" not in err
+    assert f"Outcome {entity} FAILED" in err  # the live display's last line
+    assert err.endswith(
+        f"sluiceway run: Outcome {entity} failed: its run completed with status 'failed': "
+        "every send failed\n"
+    )
+    code, out, err = run_cli(capsys, server, "run", entity, "--json")
+    assert code == 1
+    assert out.count("\n") > 1  # the envelopes
+    assert err.count("\n") == 1
+    # Any other status is the application's success.
+    entity = call(capsys, server, "outcome", {"status": "completed_with_errors"})["entity_id"]
+    code, out, err = run_cli(capsys, server, "run", entity)
+    assert code == 0, err
+    assert json.loads(out) == {"status": "completed_with_errors"}
+
+
 def test_serve_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--app", "no_such_module:app", "--db", str(tmp_path / "x.db")]) == 1
     assert "no_such_module" in capsys.readouterr().err

@@ -33,9 +33,18 @@ _STYLE = {
 }
 
 
+def failed_result(value: Any) -> bool:
+    """Whether a run's result is its application's verdict of failure: a JSON object whose
+    ``status`` is ``"failed"`` (a campaign none of whose emails went out, a recipient whose
+    address bounced). Its entity is COMPLETED, but the display and ``sluiceway run`` count
+    it as failed."""
+    return isinstance(value, dict) and value.get("status") == "failed"
+
+
 class RunProgress:
     """What is known of a run from its envelopes (and, when given, the store's counts of the
-    root's children): build it, feed it with :meth:`add`, show :meth:`render`."""
+    root's children): build it, feed it with :meth:`add`, show :meth:`render`. An entity
+    whose run completed with a failed result (see :func:`failed_result`) counts as failed."""
 
     def __init__(self, root_id: str, *, messages: int = 8) -> None:
         self.root_id = root_id
@@ -50,6 +59,7 @@ class RunProgress:
         self.last_seq = 0
         self.result: Any = None
         self.started = time.monotonic()
+        self._failed_results: set[str] = set()  # entities whose result says failed
 
     def add(self, envelope: EntityEnvelope) -> None:
         """Account for one envelope."""
@@ -61,6 +71,8 @@ class RunProgress:
         state = None
         if envelope.type == "STATUS" and envelope.status in _LIFECYCLE:
             state = _LIFECYCLE[envelope.status]
+            if state == "completed" and envelope.entity_id in self._failed_results:
+                state = "failed"
         elif envelope.type == "WAITING":
             state = "waiting"
         elif envelope.type == "MESSAGE":
@@ -81,8 +93,13 @@ class RunProgress:
             self.messages.append(f"✗ {who}: {error.get('type')}: {error.get('message')}")
         elif envelope.type == "WAITING":
             self.messages.append(f"{who} waits: {envelope.message or ''}".rstrip(": "))
-        elif envelope.type == "VALUE" and envelope.sub_type == "return" and is_root:
-            self.result = envelope.value
+        elif envelope.type == "VALUE" and envelope.sub_type == "return":
+            if failed_result(envelope.value):
+                self._failed_results.add(envelope.entity_id)
+            else:
+                self._failed_results.discard(envelope.entity_id)
+            if is_root:
+                self.result = envelope.value
 
     def set_children(self, by_status: Mapping[str, int]) -> None:
         """The store's counts of the root's children by status (from a ``tree`` request)."""

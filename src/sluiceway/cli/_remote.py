@@ -29,7 +29,7 @@ from ..client import (
     connect,
 )
 from ..client._client import check_url
-from ._progress import RunProgress
+from ._progress import RunProgress, failed_result
 from ._serve import DEFAULT_PORT, TOKEN_VAR
 
 #: The environment variable of the server's URL.
@@ -217,16 +217,22 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
         await follow(client, entity["id"], after_seq=args.after)
     final = await client.get(entity["id"])
     status = final["status"]
+    who = f"{final['type']} {final['name']}"
     if status == "COMPLETED":
+        result = final["result"]
         if not args.json:
-            _print(final["result"])
-        return 0
+            _print(result)
+        if not failed_result(result):
+            return 0
+        reason = result.get("error") or ""
+        print(
+            f"sluiceway run: {who} failed: its run completed with status 'failed'"
+            + (f": {reason}" if reason else ""),
+            file=sys.stderr,
+        )
+        return 1
     reason = (final.get("error") or {}).get("message") or ""
-    print(
-        f"sluiceway run: {final['type']} {final['name']} is {status}"
-        + (f": {reason}" if reason else ""),
-        file=sys.stderr,
-    )
+    print(f"sluiceway run: {who} is {status}" + (f": {reason}" if reason else ""), file=sys.stderr)
     return 1
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._errors import SluicewayError
 from ..entities import RunnableEntity, Runtime
+from ..store import EntityRecord
 
 if TYPE_CHECKING:
     from ._server import RuntimeServer
@@ -72,6 +73,11 @@ def _no_lifespan(runtime: Runtime) -> contextlib.AbstractAsyncContextManager[Any
     return contextlib.nullcontext()
 
 
+#: Which entities the protocol's ``start`` operation may start: entity types (classes or type
+#: names), or a predicate on the entity's record; ``None`` for every one.
+Startable = Collection[type[RunnableEntity] | str] | Callable[[EntityRecord], bool] | None
+
+
 @attrs.define
 class Application:
     """An application a server serves: a name, its entity types, its endpoints and an
@@ -84,24 +90,42 @@ class Application:
     capacity, configuration...); it is left when the server stops. Endpoints are called with
     ``call`` requests by name (``"campaigns/execute"``)::
 
-        app = Application("crm", types=[Campaign, Recipient])
+        app = Application("crm", types=[Campaign, Recipient], startable=[Recipient])
 
         @app.endpoint("campaigns/execute")
         async def execute(ctx, body):
             ...
+            await ctx.start(campaign.id, expect={"status": "draft"})
             return {"entity_id": campaign.id}
+
+    ``startable`` says which entities a client may start with the protocol's generic
+    ``start`` operation (``sluiceway run``): entity types (classes or type names), or a
+    predicate on the entity's :class:`~sluiceway.EntityRecord`; ``None`` (the default) lets
+    it start every runnable entity. An entity that only an endpoint should start (a campaign,
+    which ``campaigns/execute`` checks and prepares first) is left out: ``start`` then refuses
+    to begin its run (``not_runnable``, with ``details.startable`` false), and still answers
+    ``completed`` or ``running`` for one that has completed, or whose run an endpoint began,
+    so that ``sluiceway run`` can follow it. Endpoints start anything (``ctx.start``).
     """
 
     name: str
     types: Sequence[type[RunnableEntity]]
     endpoints: dict[str, Endpoint] = attrs.field(factory=dict)
     lifespan: Callable[[Runtime], contextlib.AbstractAsyncContextManager[Any]] = _no_lifespan
+    startable: Startable = None
+    _may_start: Callable[[EntityRecord], bool] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"an application name is a non-empty string, got {self.name!r}")
         for path, function in self.endpoints.items():
             _check_endpoint(path, function)
+        self._may_start = _startable_predicate(self.startable, self.types, self.name)
+
+    def may_start(self, record: EntityRecord) -> bool:
+        """Whether the protocol's ``start`` operation may begin a run of ``record`` (see
+        ``startable``)."""
+        return self._may_start(record)
 
     def endpoint(self, path: str) -> Callable[[Endpoint], Endpoint]:
         """Register the decorated coroutine function as the endpoint ``path``."""
@@ -125,6 +149,34 @@ class Application:
                 yield state
             finally:
                 runtime.state = previous
+
+
+def _startable_predicate(
+    startable: Startable, types: Sequence[type[RunnableEntity]], app: str
+) -> Callable[[EntityRecord], bool]:
+    if startable is None:
+        return lambda record: True
+    if callable(startable) and not isinstance(startable, type):
+        return startable
+    if isinstance(startable, str | type) or not isinstance(startable, Collection):
+        raise TypeError(
+            "startable is a collection of entity types or type names, a predicate on an "
+            f"entity record, or None; got {startable!r}"
+        )
+    known = {cls.type_name for cls in types}
+    names = set()
+    for item in startable:
+        if isinstance(item, type) and issubclass(item, RunnableEntity):
+            name = item.type_name
+        elif isinstance(item, str):
+            name = item
+        else:
+            raise TypeError(f"startable names entity types (classes or names), got {item!r}")
+        if name not in known:
+            raise ValueError(f"startable names {name!r}, which is not a type of {app}")
+        names.add(name)
+    allowed = frozenset(names)
+    return lambda record: record.type in allowed
 
 
 def _check_endpoint(path: object, function: object) -> None:

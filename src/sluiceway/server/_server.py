@@ -268,6 +268,7 @@ class RuntimeServer:
         *,
         data: Mapping[str, Any] | None = None,
         expect: Mapping[str, Any] | None = None,
+        generic: bool = False,
     ) -> dict[str, Any]:
         """What the ``start`` operation does: submit the entity (an id, or a root's name)
         durably unless it is running or finished, and answer once the submission is
@@ -277,11 +278,17 @@ class RuntimeServer:
         :meth:`Runtime.start`: the data is merged in the same transaction as the submission,
         and only if ``expect`` holds.
 
+        ``generic`` (the protocol's ``start`` operation, not an endpoint's ``ctx.start``)
+        applies the application's ``startable``: an entity it leaves out is never submitted;
+        the answer is ``completed`` or ``running`` if it completed or its run has begun (or
+        was submitted by an endpoint), else a ``not_runnable`` error whose details say
+        ``startable: false``.
+
         Raises:
             EntityNotFoundError, EntityCancelledError, EntityNotRunnableError.
             UnknownEntityTypeError: its type is not the application's.
             DataConflictError: ``expect`` did not hold.
-            ProtocolError: ``shutting_down``.
+            ProtocolError: ``shutting_down``; ``not_runnable`` (not startable).
         """
         if not self._serving or self._stopping.is_set():
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
@@ -291,6 +298,18 @@ class RuntimeServer:
         if record.status is EntityStatus.CANCELLED:
             raise EntityCancelledError(record.id, record.type, record.name)
         running = self.runtime.is_running(record.id) or self.runtime.held_elsewhere(record)
+        if generic and not self.app.may_start(record):
+            begun = running or record.runnable_at is not None or record.status.is_active
+            if begun:  # submitted by an endpoint, running, or parked: follow it
+                return {"entity_id": record.id, "state": "running"}
+            if record.type in self.runtime.registry.runnable_names():  # else: as below
+                raise ProtocolError(
+                    ErrorCode.NOT_RUNNABLE,
+                    f"{self.app.name} does not let start begin a run of {record.type} "
+                    f"{record.name!r} ({record.status.value}): the application's endpoints "
+                    "start it",
+                    {"startable": False},
+                )
         if running and data is None and expect is None:
             return {"entity_id": record.id, "state": "running"}
         submitted = await self.runtime.start(record.id, data=data, expect=expect)
@@ -787,7 +806,7 @@ class _Connection:
 
     async def _start(self, request: Request) -> Any:
         body: StartRequest = request.body
-        return await self.server.start(body.entity_id)
+        return await self.server.start(body.entity_id, generic=True)
 
     async def _subscribe(self, request: Request) -> Any:
         body: SubscribeRequest = request.body

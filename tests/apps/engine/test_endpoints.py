@@ -10,6 +10,8 @@ import pytest
 import trio
 import trio.testing
 
+from sluiceway import EntityRecord, EntityStatus
+from sluiceway.apps.engine import EngineConfig, create_app
 from sluiceway.server import EndpointError
 from tests.apps.engine.engine_stack import Engine, engine_stack
 from tests.apps.engine.test_drip import DRIP, people
@@ -223,3 +225,19 @@ async def test_concurrent_contact_updates_lose_nothing(
         data = (await engine.runtime.get(contact)).data
         assert data["lead_score"] == 20
         assert len(data["tags"]) == 21
+
+
+def test_campaigns_are_started_by_their_endpoints_only() -> None:
+    """The protocol's start (sluiceway run) may not begin a campaign's run: launch (and, for
+    the campaign application's campaigns, execute) does, once it checked it."""
+    app = create_app(EngineConfig(notify_url="http://notify.test"))
+
+    def record(entity_type: str) -> EntityRecord:
+        return EntityRecord(
+            *("id", None, "name", entity_type, entity_type, EntityStatus.PENDING, {}, None),
+            *(None, 0, None, None, 0.0, 0.0),
+        )
+
+    assert not app.may_start(record("StepCampaign"))
+    assert not app.may_start(record("Campaign"))
+    assert app.may_start(record("Enrollment"))

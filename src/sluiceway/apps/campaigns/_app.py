@@ -490,4 +490,11 @@ def create_app(
                 contact_list_id=book.id,
             )
 
-    return Application("campaigns", types=TYPES, endpoints=dict(ENDPOINTS), lifespan=lifespan)
+    return Application(
+        "campaigns",
+        types=TYPES,
+        endpoints=dict(ENDPOINTS),
+        lifespan=lifespan,
+        # A campaign runs once campaigns/execute checked it and stored its recipients.
+        startable=[cls for cls in TYPES if cls is not Campaign],
+    )

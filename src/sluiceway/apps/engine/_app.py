@@ -18,7 +18,7 @@ from ...entities import Runtime
 from ...server import Application, EndpointContext, EndpointError
 from ...store import EntityRecord
 from .._endpoints import fetch_entity, parse_body
-from ..campaigns import CONTACT_LIST, ContactList, TemplatePersonalizer
+from ..campaigns import CONTACT_LIST, Campaign, ContactList, TemplatePersonalizer
 from ..campaigns import ENDPOINTS as CAMPAIGN_ENDPOINTS
 from ..campaigns import TYPES as CAMPAIGN_TYPES
 from ..campaigns._personalize import Personalizer
@@ -593,9 +593,13 @@ def create_app(
     }
     for name in ("contacts/create", "contacts/import", "contacts/update"):
         endpoints[name] = _firing(CAMPAIGN_ENDPOINTS[name])
+    types = [*CAMPAIGN_TYPES, *TYPES]
     return Application(
         "campaign-engine",
-        types=[*CAMPAIGN_TYPES, *TYPES],
+        types=types,
         endpoints=endpoints,
         lifespan=lifespan,
+        # Campaigns run once their endpoint (campaigns/execute, engine/campaigns/launch)
+        # checked them and changed their status.
+        startable=[cls for cls in types if cls not in (Campaign, StepCampaign)],
     )
