@@ -4,10 +4,10 @@ SIGKILL and restarted; the campaigns finish and no email is sent twice."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
-from rich.console import Console
-
+from sluiceway.cli._progress import display_console
 from sluiceway.demos import live
 
 
@@ -15,8 +15,9 @@ async def test_the_demo_survives_a_killed_server_and_sends_each_email_once(
     tmp_path: Path,
 ) -> None:
     out = io.StringIO()
+    console = display_console(file=out)  # as when piped: nothing wrapped
     outcome = await live.main(
-        workdir=tmp_path, count=24, kill_after=6, latency=0.05, console=Console(file=out)
+        workdir=tmp_path, count=24, kill_after=6, latency=0.05, console=console
     )
     spring, vip = outcome["results"]["spring"], outcome["results"]["vip"]
     # 24 contacts in spring (one of them bounces), every third in vip.
@@ -33,6 +34,16 @@ async def test_the_demo_survives_a_killed_server_and_sends_each_email_once(
     text = out.getvalue()
     assert "server killed (SIGKILL)" in text
     assert "server restarted" in text
+    # The bounce is explained, and counted as the failure it is, the same everywhere.
+    assert live.BOUNCE_NOTE in text
+    assert f"1 failed: {live.BOUNCING} bounced" in text
+    assert "CampaignRecipient        0        0         23       1" in text
+    assert "24/24 children finished" in text
+    assert "sent 23/24 emails (1 failed)" in text
+    # Results are JSON, one line each, however narrow the console.
+    [line] = [line for line in text.splitlines() if line.startswith("campaign spring: {")]
+    assert json.loads(line.removeprefix("campaign spring: ")) == spring
+    assert "store:" not in text  # the demo prints no path of a store it would delete
 
 
 def test_the_demo_contacts() -> None:

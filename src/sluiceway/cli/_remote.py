@@ -29,7 +29,7 @@ from ..client import (
     connect,
 )
 from ..client._client import check_url
-from ._progress import RunProgress, failed_result
+from ._progress import RunProgress, display_console, failed_result
 from ._serve import DEFAULT_PORT, TOKEN_VAR
 
 #: The environment variable of the server's URL.
@@ -247,7 +247,7 @@ async def follow(
     """Follow a run with the live display until it ends; returns what was seen. The store's
     counts of the root's children are refreshed every ``refresh_every`` seconds."""
     progress = RunProgress(entity_id)
-    console = console or Console(stderr=True)
+    console = console or display_console(stderr=True)
 
     async def refresh_counts() -> None:
         while True:
@@ -270,8 +270,31 @@ async def follow(
             async with client.subscribe(entity_id, after_seq=after_seq) as envelopes:
                 async for envelope in envelopes:
                     progress.add(envelope)
-            tree = await client.tree(entity_id, depth=0, max_children=0)
-            progress.set_children(tree["children_by_status"])
             nursery.cancel_scope.cancel()
+        # The last frame, once no refresh of the run's counts is under way (the answer of one
+        # sent before the end could otherwise land after these counts).
+        progress.set_children(await final_counts(client, entity_id))
     console.print(progress.summary())
     return progress
+
+
+#: The statuses of a child that has finished.
+_FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+async def final_counts(
+    client: Client, entity_id: str, *, patience: float = 1.5, pause: float = 0.1
+) -> dict[str, int]:
+    """The store's counts of an ended run's children by status, for the display's last
+    frame. A server shares its ``tree`` answers among clients for a moment, so the first
+    answer after the end may be a little older than the end: while it shows children that
+    have not finished, ask again, for up to ``patience`` seconds (a run may also end with
+    children that never finish: then the last answer is the one)."""
+    deadline = trio.current_time() + patience
+    while True:
+        tree = await client.tree(entity_id, depth=0, max_children=0)
+        counts: dict[str, int] = tree["children_by_status"]
+        settled = all(status in _FINISHED for status, count in counts.items() if count)
+        if settled or trio.current_time() >= deadline:
+            return counts
+        await trio.sleep(pause)

@@ -22,6 +22,7 @@ import argparse
 import collections
 import contextlib
 import functools
+import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,7 +36,8 @@ from rich.live import Live
 from rich.text import Text
 
 from ..apps.notification import Faults, serve_notifications
-from ..cli._progress import RunProgress
+from ..cli._progress import RunProgress, display_console
+from ..cli._remote import final_counts
 from ..client import Client, ConnectionLostError, connect
 from .live import ServerProcess, contacts
 
@@ -86,7 +88,7 @@ async def main(
 ) -> dict[str, Any]:
     """Run the demo in ``workdir``; returns the campaign's result, the emails each step sent,
     and its analytics."""
-    console = console or Console()
+    console = console or display_console()
     faults = Faults(latency=latency, jitter=latency, seed=11)
     events: list[str] = []
     sent_by_step: collections.Counter[str] = collections.Counter()
@@ -151,8 +153,11 @@ async def main(
                         async for envelope in envelopes:
                             progress.add(envelope)
                     watchers.cancel_scope.cancel()
-            rows = (await http.get("/v1/engagement", params={"campaign": campaign_id})).json()
-            sent_by_step = collections.Counter(row["step"] for row in rows)
+                # The last frame: the counts once the run ended, with its last envelopes.
+                rows = (await http.get("/v1/engagement", params={"campaign": campaign_id})).json()
+                sent_by_step.clear()
+                sent_by_step.update(row["step"] for row in rows)
+                progress.set_children(await final_counts(client, campaign_id))
             result = (await client.get(campaign_id))["result"]
             analytics = await client.call(
                 "engine/campaigns/analytics", {"campaign_id": campaign_id}
@@ -161,7 +166,7 @@ async def main(
         await server.stop()
         nursery.cancel_scope.cancel()
     totals = analytics["campaign"]
-    console.print(f"campaign onboarding: {result}")
+    console.print(f"campaign onboarding: {json.dumps(result)}")
     console.print(
         "emails per step: " + ", ".join(f"{s} {n}" for s, n in sorted(sent_by_step.items()))
     )

@@ -12,7 +12,11 @@ two campaigns from tag filters and executes both: they send 3 at a time each and
 together. Their progress is shown live. Partway through, the server process is killed with
 SIGKILL; a new one is started on the same store and port. It resumes the campaigns by itself,
 the client reconnects and resumes its subscriptions where they stopped, and the notification
-service shows one send per recipient: nothing was sent twice.
+service shows one send per recipient: nothing was sent twice. One address bounces on purpose
+(:data:`BOUNCING`): its recipient fails alone, and the campaign goes on.
+
+The stores stay in the directory the demo prints at the end (``--dir``, else a new temporary
+directory), to be read with ``sluiceway graph``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -36,13 +41,19 @@ from rich.live import Live
 from rich.text import Text
 
 from ..apps.notification import Faults, serve_notifications
-from ..cli._progress import RunProgress
+from ..cli._progress import RunProgress, display_console
+from ..cli._remote import final_counts
 from ..client import Client, ConnectionLostError, connect
 
 _FIRST = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "Jun"]
 _LAST = ["Lee", "Ray", "Oh", "Park", "Diaz", "Khan", "Novak", "Ito"]
 #: The address the notification service refuses (its recipient fails; the campaign goes on).
 BOUNCING = "eve.lee@example.com"
+#: How the demo explains it.
+BOUNCE_NOTE = (
+    f"{BOUNCING} bounces: the notification service refuses it on purpose, to show a failure. "
+    "Its recipient fails alone (counted as failed), and the campaign goes on"
+)
 
 
 def contacts(count: int) -> list[dict[str, Any]]:
@@ -171,14 +182,14 @@ async def main(
 
     ``kill_after``: SIGKILL the server once this many emails were sent (``None``: never).
     """
-    console = console or Console()
+    console = console or display_console()
     faults = Faults(latency=latency, jitter=latency, fail_recipients=(BOUNCING,), seed=7)
     progress: dict[str, RunProgress] = {}
     events: list[str] = []
     stats: dict[str, Any] = {}
 
     def render() -> Group:
-        lines = [Text(f"notification service: {stats}", style="bold")]
+        lines = [Text(f"notification service: {_stats_line(stats)}", style="bold")]
         lines += [Text(event, style="yellow") for event in events]
         return Group(*lines, *(p.render() for p in progress.values()))
 
@@ -189,25 +200,32 @@ async def main(
         server = ServerProcess(workdir / "campaigns.db", notify_url, workdir / "server.log")
         url = await server.start(nursery)
         console.print(f"notification service on {notify_url}; campaign server on {url}")
-        console.print(f"store: {workdir / 'campaigns.db'}")
         async with (
             httpx.AsyncClient(base_url=notify_url) as http,
             connect(url, reconnect_timeout=60) as client,
         ):
             ids = await setup(client, count)
+            events.append(BOUNCE_NOTE)
             for label, campaign_id in ids.items():
                 answer = await client.call("campaigns/execute", {"campaign_id": campaign_id})
                 events.append(f"campaign {label}: {answer['total_recipients']} recipients")
                 progress[label] = RunProgress(campaign_id, messages=4)
             killed = trio.Event()
 
+            async def refresh_counts() -> None:
+                for label, campaign_id in ids.items():
+                    tree = await client.tree(campaign_id, depth=0, max_children=0)
+                    progress[label].set_children(tree["children_by_status"])
+
+            async def last_counts() -> None:
+                for label, campaign_id in ids.items():
+                    progress[label].set_children(await final_counts(client, campaign_id))
+
             async def watch_stats() -> None:
                 while True:
                     stats.update((await http.get("/stats")).json())
-                    for label, campaign_id in ids.items():
-                        with contextlib.suppress(ConnectionLostError):  # while it restarts
-                            tree = await client.tree(campaign_id, depth=0, max_children=0)
-                            progress[label].set_children(tree["children_by_status"])
+                    with contextlib.suppress(ConnectionLostError):  # while it restarts
+                        await refresh_counts()
                     due = kill_after is not None and stats["sends"] >= kill_after
                     if due and not killed.is_set():
                         killed.set()
@@ -231,8 +249,10 @@ async def main(
                     async with trio.open_nursery() as followers:
                         for label in ids:
                             followers.start_soon(follow, label)
-                    stats.update((await http.get("/stats")).json())
                     watchers.cancel_scope.cancel()
+                # The last frame: the counts once the runs ended, with the last envelopes.
+                stats.update((await http.get("/stats")).json())
+                await last_counts()
             results = {label: (await client.get(i))["result"] for label, i in ids.items()}
             children = {
                 label: (await client.tree(i, depth=0))["children_by_status"]
@@ -241,21 +261,45 @@ async def main(
         await server.stop()
         nursery.cancel_scope.cancel()
     for label, result in results.items():
-        console.print(f"campaign {label}: {result}; recipients {children[label]}")
+        console.print(f"campaign {label}: {json.dumps(result)}", soft_wrap=True)
+        if result.get("failed_count"):
+            console.print(
+                f"  {result['failed_count']} failed: {BOUNCING} bounced (refused on purpose)",
+                soft_wrap=True,
+            )
     console.print(
         f"notification service: {stats['sends']} emails sent for "
         f"{sum(r['sent_count'] for r in results.values())} recipients sent to, "
         f"{stats['repeats']} repeated requests answered from the idempotency key, "
-        f"{stats['failures']} refused"
+        f"{stats['failures']} refused ({BOUNCING})",
+        soft_wrap=True,
     )
     console.print(f"client reconnections: {client.reconnections}")
-    return {"results": results, "stats": dict(stats), "reconnections": client.reconnections}
+    return {
+        "results": results,
+        "children": children,
+        "stats": dict(stats),
+        "reconnections": client.reconnections,
+    }
+
+
+def _stats_line(stats: Mapping[str, Any]) -> str:
+    if not stats:
+        return "starting"
+    return (
+        f"{stats.get('sends', 0)} emails sent, {stats.get('failures', 0)} refused, "
+        f"{stats.get('repeats', 0)} repeated requests, {stats.get('inFlight', 0)} in flight"
+    )
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m sluiceway.demos.live [--dir PATH] [--contacts N] [--kill-after N]``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--dir", type=Path, help="keep the stores here (default: a temp dir)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="where the stores go (default: a new temporary directory, kept)",
+    )
     parser.add_argument("--contacts", type=int, default=60, help="contacts to import (>= 10)")
     parser.add_argument(
         "--kill-after",
@@ -267,14 +311,14 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if args.contacts < 10:
         parser.error("--contacts must be >= 10")
     kill_after = None if args.kill_after < 0 else args.kill_after
-    with tempfile.TemporaryDirectory() as scratch:
-        workdir = args.dir if args.dir is not None else Path(scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if (workdir / "campaigns.db").exists():
-            parser.error(f"{workdir} holds a campaigns.db already: the demo starts afresh")
-        trio.run(lambda: main(workdir=workdir, count=args.contacts, kill_after=kill_after))
-        if args.dir is not None:
-            print(f"inspect it: sluiceway graph --db {workdir / 'campaigns.db'} tree campaign:vip")
+    # The stores stay where they were written (a new directory by default), to be inspected.
+    workdir = args.dir if args.dir is not None else Path(tempfile.mkdtemp(prefix="campaigns-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "campaigns.db").exists():
+        parser.error(f"{workdir} holds a campaigns.db already: the demo starts afresh")
+    trio.run(lambda: main(workdir=workdir, count=args.contacts, kill_after=kill_after))
+    print(f"the stores are in {workdir}; the entity graph of a campaign:")
+    print(f"  sluiceway graph --db {workdir / 'campaigns.db'} tree campaign:vip")
     return 0
 
 

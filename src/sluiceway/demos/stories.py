@@ -38,6 +38,7 @@ from rich.text import Text
 
 from ..apps.imagegen import FaultRule, ImageFaults, serve_images
 from ..apps.stories import FINAL_STAGES
+from ..cli._progress import display_console
 from ..client import Client, ConnectionLostError, connect
 from .live import ServerProcess
 
@@ -84,7 +85,7 @@ async def main(
     """Run the demo in ``workdir``; returns the stories' final status, the pages' paths and
     the image service's counts. ``kill_after``: SIGKILL the server once this many images are
     done in all (``None``: never)."""
-    console = console or Console()
+    console = console or display_console()
     faults = ImageFaults(latency=latency * 2 / 3, jitter=latency * 2 / 3, seed=2, rules=(BROKEN,))
     blobs = workdir / "blobs"
     events: list[str] = []
