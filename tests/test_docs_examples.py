@@ -106,7 +106,8 @@ TIMEOUT = 60  # seconds for any one command or program
 NOT_RUN: dict[tuple[str, str], str] = {
     (
         "docs/guides/stories.rst",
-        "$ python -m sluiceway.apps.imagegen --db images.db --blobs blobs --port 8086 --latency 1 &",
+        "$ python -m sluiceway.apps.imagegen --db images.db --blobs blobs --port 8086"
+        " --latency 1 &",
     ): "starts two servers in the background and elides the story's id as '...'; the same flow "
     "runs in the page's story.py and in the main job's stories (nox -s demo), run by "
     "tests/test_demo_stories.py",
