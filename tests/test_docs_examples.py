@@ -22,6 +22,7 @@ the page, so that the programs can import it.
 
 **Fragments.** Every other ``python`` block (and every ``::`` literal block that is Python) is a
 fragment: a part of a program, for reading. It must compile (``await`` at top level allowed).
+The README has no fragments: each of its ``python`` blocks is a complete program, run as above.
 ``json`` blocks (protocol frames) must parse, as one document or as one document per line.
 
 **Console sessions.** A ``console`` block is a shell session: ``$ `` starts a command (a line
@@ -36,6 +37,16 @@ NAME=VALUE`` set a variable for the commands after them, and ``$?`` is the exit 
 previous command (137 for a process killed by SIGKILL). A server that a session starts and stops
 with Ctrl-C (a ``^C`` in the output) gets a SIGINT once it printed what comes before the ``^C``.
 Sessions that pipe into ``jq`` are skipped, saying so, where jq is not installed.
+
+**Shell scripts.** An ``sh`` block (a ```` ```sh ```` fence in the README) that is not one of
+the nox commands or the server guide's ``sluiceway serve`` command (below) is a script, to copy
+and paste into a shell: it runs whole with ``bash -e -o pipefail`` (every command must
+succeed), in the environment of the console sessions, in an empty temporary directory. The
+servers it starts in the background (``&``) and stops with ``kill %1 %2`` are in its process
+group, which is ended after it (SIGTERM, then SIGKILL for what is still there after 10
+seconds). If the block is followed by a ``text`` block introduced by a sentence that ends with
+a colon, each line of it must match a line the script printed on stdout (its last command's
+result, say). Ports 8765 and 8085 are replaced by free ports.
 
 **Other blocks that run.** The server guide's ``sluiceway serve`` command serves its
 application (``greetings.py``) for the client guide's program, which runs twice (the page says
@@ -90,6 +101,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,11 +134,6 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "$ curl -X POST localhost:8085/v1/emails/3f6c.../opened -d '{\"at\": 1767258000}' \\",
     ): "needs the notification service running with a sent email (its id is elided); "
     "tests/apps/test_notification_engagement.py makes these requests",
-    (
-        "README.md",
-        "python -m sluiceway.apps.notification --db notify.db --port 8085 &",
-    ): "starts two servers in the background and elides the template and campaign ids as "
-    "'...'; the same flow is the main job (nox -s demo), run by tests/test_demo_live.py",
     (
         "docs/guides/campaigns.rst",
         "$ python -m sluiceway.apps.notification --db notify.db --port 8085 &",
@@ -752,6 +759,81 @@ def test_a_fragment_compiles(block: Block) -> None:
     compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
+def test_every_python_block_of_the_readme_is_a_program_that_runs() -> None:
+    """The README's examples are copied first: none of them is a fragment."""
+    readme = [block for block in ALL_BLOCKS if block.page == "README.md" and block.lang == "python"]
+    assert readme
+    fragments = [block.id for block in readme if block in FRAGMENTS]
+    assert not fragments, f"README blocks that are not complete programs: {fragments}"
+    run = {id(program.block) for program in ON_THEIR_OWN if program.expected is not None}
+    assert all(id(block) in run for block in readme)
+
+
+SCRIPTS = [
+    block
+    for block in ALL_BLOCKS
+    if block.lang == "sh" and block_key(block) not in {*NOX_COMMANDS, SERVE_COMMAND}
+]
+SCRIPT_PORTS = ("8765", "8085")  # sluiceway serve's and the notification service's
+
+
+def script_output(script: Block) -> Block | None:
+    """The ``text`` block of what the script prints, if the page shows it."""
+    nxt = following_block(script)
+    if nxt is not None and nxt.lang == "text" and nxt.intro.endswith(":"):
+        return nxt
+    return None
+
+
+def end_process_group(pgid: int) -> None:
+    """End what is left of a script's process group (the servers of a script that failed
+    before it stopped them): SIGTERM, a moment to shut down, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    for _ in range(100):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[block.id for block in SCRIPTS])
+def test_a_shell_script_runs_as_printed(script: Block, tmp_path: Path) -> None:
+    code = script.code
+    for port in SCRIPT_PORTS:
+        code = code.replace(port, str(free_port()))
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(
+            ["bash", "-e", "-o", "pipefail", "-c", code],
+            cwd=tmp_path,
+            env=environment(),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            process.wait(TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            end_process_group(process.pid)
+    printed = out.read_text(encoding="utf-8")
+    report = f"{script.id} exited {process.returncode}:\n{printed}{err.read_text('utf-8')}"
+    assert process.returncode == 0, report
+    expected = script_output(script)
+    if expected is not None:
+        lines = printed.splitlines()
+        for line in expected.code.splitlines():
+            pattern = line_pattern(line)
+            assert any(pattern.fullmatch(other) for other in lines), f"no line {line!r}: {report}"
+
+
 JSON_BLOCKS = [block for block in ALL_BLOCKS if block.lang == "json"]
 
 
@@ -875,6 +957,7 @@ def test_the_readme_commands_are_what_nox_and_ci_run() -> None:
 def test_every_block_is_accounted_for() -> None:
     checked = {id(program.block) for program in PROGRAMS} | OUTPUTS
     checked |= {id(block) for block in RUN_SESSIONS + FRAGMENTS + JSON_BLOCKS + HTTP_BLOCKS}
+    checked |= {id(block) for block in SCRIPTS}
     others = {*NOT_RUN, *NOX_COMMANDS, SERVE_COMMAND}
     unaccounted = [
         f"{block.id} ({block.lang}): {block.first_line}"
