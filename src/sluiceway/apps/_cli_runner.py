@@ -1,6 +1,7 @@
 """What the services' command lines share (``python -m sluiceway.apps.notification``, ``python
--m sluiceway.apps.imagegen``): the serving arguments, the logging set-up, and running a service
-until SIGINT or SIGTERM with its errors as one line and an exit status."""
+-m sluiceway.apps.imagegen``): the serving arguments, the fault settings both switches take,
+parsing with its usage errors and the logging set-up, and running a service until SIGINT or
+SIGTERM with its errors as one line and an exit status."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import trio
 
-__all__ = ["add_serving_arguments", "parse_arguments", "serve_until_signal"]
+__all__ = ["add_serving_arguments", "fault_settings", "parse_arguments", "serve_until_signal"]
 
 FaultsT = TypeVar("FaultsT")
 
@@ -35,6 +36,14 @@ def add_serving_arguments(parser: argparse.ArgumentParser, *, max_body_bytes: in
         default=max_body_bytes,
         help="answer 413 past this body size (default: %(default)s)",
     )
+
+
+def fault_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings every fault switch has, from the options of the same names (``--latency``,
+    ``--jitter``, ``--fail-rate``, ``--fail-status``, ``--fail-code``, ``--seed``), for the
+    switch's constructor."""
+    names = ("latency", "jitter", "fail_rate", "fail_status", "fail_code", "seed")
+    return {name: getattr(args, name) for name in names}
 
 
 def parse_arguments(

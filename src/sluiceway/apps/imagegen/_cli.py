@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-from .._cli_runner import add_serving_arguments, parse_arguments, serve_until_signal
+from .._cli_runner import add_serving_arguments, fault_settings, parse_arguments, serve_until_signal
 from ._faults import FaultRule, ImageFaults
 from ._service import DEFAULT_MAX_BODY_BYTES, serve_images
 
@@ -51,15 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _faults(args: argparse.Namespace) -> ImageFaults:
-    return ImageFaults(
-        latency=args.latency,
-        jitter=args.jitter,
-        fail_rate=args.fail_rate,
-        fail_status=args.fail_status,
-        fail_code=args.fail_code,
-        seed=args.seed,
-        rules=[FaultRule((text,), fail_status=500) for text in args.fail_match],
-    )
+    rules = [FaultRule((text,), fail_status=500) for text in args.fail_match]
+    return ImageFaults(**fault_settings(args), rules=rules)
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:

@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-from .._cli_runner import add_serving_arguments, parse_arguments, serve_until_signal
+from .._cli_runner import add_serving_arguments, fault_settings, parse_arguments, serve_until_signal
 from ._faults import Faults
 from ._service import DEFAULT_MAX_BODY_BYTES, serve_notifications
 
@@ -47,14 +47,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _faults(args: argparse.Namespace) -> Faults:
     return Faults(
-        fail_rate=args.fail_rate,
-        fail_status=args.fail_status,
-        fail_code=args.fail_code,
-        latency=args.latency,
-        jitter=args.jitter,
+        **fault_settings(args),
         fail_recipients=args.fail_recipient,
         channel_enabled=not args.channel_disabled,
-        seed=args.seed,
     )
 
 
