@@ -7,8 +7,6 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +30,23 @@ from sluiceway.apps.imagegen import (
     main,
     render_image,
     serve_images,
+)
+from tests.apps.service_helpers import (
+    check_common_routes,
+    checked_stats,
+    client_of,
+    error_of,
+    expect_quiet_logs,
+    hidden_and_logged,
+    post_at_once,
+    post_bodies_that_are_not_json,
+    refused_settings,
+    seeded_statuses,
+    served,
+    serving_module,
+    set_faults,
+    totals,
+    validation_error,
 )
 
 LIMIT = 16 * 1024  # max_body_bytes of the test servers
@@ -78,24 +93,17 @@ def blob_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def url(nursery: trio.Nursery, db: Path, blob_dir: Path) -> str:
-    started: str = await nursery.start(partial(serve_images, db, blob_dir, max_body_bytes=LIMIT))
-    return started
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+async def client(
+    nursery: trio.Nursery, db: Path, blob_dir: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    serve = partial(serve_images, db, blob_dir, max_body_bytes=LIMIT)
+    async with client_of(nursery, serve) as client:
         yield client
 
 
 async def stats(client: httpx.AsyncClient) -> dict[str, int]:
-    response = await client.get("/stats")
-    assert response.status_code == 200
-    result: dict[str, int] = response.json()
-    # Every POST /v1/images/generate is counted once, by its outcome.
-    assert result["requests"] == result["generations"] + result["repeats"] + result["failures"]
-    return result
+    """``GET /stats``: every POST /v1/images/generate counted once, by its outcome."""
+    return await checked_stats(client, "generations")
 
 
 async def counts(client: httpx.AsyncClient, prefix: str | None = None) -> dict[str, Any]:
@@ -104,23 +112,6 @@ async def counts(client: httpx.AsyncClient, prefix: str | None = None) -> dict[s
     assert response.status_code == 200, response.text
     keys: dict[str, Any] = response.json()["keys"]
     return keys
-
-
-async def set_faults(client: httpx.AsyncClient, **settings: Any) -> dict[str, Any]:
-    response = await client.post("/admin/faults", json=settings)
-    assert response.status_code == 200, response.text
-    current: dict[str, Any] = response.json()
-    return current
-
-
-def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert isinstance(error["details"], list)
-    assert "Traceback" not in response.text
-    return error
 
 
 def blob_files(blob_dir: Path) -> list[Path]:
@@ -164,13 +155,7 @@ async def test_a_new_key_is_201_and_a_repeat_is_200_with_the_stored_result(
     assert again.status_code == 200
     assert again.json() == result
     assert (await client.get(f"/v1/images/{result['id']}")).json() == result
-    assert await stats(client) == {
-        "generations": 1,
-        "requests": 2,
-        "repeats": 1,
-        "failures": 0,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(generations=1, requests=2, repeats=1)
     assert await counts(client) == {"story-1/page-1": {"requests": 2, "generations": 1}}
 
 
@@ -179,15 +164,7 @@ async def test_twenty_concurrent_requests_with_one_key_generate_once(
 ) -> None:
     # A little latency widens the window between "is the key known?" and "record the image".
     await set_faults(client, latency=0.01)
-    responses: list[httpx.Response] = []
-
-    async def post() -> None:
-        responses.append(await client.post("/v1/images/generate", json=image("story-1/dup")))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(20):
-            nursery.start_soon(post)
-
+    responses = await post_at_once(client, "/v1/images/generate", image("story-1/dup"), times=20)
     assert sorted(r.status_code for r in responses) == [200] * 19 + [201]
     assert len({json.dumps(r.json(), sort_keys=True) for r in responses}) == 1
     assert await counts(client) == {"story-1/dup": {"requests": 20, "generations": 1}}
@@ -298,17 +275,9 @@ async def test_validation_errors_name_the_field(
     response = await client.post(
         "/v1/images/generate", content=text.encode(), headers={"content-type": "application/json"}
     )
-    error = error_of(response, 400, "VALIDATION_ERROR")
+    error = validation_error(response, field)
     assert [detail["field"] for detail in error["details"]] == [field]
-    assert all(detail["message"] for detail in error["details"])
-    assert field in error["message"]
-    assert await stats(client) == {
-        "generations": 0,
-        "requests": 1,
-        "repeats": 0,
-        "failures": 1,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(generations=0, requests=1, failures=1)
     assert blob_files(blob_dir) == []
 
 
@@ -332,50 +301,20 @@ async def test_every_bad_field_is_reported(client: httpx.AsyncClient) -> None:
 
 
 async def test_bodies_that_are_not_json(client: httpx.AsyncClient) -> None:
-    text_plain = await client.post(
-        "/v1/images/generate", content=b"a fox", headers={"content-type": "text/plain"}
-    )
-    error_of(text_plain, 415, "UNSUPPORTED_MEDIA_TYPE")
-    form = await client.post("/v1/images/generate", data={"prompt": "a fox"})
-    error_of(form, 415, "UNSUPPORTED_MEDIA_TYPE")
-    broken = await client.post(
-        "/v1/images/generate", content=b'{"prompt": ', headers={"content-type": "application/json"}
-    )
-    error_of(broken, 400, "INVALID_JSON")
-    empty = await client.post("/v1/images/generate", headers={"content-type": "application/json"})
-    error_of(empty, 400, "INVALID_JSON")
-    nan = await client.post(
-        "/v1/images/generate",
-        content=b'{"prompt": "p", "metadata": {"x": NaN}}',
-        headers={"content-type": "application/json"},
-    )
-    error_of(nan, 400, "INVALID_JSON")
+    posted = await post_bodies_that_are_not_json(client, "/v1/images/generate")
     too_large = await client.post(
         "/v1/images/generate",
         content=b" " * (LIMIT + 1),
         headers={"content-type": "application/json"},
     )
     error_of(too_large, 413, "PAYLOAD_TOO_LARGE")
-    assert await stats(client) == {
-        "generations": 0,
-        "requests": 6,
-        "repeats": 0,
-        "failures": 6,
-        "inFlight": 0,
-    }
+    failed = posted + 1
+    assert await stats(client) == totals(generations=0, requests=failed, failures=failed)
 
 
 async def test_routes_and_methods(client: httpx.AsyncClient) -> None:
-    error_of(await client.get("/nope"), 404, "NOT_FOUND")
-    error_of(await client.get("/v1/images/unknown-id"), 404, "NOT_FOUND")
-    error_of(await client.get("/v1/images/a/b"), 404, "NOT_FOUND")
-    wrong = await client.get("/v1/images/generate")
-    error_of(wrong, 405, "METHOD_NOT_ALLOWED")
-    assert wrong.headers["allow"] == "POST"
+    await check_common_routes(client, post="/v1/images/generate", item="/v1/images")
     error_of(await client.post("/v1/images/counts", json={}), 405, "METHOD_NOT_ALLOWED")
-    error_of(await client.delete("/admin/faults"), 405, "METHOD_NOT_ALLOWED")
-    head = await client.head("/health")
-    assert (head.status_code, head.content) == (200, b"")
     assert (await stats(client))["requests"] == 0  # only POST /v1/images/generate counts
 
 
@@ -434,13 +373,7 @@ async def test_a_failure_stores_nothing_and_a_retry_succeeds(
     assert again.status_code == 200
     assert again.json() == retried.json()
     assert await counts(client) == {"story-1/page-1": {"requests": 4, "generations": 1}}
-    assert await stats(client) == {
-        "generations": 1,
-        "requests": 4,
-        "repeats": 1,
-        "failures": 2,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(generations=1, requests=4, repeats=1, failures=2)
 
 
 async def test_admin_faults_partial_updates_rules_and_validation(
@@ -464,24 +397,20 @@ async def test_admin_faults_partial_updates_rules_and_validation(
     assert len(current["rules"]) == 2
     assert (await client.get("/admin/faults")).json() == current
 
-    bad = await client.post(
-        "/admin/faults",
-        json={
-            "fail_rate": 2,
-            "fail_status": 200,
-            "rules": [
-                {"match": [], "latency": 1},
-                {"match": "x", "fail_status": 302, "colour": "red"},
-                {"match": "x"},
-                {"match": "x", "fail_code": "C"},
-                "not a rule",
-            ],
-            "jitter": -1,
-            "colour": "red",
-        },
-    )
-    fields = [d["field"] for d in error_of(bad, 400, "VALIDATION_ERROR")["details"]]
-    assert fields == [
+    bad = {
+        "fail_rate": 2,
+        "fail_status": 200,
+        "rules": [
+            {"match": [], "latency": 1},
+            {"match": "x", "fail_status": 302, "colour": "red"},
+            {"match": "x"},
+            {"match": "x", "fail_code": "C"},
+            "not a rule",
+        ],
+        "jitter": -1,
+        "colour": "red",
+    }
+    assert await refused_settings(client, bad) == [
         "fail_rate",
         "fail_status",
         "rules[0].match",
@@ -493,7 +422,6 @@ async def test_admin_faults_partial_updates_rules_and_validation(
         "jitter",
         "colour",
     ]
-    assert (await client.get("/admin/faults")).json() == current  # nothing applied
 
 
 async def test_rules_fail_the_requests_they_match(client: httpx.AsyncClient) -> None:
@@ -530,17 +458,10 @@ async def test_rules_fail_the_requests_they_match(client: httpx.AsyncClient) -> 
 
 
 async def test_random_failures_are_reproducible_with_a_seed(client: httpx.AsyncClient) -> None:
-    async def outcomes(run: str) -> list[int]:
-        await set_faults(client, fail_rate=0.5, seed=7)
-        codes = []
-        for n in range(16):
-            response = await client.post("/v1/images/generate", json=image(f"{run}-{n}"))
-            codes.append(response.status_code)
-        return codes
-
-    first = await outcomes("a")
+    path = "/v1/images/generate"
+    first = await seeded_statuses(client, path, [image(f"a-{n}") for n in range(16)])
     assert set(first) == {201, 503}
-    assert await outcomes("b") == first
+    assert await seeded_statuses(client, path, [image(f"b-{n}") for n in range(16)]) == first
 
 
 def test_fault_settings_in_python() -> None:
@@ -663,17 +584,9 @@ async def test_two_services_on_one_file_and_blob_dir_generate_a_key_once(
             await nursery.start(partial(serve_images, db, blob_dir, faults=faults))
             for _ in range(2)
         ]
-        responses: list[httpx.Response] = []
         async with httpx.AsyncClient(timeout=10) as client:
-
-            async def post(base: str) -> None:
-                body = image("story-shared/page-1")
-                responses.append(await client.post(f"{base}/v1/images/generate", json=body))
-
-            async with trio.open_nursery() as posts:
-                for _ in range(5):
-                    for base in urls:
-                        posts.start_soon(post, base)
+            body = image("story-shared/page-1")
+            responses = await post_at_once(client, "/v1/images/generate", body, times=5, urls=urls)
             codes = sorted(r.status_code for r in responses)
             assert codes.count(201) == 1
             assert codes.count(200) == 9
@@ -686,12 +599,9 @@ async def test_two_services_on_one_file_and_blob_dir_generate_a_key_once(
 
 
 async def test_state_survives_a_restart(db: Path, blob_dir: Path) -> None:
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(serve_images, db, blob_dir)
-        async with httpx.AsyncClient(base_url=url) as client:
-            first = await client.post("/v1/images/generate", json=image())
-        assert first.status_code == 201
-        nursery.cancel_scope.cancel()
+    async with served(ImageService(db, blob_dir)) as client:
+        first = await client.post("/v1/images/generate", json=image())
+    assert first.status_code == 201
 
     async with ImageService(db, blob_dir) as service:
         async with httpx.AsyncClient(
@@ -701,13 +611,7 @@ async def test_state_survives_a_restart(db: Path, blob_dir: Path) -> None:
             assert (again.status_code, again.json()) == (200, first.json())
             blob = await client.get(f"/v1/blobs/{first.json()['object_key']}")
             assert hashlib.sha256(blob.content).hexdigest() == first.json()["sha256"]
-        assert await service.stats() == {
-            "generations": 1,
-            "requests": 2,
-            "repeats": 1,
-            "failures": 0,
-            "inFlight": 0,
-        }
+        assert await service.stats() == totals(generations=1, requests=2, repeats=1)
 
 
 async def test_counts_by_prefix(client: httpx.AsyncClient) -> None:
@@ -730,18 +634,13 @@ async def test_an_unexpected_error_is_500_and_stores_nothing(
         raise OSError("disk on fire")
 
     service = ImageService(db, blob_dir)
-    async with service, trio.open_nursery() as nursery:
-        url = await nursery.start(service.serve)
-        async with httpx.AsyncClient(base_url=url) as client:
-            with monkeypatch.context() as patch:
-                patch.setattr(service.blobs, "put", broken)
-                response = await client.post("/v1/images/generate", json=image())
-            error = error_of(response, 500, "INTERNAL_ERROR")
-            assert "disk on fire" not in str(error)
-            assert "disk on fire" in caplog.text  # logged, not lost
-            assert (await client.post("/v1/images/generate", json=image())).status_code == 201
-            assert (await stats(client))["failures"] == 1
-        nursery.cancel_scope.cancel()
+    async with served(service) as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(service.blobs, "put", broken)
+            response = await client.post("/v1/images/generate", json=image())
+        hidden_and_logged(response, caplog, "disk on fire")
+        assert (await client.post("/v1/images/generate", json=image())).status_code == 201
+        assert (await stats(client))["failures"] == 1
 
 
 async def test_startup_errors_reach_the_caller(tmp_path: Path) -> None:
@@ -756,59 +655,23 @@ async def test_startup_errors_reach_the_caller(tmp_path: Path) -> None:
 async def test_quiet_by_default(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING):
-        assert (await client.post("/v1/images/generate", json=image())).status_code == 201
-        await client.get("/nope")
-    assert caplog.records == []
+    await expect_quiet_logs(client, caplog, "/v1/images/generate", image(), 201)
 
 
 # -- command line ----------------------------------------------------------------------------
 
 
 async def test_module_serves_until_sigterm(db: Path, blob_dir: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "sluiceway.apps.imagegen",
-        "--db",
-        str(db),
-        "--blobs",
-        str(blob_dir),
-        "--fail-match",
-        "page-13",
-    ]
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        output = b""
-        with trio.fail_after(20):
-            while b"\n" not in output:
-                chunk = await process.stdout.receive_some()
-                assert chunk, "the service exited before printing its URL"
-                output += chunk
-        line = output.decode().splitlines()[0]
+    arguments = ["--db", str(db), "--blobs", str(blob_dir), "--fail-match", "page-13"]
+    async with serving_module("sluiceway.apps.imagegen", *arguments) as (base, line):
         assert line.startswith("image service listening on http://127.0.0.1:")
         assert line.endswith(f"(db {db}, blobs {blob_dir})")
-        base = line.split(" listening on ", 1)[1].split()[0]
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await client.get("/health")).json() == {"status": "ok"}
             unlucky = await client.post("/v1/images/generate", json=image("story-1/page-13"))
             error_of(unlucky, 500, "GENERATION_FAILED")
             fine = await client.post("/v1/images/generate", json=image("story-1/page-12"))
             assert fine.status_code == 201
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            assert await process.wait() == 0
-            rest = b""
-            while chunk := await process.stdout.receive_some():
-                rest += chunk
-        assert b"SIGTERM: stopping" in rest
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        if process.stdout is not None:
-            await process.stdout.aclose()
 
 
 def test_a_bad_argument_exits_with_2(tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import logging
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +18,23 @@ import pytest
 import trio
 
 from sluiceway.apps.notification import Faults, NotificationService, serve_notifications
+from tests.apps.service_helpers import (
+    check_common_routes,
+    checked_stats,
+    client_of,
+    error_of,
+    expect_quiet_logs,
+    hidden_and_logged,
+    post_at_once,
+    post_bodies_that_are_not_json,
+    refused_settings,
+    seeded_statuses,
+    served,
+    serving_module,
+    set_faults,
+    totals,
+    validation_error,
+)
 
 LIMIT = 64 * 1024  # max_body_bytes of the test servers
 
@@ -45,40 +60,14 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def url(nursery: trio.Nursery, db: Path) -> str:
-    started: str = await nursery.start(partial(serve_notifications, db, max_body_bytes=LIMIT))
-    return started
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+async def client(nursery: trio.Nursery, db: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_of(nursery, partial(serve_notifications, db, max_body_bytes=LIMIT)) as client:
         yield client
 
 
 async def stats(client: httpx.AsyncClient) -> dict[str, int]:
-    response = await client.get("/stats")
-    assert response.status_code == 200
-    result: dict[str, int] = response.json()
-    # Every POST /send/email is counted once, by its outcome.
-    assert result["requests"] == result["sends"] + result["repeats"] + result["failures"]
-    return result
-
-
-async def set_faults(client: httpx.AsyncClient, **settings: Any) -> dict[str, Any]:
-    response = await client.post("/admin/faults", json=settings)
-    assert response.status_code == 200, response.text
-    current: dict[str, Any] = response.json()
-    return current
-
-
-def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert "Traceback" not in response.text
-    return error
+    """``GET /stats``: every POST /send/email counted once, by its outcome."""
+    return await checked_stats(client, "sends")
 
 
 async def wait_for_stats(
@@ -131,13 +120,7 @@ async def test_new_key_is_202_and_a_repeat_is_200_with_the_stored_result(
     fetched = await client.get(f"/notifications/{result['id']}")
     assert fetched.status_code == 200
     assert fetched.json() == result
-    assert await stats(client) == {
-        "sends": 1,
-        "requests": 2,
-        "repeats": 1,
-        "failures": 0,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(sends=1, requests=2, repeats=1)
 
 
 async def test_fifty_concurrent_requests_with_one_key_send_once(
@@ -145,25 +128,11 @@ async def test_fifty_concurrent_requests_with_one_key_send_once(
 ) -> None:
     # A little latency widens the window between "is the key known?" and "record the send".
     await set_faults(client, latency=0.01)
-    responses: list[httpx.Response] = []
-
-    async def post() -> None:
-        responses.append(await client.post("/send/email", json=email("campaign-c1-dup")))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(50):
-            nursery.start_soon(post)
-
+    responses = await post_at_once(client, "/send/email", email("campaign-c1-dup"), times=50)
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 49 + [202]
     assert len({r.json()["id"] for r in responses}) == 1
-    assert await stats(client) == {
-        "sends": 1,
-        "requests": 50,
-        "repeats": 49,
-        "failures": 0,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(sends=1, requests=50, repeats=49)
 
 
 async def test_concurrent_keys_each_send_once(client: httpx.AsyncClient) -> None:
@@ -182,13 +151,7 @@ async def test_concurrent_keys_each_send_once(client: httpx.AsyncClient) -> None
 
     assert all(len(found) == 1 for found in ids.values())
     assert len(ids) == 20
-    assert await stats(client) == {
-        "sends": 20,
-        "requests": 60,
-        "repeats": 40,
-        "failures": 0,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(sends=20, requests=60, repeats=40)
 
 
 async def test_two_services_on_one_file_send_a_key_once(db: Path) -> None:
@@ -198,17 +161,9 @@ async def test_two_services_on_one_file_send_a_key_once(db: Path) -> None:
         urls = [
             await nursery.start(partial(serve_notifications, db, faults=faults)) for _ in range(2)
         ]
-        responses: list[httpx.Response] = []
         async with httpx.AsyncClient(timeout=10) as client:
-
-            async def post(base: str) -> None:
-                body = email("campaign-shared")
-                responses.append(await client.post(f"{base}/send/email", json=body))
-
-            async with trio.open_nursery() as posts:
-                for _ in range(10):
-                    for base in urls:
-                        posts.start_soon(post, base)
+            body = email("campaign-shared")
+            responses = await post_at_once(client, "/send/email", body, times=10, urls=urls)
             assert sorted(r.status_code for r in responses) == [200] * 19 + [202]
             assert len({r.json()["id"] for r in responses}) == 1
             assert (await client.get(f"{urls[0]}/stats")).json()["sends"] == 1
@@ -216,29 +171,17 @@ async def test_two_services_on_one_file_send_a_key_once(db: Path) -> None:
 
 
 async def test_state_survives_a_restart(db: Path) -> None:
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(serve_notifications, db)
-        async with httpx.AsyncClient(base_url=url) as client:
-            first = await client.post("/send/email", json=email("campaign-c3-contact-1"))
-        assert first.status_code == 202
-        nursery.cancel_scope.cancel()
+    async with served(NotificationService(db)) as client:
+        first = await client.post("/send/email", json=email("campaign-c3-contact-1"))
+    assert first.status_code == 202
 
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(serve_notifications, db)
-        async with httpx.AsyncClient(base_url=url) as client:
-            again = await client.post("/send/email", json=email("campaign-c3-contact-1"))
-            assert again.status_code == 200
-            assert again.json() == first.json()
-            fetched = await client.get(f"/notifications/{first.json()['id']}")
-            assert fetched.json() == first.json()
-            assert await stats(client) == {
-                "sends": 1,
-                "requests": 2,
-                "repeats": 1,
-                "failures": 0,
-                "inFlight": 0,
-            }
-        nursery.cancel_scope.cancel()
+    async with served(NotificationService(db)) as client:
+        again = await client.post("/send/email", json=email("campaign-c3-contact-1"))
+        assert again.status_code == 200
+        assert again.json() == first.json()
+        fetched = await client.get(f"/notifications/{first.json()['id']}")
+        assert fetched.json() == first.json()
+        assert await stats(client) == totals(sends=1, requests=2, repeats=1)
 
 
 async def test_limits_are_inclusive(client: httpx.AsyncClient) -> None:
@@ -313,18 +256,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 async def test_validation_errors_name_the_field(
     client: httpx.AsyncClient, body: dict[str, Any], field: str
 ) -> None:
-    response = await client.post("/send/email", json=body)
-    error = error_of(response, 400, "VALIDATION_ERROR")
-    assert field in [detail["field"] for detail in error["details"]]
-    assert all(detail["message"] for detail in error["details"])
-    assert field in error["message"]
-    assert await stats(client) == {
-        "sends": 0,
-        "requests": 1,
-        "repeats": 0,
-        "failures": 1,
-        "inFlight": 0,
-    }
+    validation_error(await client.post("/send/email", json=body), field)
+    assert await stats(client) == totals(sends=0, requests=1, failures=1)
 
 
 async def test_every_bad_field_is_reported(client: httpx.AsyncClient) -> None:
@@ -337,29 +270,8 @@ async def test_every_bad_field_is_reported(client: httpx.AsyncClient) -> None:
 
 
 async def test_bodies_that_are_not_json(client: httpx.AsyncClient) -> None:
-    text_plain = await client.post(
-        "/send/email", content=b"hello", headers={"content-type": "text/plain"}
-    )
-    error_of(text_plain, 415, "UNSUPPORTED_MEDIA_TYPE")
-    form = await client.post("/send/email", data={"idempotencyKey": "k"})
-    error_of(form, 415, "UNSUPPORTED_MEDIA_TYPE")
-    broken = await client.post(
-        "/send/email", content=b'{"idempotencyKey": ', headers={"content-type": "application/json"}
-    )
-    error_of(broken, 400, "INVALID_JSON")
-    no_type = await client.post("/send/email", content=b"not json")
-    error_of(no_type, 400, "INVALID_JSON")
-    empty = await client.post("/send/email", headers={"content-type": "application/json"})
-    error_of(empty, 400, "INVALID_JSON")
-    nan = await client.post(
-        "/send/email", content=b'{"x": NaN}', headers={"content-type": "application/json"}
-    )
-    error_of(nan, 400, "INVALID_JSON")
-    latin1 = await client.post(
-        "/send/email", content=b'{"x": "\xe9"}', headers={"content-type": "application/json"}
-    )
-    error_of(latin1, 400, "INVALID_JSON")
-    assert (await stats(client))["failures"] == 7
+    posted = await post_bodies_that_are_not_json(client, "/send/email")
+    assert (await stats(client))["failures"] == posted
 
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
@@ -391,28 +303,11 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"PAYLOAD_TOO_LARGE"' in answer
-    assert await stats(client) == {
-        "sends": 1,
-        "requests": 4,
-        "repeats": 0,
-        "failures": 3,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(sends=1, requests=4, failures=3)
 
 
 async def test_routes_and_methods(client: httpx.AsyncClient) -> None:
-    error_of(await client.get("/nope"), 404, "NOT_FOUND")
-    error_of(await client.get("/notifications/unknown-id"), 404, "NOT_FOUND")
-    error_of(await client.get("/notifications/a/b"), 404, "NOT_FOUND")
-    wrong = await client.get("/send/email")
-    error_of(wrong, 405, "METHOD_NOT_ALLOWED")
-    assert wrong.headers["allow"] == "POST"
-    error_of(await client.delete("/admin/faults"), 405, "METHOD_NOT_ALLOWED")
-    error_of(await client.post("/health", json={}), 405, "METHOD_NOT_ALLOWED")
-    head = await client.head("/health")
-    assert head.status_code == 200
-    assert head.content == b""
-    assert (await client.get("/health/")).status_code == 200
+    await check_common_routes(client, post="/send/email", item="/notifications")
     assert (await stats(client))["requests"] == 0  # only POST /send/email counts
 
 
@@ -429,13 +324,9 @@ async def test_admin_faults_partial_updates_and_validation(client: httpx.AsyncCl
     assert current["latency"] == 0.5
     assert (await client.get("/admin/faults")).json() == current
 
-    bad = await client.post(
-        "/admin/faults",
-        json={"fail_rate": 2, "fail_status": 200, "channel_enabled": "no", "colour": "red"},
-    )
-    fields = [d["field"] for d in error_of(bad, 400, "VALIDATION_ERROR")["details"]]
+    bad = {"fail_rate": 2, "fail_status": 200, "channel_enabled": "no", "colour": "red"}
+    fields = await refused_settings(client, bad)
     assert fields == ["fail_rate", "fail_status", "channel_enabled", "colour"]
-    assert (await client.get("/admin/faults")).json() == current  # nothing applied
 
 
 async def test_disabled_channel_is_422_and_nothing_is_stored(client: httpx.AsyncClient) -> None:
@@ -452,13 +343,7 @@ async def test_a_failed_attempt_is_not_stored_and_the_key_can_be_retried(
     await set_faults(client, fail_rate=1)
     for _ in range(2):
         error_of(await client.post("/send/email", json=email()), 502, "PROVIDER_ERROR")
-    assert await stats(client) == {
-        "sends": 0,
-        "requests": 2,
-        "repeats": 0,
-        "failures": 2,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(sends=0, requests=2, failures=2)
     await set_faults(client, fail_rate=0)
     retried = await client.post("/send/email", json=email())
     assert retried.status_code == 202
@@ -489,17 +374,10 @@ async def test_fail_recipients_patterns(client: httpx.AsyncClient) -> None:
 
 
 async def test_random_failures_are_reproducible_with_a_seed(client: httpx.AsyncClient) -> None:
-    async def outcomes(run: str) -> list[int]:
-        await set_faults(client, fail_rate=0.5, seed=7)
-        codes = []
-        for n in range(20):
-            response = await client.post("/send/email", json=email(f"{run}-{n}"))
-            codes.append(response.status_code)
-        return codes
-
-    first = await outcomes("a")
+    first = await seeded_statuses(client, "/send/email", [email(f"a-{n}") for n in range(20)])
     assert set(first) == {202, 502}
-    assert await outcomes("b") == first
+    again = await seeded_statuses(client, "/send/email", [email(f"b-{n}") for n in range(20)])
+    assert again == first
 
 
 async def test_latency_delays_one_send_without_blocking_the_service(
@@ -529,18 +407,13 @@ async def test_unexpected_error_is_500_without_traceback(
         raise RuntimeError("disk on fire")
 
     service = NotificationService(db)
-    async with service, trio.open_nursery() as nursery:
-        url = await nursery.start(service.serve)
-        async with httpx.AsyncClient(base_url=url) as client:
-            with monkeypatch.context() as patch:
-                patch.setattr(service._store, "record", broken)
-                response = await client.post("/send/email", json=email())
-            error = error_of(response, 500, "INTERNAL_ERROR")
-            assert "disk on fire" not in str(error)
-            assert "disk on fire" in caplog.text  # logged, not lost
-            assert (await client.post("/send/email", json=email())).status_code == 202
-            assert (await stats(client))["failures"] == 1
-        nursery.cancel_scope.cancel()
+    async with served(service) as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(service._store, "record", broken)
+            response = await client.post("/send/email", json=email())
+        hidden_and_logged(response, caplog, "disk on fire")
+        assert (await client.post("/send/email", json=email())).status_code == 202
+        assert (await stats(client))["failures"] == 1
 
 
 async def test_startup_errors_reach_the_caller(tmp_path: Path) -> None:
@@ -568,51 +441,19 @@ def test_module_help() -> None:
 
 
 async def test_module_serves_until_sigterm(db: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "sluiceway.apps.notification",
-        "--db",
-        str(db),
-        "--fail-recipient",
-        "*@bounce.test",
-    ]
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        output = b""
-        with trio.fail_after(20):
-            while b"\n" not in output:
-                chunk = await process.stdout.receive_some()
-                assert chunk, "the service exited before printing its URL"
-                output += chunk
-        base = output.decode().split(" listening on ", 1)[1].split()[0]
+    arguments = ["--db", str(db), "--fail-recipient", "*@bounce.test"]
+    async with serving_module("sluiceway.apps.notification", *arguments) as (base, line):
+        assert line == f"notification service listening on {base} (db {db})"
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await client.get("/health")).json() == {"status": "ok"}
             bounced = await client.post("/send/email", json=email(to=["x@bounce.test"]))
             error_of(bounced, 502, "INVALID_RECIPIENT")
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            assert await process.wait() == 0
-            rest = b""
-            while chunk := await process.stdout.receive_some():
-                rest += chunk
-        assert b"SIGTERM: stopping" in rest
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        if process.stdout is not None:
-            await process.stdout.aclose()
 
 
 async def test_quiet_by_default(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING):
-        assert (await client.post("/send/email", json=email())).status_code == 202
-        await client.get("/nope")
-    assert caplog.records == []
+    await expect_quiet_logs(client, caplog, "/send/email", email(), 202)
 
 
 # -- text and numbers that cannot be stored or sent ----------------------------------------------
@@ -680,13 +521,7 @@ async def test_a_lone_surrogate_is_400_and_nothing_is_stored(
     await set_faults(client, channel_enabled=True)
     again = await post_json_text(client, json.dumps(body))  # the same on a retry
     error_of(again, 400, "VALIDATION_ERROR")
-    assert await stats(client) == {
-        "sends": 0,
-        "requests": 2,
-        "repeats": 0,
-        "failures": 2,
-        "inFlight": 0,
-    }
+    assert await stats(client) == totals(sends=0, requests=2, failures=2)
     assert sends_in_file(db) == 0
     # The key was not taken: the same key with valid text is sent.
     fixed = email(body.get("idempotencyKey", "k").replace("\ud800", "x"))

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from sluiceway.apps.notification import NotificationService, serve_notifications
+from tests.apps.service_helpers import client_of, error_of
 
 EVENTS = ("opened", "clicked", "replied")
 
@@ -38,8 +39,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def client(nursery: trio.Nursery, db: Path) -> AsyncIterator[httpx.AsyncClient]:
-    url: str = await nursery.start(partial(serve_notifications, db))
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with client_of(nursery, partial(serve_notifications, db)) as client:
         yield client
 
 
@@ -48,15 +48,6 @@ async def send(client: httpx.AsyncClient, key: str, **refs: str) -> str:
     assert response.status_code == 202, response.text
     email_id: str = response.json()["id"]
     return email_id
-
-
-def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert isinstance(error["details"], list)
-    return error
 
 
 async def test_each_event_is_recorded_once_with_its_first_time(
