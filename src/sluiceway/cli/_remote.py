@@ -10,6 +10,7 @@ Results are printed as JSON on stdout; errors as one line, ``sluiceway <command>
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import json
 import os
@@ -100,6 +101,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     send.add_argument("message", metavar="MESSAGE")
     send.add_argument("--data", default=None, help="JSON data carried by the message")
     send.set_defaults(handler=functools.partial(_main, action=_send, name="send"))
+
+    ls = commands.add_parser(
+        "ls",
+        parents=[common],
+        help="list the runs (root entities), newest first",
+        description=(
+            "List the runs the server's store holds (its root entities), newest first: id, "
+            "status, type, name and when each was created. Filter them by --status, --type "
+            "and a part of their --name; --limit N at a time (the command says how to see the "
+            "next ones), --all for every one, --json for one JSON object per line."
+        ),
+    )
+    ls.add_argument("--status", default=None, help="PENDING, IN_PROGRESS, WAITING, COMPLETED...")
+    ls.add_argument("--type", default=None, help="only runs of this entity type")
+    ls.add_argument("--name", default=None, help="only runs whose name contains this")
+    ls.add_argument("--limit", type=int, default=20, help="runs per page, 1 to 200 (default 20)")
+    ls.add_argument("--cursor", default=None, help="start after this cursor (from a last page)")
+    ls.add_argument("--all", action="store_true", help="every run, page after page")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(handler=functools.partial(_main, action=_ls, name="ls"))
 
     cancel = commands.add_parser(
         "cancel",
@@ -195,6 +216,36 @@ async def _call(client: Client, args: argparse.Namespace) -> int:
 async def _send(client: Client, args: argparse.Namespace) -> int:
     data = None if args.data is None else _json_arg(args.data, "--data")
     _print({"message_id": await client.send_message(args.entity, args.message, data)})
+    return 0
+
+
+async def _ls(client: Client, args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 200:
+        raise _UsageError("--limit must be from 1 to 200")
+    cursor = args.cursor
+    shown = 0
+    while True:
+        page = await client.list_runs(
+            status=args.status, type=args.type, name=args.name, limit=args.limit, cursor=cursor
+        )
+        for run in page["runs"]:
+            if args.json:
+                _print(run)
+            else:
+                created = datetime.datetime.fromtimestamp(run["created_at"], datetime.UTC)
+                sys.stdout.write(
+                    f"{run['id']}  {run['status']:<11}  {run['type']:<16}  "
+                    f"{created:%Y-%m-%d %H:%M:%S}  {run['name']}\n"
+                )
+        shown += len(page["runs"])
+        cursor = page["cursor"]
+        if cursor is None or not args.all:
+            break
+    sys.stdout.flush()
+    if cursor is not None and not args.json:
+        print(f"(more: sluiceway ls --cursor '{cursor}' ...)", file=sys.stderr)
+    if not shown and not args.json:
+        print("no run matches", file=sys.stderr)
     return 0
 
 

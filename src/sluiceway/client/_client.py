@@ -278,6 +278,33 @@ class Client:
         """Call one of the application's endpoints."""
         return await self.request("call", endpoint=endpoint, body=body or {})
 
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of the runs (root entities), newest first: ``{"runs", "cursor"}`` (see
+        the ``list`` operation; pass ``cursor`` back for the next page)."""
+        fields = {"status": status, "type": type, "name": name, "cursor": cursor}
+        result: dict[str, Any] = await self.request(
+            "list", limit=limit, **{k: v for k, v in fields.items() if v is not None}
+        )
+        return result
+
+    async def capacity(self) -> list[dict[str, Any]]:
+        """The capacity nodes the runtime shows (see the ``capacity`` operation)."""
+        result = await self.request("capacity")
+        return list(result["nodes"])
+
+    async def retry(self, entity_id: str) -> dict[str, Any]:
+        """Run a FAILED entity again (see the ``retry`` operation); returns as :meth:`start`."""
+        result: dict[str, Any] = await self.request("retry", entity_id=entity_id)
+        return result
+
     @contextlib.asynccontextmanager
     async def subscribe(
         self, entity_id: str, *, after_seq: int = 0, subtree: bool = True
