@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from sluiceway import EntityStatus
+from sluiceway import EntityFailedError, EntityStatus
 from sluiceway.client import ServerError, connect
 from sluiceway.server import Application, EndpointContext
 from tests.entities import workflows
@@ -133,3 +133,22 @@ def test_startable_is_checked_when_the_application_is_made() -> None:
         Application("a", types=TYPES, startable=Leaf)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="collection"):
         Application("a", types=TYPES, startable="Leaf")
+
+
+async def test_retry_obeys_startable_too(db: Path) -> None:
+    """A FAILED entity the application keeps to its endpoints is not retried by the protocol
+    (a failed campaign is executed again through its endpoint, which prepares it)."""
+    app = restricted_app(["Chain"])
+    with trio.fail_after(TIMEOUT):
+        async with serving(db, app=app) as served, connect(served.url) as client:
+            leaf = await client.create("Leaf", {"value": 1, "fail": True}, name="kept")
+            await client.call("go", {"entity_id": leaf["id"]})
+            with pytest.raises(EntityFailedError):
+                await served.runtime.wait(leaf["id"])
+            with pytest.raises(ServerError) as refused:
+                await client.retry("kept")
+            assert (refused.value.code, refused.value.details) == (
+                "not_runnable",
+                {"startable": False},
+            )
+            assert (await served.runtime.get(leaf["id"])).runnable_at is None

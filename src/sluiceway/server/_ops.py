@@ -93,7 +93,8 @@ async def capacity(server: RuntimeServer, body: CapacityRequest) -> dict[str, An
 
 async def retry(server: RuntimeServer, body: RetryRequest) -> dict[str, Any]:
     """The ``retry`` operation: a FAILED entity submitted again (it runs from the top; its
-    COMPLETED children keep their results)."""
+    COMPLETED children keep their results), if the application lets the protocol start it
+    (its ``startable``, as for ``start``)."""
     record = await server.resolve(body.entity_id)
     if record.status is not EntityStatus.FAILED:
         raise ProtocolError(
@@ -101,4 +102,4 @@ async def retry(server: RuntimeServer, body: RetryRequest) -> dict[str, Any]:
             f"{record.type} {record.name!r} is {record.status.value}: only a FAILED entity is "
             "retried",
         )
-    return await server.start(record.id)
+    return await server.start(record.id, generic=True)
