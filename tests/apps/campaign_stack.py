@@ -27,6 +27,7 @@ class Stack:
     runtime: Runtime
     http: httpx.AsyncClient  # to the notification service
     notify_db: Path
+    url: str = ""  # the server's
 
     async def stats(self) -> dict[str, int]:
         result: dict[str, int] = (await self.http.get("/stats")).json()
@@ -111,7 +112,7 @@ async def campaign_stack(
                 connect(address.url) as client,
                 httpx.AsyncClient(base_url=notify_url, timeout=10) as http,
             ):
-                yield Stack(client, runtime, http, notify_db)
+                yield Stack(client, runtime, http, notify_db, address.url)
             server.shutdown()
         services.cancel_scope.cancel()
 

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from sluiceway import EntityFailedError
+from sluiceway import EntityFailedError, EntityStatus
+from sluiceway.apps.notification import Faults
+from tests.apps.campaign_stack import campaign_stack
 from tests.browser.browser import in_browser, screenshot
 from tests.entities import workflows
 from tests.server.conftest import Chatter, Served, serving
@@ -100,6 +102,49 @@ async def test_the_page_follows_a_run_to_its_end_with_the_stores_counts(tmp_path
         stored = [e.seq for e in await runtime.envelopes(fan.id)]
         assert seen["view"] == {"received": stored, "duplicates": 0}
         assert "global:" in seen["gauges"]
+
+
+async def test_the_page_watches_a_campaign_send_its_emails(tmp_path: Path) -> None:
+    """Seed 000's campaign application: the page follows a campaign to its end, with the
+    store's counts, and shows the send limits while it sends."""
+    slow = Faults(latency=0.2)  # 30 emails, 3 at a time: 2 s of sending to watch
+    async with campaign_stack(tmp_path, faults=slow, per_campaign=3, global_limit=5) as stack:
+        await stack.contacts(30, ["spring"])
+        campaign = await stack.campaign("spring", await stack.template(), ["spring"])
+        url = stack.url.replace("ws://", "http://", 1) + "/"
+        sends: list[str] = []
+
+        def scenario(page: Any) -> str:
+            page.goto(url)
+            wait_connected(page)
+            trio.from_thread.run(stack.client.call, "campaigns/execute", {"campaign_id": campaign})
+            page.wait_for_function(
+                "document.querySelector('#runs-table tbody tr td')?.textContent"
+                " === 'campaign:spring'"
+            )
+            open_run(page, "campaign:spring")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#gauges .gauge')]"
+                ".some(g => g.textContent.startsWith('campaign:spring sends'))"
+            )
+            sends.append(page.locator("#gauges").text_content())
+            page.wait_for_function(
+                "document.querySelector('#tree .node .counts')"
+                "?.textContent === '30 children: 30 COMPLETED'"
+                " && document.querySelector('#tree .node .status').textContent === 'COMPLETED'",
+                timeout=60_000,
+            )
+            screenshot(page, "campaign-completed")
+            counts: str = page.locator("#tree .node").first.locator(".counts").text_content()
+            return counts
+
+        counts = await in_browser(scenario)
+        by_status = await stack.runtime.store.count_children(campaign)
+        assert counts == f"30 children: {by_status[EntityStatus.COMPLETED]} COMPLETED"
+        assert (await stack.stats())["sends"] == 30
+        assert "sends: " in sends[0]
+        assert "/ 5 slots" in sends[0]
+        assert "/ 3 slots" in sends[0]
 
 
 async def test_cancel_answer_and_retry_from_the_page(tmp_path: Path) -> None:

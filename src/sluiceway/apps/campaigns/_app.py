@@ -485,7 +485,9 @@ def create_app(
             yield CampaignServices(
                 config=settings,
                 http=http,
-                global_capacity=CapacitySource(settings.global_limit),
+                global_capacity=runtime.gauges.watch(
+                    CapacitySource(settings.global_limit), name="sends"
+                ),
                 personalizer=personalizer or TemplatePersonalizer(),
                 contact_list_id=book.id,
             )

@@ -194,27 +194,15 @@ class Campaign(
             )
             for contact in contacts
         ]
+        capacity = CapacitySource(services.config.per_campaign, services.global_capacity)
         runner = HierarchicalTaskPoolRunner(
             "campaign-send",
             ctx.parallel_calls(CampaignRecipient, items, edge_type="HasRecipient"),
-            CapacitySource(services.config.per_campaign, services.global_capacity),
+            capacity,
         )
-        sent = failed = 0
-        async with runner.run_tasks() as envelopes:
-            async for envelope in envelopes:
-                outcome = recipient_outcome(envelope)
-                if outcome is None:
-                    continue
-                sent += outcome == "sent"
-                failed += outcome == "failed"
-                await ctx.update_data(sent_count=sent, failed_count=failed)
-                await ctx.status(
-                    "RUNNING",
-                    f"sent {sent}/{total} emails ({failed} failed)",
-                    sent=sent,
-                    failed=failed,
-                    total=total,
-                )
+        # The campaign's send slots are shown (the capacity operation, the page's gauges).
+        with ctx.runtime.gauges.watching(capacity, name=f"{ctx.name} sends"):
+            sent, failed = await _send_all(ctx, runner, total)
         status = "completed" if not failed else ("failed" if not sent else "completed_with_errors")
         await ctx.update_data(
             status=status,
@@ -224,6 +212,30 @@ class Campaign(
             updated_at=now_iso(),
         )
         return _outcome(ctx.id, status, total, sent, failed)
+
+
+async def _send_all(
+    ctx: RunContext, runner: HierarchicalTaskPoolRunner[Any, Any], total: int
+) -> tuple[int, int]:
+    """Follow the recipients' tasks to the end, counting in the campaign's data and progress
+    what was sent and what failed; returns both counts."""
+    sent = failed = 0
+    async with runner.run_tasks() as envelopes:
+        async for envelope in envelopes:
+            outcome = recipient_outcome(envelope)
+            if outcome is None:
+                continue
+            sent += outcome == "sent"
+            failed += outcome == "failed"
+            await ctx.update_data(sent_count=sent, failed_count=failed)
+            await ctx.status(
+                "RUNNING",
+                f"sent {sent}/{total} emails ({failed} failed)",
+                sent=sent,
+                failed=failed,
+                total=total,
+            )
+    return sent, failed
 
 
 def recipient_outcome(envelope: TaskEnvelope[Any, Any]) -> str | None:

@@ -580,7 +580,9 @@ def create_app(
                 config=settings,
                 engine=settings,
                 http=http,
-                global_capacity=CapacitySource(settings.global_limit),
+                global_capacity=runtime.gauges.watch(
+                    CapacitySource(settings.global_limit), name="sends"
+                ),
                 personalizer=personalizer or TemplatePersonalizer(),
                 contact_list_id=book.id,
                 segment_book_id=segments.id,

@@ -374,7 +374,7 @@ function renderNode(node, isRoot) {
 function countsText(counts) {
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
   const parts = STATUSES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`);
-  return `${total} children: ${parts.join(", ")}`;
+  return `${total} ${total === 1 ? "child" : "children"}: ${parts.join(", ")}`;
 }
 
 async function toggleNode(id) {
