@@ -34,6 +34,7 @@ from .harness import (
 )
 from .hierarchical import HierarchicalJobs
 from .memory import LazyMemory
+from .pages import OpenPages
 from .parking import ParkedWaits
 from .scaleout import Failover, ScaleOut
 from .stories import StoryImages
@@ -55,6 +56,7 @@ SCENARIOS: dict[str, Scenario] = {
         Failover(),
         EngineDrip(),
         StoryImages(),
+        OpenPages(),
     )
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
