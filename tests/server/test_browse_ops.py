@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from typing import Any
 
+import pytest
 import trio
 
 from sluiceway import CapacitySource, EntityFailedError
-from tests.server.conftest import TIMEOUT, Served, call, error, frame, open_raw
+from tests.server.conftest import (
+    TIMEOUT,
+    Served,
+    call,
+    error,
+    events_until_end,
+    frame,
+    open_raw,
+)
 
 
 async def test_list_pages_through_the_runs_newest_first(served: Served) -> None:
@@ -115,3 +125,35 @@ async def test_pages_polling_one_run_share_the_stores_answers(served: Served) ->
             tree = await call(ws, "tree", 4, entity_id="stuck")
             assert tree["status"] == "CANCELLED"
             assert reads.computed == before + 2
+
+
+async def test_a_subscription_to_a_runs_own_envelopes_reads_only_those(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``subtree: false`` is read as such from the store: following a run of many children
+    costs no query over its children."""
+    runtime = served.runtime
+    store = runtime.store
+    asked: list[bool] = []
+    read = store.read_envelopes
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("subtree", True))
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "read_envelopes", recording)
+    fan = await runtime.create("FanOut", {"count": 5}, name="own")
+    with trio.fail_after(TIMEOUT):
+        async with open_raw(served.url) as ws:
+            number = (await call(ws, "subscribe", 1, entity_id="own", subtree=False))[
+                "subscription"
+            ]
+            await call(ws, "start", 2, entity_id=fan.id)
+            events = await events_until_end(ws, number)
+    envelopes = [event["envelope"] for event in events[:-1]]
+    assert {e["entity_id"] for e in envelopes} == {fan.id}
+    assert [e["seq"] for e in envelopes] == [
+        e.seq for e in await runtime.envelopes(fan.id, subtree=False)
+    ]
+    assert asked
+    assert not any(asked)  # every read was of the run's own envelopes

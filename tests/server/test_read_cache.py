@@ -86,3 +86,29 @@ async def test_the_number_of_answers_kept_is_bounded() -> None:
 async def _divide() -> int:
     await trio.lowlevel.checkpoint()
     return 1 // 0
+
+
+async def test_a_slow_answer_is_shared_by_all_who_waited_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An answer that takes longer than the time-to-live is still shared by the requests
+    that came while it was computed (they do not each compute it again)."""
+    cache = ReadCache(ttl=0.5)
+    calls = 0
+
+    async def slow() -> int:
+        nonlocal calls
+        calls += 1
+        await trio.sleep(0.8)
+        return calls
+
+    got: list[int] = []
+
+    async def ask() -> None:
+        got.append(await cache.get("tree", slow))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(30):
+            nursery.start_soon(ask)
+    assert (got, calls) == ([1] * 30, 1)
+    assert await cache.get("tree", slow) == 1  # fresh: its age counts from when it was known

@@ -522,17 +522,20 @@ class Runtime(Executor):
         return self._streams.stream(entity_id, after_seq=after_seq, buffer=buffer)
 
     def stream_batches(
-        self, entity_id: str, *, after_seq: int = 0, buffer: int = 16
+        self, entity_id: str, *, after_seq: int = 0, buffer: int = 16, subtree: bool = True
     ) -> contextlib.AbstractAsyncContextManager[trio.MemoryReceiveChannel[list[EntityEnvelope]]]:
         """:meth:`stream`, the envelopes in lists: each list holds what was ready together
         (a page replayed from the store, what a step of the run stored), in ``seq`` order. A
         server sending to many subscribers takes them this way: fewer hand-overs, larger
-        frames. At most ``buffer`` lists wait for a slow reader.
+        frames. At most ``buffer`` lists wait for a slow reader. With ``subtree=False``, the
+        entity's own envelopes only (its children's are not even read).
 
         Raises:
             EntityNotFoundError: at once, for an unknown id.
         """
-        return self._streams.stream_batches(entity_id, after_seq=after_seq, buffer=buffer)
+        return self._streams.stream_batches(
+            entity_id, after_seq=after_seq, buffer=buffer, subtree=subtree
+        )
 
 
 def _outcome(live: LiveRun) -> RecoveredRun:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -90,12 +91,14 @@ class StreamHub:
 
     @contextlib.asynccontextmanager
     async def stream_batches(
-        self, entity_id: str, *, after_seq: int = 0, buffer: int = 16
+        self, entity_id: str, *, after_seq: int = 0, buffer: int = 16, subtree: bool = True
     ) -> AsyncIterator[trio.MemoryReceiveChannel[list[EntityEnvelope]]]:
         """:meth:`stream`, the envelopes in lists: each list holds what was ready together
         (a page replayed from the store, what a step of the run stored), in ``seq`` order. A
         server sending to many subscribers takes them this way: fewer hand-overs, larger
-        frames. At most ``buffer`` lists wait for a slow reader.
+        frames. At most ``buffer`` lists wait for a slow reader. With ``subtree=False``, the
+        entity's own envelopes only (read as such from the store: a run of many children
+        costs no more to follow than a run of none).
 
         Raises:
             EntityNotFoundError: at once, for an unknown id.
@@ -111,7 +114,8 @@ class StreamHub:
 
         async with open_owned_nursery() as nursery:
             nursery.start_soon(
-                self._pump, entity_id, after_seq, send, deliver, name=f"stream {entity_id}"
+                partial(self._pump, entity_id, after_seq, send, deliver, subtree=subtree),
+                name=f"stream {entity_id}",
             )
             with receive:
                 try:
@@ -125,11 +129,15 @@ class StreamHub:
         after_seq: int,
         send: trio.MemorySendChannel[Any],
         deliver: Callable[[list[EntityEnvelope]], Awaitable[None]],
+        *,
+        subtree: bool = True,
     ) -> None:
-        key = (entity_id, True)
+        key = (entity_id, subtree)
         tail = self._tails.get(key)
         if tail is None:
-            tail = self._tails[key] = _Tail(entity_id, base=await self._store.last_seq())
+            tail = self._tails[key] = _Tail(
+                entity_id, base=await self._store.last_seq(), subtree=subtree
+            )
         tail.users += 1
         try:
             with send:
@@ -155,7 +163,7 @@ class StreamHub:
                 # stored before the read is in it, if the page is not full.
                 highest = await self._store.last_seq()
                 page = await self._store.read_envelopes(
-                    tail.entity_id, after_seq=position, limit=_PAGE
+                    tail.entity_id, after_seq=position, limit=_PAGE, subtree=tail.subtree
                 )
                 await deliver([EntityEnvelope.from_stored(stored) for stored in page])
                 if page:
@@ -199,8 +207,11 @@ class _Tail:
     ``last`` was read. A stream behind ``base`` replays from the store, then joins the window.
     """
 
-    def __init__(self, entity_id: str, *, base: int, size: int | None = None) -> None:
+    def __init__(
+        self, entity_id: str, *, base: int, size: int | None = None, subtree: bool = True
+    ) -> None:
         self.entity_id = entity_id
+        self.subtree = subtree  # the whole subtree, or the entity's own envelopes
         self.base = base
         self.last = base
         self.window: deque[EntityEnvelope] = deque()
@@ -214,10 +225,20 @@ class _Tail:
         self.lock = trio.Lock()
 
     def after(self, position: int) -> list[EntityEnvelope]:
-        """The envelopes of the window with a seq above ``position``."""
-        if not self.window or self.window[-1].seq <= position:
+        """The envelopes of the window with a seq above ``position``: looked for from the
+        newest, since a following stream is usually a step behind (not the whole window)."""
+        window = self.window
+        if not window or window[-1].seq <= position:
             return []
-        return [envelope for envelope in self.window if envelope.seq > position]
+        if window[0].seq > position:
+            return list(window)
+        newer = []
+        for envelope in reversed(window):
+            if envelope.seq <= position:
+                break
+            newer.append(envelope)
+        newer.reverse()
+        return newer
 
     async def advance(
         self, store: EntityStore, version: int, changes: Callable[[], trio.Event]
@@ -233,7 +254,9 @@ class _Tail:
             record = await store.get_entity(self.entity_id)
             while True:
                 highest = await store.last_seq()
-                page = await store.read_envelopes(self.entity_id, after_seq=self.last, limit=_PAGE)
+                page = await store.read_envelopes(
+                    self.entity_id, after_seq=self.last, limit=_PAGE, subtree=self.subtree
+                )
                 for stored in page:
                     self.window.append(EntityEnvelope.from_stored(stored))
                 if page:

@@ -44,8 +44,14 @@ class ReadCache:
         entry = self._entries.get(key)
         if entry is not None:
             if not entry.done.is_set():
+                # Asked while it was being computed: its answer is fresh for this request,
+                # however long it took (else every waiter of a slow answer would compute it
+                # again).
                 await entry.done.wait()
-            if not entry.failed and trio.current_time() - entry.at <= self.ttl:
+                if not entry.failed:
+                    self.shared += 1
+                    return entry.value
+            elif not entry.failed and trio.current_time() - entry.at <= self.ttl:
                 self.shared += 1
                 return entry.value
         entry = _Entry(trio.current_time())
@@ -53,6 +59,7 @@ class ReadCache:
         self._prune()
         try:
             entry.value = await compute()
+            entry.at = trio.current_time()  # its age counts from when it was known
         except BaseException:
             # Nobody shares a failure (nor a cancelled computation): each asks again.
             entry.failed = True

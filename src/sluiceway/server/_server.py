@@ -839,18 +839,14 @@ class _Connection:
         try:
             with scope:
                 async with runtime.stream_batches(
-                    body.entity_id, after_seq=body.after_seq
+                    body.entity_id, after_seq=body.after_seq, subtree=body.subtree
                 ) as batches:
                     async for batch in batches:
                         # Each envelope encoded once for every subscriber of the server; the
                         # writer joins what waits into as few frames as batch_bytes allows.
                         last = batch[-1].seq
                         encoded = self.server.encoded
-                        parts = [
-                            encoded(envelope)
-                            for envelope in batch
-                            if body.subtree or envelope.entity_id == body.entity_id
-                        ]
+                        parts = [encoded(envelope) for envelope in batch]
                         if parts:
                             await self.emit_envelopes(number, parts)
                 final = await runtime.get(body.entity_id)

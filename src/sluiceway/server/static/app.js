@@ -273,12 +273,16 @@ async function select(id) {
   } catch {
     view.subtree = true;
   }
-  $("log-scope").textContent = view.subtree
-    ? "every entity of the run"
-    : `the run's own envelopes (it has more than ${SUBTREE_LIMIT} children: see the tree)`;
+  $("log-scope").textContent = scopeText();
   await subscribe();
   loadTree();
   loadDetail();
+}
+
+function scopeText() {
+  return view.subtree
+    ? "every entity of the run"
+    : `the run's own envelopes (it has more than ${SUBTREE_LIMIT} children: see the tree)`;
 }
 
 async function subscribe() {
@@ -307,6 +311,18 @@ async function loadTree() {
   if (!view.selected) return;
   try {
     view.tree = await conn.request("tree", { entity_id: view.selected, depth: 1, max_children: 30 });
+    // A run that grew past the limit while followed whole is followed by its own envelopes
+    // from now on (from the last seq received: nothing of its own is missed).
+    const children = Object.values(view.tree.children_by_status).reduce((a, b) => a + b, 0);
+    if (view.subtree && children > SUBTREE_LIMIT) {
+      view.subtree = false;
+      $("log-scope").textContent = scopeText();
+      if (view.subscription !== null) {
+        conn.request("unsubscribe", { subscription: view.subscription }).catch(() => {});
+        view.subscription = null;
+      }
+      await subscribe();
+    }
     // The runs list refreshes every few seconds: the selected run's row follows it at once.
     const row = view.runs.find((run) => run.id === view.tree.id);
     if (row && row.status !== view.tree.status) {
