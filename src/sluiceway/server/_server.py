@@ -183,8 +183,9 @@ class RuntimeServer:
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string (or None for no authentication)")
         self._origins = OriginPolicy.of(allow_origins)
-        #: The answers of ``tree`` and ``list`` shared by every connection for half a second
-        #: (many pages polling one run cost the store what one does), cleared by any write.
+        #: The answers of ``get``, ``tree`` and ``list`` shared by every connection for half a
+        #: second (many pages polling one run cost the store what one does), cleared by any
+        #: write.
         self.reads = ReadCache(ttl=READ_CACHE_SECONDS)
         #: The origins whose pages may connect besides the server's own, normalised
         #: (``"*"``: every origin).
@@ -890,7 +891,12 @@ class _Connection:
 
     async def _get(self, request: Request) -> Any:
         body: GetRequest = request.body
-        return record_to_json(await self.server.resolve(body.entity_id))
+
+        async def read() -> dict[str, Any]:
+            return record_to_json(await self.server.resolve(body.entity_id))
+
+        answer: dict[str, Any] = await self.server.reads.get(("get", body.entity_id), read)
+        return answer
 
     async def _tree(self, request: Request) -> Any:
         body: TreeRequest = request.body
@@ -899,11 +905,16 @@ class _Connection:
         if body.max_children < 0:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "max_children must be >= 0")
         runtime = self.server.runtime
-        root = await self.server.resolve(body.entity_id)
-        return await self.server.reads.get(
-            ("tree", root.id, body.depth, body.max_children),
-            partial(_tree, runtime, root, body.depth, body.max_children),
+
+        async def read() -> dict[str, Any]:
+            root = await self.server.resolve(body.entity_id)
+            return await _tree(runtime, root, body.depth, body.max_children)
+
+        # Keyed by the reference as given: a shared answer costs no lookup of the entity.
+        answer: dict[str, Any] = await self.server.reads.get(
+            ("tree", body.entity_id, body.depth, body.max_children), read
         )
+        return answer
 
     async def _call(self, request: Request) -> Any:
         body: CallRequest = request.body
@@ -941,7 +952,7 @@ class _Connection:
 
 #: Operations that write: each clears the shared answers of the read operations.
 _WRITES = frozenset({"create", "start", "send_message", "cancel", "call", "retry"})
-#: How long the answers of ``tree`` and ``list`` are shared.
+#: How long the answers of ``get``, ``tree`` and ``list`` are shared.
 READ_CACHE_SECONDS = 0.5
 
 #: How long a closing connection may take to send its last frames and its close frame.
