@@ -118,7 +118,9 @@ from .harness import (
     Scenario,
     Summary,
     Target,
+    child_env,
     ratio,
+    run_worker,
 )
 from .memory import MemoryProbe, current_rss_bytes
 
@@ -1214,35 +1216,8 @@ def worker_main(argv: list[str]) -> int:
 # -- the driver --------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 def _spawn(args: Sequence[str], timeout: float, what: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.drip", *args]
-    try:
-        done = subprocess.run(
-            command,
-            cwd=ROOT,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"{what} timed out after {exc.timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise BenchmarkError(
-            f"{what} failed with exit status {done.returncode}:\n{done.stderr.strip()[-2000:]}"
-        )
-    try:
-        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError) as exc:
-        raise BenchmarkError(f"{what} printed no report: {done.stdout!r}") from exc
-    return report
+    return run_worker("benchmarks.drip", args, timeout=timeout, what=what)
 
 
 class NotificationProcess:
@@ -1252,7 +1227,7 @@ class NotificationProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sluiceway.apps.notification", "--db", db_path],
             cwd=ROOT,
-            env=_env(),
+            env=child_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

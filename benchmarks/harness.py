@@ -11,6 +11,7 @@ import abc
 import asyncio
 import datetime
 import gc
+import json
 import os
 import platform
 import statistics
@@ -346,3 +347,46 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": load,
         "git": _git_commit(),
     }
+
+
+#: The repository's root: worker processes run there, with it on their ``PYTHONPATH``.
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a worker process: this one's, with the repository importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_worker(module: str, args: Sequence[str], *, timeout: float, what: str) -> dict[str, Any]:
+    """Run ``python -m <module> <args>`` in a fresh process and return the JSON object of the
+    last line it printed (its report).
+
+    Raises:
+        BenchmarkError: it timed out, exited with another status than 0, or printed no
+            report (naming ``what``, with the end of its stderr).
+    """
+    command = [sys.executable, "-m", module, *args]
+    try:
+        done = subprocess.run(
+            command,
+            cwd=REPOSITORY,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchmarkError(f"{what} timed out after {exc.timeout:.0f} s") from exc
+    if done.returncode != 0:
+        raise BenchmarkError(
+            f"{what} failed with exit status {done.returncode}:\n{done.stderr.strip()[-2000:]}"
+        )
+    try:
+        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise BenchmarkError(f"{what} printed no report: {done.stdout!r}") from exc
+    return report

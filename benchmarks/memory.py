@@ -22,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -50,6 +48,7 @@ from .harness import (
     Tracker,
     run_asyncio,
     run_trio,
+    run_worker,
     task_failed,
 )
 
@@ -227,31 +226,13 @@ def child_main(argv: list[str]) -> int:
 
 
 def _spawn(side: str, params: Params) -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     n, limit = params["n"], params["concurrency"]
-    command = [sys.executable, "-m", "benchmarks.memory", side, str(n), str(limit)]
-    try:
-        done = subprocess.run(
-            command,
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120 + n * 0.001,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"{side} child timed out after {exc.timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise BenchmarkError(
-            f"{side} child failed with exit status {done.returncode}:\n{done.stderr.strip()}"
-        )
-    try:
-        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError) as exc:
-        raise BenchmarkError(f"{side} child printed no report: {done.stdout!r}") from exc
+    report = run_worker(
+        "benchmarks.memory",
+        [side, str(n), str(limit)],
+        timeout=120 + n * 0.001,
+        what=f"{side} child",
+    )
     if report.get("results") != n:
         raise BenchmarkError(f"{side} child reported {report.get('results')} results, not {n}")
     return report

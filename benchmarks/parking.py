@@ -58,9 +58,7 @@ import gc
 import itertools
 import json
 import math
-import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +83,7 @@ from .harness import (
     Summary,
     Target,
     ratio,
+    run_worker,
 )
 from .memory import MemoryProbe, current_rss_bytes
 
@@ -557,39 +556,12 @@ def worker_main(argv: list[str]) -> int:
 
 def _spawn(side: str, path: str, params: Params) -> dict[str, Any]:
     n = params["n"]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    command = [
-        sys.executable,
-        "-m",
+    return run_worker(
         "benchmarks.parking",
-        side,
-        path,
-        str(n),
-        str(params["submitters"]),
-    ]
-    try:
-        done = subprocess.run(
-            command,
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3 * _deadline(n),
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"{side} worker timed out after {exc.timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise BenchmarkError(
-            f"{side} worker failed with exit status {done.returncode}:\n"
-            f"{done.stderr.strip()[-2000:]}"
-        )
-    try:
-        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError) as exc:
-        raise BenchmarkError(f"{side} worker printed no report: {done.stdout!r}") from exc
-    return report
+        [side, path, str(n), str(params["submitters"])],
+        timeout=3 * _deadline(n),
+        what=f"{side} worker",
+    )
 
 
 class ParkedWaits(Scenario):

@@ -149,7 +149,9 @@ from .harness import (
     Scenario,
     Summary,
     Target,
+    child_env,
     ratio,
+    run_worker,
 )
 
 T = TypeVar("T")
@@ -792,12 +794,6 @@ def worker_main(argv: list[str]) -> int:
 # -- the driver: the image service, the checks --------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 class ImageProcess:
     """``python -m sluiceway.apps.imagegen`` on fresh files, in a process of its own."""
 
@@ -815,7 +811,7 @@ class ImageProcess:
                 repr(latency),
             ],
             cwd=ROOT,
-            env=_env(),
+            env=child_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -860,28 +856,7 @@ class ImageProcess:
 
 
 def _spawn(args: Sequence[str], timeout: float, what: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.stories", *args]
-    try:
-        done = subprocess.run(
-            command,
-            cwd=ROOT,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"{what} timed out after {exc.timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise BenchmarkError(
-            f"{what} failed with exit status {done.returncode}:\n{done.stderr.strip()[-2000:]}"
-        )
-    try:
-        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError) as exc:
-        raise BenchmarkError(f"{what} printed no report: {done.stdout!r}") from exc
-    return report
+    return run_worker("benchmarks.stories", args, timeout=timeout, what=what)
 
 
 def _read_only(path: str) -> sqlite3.Connection:
