@@ -10,6 +10,7 @@ service tables' request totals live in a ``counters`` table (:data:`COUNTERS_SCH
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import sqlite3
@@ -43,7 +44,7 @@ INSERT OR IGNORE INTO counters (name, value)
 """
 
 
-class SqliteFile:
+class SqliteFile(abc.ABC):
     """One SQLite file: :meth:`open` connects (creating the file if needed, then
     :meth:`_prepare` brings it to the subclass's schema), :meth:`_run` runs a function on the
     connection in one transaction, :meth:`close` closes it.
@@ -85,11 +86,11 @@ class SqliteFile:
             raise
         return conn
 
+    @abc.abstractmethod
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Bring a new connection's file to the schema this code writes (create its tables,
         migrate an older file, refuse a newer one), in transactions of its own. Called on the
         thread that connects."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         """Close the connection (safe to call twice; completes even when cancelled)."""
