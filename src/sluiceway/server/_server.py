@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
@@ -14,9 +13,6 @@ import attrs
 import cattrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection, Event, RejectConnection
 
 from .. import __version__
 from .._errors import (
@@ -36,6 +32,15 @@ from ..store import EntityRecord, EntityStatus
 from ._app import Application, EndpointContext, EndpointError
 from ._cache import ReadCache
 from ._front import ReplayStream, read_head, serve_page
+from ._handshake import (
+    FORBIDDEN_ORIGIN,
+    SHUTTING_DOWN,
+    UNAUTHORIZED,
+    authorized,
+    peer_of,
+    subprotocol_of,
+    wrap_server_stream,
+)
 from ._ops import capacity, list_runs, retry
 from ._origin import OriginPolicy
 from ._protocol import (
@@ -338,7 +343,7 @@ class RuntimeServer:
         """One TCP connection: the WebSocket handshake, then the client. The TCP stream is
         closed however it ends: after a refused handshake too, and at once when a closing
         client does not read its last frames in time."""
-        peer = _peer(stream)
+        peer = peer_of(stream)
         try:
             async with open_owned_nursery() as nursery:
                 request: WebSocketRequest | None = None
@@ -348,7 +353,7 @@ class RuntimeServer:
                         # Not a WebSocket: a file of the page (or an HTTP error), then close.
                         await serve_page(stream, head, peer)
                         return
-                    request = await _wrap_server_stream(
+                    request = await wrap_server_stream(
                         nursery,
                         ReplayStream(stream, head.received),
                         peer,
@@ -386,27 +391,27 @@ class RuntimeServer:
             await request.reject(
                 403,
                 extra_headers=[(b"content-type", b"application/json")],
-                body=_FORBIDDEN_ORIGIN,
+                body=FORBIDDEN_ORIGIN,
             )
             return
         if not self._accepting:
             await request.reject(
                 503,
                 extra_headers=[(b"content-type", b"application/json")],
-                body=_SHUTTING_DOWN,
+                body=SHUTTING_DOWN,
             )
             return
-        if self.token is not None and not _authorized(request, self.token):
+        if self.token is not None and not authorized(request, self.token):
             await request.reject(
                 401,
                 extra_headers=[
                     (b"content-type", b"application/json"),
                     (b"www-authenticate", b'Bearer realm="sluiceway"'),
                 ],
-                body=_UNAUTHORIZED,
+                body=UNAUTHORIZED,
             )
             return
-        socket = await request.accept(subprotocol=_subprotocol(request))
+        socket = await request.accept(subprotocol=subprotocol_of(request))
         connection = _Connection(self, socket)
         if not self._connections:
             self._no_connections = trio.Event()
@@ -419,137 +424,6 @@ class RuntimeServer:
             self._connections.discard(connection)
             if not self._connections:
                 self._no_connections.set()
-
-
-class _ServerWebSocket(WebSocketConnection):
-    """trio-websocket's server connection, answering protocol violations with a close frame.
-
-    wsproto reports a client frame that breaks RFC 6455 (text that is not UTF-8, a reserved
-    opcode or reserved bit, an unmasked frame, a fragmented control frame, a close frame with
-    an invalid code...) as a ``CloseConnection`` event carrying the close code the RFC asks for
-    (1007 for bad UTF-8, 1002 otherwise), while the connection is still open. trio-websocket
-    (0.12) handles that event as if the client had closed: it closes the TCP connection without
-    sending a close frame, and logs nothing. Here the close frame wsproto chose is sent first
-    (when the connection is open; after the server's own close frame there is nothing more to
-    send), and the violation is logged as a warning. A genuine close frame from the client puts
-    wsproto in ``REMOTE_CLOSING`` (or ``CLOSED``) before its event, so it never comes here.
-
-    An upgrade request wsproto cannot accept (not HTTP, no key, another WebSocket version)
-    raises its ``RemoteProtocolError`` in the handshake; trio-websocket then sends the HTTP
-    refusal wsproto suggests (400, or 426 for the version) and closes the connection, but no
-    request ever comes out of it. ``refused_status`` records that refusal (a rejection sent
-    before the server took the request), so that :func:`_wrap_server_stream` can log it and
-    stop waiting.
-    """
-
-    peer = "?"
-    #: The HTTP status of the refusal wsproto sent for an invalid upgrade request.
-    refused_status: int | None = None
-
-    async def _send(self, event: Event) -> None:
-        if isinstance(event, RejectConnection) and self._connection_proposal is not None:
-            self.refused_status = event.status_code
-        await super()._send(event)
-
-    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
-        state = self._wsproto.state
-        if state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
-            log.warning(
-                "closing the connection of %s with %d: it broke the WebSocket protocol (%s)",
-                self.peer,
-                event.code,
-                event.reason,
-            )
-            if state is ConnectionState.OPEN:
-                with contextlib.suppress(ConnectionClosed):  # the client is gone already
-                    await self._send(CloseConnection(code=event.code, reason=event.reason))
-        await super()._handle_close_connection_event(event)
-
-
-async def _wrap_server_stream(
-    nursery: trio.Nursery, stream: trio.abc.Stream, peer: str, *, max_message_size: int
-) -> WebSocketRequest | None:
-    """``trio_websocket.wrap_server_stream`` with a :class:`_ServerWebSocket`; ``None`` when
-    the client's reader ends without a request (a refused handshake, logged, or a client that
-    left) instead of waiting for a request that cannot come."""
-    connection = _ServerWebSocket(
-        stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_size
-    )
-    connection.peer = peer
-    settled = trio.Event()
-    requests: list[WebSocketRequest] = []
-
-    async def read() -> None:
-        try:
-            await connection._reader_task()
-        finally:
-            settled.set()
-
-    async def take() -> None:
-        requests.append(await connection._get_request())
-        settled.set()
-
-    nursery.start_soon(read, name=f"websocket reader {peer}")
-    async with open_owned_nursery() as waiting:
-        waiting.start_soon(take, name=f"websocket handshake {peer}")
-        await settled.wait()
-        waiting.cancel_scope.cancel()
-    if requests:
-        return requests[0]
-    if connection.refused_status is not None:
-        log.warning(
-            "refused the WebSocket handshake of %s with HTTP %d: not a valid upgrade request",
-            peer,
-            connection.refused_status,
-        )
-    return None
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    """The client's ``host:port`` (``[host]:port`` for IPv6), for the log."""
-    try:
-        address = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
-
-
-_SHUTTING_DOWN = b'{"error":{"code":"shutting_down","message":"the server is shutting down"}}'
-_UNAUTHORIZED = b'{"error":{"code":"unauthorized","message":"a valid bearer token is required"}}'
-_FORBIDDEN_ORIGIN = (
-    b'{"error":{"code":"forbidden_origin","message":"pages of this origin may not connect '
-    b'to this server (see its allow_origins, --allow-origin)"}}'
-)
-
-
-def _authorized(request: WebSocketRequest, token: str) -> bool:
-    """Whether the request carries the token: in its ``Authorization`` header (``Bearer
-    <token>``), or, from a browser (which cannot set that header on a WebSocket), as the
-    subprotocol ``bearer.<token>`` next to :data:`SUBPROTOCOL`."""
-    expected = f"Bearer {token}".encode()
-    for name, value in request.headers:
-        if name.lower() == b"authorization":
-            return hmac.compare_digest(value.strip(), expected)
-    wanted = f"{_BEARER_PREFIX}{token}".encode()
-    return any(
-        hmac.compare_digest(offered.encode("utf-8", "replace"), wanted)
-        for offered in request.proposed_subprotocols
-        if offered.startswith(_BEARER_PREFIX)
-    )
-
-
-def _subprotocol(request: WebSocketRequest) -> str | None:
-    """The subprotocol to accept: :data:`SUBPROTOCOL` if the client offered it (a browser
-    that offers subprotocols needs one of them back), else none."""
-    return SUBPROTOCOL if SUBPROTOCOL in request.proposed_subprotocols else None
-
-
-#: The subprotocol a browser offers (with its token as ``bearer.<token>``), echoed back.
-SUBPROTOCOL = "sluiceway.v1"
-_BEARER_PREFIX = "bearer."
 
 
 class _Connection:
