@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
@@ -390,3 +391,42 @@ def run_worker(module: str, args: Sequence[str], *, timeout: float, what: str) -
     except (IndexError, ValueError) as exc:
         raise BenchmarkError(f"{what} printed no report: {done.stdout!r}") from exc
     return report
+
+
+def read_json_line(
+    process: subprocess.Popen[bytes],
+    buffer: bytearray,
+    timeout: float,
+    what: str,
+    errors: Callable[[], str],
+) -> dict[str, Any]:
+    """The next line ``process`` prints on its standard output, as a JSON object, within
+    ``timeout`` seconds; ``buffer`` holds what was read past the last line (kept between
+    calls).
+
+    Raises:
+        BenchmarkError: nothing came in time, the process exited (with ``errors()``, the end
+            of its standard error), or the line is not JSON (naming ``what``).
+    """
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buffer:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchmarkError(f"{what} said nothing for {timeout:.0f} s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                process.wait()
+                raise BenchmarkError(f"{what} exited with status {process.returncode}:\n{errors()}")
+            buffer += chunk
+    end = buffer.index(b"\n")
+    line = bytes(buffer[:end])
+    del buffer[: end + 1]
+    try:
+        out: dict[str, Any] = json.loads(line)
+    except ValueError as exc:
+        raise BenchmarkError(f"{what} printed {line[:200]!r}") from exc
+    return out

@@ -88,7 +88,6 @@ import functools
 import json
 import os
 import resource
-import select
 import sqlite3
 import statistics
 import subprocess
@@ -128,7 +127,9 @@ from .harness import (
     Summary,
     Target,
     Tracker,
+    child_env,
     ratio,
+    read_json_line,
     task_failed,
 )
 
@@ -837,14 +838,12 @@ class _Process:
     output read line by line with a timeout, its standard error in a temporary file."""
 
     def __init__(self, what: str, args: Sequence[str]) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.what = what
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.pages", *args],
             cwd=ROOT,
-            env=env,
+            env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -862,31 +861,7 @@ class _Process:
         self.proc.stdin.flush()
 
     def read_line(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchmarkError(f"{self.what} said nothing for {timeout:.0f} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    self.proc.wait()
-                    raise BenchmarkError(
-                        f"{self.what} exited with status {self.proc.returncode}:\n"
-                        f"{self.error_text()}"
-                    )
-                self._buffer += chunk
-        end = self._buffer.index(b"\n")
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 1]
-        try:
-            out: dict[str, Any] = json.loads(line)
-        except ValueError as exc:
-            raise BenchmarkError(f"{self.what} printed {line[:200]!r}") from exc
-        return out
+        return read_json_line(self.proc, self._buffer, timeout, self.what, self.error_text)
 
     def finish(self, timeout: float) -> None:
         try:

@@ -63,7 +63,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -92,7 +91,9 @@ from .harness import (
     Scenario,
     Summary,
     Target,
+    child_env,
     ratio,
+    read_json_line,
 )
 from .scaleout_worker import (
     CHANNEL,
@@ -141,21 +142,19 @@ class Worker:
     by line with a timeout, its standard error in a temporary file."""
 
     def __init__(self, side: str, dsn: str, options: dict[str, Any]) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.side = side
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.scaleout_worker", side, dsn, json.dumps(options)],
             cwd=ROOT,
-            env=env,
+            env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             bufsize=0,
         )
         self.pid = self.proc.pid
-        self._buffer = b""
+        self._buffer = bytearray()
         self.owner = ""
 
     def where(self) -> str:
@@ -166,29 +165,7 @@ class Worker:
         return self.stderr.read().decode(errors="replace").strip()[-2000:]
 
     def read_line(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchmarkError(f"{self.where()} said nothing for {timeout:.0f} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    self.proc.wait()
-                    raise BenchmarkError(
-                        f"{self.where()} exited with status {self.proc.returncode}:\n"
-                        f"{self.error_text()}"
-                    )
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        try:
-            out: dict[str, Any] = json.loads(line)
-        except ValueError as exc:
-            raise BenchmarkError(f"{self.where()} printed {line!r}") from exc
-        return out
+        return read_json_line(self.proc, self._buffer, timeout, self.where(), self.error_text)
 
     def ready(self, timeout: float = 60.0) -> None:
         line = self.read_line(timeout)
