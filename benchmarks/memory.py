@@ -1,62 +1,49 @@
 """Scenario D: 1,000,000 no-op tasks pulled lazily from an async generator, concurrency 100.
 
-Measures how much the process's resident memory grows at its peak while the tasks run, and the
-time. Every repetition of each side runs in a fresh interpreter (``python -m benchmarks.memory
-SIDE N C``), which prints one JSON line.
+Measures the CPU time per task, paired with the asyncio worker pool as in A (``fanout.py``'s
+:class:`~benchmarks.fanout.PerTaskFanout`), and how much the process's resident memory grows at
+its peak while the tasks run. Every run of every side is a fresh interpreter (``python -m
+benchmarks.pertask VARIANT agen N C``), which prints one JSON line.
 
-Peak measurement (Linux): just before the run the child resets its peak-RSS counter (writing
-``5`` to ``/proc/self/clear_refs``) and reads its current RSS (``VmRSS``); after the run it
-reads the peak (``VmHWM``). ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is *not* used there:
-a child started with ``vfork``/``posix_spawn`` inherits the parent's high-water mark, so it
-reports the driver's peak, not the child's. Elsewhere ``ru_maxrss`` is the fallback (recorded as
-the ``method``).
+Peak measurement (Linux), :class:`MemoryProbe`: just before the run the child resets its peak-RSS
+counter (writing ``5`` to ``/proc/self/clear_refs``) and reads its current RSS (``VmRSS``); after
+the run it reads the peak (``VmHWM``). ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is *not*
+used there: a child started with ``vfork``/``posix_spawn`` inherits the parent's high-water mark,
+so it reports the driver's peak, not the child's. Elsewhere ``ru_maxrss`` is the fallback
+(recorded as the ``method``).
 
 sluiceway side: a runner over the async generator (adapted to a lazy ``SourceFromIterable``) and a
-``CapacitySource(100)``. asyncio side: 100 worker tasks that take the next task from the same kind
-of async generator under an ``asyncio.Lock``, run it, and put the outcome on a bounded
-``asyncio.Queue(1024)`` (the size of sluiceway's default envelope buffer) read by a consumer task.
+``CapacitySource(100)``, consumed per envelope and in batches. asyncio side: the worker pool, 100
+worker tasks that take the next task from the same kind of async generator under an
+``asyncio.Lock``, run it, and put the outcome on a bounded ``asyncio.Queue(1024)`` (the size of
+sluiceway's default envelope buffer) read by a consumer task.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
 import resource
 import sys
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sluiceway import CapacitySource
-from sluiceway.runners import DEFAULT_BUFFER_SIZE, HierarchicalTaskPoolRunner
-
-from .fanout import Outcome, capacity_probe, drain_runner, noop_body
-from .harness import (
-    ASYNCIO,
-    SLUICEWAY,
-    BenchmarkError,
-    Metric,
-    Params,
-    Results,
-    Sample,
-    Scenario,
-    Summary,
-    Target,
-    Tracker,
-    run_asyncio,
-    run_trio,
-    run_worker,
-    task_failed,
+from .fanout import (
+    BATCHES,
+    DIRECT,
+    ENVELOPES,
+    POOL,
+    RESULTS_QUEUE_SIZE,
+    STREAM,
+    PerTaskFanout,
+    noop_body,
 )
+from .harness import ASYNCIO, SLUICEWAY, Metric, Params, Sample, Summary, Target, Tracker
 
 #: The issue's target: peak growth under 50 MB (decimal megabytes).
 LIMIT_MB = 50.0
 MB = 1_000_000
-#: The asyncio queue bound: the size of a sluiceway runner's envelope buffer by default.
-QUEUE_SIZE = DEFAULT_BUFFER_SIZE  # same bound as the runner's envelope buffer
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -119,7 +106,7 @@ class MemoryProbe:
         }
 
 
-# -- the two sides (run in the child) ----------------------------------------------------------
+# -- the lazy source, the same on every side -----------------------------------------------------
 
 
 async def task_stream(
@@ -130,127 +117,21 @@ async def task_stream(
         yield partial(noop_body, tracker, i)
 
 
-def child_sluiceway(n: int, limit: int) -> dict[str, Any]:
-    probe = MemoryProbe()
-    results = Results(n)
-    checks: dict[str, Any] = {}
-
-    async def main() -> float:
-        capacity = CapacitySource(limit)
-        tracker = Tracker("sluiceway", limit, capacity_probe(capacity))
-        runner: HierarchicalTaskPoolRunner[Any, int] = HierarchicalTaskPoolRunner(
-            "lazy", task_stream(tracker, n), capacity
-        )
-        probe.start()
-        start = time.perf_counter()
-        await drain_runner(runner, results)
-        elapsed = time.perf_counter() - start
-        checks.update(probe.report(), **results.verify(), **tracker.verify(n))
-        if capacity.borrowed_tokens != 0:
-            raise BenchmarkError(f"{capacity.borrowed_tokens} units still held after the run")
-        return elapsed
-
-    elapsed, wall = run_trio(main)
-    return {"seconds": elapsed, "wall_seconds": wall, **checks}
-
-
-def child_asyncio(n: int, limit: int) -> dict[str, Any]:
-    probe = MemoryProbe()
-    results = Results(n)
-    checks: dict[str, Any] = {}
-    busy = [0]  # workers holding a task: the pool's "units held"
-
-    async def main() -> float:
-        tracker = Tracker("asyncio", limit, lambda: busy[0])
-        stream = task_stream(tracker, n)
-        lock = asyncio.Lock()
-        queue: asyncio.Queue[Outcome | None] = asyncio.Queue(QUEUE_SIZE)
-
-        async def worker() -> None:
-            while True:
-                async with lock:
-                    try:
-                        body = await anext(stream)
-                    except StopAsyncIteration:
-                        return
-                busy[0] += 1
-                outcome: Outcome
-                try:
-                    outcome = (True, await body())
-                except Exception as exc:
-                    outcome = (False, exc)
-                busy[0] -= 1
-                await queue.put(outcome)
-
-        async def pool() -> None:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(limit):
-                    group.create_task(worker())
-            await queue.put(None)
-
-        async def consume() -> None:
-            while (item := await queue.get()) is not None:
-                ok, value = item
-                if not ok:
-                    raise task_failed("asyncio baseline", value)
-                results.add(value)
-
-        probe.start()
-        start = time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(consume())
-            group.create_task(pool())
-        await stream.aclose()
-        elapsed = time.perf_counter() - start
-        checks.update(probe.report(), **results.verify(), **tracker.verify(n))
-        return elapsed
-
-    elapsed, wall = run_asyncio(main)
-    return {"seconds": elapsed, "wall_seconds": wall, **checks}
-
-
-def child_main(argv: list[str]) -> int:
-    """``python -m benchmarks.memory SIDE N CONCURRENCY``: one run, one JSON line on stdout."""
-    side, n, limit = argv[0], int(argv[1]), int(argv[2])
-    run = {SLUICEWAY: child_sluiceway, ASYNCIO: child_asyncio}[side]
-    try:
-        report = run(n, limit)
-    except BaseException as exc:  # report it to the parent, which fails the suite loudly
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        raise
-    print(json.dumps(report))
-    return 0
-
-
-# -- the scenario (run in the driver) ----------------------------------------------------------
-
-
-def _spawn(side: str, params: Params) -> dict[str, Any]:
-    n, limit = params["n"], params["concurrency"]
-    report = run_worker(
-        "benchmarks.memory",
-        [side, str(n), str(limit)],
-        timeout=120 + n * 0.001,
-        what=f"{side} child",
-    )
-    if report.get("results") != n:
-        raise BenchmarkError(f"{side} child reported {report.get('results')} results, not {n}")
-    return report
-
-
-class LazyMemory(Scenario):
+class LazyMemory(PerTaskFanout):
     key = "D"
     title = "lazy async-generator source, memory"
+    source = STREAM
+    asyncio_variants = (POOL, DIRECT)
     baseline = (
-        "asyncio pool: 100 workers pull from the same async generator under an asyncio.Lock, "
-        f"results via a bounded Queue({QUEUE_SIZE}) to a consumer"
+        "asyncio worker pool: a producer puts the bodies of the same async generator on an "
+        "asyncio.Queue(100), 100 workers take them, results via a bounded "
+        f"Queue({RESULTS_QUEUE_SIZE}) to a consumer; row `| direct pool`: the 100 workers take "
+        "the next body from the generator themselves, under an asyncio.Lock"
     )
     metrics = (
-        Metric("growth_mb", "peak RSS growth", "MB", 1),
-        Metric("seconds", "time", "s"),
-        Metric("us_per_task", "per task", "us", 2),
+        Metric("growth_mb", "peak RSS growth, largest of the side's runs", "MB", 1),
+        *PerTaskFanout.per_task_metrics,
     )
-    warm_up = False  # every run is a fresh interpreter anyway
 
     def params(self, quick: bool) -> dict[str, Any]:
         return {"n": 20_000 if quick else 1_000_000, "concurrency": 100}
@@ -261,30 +142,25 @@ class LazyMemory(Scenario):
     def describe(self, params: Params) -> str:
         return (
             f"{params['n']:,} no-op tasks from an async generator, concurrency "
-            f"{params['concurrency']}, each run in a fresh subprocess"
+            f"{params['concurrency']}, CPU time of the fan-out, every run in a fresh process"
         )
 
     def run(self, side: str, params: Params) -> Sample:
-        report = _spawn(side, params)
-        seconds = float(report.pop("seconds"))
-        growth = float(report["growth_mb"])
-        metrics = {
-            "growth_mb": growth,
-            "seconds": seconds,
-            "us_per_task": seconds / params["n"] * 1e6,
-        }
-        return Sample(metrics, report)
+        sample = super().run(side, params)
+        runs = sample.info["runs"]
+        mine = (ENVELOPES, BATCHES) if side == SLUICEWAY else (POOL, DIRECT)
+        sample.metrics["growth_mb"] = max(
+            float(runs[variant]["growth_mb"]) for variant in mine if variant in runs
+        )
+        return sample
 
     def target(self, summary: Summary, params: Params) -> Target:
         worst = summary["growth_mb"][SLUICEWAY].high
         median = summary["growth_mb"][SLUICEWAY].median
         theirs = summary["growth_mb"][ASYNCIO].median
+        goal, measured, met = self.cpu_verdict(summary)
         return Target(
-            f"sluiceway peak growth < {LIMIT_MB:g} MB in every run",
-            f"max {worst:.1f} MB, median {median:.1f} MB (asyncio median {theirs:.1f} MB)",
-            worst < LIMIT_MB,
+            f"sluiceway peak growth < {LIMIT_MB:g} MB in every run; {goal}",
+            f"max {worst:.1f} MB, median {median:.1f} MB (asyncio {theirs:.1f} MB); {measured}",
+            worst < LIMIT_MB and met,
         )
-
-
-if __name__ == "__main__":
-    raise SystemExit(child_main(sys.argv[1:]))

@@ -1,0 +1,151 @@
+"""The fresh process of one run of scenario A or D: ``python -m benchmarks.pertask VARIANT SOURCE
+N CONCURRENCY`` runs N no-op tasks once and prints one JSON line (its report).
+
+VARIANT is one of ``envelopes`` (a sluiceway runner, the consumer iterating over its envelopes
+one at a time), ``batches`` (the same, consuming ``envelopes.batches()``), ``pool`` (the asyncio
+worker pool fed by a producer task through a ``Queue(C)``: the mark), ``direct`` (the pool's
+workers taking the bodies from the source themselves: a queue filled before the timer, or the
+generator under a lock) and ``spawn`` (asyncio TaskGroup + Semaphore, list source only); SOURCE
+is ``list`` (the task callables built before the timer) or ``agen`` (an async generator yielding
+them one at a time, advanced lazily on every side).
+
+Measured inside the event loop around the fan-out, from just before it starts until the consumer
+has received the last result: ``cpu_seconds`` (``time.process_time()``) and ``seconds``
+(``time.perf_counter()``); ``wall_seconds`` is the whole ``trio.run``/``asyncio.run``. The
+peak growth of resident memory during the run is reported too (``memory.MemoryProbe``). Every
+run is verified as in every scenario: each result delivered once (``Results``), the bodies in
+flight within the limit and each holding a unit of its limiter (``Tracker``), sluiceway's
+capacity all returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from sluiceway import CapacitySource
+from sluiceway.runners import HierarchicalTaskPoolRunner
+
+from .fanout import (
+    BATCHES,
+    DIRECT,
+    ENVELOPES,
+    LIST,
+    POOL,
+    SPAWN,
+    STREAM,
+    VARIANTS,
+    Body,
+    asyncio_direct_pool_fanout,
+    asyncio_direct_stream_pool_fanout,
+    asyncio_pool_fanout,
+    asyncio_semaphore_fanout,
+    capacity_probe,
+    drain_runner,
+    drain_runner_batches,
+    noop_body,
+    semaphore_probe,
+)
+from .harness import BenchmarkError, Results, Tracker, run_asyncio, run_trio
+from .memory import MemoryProbe, task_stream
+
+
+def run_sluiceway(variant: str, source: str, n: int, limit: int) -> dict[str, Any]:
+    probe = MemoryProbe()
+    out: dict[str, Any] = {}
+    drain = drain_runner_batches if variant == BATCHES else drain_runner
+
+    async def main() -> float:
+        capacity = CapacitySource(limit)
+        tracker = Tracker("sluiceway", limit, capacity_probe(capacity))
+        results = Results(n)
+        tasks: Any = (
+            [partial(noop_body, tracker, i) for i in range(n)]
+            if source == LIST
+            else task_stream(tracker, n)
+        )
+        runner: HierarchicalTaskPoolRunner[Any, int] = HierarchicalTaskPoolRunner(
+            "bench", tasks, capacity
+        )
+        probe.start()
+        cpu, start = time.process_time(), time.perf_counter()
+        await drain(runner, results)
+        elapsed = time.perf_counter() - start
+        out["cpu_seconds"] = time.process_time() - cpu
+        out.update(probe.report(), **results.verify(), **tracker.verify(n))
+        if capacity.borrowed_tokens != 0:
+            raise BenchmarkError(f"{capacity.borrowed_tokens} units still held after the run")
+        return elapsed
+
+    elapsed, wall = run_trio(main)
+    return {"seconds": elapsed, "wall_seconds": wall, **out}
+
+
+def run_asyncio_side(variant: str, source: str, n: int, limit: int) -> dict[str, Any]:
+    probe = MemoryProbe()
+    out: dict[str, Any] = {}
+    if variant == SPAWN and source != LIST:
+        raise BenchmarkError("TaskGroup + Semaphore runs over a list source only")
+
+    async def main() -> float:
+        results = Results(n)
+        busy = [0]  # the pool's workers running a body: its "units held"
+        run: Callable[[], Any]
+        if variant in (POOL, DIRECT):
+            tracker = Tracker(f"asyncio {variant} pool", limit, lambda: busy[0])
+            if source == STREAM:
+                stream = task_stream(tracker, n)
+                fanout = (
+                    asyncio_pool_fanout if variant == POOL else asyncio_direct_stream_pool_fanout
+                )
+                run = partial(fanout, stream, limit, results, busy)
+            elif variant == POOL:
+                bodies = [partial(noop_body, tracker, i) for i in range(n)]
+                run = partial(asyncio_pool_fanout, bodies, limit, results, busy)
+            else:
+                queue: asyncio.Queue[Body] = asyncio.Queue()
+                for i in range(n):
+                    queue.put_nowait(partial(noop_body, tracker, i))
+                run = partial(asyncio_direct_pool_fanout, queue, limit, results, busy)
+        else:
+            semaphore = asyncio.Semaphore(limit)
+            tracker = Tracker("asyncio", limit, semaphore_probe(semaphore, limit))
+            bodies = [partial(noop_body, tracker, i) for i in range(n)]
+            run = partial(asyncio_semaphore_fanout, bodies, [semaphore], results)
+        probe.start()
+        cpu, start = time.process_time(), time.perf_counter()
+        await run()
+        elapsed = time.perf_counter() - start
+        out["cpu_seconds"] = time.process_time() - cpu
+        if source == STREAM:
+            await stream.aclose()
+        out.update(probe.report(), **results.verify(), **tracker.verify(n))
+        return elapsed
+
+    elapsed, wall = run_asyncio(main)
+    return {"seconds": elapsed, "wall_seconds": wall, **out}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m benchmarks.pertask VARIANT SOURCE N CONCURRENCY``: one run, one JSON line."""
+    variant, source, n, limit = argv[0], argv[1], int(argv[2]), int(argv[3])
+    if variant not in VARIANTS or source not in (LIST, STREAM):
+        print(f"unknown variant {variant!r} or source {source!r}", file=sys.stderr)
+        return 2
+    run = run_sluiceway if variant in (ENVELOPES, BATCHES) else run_asyncio_side
+    try:
+        report = run(variant, source, n, limit)
+    except BaseException as exc:  # reported to the driver, which fails the suite loudly
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        raise
+    print(json.dumps({"variant": variant, "source": source, **report}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
