@@ -13,7 +13,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from sluiceway.client import connect
-from sluiceway.server import CLOSE_SLOW_CONSUMER, ServerLimits, _server
+from sluiceway.server import CLOSE_SLOW_CONSUMER, ServerLimits, _connection
 from tests.entities import workflows
 from tests.server.conftest import (
     TIMEOUT,
@@ -138,7 +138,7 @@ async def test_a_client_that_reads_nothing_more_is_cut(
 ) -> None:
     """A slow consumer that does not even read its close frame has its connection cut once
     the closing time is up: the server keeps nothing of it."""
-    monkeypatch.setattr(_server, "_CLOSE_SECONDS", 0.2)
+    monkeypatch.setattr(_connection, "CLOSE_SECONDS", 0.2)
     with trio.fail_after(TIMEOUT):
         async with serving(db, limits=LIMITS) as served:
             chatter = await served.runtime.create(

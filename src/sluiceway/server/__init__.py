@@ -10,8 +10,9 @@ from ._protocol import (
     PROTOCOL_VERSION,
     ErrorCode,
     ProtocolError,
+    record_to_json,
 )
-from ._server import RuntimeServer, ServerAddress, ServerLimits, record_to_json
+from ._server import RuntimeServer, ServerAddress, ServerLimits
 
 __all__ = [
     "CLOSE_GOING_AWAY",

@@ -28,6 +28,7 @@ import attrs
 import cattrs
 
 from .._errors import SluicewayError
+from ..store import EntityRecord
 
 #: The protocol version this server and client speak.
 PROTOCOL_VERSION = 1
@@ -359,3 +360,14 @@ def dumps(frame: Mapping[str, Any]) -> str:
         except UnicodeEncodeError:
             return json.dumps(frame, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return text
+
+
+#: Converts records (and anything attrs) to JSON-safe values for results.
+_out = cattrs.Converter()
+
+
+def record_to_json(record: EntityRecord) -> dict[str, Any]:
+    """An entity record as a JSON object (the status as its name)."""
+    out: dict[str, Any] = _out.unstructure(record)
+    out["status"] = record.status.value
+    return out
