@@ -439,7 +439,7 @@ def run_child(variant: str, source: str, params: Params) -> dict[str, Any]:
         "benchmarks.pertask",
         [variant, source, str(n), str(limit)],
         timeout=120 + n * 5e-4,
-        what=f"{variant} run ({source} source)",
+        what=f"{VARIANT_NAMES[variant]}, {source} source, run",
     )
     if report.get("results") != n or report.get("bodies") != n:
         raise BenchmarkError(
@@ -447,10 +447,6 @@ def run_child(variant: str, source: str, params: Params) -> dict[str, Any]:
             f"{report.get('bodies')} bodies, not {n}"
         )
     return report
-
-
-def _paired(summary: Summary, key: str) -> Spread:
-    return summary[key][SLUICEWAY]
 
 
 class PerTaskFanout(Scenario):
@@ -528,8 +524,8 @@ class PerTaskFanout(Scenario):
 
     def cpu_verdict(self, summary: Summary) -> tuple[str, str, bool]:
         """The CPU targets: goal, measured, met."""
-        envelopes = _paired(summary, "x_pool")
-        batches = _paired(summary, "x_pool_batches")
+        envelopes: Spread = summary["x_pool"][SLUICEWAY]  # medians of the per-pair ratios
+        batches: Spread = summary["x_pool_batches"][SLUICEWAY]
         pool = summary["cpu_us"][ASYNCIO].median
         goal = (
             f"sluiceway CPU per task <= {ENVELOPES_TARGET:.1f}x the worker pool per envelope, "
