@@ -17,6 +17,7 @@ from .._metrics import MetricsCollector
 from .._util import open_owned_nursery, type_name
 from . import _tree
 from ._amounts import Vector, amount, describe, public, public_vector, vector
+from ._demand import CapacityDemand, DemandOwner
 
 if TYPE_CHECKING:
     from typing import Self
@@ -163,6 +164,37 @@ class BaseCapacity:
             granted=node.granted_count,
             released=node.released_count,
         )
+
+    # -- for runners --------------------------------------------------------------------------
+    # A runner holds capacity through a standing demand (see CapacityDemand); these are all it
+    # needs from a node.
+
+    #: Whether a request whose cost can never fit under the current limits fails at once rather
+    #: than waiting for them to be raised (a unit node waits: ``total_tokens = 0`` pauses it, as
+    #: trio's limiter does).
+    _fails_impossible = False
+
+    def checked_cost(self, cost: object) -> Vector:
+        """``cost`` normalised (exact amounts, zero entries dropped) and checked against this
+        node's chain: what a runner does with a cost when it is configured, before any task.
+
+        Raises:
+            TypeError, ValueError: a malformed cost, or one that uses no resource.
+            UnknownResourceError: a resource that no level of the chain tracks.
+            ImpossibleCostError: a cost that can never fit under the current limits.
+        """
+        return checked_cost(self, cost)
+
+    def check_tracked(self, cost: Vector) -> None:
+        """Raise :class:`~sluiceway.UnknownResourceError` if the normalised ``cost`` names a
+        resource that no level of the chain tracks (cheap: the tracked set is cached)."""
+        self._node.check_known(cost)
+
+    def demand(self, owner: DemandOwner) -> CapacityDemand:
+        """A standing request at this node for ``owner`` (closed until
+        :meth:`CapacityDemand.open <sluiceway.capacity.CapacityDemand.open>`): how a runner
+        admits its tasks; see :class:`~sluiceway.capacity.CapacityDemand`."""
+        return CapacityDemand(self._node, owner, validated=self._fails_impossible)
 
     def _set_limits(self, limits: Vector) -> None:
         _tree.set_limits(self._node, limits)
@@ -409,6 +441,7 @@ class ResourceCapacitySource(BaseCapacity):
     """
 
     _quota = False
+    _fails_impossible = True
 
     def __init__(
         self,

@@ -44,7 +44,9 @@ from ._amounts import Amount, Vector, describe, public, public_vector
 
 
 class DemandOwner(Protocol):
-    """What a runner implements to hold a standing request in the tree."""
+    """What the owner of a standing request (a runner's run, through a
+    :class:`~sluiceway.capacity.CapacityDemand`) implements. The tree calls these synchronously,
+    from inside a dispatch: they must not await."""
 
     def demand_cost(self) -> Vector | None:
         """Cost of the next task to admit, or ``None`` when there is nothing to start now."""

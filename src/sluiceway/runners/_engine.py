@@ -52,8 +52,7 @@ from .._errors import (
 )
 from .._metrics import MetricsCollector, TaskEvent, TaskEventKind, safe_record
 from .._util import NOTHING, WaitQueue
-from ..capacity import _tree
-from ..capacity._amounts import Vector, public_vector
+from ..capacity import BaseCapacity, CostVector, plain_amounts
 from ..sources import ChannelSource, DependencySource, PeekableSource, SourceFromIterable
 from ._channel import EnvelopeChannel
 from ._envelopes import EnvelopeKind, TaskEnvelope
@@ -180,7 +179,7 @@ class Emitter(Generic[I]):
         run: Run,
         task_id: int,
         item: object,
-        cost: Vector,
+        cost: CostVector,
         default_timeout: float | None,
         *,
         node: Hashable | None = None,
@@ -303,10 +302,9 @@ class Run:
         *,
         name: str,
         source: PeekableSource[Any],
-        node: _tree.Node,
-        cost_of: Callable[[object], Vector],
-        fixed_cost: Vector | None,
-        validated: bool,
+        capacity: BaseCapacity,
+        cost_of: Callable[[object], CostVector],
+        fixed_cost: CostVector | None,
         stop_on_error: bool,
         buffer_size: int,
         task_timeout: float | None,
@@ -323,10 +321,10 @@ class Run:
         self.graph: DependencySource[Any, Any] | None = (
             source if isinstance(source, DependencySource) else None
         )
-        self.node = node
+        # The run's standing request at its capacity node: how its tasks are admitted.
+        self.capacity = capacity.demand(self)
         self.cost_of = cost_of
         self.fixed_cost = fixed_cost
-        self.validated = validated
         self.stop_on_error = stop_on_error
         self.task_timeout = task_timeout
         self.counters = counters
@@ -334,9 +332,9 @@ class Run:
         self.metrics = metrics
         self.channel = EnvelopeChannel(buffer_size, self._on_space)
         # Admitted tasks not started yet: (item, cost, seconds waited for capacity, graph key).
-        self.ready: deque[tuple[object, Vector, float, Hashable | None]] = deque()
+        self.ready: deque[tuple[object, CostVector, float, Hashable | None]] = deque()
         # Grants for a lazy source's next item, not produced yet: (cost, seconds waited).
-        self.unproduced: deque[tuple[Vector, float]] = deque()
+        self.unproduced: deque[tuple[CostVector, float]] = deque()
         self.running: dict[int, Job] = {}
         self.producing = 0
         self.settling = 0  # finished tasks whose graph feedback or callbacks are under way
@@ -378,7 +376,6 @@ class Run:
         self.abandoned: BaseException | None = None  # why the run gave up on its source
         self.head_since: float | None = None
         self.nursery: trio.Nursery | None = None
-        self.demand: _tree.Demand | None = None
         self.unsubscribe: list[Callable[[], None]] = []
         self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
         self.started_at = self.now()
@@ -400,7 +397,7 @@ class Run:
                 self.unsubscribe.append(self.graph.graph.subscribe(on_ready=self._on_node_ready))
         self.source_exhausted = self.source.exhausted
         if not self.source_exhausted:
-            self.demand = _tree.open_demand(self.node, self, validated=self.validated)
+            self.capacity.open()
         self._maybe_finish()
 
     def stop(self) -> None:
@@ -410,18 +407,16 @@ class Run:
             self.unsubscribe.pop()()
         self._withdraw()
         while self.ready:
-            _tree.refund(self.node, self.ready.popleft()[1])
+            self.capacity.refund(self.ready.popleft()[1])
         self.channel.close("the run_tasks() block has exited")
         self._wake_everyone()
 
     def _withdraw(self) -> None:
         """Stop asking the tree for capacity and refund the grants waiting for a lazy source's
         next item (a quota gets them back: nothing ran)."""
-        if self.demand is not None:
-            _tree.close_demand(self.demand)
-            self.demand = None
+        self.capacity.close()
         while self.unproduced:
-            _tree.refund(self.node, self.unproduced.popleft()[0])
+            self.capacity.refund(self.unproduced.popleft()[0])
 
     def _maybe_finish(self) -> None:
         """End the run if nothing more can happen: nothing is admitted, running, being
@@ -480,7 +475,7 @@ class Run:
 
     # -- the demand (called synchronously by the capacity tree) ------------------------------
 
-    def _next_cost(self) -> Vector | None:
+    def _next_cost(self) -> CostVector | None:
         """The cost of the task the run would start next, or ``None`` if it starts nothing now."""
         if self.stopping:
             return None
@@ -514,16 +509,16 @@ class Run:
             except Exception as error:  # a cost that is malformed, unknown or can never fit
                 self._reject(error)  # takes that item; look at the next one
 
-    def demand_cost(self) -> Vector | None:
+    def demand_cost(self) -> CostVector | None:
         cost = self._next_cost()
         if cost is not None and self.head_since is None:
             self.head_since = self.now()
         return cost
 
-    def demand_granted(self, cost: Vector) -> None:
+    def demand_granted(self, cost: CostVector) -> None:
         self._accept(cost)
 
-    def _accept(self, cost: Vector) -> None:
+    def _accept(self, cost: CostVector) -> None:
         """Take the granted task (synchronously, with the grant) and get a worker for it."""
         if self.resumes:
             resume = self.resumes.popleft()
@@ -548,7 +543,7 @@ class Run:
                     item = self.sync_iterable.produce_nowait()
                 except Exception:  # its end, or its failure (delivered via EnvelopeChannel.end)
                     queued = True  # refunded here, not below
-                    _tree.refund(self.node, cost)
+                    self.capacity.refund(cost)
                     self._maybe_finish()
                     return
                 self.ready.append((item, cost, waited, None))
@@ -562,10 +557,10 @@ class Run:
             queued = True
         finally:
             if not queued:
-                _tree.refund(self.node, cost)  # then the BaseException goes on
+                self.capacity.refund(cost)  # then the BaseException goes on
         self._work_available()
 
-    def demand_impossible(self, cost: Vector, error: ImpossibleCostError) -> None:
+    def demand_impossible(self, cost: CostVector, error: ImpossibleCostError) -> None:
         """A limit was lowered below the next task's cost: report it instead of waiting forever."""
         if self.resumes:
             resume = self.resumes.popleft()  # it can never take its capacity back
@@ -652,20 +647,20 @@ class Run:
             self._maybe_finish()
             return
         self.source_exhausted = False
-        if self.demand is None:
+        if not self.capacity.is_open:
             # The source has work again (a graph that was done got new nodes from a task being
             # settled): ask the tree again.
             if not (self.shutting_down or self.abandoned):
-                self.demand = _tree.open_demand(self.node, self, validated=self.validated)
-        elif self.node.tree.root.waiting:
-            _tree.dispatch(self.node.tree)
+                self.capacity.open()
+        else:
+            self.capacity.dispatch()
 
     # -- paused tasks (Emitter.released) -----------------------------------------------------
 
     def pause(self, job: Job) -> None:
         """Give a running task's capacity back while it waits on something else."""
         job.paused = True
-        _tree.give_back(self.node, job.cost)
+        self.capacity.give_back(job.cost)
 
     async def resume(self, job: Job) -> None:
         """Wait until the run's demand grants a paused task its capacity again (before any new
@@ -673,10 +668,10 @@ class Run:
         resume = Resume(job)
         self.resumes.append(resume)
         try:
-            if self.demand is None:
+            if not self.capacity.is_open:
                 self._ensure_demand()
-            elif self.node.tree.root.waiting:
-                _tree.dispatch(self.node.tree)
+            else:
+                self.capacity.dispatch()
             if not resume.granted:
                 await resume.event.wait()
             else:
@@ -684,8 +679,7 @@ class Run:
         except BaseException:
             if not resume.granted and resume in self.resumes:
                 self.resumes.remove(resume)
-                if self.node.tree.root.waiting:
-                    _tree.dispatch(self.node.tree)  # it may have held back the head of line
+                self.capacity.dispatch()  # it may have held back the head of line
             raise
         finally:
             if resume.granted:
@@ -695,14 +689,14 @@ class Run:
 
     def _ensure_demand(self) -> None:
         """Ask the tree again for paused tasks (or due retries) after the demand was withdrawn."""
-        if self.demand is None and (self.resumes or self.due) and not self.stopping:
-            self.demand = _tree.open_demand(self.node, self, validated=self.validated)
+        if not self.capacity.is_open and (self.resumes or self.due) and not self.stopping:
+            self.capacity.open()
 
     def _on_space(self) -> None:
-        if not self.finished and self.node.tree.root.waiting:
+        if not self.finished:
             self.refilling = True
             try:
-                _tree.dispatch(self.node.tree)
+                self.capacity.dispatch()
             finally:
                 self.refilling = False
 
@@ -742,7 +736,7 @@ class Run:
         for index, entry in enumerate(self.ready):
             if entry[3] == node:
                 del self.ready[index]
-                _tree.refund(self.node, entry[1])
+                self.capacity.refund(entry[1])
                 self._report_aborted(node, entry[0])
                 self._maybe_finish()
                 return
@@ -801,11 +795,11 @@ class Run:
             while self.retries and self.retries[0][0] <= now:
                 self.due.append(heapq.heappop(self.retries)[2])
                 released = True
-            if released and self.demand is None:
+            if released and not self.capacity.is_open:
                 if not (self.shutting_down or self.abandoned):
-                    self.demand = _tree.open_demand(self.node, self, validated=self.validated)
-            elif self.node.tree.root.waiting:
-                _tree.dispatch(self.node.tree)
+                    self.capacity.open()
+            else:
+                self.capacity.dispatch()
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -932,7 +926,7 @@ class Run:
     def _admit(
         self,
         item: object,
-        cost: Vector,
+        cost: CostVector,
         waited: float,
         node: Hashable | None = None,
         now: float | None = None,
@@ -999,7 +993,7 @@ class Run:
             ),
         )
 
-    async def _produce(self, cost: Vector, waited: float) -> Job | None:
+    async def _produce(self, cost: CostVector, waited: float) -> Job | None:
         """Advance a lazy source while holding ``cost``; ``None`` if it had nothing more."""
         source = self.source
         assert isinstance(source, SourceFromIterable)
@@ -1021,10 +1015,10 @@ class Run:
         finally:
             self.producing -= 1
             if not kept:
-                _tree.refund(self.node, cost)
+                self.capacity.refund(cost)
                 self._maybe_finish()
-            elif self.node.tree.root.waiting:
-                _tree.dispatch(self.node.tree)  # the run may now claim its next unit
+            else:
+                self.capacity.dispatch()  # the run may now claim its next unit
 
     async def _execute(self, job: Job) -> tuple[Any, BaseException | None]:
         """Run one task; its capacity is released the moment its body returns or raises.
@@ -1064,23 +1058,21 @@ class Run:
                 finally:
                     self.releaser_claim = False
 
-    def _release(self, cost: Vector) -> None:
+    def _release(self, cost: CostVector) -> None:
         """Give back a finished task's capacity, handing it straight to the next task when this
         run holds the only request in the tree (what dispatch would do, minus the work)."""
-        demand = self.demand
-        if demand is not None and self.node.tree.root.waiting == 1:
-            # This run's demand is the only request in the tree (it is queued while it exists).
+        capacity = self.capacity
+        if capacity.alone:
             next_cost = self._next_cost()
-            if next_cost is cost and _tree.transfer_fits(demand, cost):
-                _tree.count_transfer(demand, cost)
+            if next_cost is cost and capacity.hand_over(cost):
                 self._accept(cost)
                 return
             if next_cost is None:
                 # Nothing to start now (a graph's dependents become ready only when the task
                 # is settled): a dispatch could grant nobody anything.
-                _tree.give_back(self.node, cost, redispatch=False)
+                capacity.give_back(cost, dispatch=False)
                 return
-        _tree.give_back(self.node, cost)
+        capacity.give_back(cost)
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -1287,7 +1279,7 @@ class Run:
                 task_id=job.task_id,
                 key=job.key,
                 attempt=job.attempt,
-                cost=public_vector(job.cost) if job.cost else None,
+                cost=plain_amounts(job.cost) if job.cost else None,
                 error=error,
                 queued_at=job.queued_at if kind == "started" else None,
                 started_at=None
@@ -1326,7 +1318,7 @@ class Run:
             self._withdraw()
             while self.ready:
                 item, cost, _, node = self.ready.popleft()
-                _tree.refund(self.node, cost)
+                self.capacity.refund(cost)
                 if graph is not None and node is not None:
                     self.finalizing = node
                     try:

@@ -6,9 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._metrics import MetricsCollector
-from ..capacity import BaseCapacity, CapacitySource
-from ..capacity._amounts import Vector
-from ..capacity._faces import checked_cost
+from ..capacity import BaseCapacity, CapacitySource, CostVector
 from ._runner import DEFAULT_BUFFER_SIZE, I, O, TaskPoolRunner
 
 
@@ -71,7 +69,7 @@ class HierarchicalTaskPoolRunner(TaskPoolRunner[I, O]):
         self._cost = self._resolve_cost(capacity, cost)
 
     @staticmethod
-    def _resolve_cost(capacity: BaseCapacity, cost: Mapping[str, float] | None) -> Vector:
+    def _resolve_cost(capacity: BaseCapacity, cost: Mapping[str, float] | None) -> CostVector:
         if cost is None:
             if isinstance(capacity, CapacitySource):
                 return {capacity.resource: 1}
@@ -79,12 +77,12 @@ class HierarchicalTaskPoolRunner(TaskPoolRunner[I, O]):
                 "a ResourceCapacitySource needs an explicit cost per task, e.g. "
                 "cost={'cpu': 1}; nothing is assumed (an assumed key could be untracked)"
             )
-        return checked_cost(capacity, cost)
+        return capacity.checked_cost(cost)
 
-    def _fixed_cost(self) -> Vector:
+    def _fixed_cost(self) -> CostVector:
         return self._cost
 
-    def _cost_of(self, item: Any) -> Vector:
+    def _cost_of(self, item: Any) -> CostVector:
         return self._cost
 
 

@@ -12,8 +12,7 @@ from typing_extensions import TypeVar
 
 from .._metrics import MetricsCollector
 from .._util import aclose_after, raise_single, type_name
-from ..capacity import BaseCapacity, ResourceCapacitySource
-from ..capacity._amounts import Vector
+from ..capacity import BaseCapacity, CostVector
 from ..sources import PeekableSource, as_task_source
 from ._channel import EnvelopeChannel
 from ._engine import Counters, Run, RunnerStatistics, WaitStatistics
@@ -120,11 +119,11 @@ class TaskPoolRunner(Generic[I, O]):
 
     # -- what subclasses decide ------------------------------------------------------------------
 
-    def _cost_of(self, item: object) -> Vector:
+    def _cost_of(self, item: object) -> CostVector:
         """The (validated) cost of one task; raises if it is malformed or can never fit."""
         raise TypeError(f"{type(self).__name__} does not price tasks individually")
 
-    def _fixed_cost(self) -> Vector | None:
+    def _fixed_cost(self) -> CostVector | None:
         """The cost of every task when it does not depend on the task, else ``None``."""
         return None
 
@@ -241,10 +240,9 @@ class TaskPoolRunner(Generic[I, O]):
         run = Run(
             name=self.name,
             source=self._source,
-            node=self._capacity._node,
+            capacity=self._capacity,
             cost_of=self._cost_of,
             fixed_cost=self._fixed_cost(),
-            validated=isinstance(self._capacity, ResourceCapacitySource),
             stop_on_error=stop_on_error,
             buffer_size=self._buffer_size,
             task_timeout=timeout,

@@ -7,9 +7,7 @@ from typing import Any
 
 from .._metrics import MetricsCollector
 from .._util import type_name
-from ..capacity import BaseCapacity
-from ..capacity._amounts import Vector
-from ..capacity._faces import checked_cost
+from ..capacity import BaseCapacity, CostVector
 from ..sources import DependencySource, NodeState, SourceFromIterable
 from ..sources._iterable import read_ahead
 from ._runner import DEFAULT_BUFFER_SIZE, I, O, TaskPoolRunner
@@ -73,12 +71,12 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
             retry=retry,
             metrics=metrics,
         )
-        self._default_cost = None if default_cost is None else checked_cost(capacity, default_cost)
+        self._default_cost = None if default_cost is None else capacity.checked_cost(default_cost)
         if isinstance(self._source, SourceFromIterable):
             # Each task is admitted for its own cost, so it must exist before it is admitted.
             self._source = read_ahead(self._source)
 
-    def _cost_of(self, item: object) -> Vector:
+    def _cost_of(self, item: object) -> CostVector:
         # Called on every peek: the task's cost was normalised when it was built; resource names
         # are checked against a cached set here, and the capacity tree itself fails a cost that
         # can never fit (reported through demand_impossible).
@@ -91,7 +89,7 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
                     "task a cost (e.g. cost={'cpu': 1}) or the runner a default_cost"
                 )
             return self._default_cost
-        self._capacity._node.check_known(cost)
+        self._capacity.check_tracked(cost)
         return cost
 
     def add_task(
@@ -116,10 +114,7 @@ class ScheduledTaskPoolRunner(TaskPoolRunner[I, O]):
                 f"add_task() needs a DependencySource or PriorityDependencySource; this runner's "
                 f"source is {type_name(source)} (add tasks to it directly)"
             )
-        cost = self._cost_of(task)
-        error = self._capacity._node.impossible(cost)
-        if error is not None:
-            raise error
+        self._capacity.checked_cost(self._cost_of(task))  # raises if it can never fit
         return source.add_task(task.key, task, dependencies)
 
     def abort(self, key: Hashable) -> list[Hashable]:

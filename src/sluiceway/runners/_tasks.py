@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from .._util import aclose_after, type_name
-from ..capacity._amounts import Vector, vector
+from ..capacity import CostVector, normalize_cost
 
 if TYPE_CHECKING:
     from ._engine import Emitter
@@ -145,11 +145,11 @@ class ScheduledTask(Generic[I, O]):
     deadline: float | None = None
     retry: RetryPolicy | None = None
     #: The cost, validated and normalised once (exact amounts; zero entries dropped).
-    normalized_cost: Vector | None = attrs.field(init=False, default=None, repr=False)
+    normalized_cost: CostVector | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.cost is not None:
-            normalised = vector(self.cost, what=f"ScheduledTask {self.key!r} cost", drop_zero=True)
+            normalised = normalize_cost(self.cost, what=f"ScheduledTask {self.key!r} cost")
             if not normalised:
                 raise ValueError(
                     f"ScheduledTask {self.key!r}: cost {self.cost!r} uses no resource; a task "
