@@ -2,7 +2,6 @@
 
 from ._channel import EnvelopeChannel
 from ._combiner import AsyncIteratorCombiner
-from ._engine import Emitter, RunnerStatistics, WaitStatistics
 from ._envelopes import (
     EnvelopeKind,
     TaskEnvelope,
@@ -12,8 +11,10 @@ from ._envelopes import (
     json_safe,
 )
 from ._hierarchical import DEFAULT_BUFFER_SIZE, HierarchicalTaskPoolRunner
+from ._job import Emitter
 from ._runner import TaskPoolRunner
 from ._scheduled import ScheduledTaskPoolRunner
+from ._stats import RunnerStatistics, WaitStatistics
 from ._tasks import (
     Final,
     RetryPolicy,

@@ -15,7 +15,8 @@ from .._util import aclose_after, raise_single, type_name
 from ..capacity import BaseCapacity, CostVector
 from ..sources import PeekableSource, as_task_source
 from ._channel import EnvelopeChannel
-from ._engine import Counters, Run, RunnerStatistics, WaitStatistics
+from ._engine import Run
+from ._stats import Counters, RunnerStatistics, WaitStatistics
 from ._tasks import RetryPolicy
 
 # Defaults (PEP 696) let ``Runner(name, source, capacity)`` type-check without annotations:

@@ -16,7 +16,7 @@ from .._util import aclose_after, type_name
 from ..capacity import CostVector, normalize_cost
 
 if TYPE_CHECKING:
-    from ._engine import Emitter
+    from ._job import Emitter
 
 I = TypeVar("I")  # noqa: E741 - intermediate values, as in the original's generics
 O = TypeVar("O")  # noqa: E741 - final value
@@ -309,7 +309,7 @@ async def finish(fn: object, result: object, emit: Emitter[Any]) -> Any:
     """Drive what a task function returned to its final value: await an awaitable (and stream
     the async iterator it may return), or stream an async iterator."""
     if type(result) is CoroutineType or inspect.isawaitable(result):
-        return await streamed(await result, emit)
+        return await streamed(fn, await result, emit)
     iterator = async_iterator(fn, result)
     if iterator is not None:
         return await drive_stream(iterator, emit)
@@ -340,10 +340,10 @@ def async_iterator(fn: object, value: Any) -> Any:
     return None
 
 
-async def streamed(value: Any, emit: Emitter[Any]) -> Any:
-    """The final value of a task whose coroutine returned ``value``: ``value`` itself, or, if
-    it is an async iterator (``return entity.start()``), what driving it gives."""
-    iterator = async_iterator(emit.fn, value)
+async def streamed(fn: object, value: Any, emit: Emitter[Any]) -> Any:
+    """The final value of a task ``fn`` whose coroutine returned ``value``: ``value`` itself,
+    or, if it is an async iterator (``return entity.start()``), what driving it gives."""
+    iterator = async_iterator(fn, value)
     if iterator is None:
         return value
     return await drive_stream(iterator, emit)
