@@ -157,8 +157,9 @@ RUNS_EVERY = 3.0
 GAUGES_EVERY = 1.0
 #: The runs list's page size.
 PAGE_SIZE = 25
-#: A run with more children than this is followed by its own envelopes only.
-SUBTREE_LIMIT = 2000
+#: A page's subscription is sampled: at most one ``envelopes`` event per interval (seconds),
+#: holding the newest ``keep`` envelopes (the others counted in its ``skipped``).
+SAMPLE_INTERVAL, SAMPLE_KEEP = 0.5, 50
 #: Children listed under the selected run in its tree.
 TREE_CHILDREN = 30
 #: The reconnection back-off: first delay, doubling, at most.
@@ -503,9 +504,10 @@ class Page:
         self.detail: str | None = None
         self.subscription: int | None = None
         self.subtree = True
-        self.children_at_select: int | None = None
         self.last_seq = 0
         self.received: list[int] = []
+        # per envelopes event: how many of its envelopes were kept, how many it skipped
+        self.events: list[tuple[int, int]] = []
         self.duplicates = 0
         self.foreign = 0
         self.tree_scheduled = False
@@ -658,8 +660,10 @@ class Page:
         if frame.get("subscription") != self.subscription:
             return
         if frame["event"] == "envelopes":
+            kept = len(self.received)
             for envelope in frame["envelopes"]:
                 self._add(envelope)
+            self.events.append((len(self.received) - kept, frame.get("skipped", 0)))
             self._schedule_tree()
         elif frame["event"] == "end":
             self.subscription = None
@@ -714,13 +718,8 @@ class Page:
             return  # one run, selected once
         self.selected = self.detail = run_id
         self.subscription, self.last_seq, self.received, self.duplicates = None, 0, [], 0
-        try:
-            top = await self.request("tree", entity_id=run_id, depth=0)
-            children = sum(top["children_by_status"].values())
-            self.children_at_select = children
-            self.subtree = children <= SUBTREE_LIMIT and self.follow == FOLLOW_APP
-        except RequestFailed:
-            self.subtree = True
+        self.events = []
+        self.subtree = self.follow == FOLLOW_APP
         await self.subscribe()
         self._spawn(self.load_tree)
         self._spawn(self.load_detail)
@@ -740,6 +739,8 @@ class Page:
                 entity_id=self.selected,
                 after_seq=self.last_seq,
                 subtree=self.subtree,
+                interval=SAMPLE_INTERVAL,
+                keep=SAMPLE_KEEP,
             )
         except RequestFailed:
             return
@@ -774,8 +775,8 @@ class Page:
         return {
             "index": self.index,
             "subtree": self.subtree,
-            "children_at_select": self.children_at_select,
             "seqs": self.received,
+            "events": self.events,
             "duplicates": self.duplicates,
             "foreign": self.foreign,
             "end_status": self.end_status,
@@ -1053,14 +1054,9 @@ def verify_pages(
             raise BenchmarkError(f"{where} received {page['duplicates']} envelopes twice")
         if page["foreign"]:
             raise BenchmarkError(f"{where} received {page['foreign']} envelopes of other entities")
-        if page["seqs"] != expected:
-            missing = sorted(set(expected) - set(page["seqs"]))
-            extra = sorted(set(page["seqs"]) - set(expected))
-            raise BenchmarkError(
-                f"{where} received {len(page['seqs'])} envelopes, the store holds "
-                f"{len(expected)} ({len(missing)} missing: {missing[:5]}; {len(extra)} not in "
-                f"the store: {extra[:5]})"
-            )
+        problem = sampled_problem(page["seqs"], page["events"], expected)
+        if problem:
+            raise BenchmarkError(f"{where}: {problem}")
         if page["end_status"] != "COMPLETED":
             raise BenchmarkError(f"{where} ended with {page['end_status']!r}")
     return {
@@ -1068,6 +1064,39 @@ def verify_pages(
         "pages_following_own": followed["own"],
         "pages_following_subtree": followed["subtree"],
     }
+
+
+def sampled_problem(
+    seqs: Sequence[int], events: Sequence[tuple[int, int] | list[int]], expected: Sequence[int]
+) -> str | None:
+    """What is wrong with what a sampled subscription delivered (``None``: nothing).
+
+    ``seqs`` are the seqs received, ``events`` each ``envelopes`` event's ``(kept,
+    skipped)``, ``expected`` the seqs the store holds for what was followed. Each event must
+    account for the next ``kept + skipped`` envelopes of ``expected``: it holds ``kept`` of
+    them in order, the newest among them, so that together the events cover ``expected``
+    exactly, nothing twice and nothing left out unannounced."""
+    if sum(kept for kept, _ in events) != len(seqs):
+        return f"{len(seqs)} envelopes kept, but its events count {sum(k for k, _ in events)}"
+    position = taken = 0
+    for number, (kept, skipped) in enumerate(events):
+        got = list(seqs[taken : taken + kept])
+        span = list(expected[position : position + kept + skipped])
+        if not got:
+            return f"event {number} holds no envelope"
+        if got[-1] != (span[-1] if span else None):
+            return f"event {number} ends at seq {got[-1]}, not at the newest of its span"
+        inside = iter(span)
+        if not all(seq in inside for seq in got):  # a subsequence of its span, in order
+            return f"event {number} holds seqs {got[:5]}... not all in its span, in order"
+        position += kept + skipped
+        taken += kept
+    if position != len(expected):
+        return (
+            f"its events account for {position} envelopes (kept or skipped), the store holds "
+            f"{len(expected)}"
+        )
+    return None
 
 
 # -- what one run measured ---------------------------------------------------------------------
@@ -1147,13 +1176,7 @@ def summarize_run(
             "own": len(measured["own_seqs"]),
             "subtree": len(measured["subtree_seqs"]),
         },
-        "children_at_select": sorted(
-            {
-                page["children_at_select"]
-                for page in page_list
-                if page["children_at_select"] is not None
-            }
-        ),
+        "skipped": sum(skipped for page in page_list for _, skipped in page["events"]),
         "reconnections": sum(page["reconnections"] for page in page_list),
         "closes": [close for page in page_list for close in page["closes"]][:10],
         "latencies": _latencies(page_list),

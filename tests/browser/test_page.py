@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+from benchmarks.pages import sampled_problem
 
 from sluiceway import EntityFailedError, EntityStatus
 from sluiceway.apps.notification import Faults
@@ -75,9 +76,10 @@ async def test_the_page_follows_a_run_to_its_end_with_the_stores_counts(tmp_path
             counts = page.locator("#tree .node").first.locator(".counts").text_content()
             page.locator("#log-type").select_option("ERROR")
             page.wait_for_function(
-                "[...document.querySelectorAll('#log li')].every(li => li.dataset.type === 'ERROR')"
+                "[...document.querySelectorAll('#log li:not(.gap)')]"
+                ".every(li => li.dataset.type === 'ERROR')"
             )
-            errors = page.locator("#log li").count()
+            errors = page.locator("#log li:not(.gap)").count()  # sampling keeps every error
             page.locator("#filter-status").select_option("COMPLETED")
             page.wait_for_function(
                 "document.querySelectorAll('#runs-table tbody tr[data-id]').length === 1"
@@ -85,6 +87,7 @@ async def test_the_page_follows_a_run_to_its_end_with_the_stores_counts(tmp_path
             filtered = page.locator("#runs-table tbody tr td:first-child").all_text_contents()
             view = page.evaluate(
                 "({received: window.sluiceway.view.received,"
+                " batches: window.sluiceway.view.batches,"
                 " duplicates: window.sluiceway.view.duplicates})"
             )
             gauges = page.locator("#gauges").text_content()
@@ -100,7 +103,11 @@ async def test_the_page_follows_a_run_to_its_end_with_the_stores_counts(tmp_path
         assert seen["errors"] == 2  # one ERROR envelope per failed child
         assert seen["filtered"] == ["spring-fanout"]
         stored = [e.seq for e in await runtime.envelopes(fan.id)]
-        assert seen["view"] == {"received": stored, "duplicates": 0}
+        # Sampled: each batch holds the newest of what came since the one before and counts
+        # the rest, so together they account for every envelope, once, in order.
+        view = seen["view"]
+        assert sampled_problem(view["received"], view["batches"], stored) is None
+        assert view["duplicates"] == 0
         assert "global:" in seen["gauges"]
 
 
@@ -211,6 +218,7 @@ async def test_a_dropped_connection_resumes_with_no_gap_and_no_duplicate(tmp_pat
         def scenario(page: Any) -> dict[str, Any]:
             page.goto(page_url(served))
             wait_connected(page)
+            page.check("#log-every")  # every envelope, not a sample
             open_run(page, "chatty")
             page.wait_for_function("window.sluiceway.view.received.length >= 81")
             page.evaluate("window.sluiceway.connection().drop()")
@@ -237,6 +245,40 @@ async def test_a_dropped_connection_resumes_with_no_gap_and_no_duplicate(tmp_pat
         assert seen["received"] == stored  # every envelope once, in order: no gap, no duplicate
         assert seen["duplicates"] == 0
         assert seen["seq"] == str(stored[-1])
+
+
+async def test_a_busy_run_is_sampled_and_the_log_says_what_it_left_out(tmp_path: Path) -> None:
+    async with serving(tmp_path / "page.db", token=TOKEN) as served:
+        runtime = served.runtime
+        chatter = await runtime.create(Chatter, {"count": 300}, name="busy")
+        await runtime.start(chatter.id)
+        await runtime.wait(chatter.id)
+
+        def scenario(page: Any) -> dict[str, Any]:
+            page.goto(page_url(served))
+            wait_connected(page)
+            open_run(page, "busy")
+            page.wait_for_function("document.querySelector('#log li.gap')")
+            page.wait_for_function(
+                "document.querySelector('#tree .status').textContent === 'COMPLETED'"
+            )
+            screenshot(page, "sampled")
+            return page.evaluate(  # type: ignore[no-any-return]
+                "({received: window.sluiceway.view.received,"
+                " batches: window.sluiceway.view.batches,"
+                " skipped: window.sluiceway.view.skipped,"
+                " gap: document.querySelector('#log li.gap').textContent,"
+                " scope: document.getElementById('log-scope').textContent})"
+            )
+
+        seen = await in_browser(scenario)
+        stored = [e.seq for e in await runtime.envelopes(chatter.id)]
+        assert sampled_problem(seen["received"], seen["batches"], stored) is None
+        assert seen["skipped"] == len(stored) - len(seen["received"]) > 0
+        assert len(seen["received"]) <= 50 * len(seen["batches"])
+        assert seen["received"][-1] == stored[-1]
+        assert seen["gap"].endswith("envelopes not shown (sampled: the tree counts every entity)")
+        assert seen["scope"] == "of every entity of the run, at most 50 every 0.5 s"
 
 
 async def test_a_page_of_another_origin_and_a_wrong_token_get_nothing(tmp_path: Path) -> None:

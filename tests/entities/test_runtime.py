@@ -25,7 +25,7 @@ from sluiceway import (
     UnknownEntityTypeError,
     open_runtime,
 )
-from sluiceway.entities import _streams as runtime_module
+from sluiceway.entities import _tail as tail_module
 from tests.entities.workflows import (
     ALL_TYPES,
     EXECUTIONS,
@@ -512,7 +512,7 @@ async def test_many_streams_of_one_run_share_its_reads(
 ) -> None:
     """Fifty followers of one run (some from the start, some joining late from a cursor, the
     window of shared envelopes large or tiny) each get every envelope once, in order."""
-    monkeypatch.setattr(runtime_module, "_WINDOW", window)
+    monkeypatch.setattr(tail_module, "WINDOW", window)
     async with open_runtime(db, ALL_TYPES) as runtime:
         parent = await runtime.create(
             FanOut, {"count": 30, "per_parent": 4, "child_type": "Leaf"}, name="fan"
@@ -550,22 +550,27 @@ async def test_an_envelope_stored_while_the_stream_reads_wakes_it(
     ) as runtime:
         leaf = await runtime.create(Leaf, {"gate": True, "value": 1}, name="racer")
         gate = GATES["racer"] = trio.Event()
-        read = runtime.store.read_envelopes
         reads = 0
 
-        async def read_then_let_the_run_go(*args: Any, **kwargs: Any) -> Any:
-            nonlocal reads
-            page = await read(*args, **kwargs)
-            reads += 1
-            if reads == 2:  # the stream's read after the run's first envelopes
-                gate.set()
-                while (await runtime.store.get_entity(leaf.id)).status is not (
-                    EntityStatus.COMPLETED
-                ):
-                    await trio.lowlevel.checkpoint()  # the run stores its end meanwhile
-            return page
+        def then_let_the_run_go(read: Any) -> Any:
+            async def reading(*args: Any, **kwargs: Any) -> Any:
+                nonlocal reads
+                page = await read(*args, **kwargs)
+                reads += 1
+                if reads == 2:  # the stream's read after the run's first envelopes
+                    gate.set()
+                    while (await runtime.store.get_entity(leaf.id)).status is not (
+                        EntityStatus.COMPLETED
+                    ):
+                        await trio.lowlevel.checkpoint()  # the run stores its end meanwhile
+                return page
 
-        runtime.store.read_envelopes = read_then_let_the_run_go  # type: ignore[method-assign]
+            return reading
+
+        # a replay reads envelopes, the shared tail reads its tail: either may be second
+        store = runtime.store
+        store.read_envelopes = then_let_the_run_go(store.read_envelopes)  # type: ignore[method-assign]
+        store.read_tail = then_let_the_run_go(store.read_tail)  # type: ignore[method-assign]
         seen: list[str | None] = []
 
         async def follow() -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from sluiceway import EntityNotFoundError, open_runtime
+from sluiceway import EntityNotFoundError, RunContext, RunnableEntity, open_runtime
+from tests.entities.virtual import virtual_runtime
 from tests.entities.workflows import ALL_TYPES, FanOut
 
 
@@ -45,3 +50,42 @@ async def test_batches_hold_the_streams_envelopes_in_order(db: Path) -> None:
         with pytest.raises(ValueError, match="after_seq"):
             async with runtime.stream_batches(first.id, after_seq=-1):
                 pass
+
+
+class Dripper(RunnableEntity):
+    """Emits ``data["count"]`` envelopes, one every ``data["every"]`` seconds."""
+
+    async def run_impl(self, ctx: RunContext) -> Any:
+        for i in range(self.data["count"]):
+            await trio.sleep(self.data["every"])
+            await ctx.emit("INTERNAL_UPDATE", message=str(i))
+        return self.data["count"]
+
+
+async def test_a_paced_stream_comes_at_most_once_per_pace(
+    db: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with virtual_runtime(db, [*ALL_TYPES, Dripper]) as runtime:
+        drip = await runtime.create(Dripper, {"count": 200, "every": 0.01})
+        arrivals: list[tuple[float, list[int]]] = []
+
+        async def follow() -> None:
+            async with runtime.stream_batches(drip.id, pace=0.25) as stream:
+                async for batch in stream:
+                    arrivals.append((trio.current_time(), [e.seq for e in batch]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            await runtime.run(drip.id)
+        # every envelope once, in order, in few lists: 2 s of drips, a list every 0.25 s
+        assert [seq for _, batch in arrivals for seq in batch] == [
+            e.seq for e in await runtime.envelopes(drip.id)
+        ]
+        assert len(arrivals) <= 2.0 / 0.25 + 3
+        times = [at for at, _ in arrivals]
+        assert all(later - earlier >= 0.25 for earlier, later in itertools.pairwise(times)), times
+
+        for pace in (-1.0, math.nan, math.inf):
+            with pytest.raises(ValueError, match="pace"):
+                async with runtime.stream_batches(drip.id, pace=pace):
+                    pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +26,7 @@ from sluiceway.store import (
     SqliteStore,
     WaitKind,
     WaitState,
+    _store,
 )
 from sluiceway.store._json import MAX_JSON_DEPTH
 from tests.store.helpers import claimed, new
@@ -834,6 +836,53 @@ async def test_read_envelopes_of_a_subtree_in_seq_order(store: SqliteStore) -> N
     ]
 
 
+@pytest.mark.parametrize("walk", ["up", "down"])
+async def test_read_envelopes_of_a_subtree_walking_up_or_down(
+    store: SqliteStore, walk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subtree's envelopes near the newest are found by walking up from the entities that
+    stored them, further back by walking down from the subtree's root: the same answers."""
+    monkeypatch.setattr(_store, "_UPWARD_SPAN", 10**9 if walk == "up" else -1)
+    rng = random.Random(7)
+    parents: dict[str, str | None] = {}
+    for number in range(40):
+        entity_id = f"e{number}"
+        parent = rng.choice([None, None, *parents]) if parents else None
+        parents[entity_id] = parent
+        await claimed(store, entity_id, "o", parent=parent)
+    order = [rng.choice(list(parents)) for _ in range(300)]
+    await store.append_envelopes("o", [(owner, 11.0, {"n": n}) for n, owner in enumerate(order)])
+
+    def in_subtree(entity_id: str, root: str) -> bool:
+        node: str | None = entity_id
+        while node is not None:
+            if node == root:
+                return True
+            node = parents[node]
+        return False
+
+    everything = await store.read_envelopes("e0", limit=10_000, subtree=False)
+    assert everything
+    highest = await store.last_seq()
+    for root in ["e0", "e1", "e5", *rng.sample(list(parents), 5)]:
+        for after in [0, 1, highest // 2, highest - 7, highest]:
+            for limit in [3, 1000]:
+                got = await store.read_envelopes(root, after_seq=after, limit=limit)
+                assert all(e.seq > after for e in got)
+                assert [e.seq for e in got] == sorted(e.seq for e in got)
+                assert all(in_subtree(e.entity_id, root) for e in got)
+                wanted = await store.read_envelopes(root, after_seq=after, limit=10_000)
+                assert [e.seq for e in got] == [e.seq for e in wanted][:limit]
+        # every envelope of the subtree, counted from the entities' own
+        own = [
+            e.seq
+            for entity_id in parents
+            if in_subtree(entity_id, root)
+            for e in await store.read_envelopes(entity_id, limit=10_000, subtree=False)
+        ]
+        assert [e.seq for e in await store.read_envelopes(root, limit=10_000)] == sorted(own)
+
+
 async def test_read_envelopes_pages_with_after_seq_and_limit(store: SqliteStore) -> None:
     await claimed(store, "root", "o")
     await claimed(store, "child", "o", parent="root")
@@ -851,6 +900,27 @@ async def test_read_envelopes_pages_with_after_seq_and_limit(store: SqliteStore)
     assert await store.read_envelopes("root", after_seq=await store.last_seq()) == []
     tail = await store.read_envelopes("child", after_seq=everything[-3].seq, subtree=False)
     assert [e.body["n"] for e in tail] == [18, 19]
+
+
+async def test_read_tail_reads_the_entity_the_highest_seq_and_the_envelopes(
+    store: SqliteStore,
+) -> None:
+    await claimed(store, "root", "o")
+    await claimed(store, "child", "o", parent="root")
+    await claimed(store, "other", "o")
+    await store.append_envelopes("o", [("child", 1.0, {"n": n}) for n in range(5)])
+    await store.append_envelopes("o", [("other", 1.0, {"n": 9})])
+    everything = await store.read_envelopes("root")
+    tail = await store.read_tail("root", after_seq=everything[1].seq, limit=2)
+    assert tail.record == await store.get_entity("root")
+    assert tail.highest == await store.last_seq() > everything[-1].seq  # "other" stored last
+    assert tail.envelopes == everything[2:4]
+    own = await store.read_tail("child", after_seq=0, subtree=False)
+    assert own.envelopes == await store.read_envelopes("child", subtree=False)
+    with pytest.raises(EntityNotFoundError):
+        await store.read_tail("nope", after_seq=0)
+    with pytest.raises(ValueError, match="limit"):
+        await store.read_tail("root", after_seq=0, limit=-1)
 
 
 async def test_read_envelopes_refuses_bad_arguments(store: SqliteStore) -> None:

@@ -10,6 +10,7 @@ from ._entity import CALLS, DataEntity, RunnableEntity, TypeRegistry, WaitableEn
 from ._envelope import EntityEnvelope, EnvelopeType
 from ._live import RecoveredRun
 from ._runtime import Runtime, open_runtime
+from ._tail import EnvelopeSample
 from ._waits import CapacityHolder, Message
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ClaimLoop",
     "DataEntity",
     "EntityEnvelope",
+    "EnvelopeSample",
     "EnvelopeType",
     "Message",
     "RecoveredRun",

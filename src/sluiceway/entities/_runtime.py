@@ -37,6 +37,7 @@ from ._envelope import EntityEnvelope, EnvelopeType, check_finite, check_json
 from ._executor import Executor, check_data
 from ._global_limits import GlobalLimitBroker
 from ._live import LiveRun, RecoveredRun, check_runnable, new_owner, owner_is_dead
+from ._tail import EnvelopeSample
 
 __all__ = ["RecoveredRun", "Runtime", "open_runtime", "owner_is_dead"]
 
@@ -522,19 +523,56 @@ class Runtime(Executor):
         return self._streams.stream(entity_id, after_seq=after_seq, buffer=buffer)
 
     def stream_batches(
-        self, entity_id: str, *, after_seq: int = 0, buffer: int = 16, subtree: bool = True
+        self,
+        entity_id: str,
+        *,
+        after_seq: int = 0,
+        buffer: int = 16,
+        subtree: bool = True,
+        pace: float = 0.0,
     ) -> contextlib.AbstractAsyncContextManager[trio.MemoryReceiveChannel[list[EntityEnvelope]]]:
         """:meth:`stream`, the envelopes in lists: each list holds what was ready together
         (a page replayed from the store, what a step of the run stored), in ``seq`` order. A
         server sending to many subscribers takes them this way: fewer hand-overs, larger
         frames. At most ``buffer`` lists wait for a slow reader. With ``subtree=False``, the
-        entity's own envelopes only (its children's are not even read).
+        entity's own envelopes only (its children's are not even read). With ``pace``
+        (seconds), once caught up, a list of what was stored meanwhile comes at most that
+        often (a reader sampling a busy run is not woken at every step of it).
 
         Raises:
             EntityNotFoundError: at once, for an unknown id.
+            ValueError: ``after_seq`` or ``pace`` out of range.
         """
         return self._streams.stream_batches(
-            entity_id, after_seq=after_seq, buffer=buffer, subtree=subtree
+            entity_id, after_seq=after_seq, buffer=buffer, subtree=subtree, pace=pace
+        )
+
+    def stream_samples(
+        self,
+        entity_id: str,
+        *,
+        keep: int,
+        after_seq: int = 0,
+        buffer: int = 16,
+        subtree: bool = True,
+        pace: float = 0.0,
+    ) -> contextlib.AbstractAsyncContextManager[trio.MemoryReceiveChannel[EnvelopeSample]]:
+        """:meth:`stream_batches`, sampled for a person watching a busy run: each
+        :class:`~sluiceway.EnvelopeSample` holds the newest ``keep`` envelopes of what was
+        stored since the previous one, plus the newest ``keep`` of the older ``ERROR``,
+        ``WAITING`` and ``MESSAGE`` envelopes, and counts the others in its ``skipped``;
+        with ``pace`` (seconds), at most one sample that often once caught up. Nothing is
+        left out unannounced and nothing comes twice: resuming from the ``seq`` of the last
+        envelope received goes on where the stream was. The envelopes a sample passes over
+        cost nothing: a run of thousands of children costs a watcher a few envelopes a
+        second.
+
+        Raises:
+            EntityNotFoundError: at once, for an unknown id.
+            ValueError: ``keep``, ``after_seq`` or ``pace`` out of range.
+        """
+        return self._streams.stream_samples(
+            entity_id, keep=keep, after_seq=after_seq, buffer=buffer, subtree=subtree, pace=pace
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -34,6 +35,7 @@ from ._protocol import (
     CallRequest,
     CancelRequest,
     CreateRequest,
+    EncodedResult,
     ErrorCode,
     GetRequest,
     PingRequest,
@@ -45,6 +47,8 @@ from ._protocol import (
     TreeRequest,
     UnsubscribeRequest,
     dumps,
+    encoded,
+    encoded_result_frame,
     envelopes_frame,
     error_frame,
     event_frame,
@@ -52,14 +56,21 @@ from ._protocol import (
     record_to_json,
     result_frame,
 )
+from ._relay import SubscriptionRelay
 
 if TYPE_CHECKING:
     from ._server import RuntimeServer
 
 log = logging.getLogger("sluiceway.server")
 
-#: What a connection's writer sends: a frame, or envelopes (JSON) of a subscription.
-_Outgoing = str | tuple[int, list[str]]
+#: What a connection's writer sends: a frame, or envelopes (JSON) of a subscription with
+#: the count of those it leaves out.
+_Outgoing = str | tuple[int, list[str], int]
+
+#: The longest ``interval`` of a subscription, in seconds.
+MAX_INTERVAL = 60.0
+#: The largest ``keep`` of a subscription.
+MAX_KEEP = 10_000
 
 
 class Connection:
@@ -154,6 +165,12 @@ class Connection:
                     ),
                 )
             )
+        self.emit_text(text)
+
+    def emit_text(self, text: str) -> None:
+        """Queue a frame already encoded; a full queue closes the connection."""
+        if self.close_code is not None:
+            return
         try:
             self.outgoing.send_nowait(text)
         except trio.WouldBlock:
@@ -169,8 +186,9 @@ class Connection:
             "last seq you received",
         )
 
-    async def emit_envelopes(self, number: int, parts: list[str]) -> None:
-        """Queue envelopes (their JSON) of subscription ``number``, waiting while
+    async def emit_envelopes(self, number: int, parts: list[str], skipped: int = 0) -> None:
+        """Queue envelopes (their JSON) of subscription ``number`` (and the count of those
+        since its previous ones that it leaves out), waiting while
         ``queue_frames`` frames wait; a subscription that waits longer than
         ``slow_consumer_seconds`` closes the connection with 4008. The writer sends what waits
         of one subscription in as few ``envelopes`` events as ``batch_bytes`` allows."""
@@ -187,7 +205,7 @@ class Connection:
         if self.close_code is not None:
             return
         try:
-            self.outgoing.send_nowait((number, parts))
+            self.outgoing.send_nowait((number, parts, skipped))
         except trio.WouldBlock:
             self._slow_consumer()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -215,7 +233,7 @@ class Connection:
                     if isinstance(item, str):
                         await self.socket.send_message(item)
                         continue
-                    number, parts = item
+                    number, parts, skipped = item
                     size = sum(map(len, parts))
                     while size < self.limits.batch_bytes:
                         try:
@@ -227,8 +245,9 @@ class Connection:
                             carry = following
                             break
                         parts.extend(following[1])
+                        skipped += following[2]
                         size += sum(map(len, following[1]))
-                    await self.socket.send_message(envelopes_frame(number, parts))
+                    await self.socket.send_message(envelopes_frame(number, parts, skipped))
         except ConnectionClosed:
             pass
         written.set()
@@ -294,7 +313,10 @@ class Connection:
             if fatal is not None:
                 raise fatal from None
         else:
-            self.emit(result_frame(request.id, result))
+            if isinstance(result, EncodedResult):  # a shared answer, encoded once
+                self.emit_text(encoded_result_frame(request.id, result))
+            else:
+                self.emit(result_frame(request.id, result))
         finally:
             self.pending -= 1
             if request.op in _WRITES:
@@ -325,6 +347,15 @@ class Connection:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "after_seq must be >= 0")
         if body.after_seq > _MAX_SEQ:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, f"after_seq must be <= {_MAX_SEQ}")
+        if not 0 <= body.interval <= MAX_INTERVAL:  # (also false for NaN)
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST,
+                f"interval must be from 0 to {MAX_INTERVAL:g} seconds, got {body.interval!r}",
+            )
+        if body.keep is not None and not 1 <= body.keep <= MAX_KEEP:
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST, f"keep must be from 1 to {MAX_KEEP}, got {body.keep}"
+            )
         # not_found before anything is promised; a root's name stands for its id
         record = await self.server.resolve(body.entity_id)
         body = attrs.evolve(body, entity_id=record.id)
@@ -346,35 +377,59 @@ class Connection:
         """Stream a subscription's envelopes, then its ``end`` event (a subscription counts
         as no request in progress: it was answered)."""
         runtime = self.server.runtime
-        last = body.after_seq
+        relay = SubscriptionRelay(
+            partial(self.emit_envelopes, number),
+            self.server.encoded,  # each envelope encoded once for every subscriber
+            after_seq=body.after_seq,
+            interval=body.interval,
+            keep=body.keep,
+        )
         try:
             with scope:
-                async with runtime.stream_batches(
-                    body.entity_id, after_seq=body.after_seq, subtree=body.subtree
-                ) as batches:
-                    async for batch in batches:
-                        # Each envelope encoded once for every subscriber of the server; the
-                        # writer joins what waits into as few frames as batch_bytes allows.
-                        last = batch[-1].seq
-                        encoded = self.server.encoded
-                        parts = [encoded(envelope) for envelope in batch]
-                        if parts:
-                            await self.emit_envelopes(number, parts)
+                # Woken no more often than it sends; with keep, the runtime samples (what
+                # the subscription skips is never even looked at).
+                if body.keep is None:
+                    stream = runtime.stream_batches(
+                        body.entity_id,
+                        after_seq=body.after_seq,
+                        subtree=body.subtree,
+                        pace=body.interval,
+                    )
+                    async with stream as batches:
+                        await relay.relay(batches)
+                else:
+                    samples = runtime.stream_samples(
+                        body.entity_id,
+                        keep=body.keep,
+                        after_seq=body.after_seq,
+                        subtree=body.subtree,
+                        pace=body.interval,
+                    )
+                    async with samples as sampled:
+                        await relay.relay(sampled)
                 final = await runtime.get(body.entity_id)
                 self.emit(
-                    event_frame("end", subscription=number, status=final.status.value, seq=last)
+                    event_frame(
+                        "end", subscription=number, status=final.status.value, seq=relay.last
+                    )
                 )
         except Exception as exc:  # the request was answered: the failure ends the stream
             error = _as_protocol_error(exc)
             self.emit(
                 event_frame(
-                    "end", subscription=number, status="error", seq=last, error=error.to_dict()
+                    "end",
+                    subscription=number,
+                    status="error",
+                    seq=relay.last,
+                    error=error.to_dict(),
                 )
             )
         finally:
             self.subscriptions.pop(number, None)
         if scope.cancelled_caught:
-            self.emit(event_frame("end", subscription=number, status="unsubscribed", seq=last))
+            self.emit(
+                event_frame("end", subscription=number, status="unsubscribed", seq=relay.last)
+            )
 
     async def _unsubscribe(self, request: Request) -> Any:
         body: UnsubscribeRequest = request.body
@@ -402,10 +457,10 @@ class Connection:
     async def _get(self, request: Request) -> Any:
         body: GetRequest = request.body
 
-        async def read() -> dict[str, Any]:
-            return record_to_json(await self.server.resolve(body.entity_id))
+        async def read() -> EncodedResult:
+            return encoded(record_to_json(await self.server.resolve(body.entity_id)))
 
-        answer: dict[str, Any] = await self.server.reads.get(("get", body.entity_id), read)
+        answer: EncodedResult = await self.server.reads.get(("get", body.entity_id), read)
         return answer
 
     async def _tree(self, request: Request) -> Any:
@@ -416,12 +471,12 @@ class Connection:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "max_children must be >= 0")
         runtime = self.server.runtime
 
-        async def read() -> dict[str, Any]:
+        async def read() -> EncodedResult:
             root = await self.server.resolve(body.entity_id)
-            return await _tree(runtime, root, body.depth, body.max_children)
+            return encoded(await _tree(runtime, root, body.depth, body.max_children))
 
         # Keyed by the reference as given: a shared answer costs no lookup of the entity.
-        answer: dict[str, Any] = await self.server.reads.get(
+        answer: EncodedResult = await self.server.reads.get(
             ("tree", body.entity_id, body.depth, body.max_children), read
         )
         return answer

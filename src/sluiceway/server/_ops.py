@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any
 from ..store import EntityRecord, EntityStatus
 from ._protocol import (
     CapacityRequest,
+    EncodedResult,
     ErrorCode,
     ListRequest,
     ProtocolError,
     RetryRequest,
+    encoded,
 )
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 MAX_LIST = 200
 
 
-async def list_runs(server: RuntimeServer, body: ListRequest) -> dict[str, Any]:
+async def list_runs(server: RuntimeServer, body: ListRequest) -> EncodedResult:
     """The ``list`` operation: root entities, newest first, a page at a time."""
     if not 1 <= body.limit <= MAX_LIST:
         raise ProtocolError(
@@ -39,17 +41,17 @@ async def list_runs(server: RuntimeServer, body: ListRequest) -> dict[str, Any]:
             ) from None
     before = None if body.cursor is None else _parse_cursor(body.cursor)
 
-    async def read() -> dict[str, Any]:
+    async def read() -> EncodedResult:
         # One more than asked for: whether there is a next page, without another query.
         records = await server.runtime.store.list_roots(
             status=status, type=body.type, name=body.name, before=before, limit=body.limit + 1
         )
         page = records[: body.limit]
         cursor = _cursor(page[-1]) if len(records) > body.limit else None
-        return {"runs": [run_summary(record) for record in page], "cursor": cursor}
+        return encoded({"runs": [run_summary(record) for record in page], "cursor": cursor})
 
     key = ("list", body.status, body.type, body.name, body.limit, body.cursor)
-    answer: dict[str, Any] = await server.reads.get(key, read)
+    answer: EncodedResult = await server.reads.get(key, read)
     return answer
 
 

@@ -125,11 +125,19 @@ class StartRequest:
 @attrs.frozen(kw_only=True)
 class SubscribeRequest:
     """``subscribe``: the envelopes of an entity's subtree (or of the entity alone) after
-    ``after_seq`` (result: ``{"subscription"}``, then ``envelopes`` events and one ``end``)."""
+    ``after_seq`` (result: ``{"subscription"}``, then ``envelopes`` events and one ``end``).
+
+    ``interval`` (seconds) spaces the subscription's ``envelopes`` events: at most one per
+    interval, holding what came meanwhile. ``keep`` bounds an event to the newest ``keep``
+    envelopes; the ones passed over are counted in its ``skipped``. A page showing a run of
+    thousands of children takes them both: every envelope of it would cost the server more
+    than the run."""
 
     entity_id: str
     after_seq: int = 0
     subtree: bool = True
+    interval: float = 0.0
+    keep: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -230,7 +238,7 @@ REQUESTS: dict[str, type[Any]] = {
 }
 
 
-def _strict(kind: type[Any], name: str) -> Any:
+def _strict(kind: type[Any] | tuple[type[Any], ...], name: str) -> Any:
     def structure(value: Any, _: Any) -> Any:
         if isinstance(value, bool) and kind is not bool:
             raise TypeError(f"expected {name}, got a boolean")
@@ -246,6 +254,9 @@ request_converter = cattrs.Converter(forbid_extra_keys=True)
 request_converter.register_structure_hook(str, _strict(str, "a string"))
 request_converter.register_structure_hook(int, _strict(int, "an integer"))
 request_converter.register_structure_hook(bool, _strict(bool, "a boolean"))
+request_converter.register_structure_hook(
+    float, lambda value, kind: float(_strict((int, float), "a number")(value, kind))
+)
 request_converter.register_structure_hook_func(
     lambda kind: kind == dict[str, Any],  # keys of JSON objects are strings already
     _strict(dict, "an object"),
@@ -337,16 +348,35 @@ def result_frame(ident: int | str, result: Any) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": ident, "ok": True, "result": result}
 
 
+class EncodedResult(str):
+    """A result already encoded as JSON: an answer shared by many connections (``get``,
+    ``tree``, ``list``) is encoded once for all of them."""
+
+    __slots__ = ()
+
+
+def encoded(result: Mapping[str, Any]) -> EncodedResult:
+    """``result`` encoded once (see :func:`dumps`)."""
+    return EncodedResult(dumps(result))
+
+
+def encoded_result_frame(ident: int | str, result: EncodedResult) -> str:
+    """The response frame, as text, for a result already encoded."""
+    return f'{{"v":{PROTOCOL_VERSION},"id":{json.dumps(ident)},"ok":true,"result":{result}}}'
+
+
 def event_frame(event: str, **fields: Any) -> dict[str, Any]:
     """A server event frame."""
     return {"v": PROTOCOL_VERSION, "event": event, **fields}
 
 
-def envelopes_frame(subscription: int, encoded: list[str]) -> str:
-    """The ``envelopes`` event of a subscription, from its envelopes' JSON (encoded once)."""
+def envelopes_frame(subscription: int, encoded: list[str], skipped: int = 0) -> str:
+    """The ``envelopes`` event of a subscription, from its envelopes' JSON (encoded once);
+    ``skipped`` counts the envelopes since the previous event that it leaves out."""
+    counted = f',"skipped":{skipped}' if skipped else ""
     return (
         f'{{"v":{PROTOCOL_VERSION},"event":"envelopes","subscription":{subscription},'
-        f'"envelopes":[{",".join(encoded)}]}}'
+        f'"envelopes":[{",".join(encoded)}]{counted}}}'
     )
 
 

@@ -43,6 +43,7 @@ from ._records import (
     EdgeRecord,
     EntityRecord,
     EntityStatus,
+    EnvelopeTail,
     MessageRecord,
     NewEntity,
     ParkReason,
@@ -448,6 +449,19 @@ class EntityStore(Protocol):
         """Envelopes with ``seq > after_seq`` in ``seq`` order, at most ``limit``: of the entity
         and all its descendants (``subtree=True``) or of the entity alone; each with the id,
         type and name of the entity that emitted it.
+
+        Raises:
+            EntityNotFoundError.
+        """
+        ...
+
+    async def read_tail(
+        self, entity_id: str, *, after_seq: int, limit: int = 1000, subtree: bool = True
+    ) -> EnvelopeTail:
+        """In one read, in this order: the entity, the highest ``seq`` stored, and
+        :meth:`read_envelopes` after ``after_seq``. A stream's shared reader polls this way:
+        if the entity's run had ended when it was read, its last envelopes are in the
+        envelopes, and every envelope up to ``highest`` is (if fewer than ``limit`` came).
 
         Raises:
             EntityNotFoundError.

@@ -194,6 +194,16 @@ class StoredEnvelope:
 
 
 @attrs.frozen
+class EnvelopeTail:
+    """What :meth:`EntityStore.read_tail` read in one go: the followed entity as it was
+    first, then the highest ``seq`` stored, then the envelopes after the cursor."""
+
+    record: EntityRecord
+    highest: int
+    envelopes: list[StoredEnvelope]
+
+
+@attrs.frozen
 class MessageRecord:
     """A message sent to an entity. ``consumed_by`` is the index of the wait that received it
     (``None`` while it is unread)."""

@@ -28,6 +28,7 @@ from ._records import (
     EdgeRecord,
     EntityRecord,
     EntityStatus,
+    EnvelopeTail,
     MessageRecord,
     NewEntity,
     StoredEnvelope,
@@ -40,6 +41,11 @@ from ._sql import Tx
 from ._store_runs import StoreRuns
 
 T = TypeVar("T")
+
+#: ``read_envelopes`` of a subtree within this many seqs of the newest walks up from the
+#: entities that stored since (cheap near the newest, whatever the subtree's size); further
+#: back, down from the subtree's root (cheap for a small subtree, whatever the store's size).
+_UPWARD_SPAN = 4000
 
 
 class Database(Protocol):
@@ -287,46 +293,26 @@ class StoreOperations(StoreRuns):
         subtree: bool = True,
     ) -> list[StoredEnvelope]:
         shared.known_id(entity_id)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"read_envelopes() limit must be an int >= 0, got {limit!r}")
+        _check_limit("read_envelopes", limit)
 
         def read(tx: Tx) -> list[StoredEnvelope]:
             if tx.execute("SELECT 1 FROM entities WHERE id = %s", (entity_id,)).fetchone() is None:
                 raise shared.not_found(entity_id)
-            if subtree:
-                rows = tx.execute(
-                    """
-                    WITH RECURSIVE subtree (id) AS (
-                        SELECT CAST(%s AS TEXT)
-                        UNION ALL
-                        SELECT e.id FROM entities AS e JOIN subtree ON e.parent_id = subtree.id
-                    )
-                    SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name
-                    FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id
-                    WHERE v.seq > %s AND v.entity_id IN (SELECT id FROM subtree)
-                    ORDER BY v.seq LIMIT %s
-                    """,
-                    (entity_id, after_seq, limit),
-                )
-            else:
-                rows = tx.execute(
-                    "SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name"
-                    " FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id"
-                    " WHERE v.entity_id = %s AND v.seq > %s ORDER BY v.seq LIMIT %s",
-                    (entity_id, after_seq, limit),
-                )
-            return [
-                StoredEnvelope(
-                    seq=seq,
-                    entity_id=owner_id,
-                    entity_seq=entity_seq,
-                    ts=ts,
-                    body=json.loads(body),
-                    entity_type=type_name,
-                    entity_name=name,
-                )
-                for seq, owner_id, entity_seq, ts, body, type_name, name in rows
-            ]
+            return _envelopes_after(tx, entity_id, after_seq, limit, subtree)
+
+        return await self._db.read(read)
+
+    async def read_tail(
+        self, entity_id: str, *, after_seq: int, limit: int = 1000, subtree: bool = True
+    ) -> EnvelopeTail:
+        shared.known_id(entity_id)
+        _check_limit("read_tail", limit)
+
+        def read(tx: Tx) -> EnvelopeTail:
+            record = sql.require_entity(tx, entity_id)
+            value = tx.execute("SELECT max(seq) FROM envelopes").fetchone()[0]
+            envelopes = _envelopes_after(tx, entity_id, after_seq, limit, subtree)
+            return EnvelopeTail(record, 0 if value is None else int(value), envelopes)
 
         return await self._db.read(read)
 
@@ -561,3 +547,71 @@ class StoreOperations(StoreRuns):
 
     async def get_wait(self, entity_id: str, index: int) -> WaitRecord | None:
         return await self._db.read(lambda tx: sql.get_wait(tx, entity_id, index))
+
+
+def _check_limit(operation: str, limit: object) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"{operation}() limit must be an int >= 0, got {limit!r}")
+
+
+def _envelopes_after(
+    tx: Tx, entity_id: str, after_seq: int, limit: int, subtree: bool
+) -> list[StoredEnvelope]:
+    """The envelopes of an entity (and its subtree) with ``seq > after_seq``, in order, at
+    most ``limit``; the entity exists."""
+    highest = 0
+    if subtree:
+        highest = tx.execute("SELECT max(seq) FROM envelopes").fetchone()[0] or 0
+    if subtree and highest - after_seq <= _UPWARD_SPAN:
+        # Near the newest envelopes (a stream's tail): walk up from the few entities
+        # that stored after after_seq to see which are in the subtree, rather than
+        # down the whole subtree (a run of 10,000 children: 0.4 ms against 28).
+        rows = tx.execute(
+            """
+            WITH RECURSIVE up (start, id) AS (
+                SELECT DISTINCT entity_id, entity_id FROM envelopes WHERE seq > %s
+                UNION
+                SELECT up.start, e.parent_id FROM up JOIN entities AS e ON e.id = up.id
+                WHERE e.parent_id IS NOT NULL AND up.id <> %s
+            )
+            SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name
+            FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id
+            WHERE v.seq > %s AND v.entity_id IN (SELECT start FROM up WHERE id = %s)
+            ORDER BY v.seq LIMIT %s
+            """,
+            (after_seq, entity_id, after_seq, entity_id, limit),
+        )
+    elif subtree:
+        rows = tx.execute(
+            """
+            WITH RECURSIVE subtree (id) AS (
+                SELECT CAST(%s AS TEXT)
+                UNION ALL
+                SELECT e.id FROM entities AS e JOIN subtree ON e.parent_id = subtree.id
+            )
+            SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name
+            FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id
+            WHERE v.seq > %s AND v.entity_id IN (SELECT id FROM subtree)
+            ORDER BY v.seq LIMIT %s
+            """,
+            (entity_id, after_seq, limit),
+        )
+    else:
+        rows = tx.execute(
+            "SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name"
+            " FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id"
+            " WHERE v.entity_id = %s AND v.seq > %s ORDER BY v.seq LIMIT %s",
+            (entity_id, after_seq, limit),
+        )
+    return [
+        StoredEnvelope(
+            seq=seq,
+            entity_id=owner_id,
+            entity_seq=entity_seq,
+            ts=ts,
+            body=json.loads(body),
+            entity_type=type_name,
+            entity_name=name,
+        )
+        for seq, owner_id, entity_seq, ts, body, type_name, name in rows
+    ]

@@ -10,9 +10,14 @@ const RUNS_EVERY = 3000; // ms between refreshes of the runs list
 const GAUGES_EVERY = 1000; // ms between capacity snapshots
 const LOG_KEEP = 500; // envelopes kept in the log
 const PAGE_SIZE = 25;
-// A run with more descendants than this is followed by its own envelopes only: a page would
-// otherwise receive every envelope of every child (the tree's counts still come every second).
-const SUBTREE_LIMIT = 2000;
+// The log follows every entity of the selected run, sampled: at most one batch of envelopes
+// every SAMPLE_EVERY seconds, its newest SAMPLE_KEEP; the server counts the others in the
+// batch's "skipped" (the tree's counts, refreshed every second, count everything). A run of
+// 10,000 children would otherwise send each page every envelope of every child, which costs
+// the server more than the run. "every envelope" asks for all of them, still in batches.
+const SAMPLE_EVERY = 0.5;
+const SAMPLE_KEEP = 50;
+const EVERY_EVERY = 0.25;
 const STATUSES = ["PENDING", "IN_PROGRESS", "WAITING", "COMPLETED", "FAILED", "CANCELLED"];
 
 const $ = (id) => document.getElementById(id);
@@ -134,13 +139,15 @@ const view = {
   subscription: null,
   lastSeq: 0, // the last seq received for the selected run (resume from it)
   received: [], // every seq received for the selected run, in order (tests read it)
+  batches: [], // per envelopes event: [how many it held, how many it skipped] (tests read it)
+  skipped: 0, // envelopes of the selected run left out of sampled batches
   duplicates: 0,
   envelopes: [],
   entities: new Map(), // id -> {name, type} seen in envelopes
   tree: null,
   expanded: new Set(),
   subtrees: new Map(), // id -> a tree node fetched on expanding it
-  subtree: true, // whether the selected run's whole subtree is followed
+  every: false, // whether every envelope is asked for, rather than a sample
   waitingPrompt: new Map(), // entity id -> the prompt of its latest WAITING envelope
   gauges: [],
   dirty: new Set(),
@@ -166,7 +173,14 @@ function onEvent(frame) {
   }
   if (frame.subscription !== view.subscription) return;
   if (frame.event === "envelopes") {
+    const skipped = frame.skipped || 0;
+    if (skipped) {
+      view.skipped += skipped;
+      keepInLog({ gap: skipped });
+    }
+    const before = view.received.length;
     for (const envelope of frame.envelopes) addEnvelope(envelope);
+    view.batches.push([view.received.length - before, skipped]);
     markDirty("log", "seq");
     scheduleTree();
   } else if (frame.event === "end") {
@@ -183,14 +197,19 @@ function addEnvelope(envelope) {
   }
   view.lastSeq = envelope.seq;
   view.received.push(envelope.seq);
-  view.envelopes.push(envelope);
-  if (view.envelopes.length > LOG_KEEP) view.envelopes.splice(0, view.envelopes.length - LOG_KEEP);
+  keepInLog(envelope);
   if (!view.entities.has(envelope.entity_id)) {
     view.entities.set(envelope.entity_id, { name: envelope.entity_name, type: envelope.entity_type });
     markDirty("entities");
   }
   if (envelope.type === "WAITING") view.waitingPrompt.set(envelope.entity_id, envelope.message || "");
   if (envelope.type === "MESSAGE") view.waitingPrompt.delete(envelope.entity_id);
+}
+
+// The log's entries: envelopes, and { gap: n } where a sampled batch left n out.
+function keepInLog(entry) {
+  view.envelopes.push(entry);
+  if (view.envelopes.length > LOG_KEEP) view.envelopes.splice(0, view.envelopes.length - LOG_KEEP);
 }
 
 async function refreshAll() {
@@ -258,21 +277,14 @@ async function select(id) {
     conn.request("unsubscribe", { subscription: view.subscription }).catch(() => {});
   }
   Object.assign(view, {
-    selected: id, detail: id, subscription: null, lastSeq: 0, received: [], duplicates: 0,
-    envelopes: [], tree: null,
+    selected: id, detail: id, subscription: null, lastSeq: 0, received: [], batches: [],
+    skipped: 0, duplicates: 0, envelopes: [], tree: null,
   });
   view.entities.clear();
   view.expanded.clear();
   view.subtrees.clear();
   view.waitingPrompt.clear();
   markDirty("runs", "log", "entities", "tree", "seq");
-  try {
-    const top = await conn.request("tree", { entity_id: id, depth: 0 });
-    const children = Object.values(top.children_by_status).reduce((a, b) => a + b, 0);
-    view.subtree = children <= SUBTREE_LIMIT;
-  } catch {
-    view.subtree = true;
-  }
   $("log-scope").textContent = scopeText();
   await subscribe();
   loadTree();
@@ -280,21 +292,35 @@ async function select(id) {
 }
 
 function scopeText() {
-  return view.subtree
-    ? "every entity of the run"
-    : `the run's own envelopes (it has more than ${SUBTREE_LIMIT} children: see the tree)`;
+  return view.every
+    ? "of every entity of the run, every one"
+    : `of every entity of the run, at most ${SAMPLE_KEEP} every ${SAMPLE_EVERY} s`;
 }
 
 async function subscribe() {
   if (!view.selected) return;
   try {
     const result = await conn.request("subscribe", {
-      entity_id: view.selected, after_seq: view.lastSeq, subtree: view.subtree,
+      entity_id: view.selected, after_seq: view.lastSeq, subtree: true,
+      ...(view.every ? { interval: EVERY_EVERY } : { interval: SAMPLE_EVERY, keep: SAMPLE_KEEP }),
     });
     view.subscription = result.subscription;
   } catch (error) {
     if (error.code) showResult(`subscribe: ${error.message}`);
   }
+}
+
+// Every envelope, or a sample: the subscription is replaced, from the last seq received
+// (nothing missed, nothing twice; what the old one still sends is ignored).
+async function setEvery(every) {
+  view.every = every;
+  $("log-scope").textContent = scopeText();
+  if (!view.selected) return;
+  if (view.subscription !== null) {
+    conn.request("unsubscribe", { subscription: view.subscription }).catch(() => {});
+    view.subscription = null;
+  }
+  await subscribe();
 }
 
 let treeTimer = null;
@@ -311,18 +337,6 @@ async function loadTree() {
   if (!view.selected) return;
   try {
     view.tree = await conn.request("tree", { entity_id: view.selected, depth: 1, max_children: 30 });
-    // A run that grew past the limit while followed whole is followed by its own envelopes
-    // from now on (from the last seq received: nothing of its own is missed).
-    const children = Object.values(view.tree.children_by_status).reduce((a, b) => a + b, 0);
-    if (view.subtree && children > SUBTREE_LIMIT) {
-      view.subtree = false;
-      $("log-scope").textContent = scopeText();
-      if (view.subscription !== null) {
-        conn.request("unsubscribe", { subscription: view.subscription }).catch(() => {});
-        view.subscription = null;
-      }
-      await subscribe();
-    }
     // The runs list refreshes every few seconds: the selected run's row follows it at once.
     const row = view.runs.find((run) => run.id === view.tree.id);
     if (row && row.status !== view.tree.status) {
@@ -484,6 +498,11 @@ function renderLog() {
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
   list.replaceChildren();
   for (const envelope of view.envelopes) {
+    if (envelope.gap) {
+      const text = `${envelope.gap} envelope${envelope.gap === 1 ? "" : "s"} not shown (sampled: the tree counts every entity)`;
+      list.append(element("li", text, { class: "gap muted", "data-skipped": String(envelope.gap) }));
+      continue;
+    }
     if (entity && envelope.entity_id !== entity) continue;
     if (type && envelope.type !== type) continue;
     if (status && (envelope.status || "") !== status) continue;
@@ -573,6 +592,7 @@ function start() {
     if (view.runsNext) { view.runsCursor = view.runsNext; loadRuns(); }
   });
   $("log-filters").addEventListener("input", () => markDirty("log"));
+  $("log-every").addEventListener("change", (event) => setEvery(event.target.checked));
   $("log-filters").addEventListener("submit", (event) => event.preventDefault());
   $("action-cancel").addEventListener("click", () => {
     const entity = view.detailEntity;

@@ -1,0 +1,146 @@
+"""The shared tail of a followed subtree: its latest envelopes, read once from the store for
+every stream following it, and what a stream takes of them (all, or a sample)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from ..store import EntityStatus, EntityStore, StoredEnvelope
+from ._envelope import EntityEnvelope
+
+#: Envelopes read from the store per query while streaming.
+PAGE = 500
+#: The latest envelopes of a followed subtree kept in memory for its streams.
+WINDOW = 4096
+#: Envelope types a sample keeps even when they are not among the newest: errors, the
+#: prompts of waits and the messages answering them (what a person watching must not miss).
+NOTABLE_TYPES = frozenset({"ERROR", "WAITING", "MESSAGE"})
+
+_ENDED = (EntityStatus.COMPLETED, EntityStatus.FAILED, EntityStatus.CANCELLED)
+
+
+@attrs.frozen
+class EnvelopeSample:
+    """Part of a stream's envelopes (:meth:`~sluiceway.Runtime.stream_samples`): the newest
+    of what came since the previous sample, plus the newest of the older notable ones
+    (``ERROR``, ``WAITING``, ``MESSAGE``), in ``seq`` order; ``skipped`` counts the others.
+
+    Attributes:
+        envelopes: the envelopes kept, in ``seq`` order; the last is the newest that came.
+        skipped: how many envelopes since the previous sample are not in ``envelopes``.
+    """
+
+    envelopes: list[EntityEnvelope]
+    skipped: int = 0
+
+
+def sample(envelopes: list[EntityEnvelope], keep: int) -> EnvelopeSample:
+    """The newest ``keep`` of ``envelopes`` (in ``seq`` order), plus the newest ``keep`` of
+    the older notable ones."""
+    if len(envelopes) <= keep:
+        return EnvelopeSample(envelopes)
+    older = [e for e in envelopes[:-keep] if e.type in NOTABLE_TYPES][-keep:]
+    kept = older + envelopes[-keep:]
+    return EnvelopeSample(kept, len(envelopes) - len(kept))
+
+
+class Tail:
+    """The latest envelopes of one entity's subtree, read once for all its streams.
+
+    Every envelope of the subtree with a seq in ``(base, last]`` is in ``window``, in
+    ``seq`` order (older ones drop out of it and move ``base``), with its seq at the same
+    index of ``seqs`` and, if notable, in ``notable`` too: a stream finds what it has not
+    seen by bisection, and a sample of thousands costs no more than its few kept envelopes.
+    ``ended`` says whether the entity's run had ended when ``last`` was read. A stream
+    behind ``base`` replays from the store, then joins the window.
+    """
+
+    def __init__(
+        self, entity_id: str, *, base: int, size: int | None = None, subtree: bool = True
+    ) -> None:
+        self.entity_id = entity_id
+        self.subtree = subtree  # the whole subtree, or the entity's own envelopes
+        self.base = base
+        self.last = base
+        self.window: list[EntityEnvelope] = []
+        self.seqs: list[int] = []
+        self.notable: list[EntityEnvelope] = []
+        self.notable_seqs: list[int] = []
+        self.size = WINDOW if size is None else size
+        self.ended = False
+        self.version = 0  # advanced this many times
+        # The runtime's wake-up event as it was when the last read began: anything stored
+        # since sets it.
+        self.changes = trio.Event()
+        self.users = 0
+        self.lock = trio.Lock()
+
+    def after(self, position: int) -> list[EntityEnvelope]:
+        """The envelopes of the window with a seq above ``position``."""
+        return self.window[bisect.bisect_right(self.seqs, position) :]
+
+    def sample_after(self, position: int, keep: int) -> EnvelopeSample:
+        """:func:`sample` of :meth:`after`, without going through what it skips."""
+        start = bisect.bisect_right(self.seqs, position)
+        count = len(self.window) - start
+        if count <= keep:
+            return EnvelopeSample(self.window[start:])
+        newest = self.window[-keep:]
+        first = bisect.bisect_right(self.notable_seqs, position)
+        end = bisect.bisect_left(self.notable_seqs, newest[0].seq, lo=first)
+        older = self.notable[max(first, end - keep) : end]
+        return EnvelopeSample(older + newest, count - len(older) - keep)
+
+    async def advance(
+        self, store: EntityStore, version: int, changes: Callable[[], trio.Event]
+    ) -> None:
+        """Read what was stored since ``last`` (unless another stream did it since
+        ``version``). ``changes()`` is the runtime's wake-up event of now: it is taken before
+        the read begins, so that a change the read misses sets it."""
+        async with self.lock:
+            if self.version != version:
+                return
+            event = changes()
+            ended = None
+            while True:
+                # One read: the entity first (if its run had ended then, its last envelopes
+                # are in this read), then the highest seq, then the envelopes.
+                read = await store.read_tail(
+                    self.entity_id, after_seq=self.last, limit=PAGE, subtree=self.subtree
+                )
+                if ended is None:
+                    ended = read.record.status in _ENDED
+                page = read.envelopes
+                self._append(page)
+                if page:
+                    self.last = page[-1].seq
+                if len(page) < PAGE:
+                    self.last = max(self.last, read.highest)  # (the page may go beyond it)
+                    break
+            self._trim()
+            self.ended = ended
+            self.changes = event
+            self.version += 1
+
+    def _append(self, page: list[StoredEnvelope]) -> None:
+        for stored in page:
+            envelope = EntityEnvelope.from_stored(stored)
+            self.window.append(envelope)
+            self.seqs.append(envelope.seq)
+            if envelope.type in NOTABLE_TYPES:
+                self.notable.append(envelope)
+                self.notable_seqs.append(envelope.seq)
+
+    def _trim(self) -> None:
+        """Drop what is beyond the window's size (once per read, not per envelope)."""
+        excess = len(self.window) - self.size
+        if excess <= 0:
+            return
+        self.base = self.seqs[excess - 1]
+        del self.window[:excess], self.seqs[:excess]
+        gone = bisect.bisect_right(self.notable_seqs, self.base)
+        del self.notable[:gone], self.notable_seqs[:gone]

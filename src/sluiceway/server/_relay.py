@@ -1,0 +1,112 @@
+"""A subscription's envelopes on their way to its connection: every one as it comes, or
+sampled (at most one event per interval, holding the newest few) for a page that shows a
+run too busy for anyone to read every envelope of."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ..entities import EntityEnvelope, EnvelopeSample
+from ..entities._tail import NOTABLE_TYPES
+
+#: What a stream hands over: every envelope, or a sample.
+Found = list[EntityEnvelope] | EnvelopeSample
+
+#: Queues a subscription's envelopes (their JSON) for its client, with the count of those
+#: since the previous ones that it leaves out (``Connection.emit_envelopes``).
+Emit = Callable[[list[str], int], Awaitable[None]]
+
+
+class SubscriptionRelay:
+    """Hands one subscription's batches of envelopes to its connection's ``emit``, each
+    envelope's JSON made by ``encode``.
+
+    With neither ``interval`` nor ``keep``, every batch goes as it comes (the connection's
+    writer still joins what waits into as few frames as it can). With ``interval``, what
+    comes meanwhile waits until ``interval`` seconds after the previous event; with ``keep``,
+    an event holds the newest ``keep`` envelopes of what came since the previous one, and
+    the newest ``keep`` of the older notable ones (errors, prompts, answers); the
+    others are counted in its ``skipped``. The first event, and the one after the stream's
+    end, go at once.
+
+    ``last`` is the seq of the last envelope handed to the connection: where the client
+    resumes from, with nothing missed silently and nothing twice.
+    """
+
+    def __init__(
+        self,
+        emit: Emit,
+        encode: Callable[[EntityEnvelope], str],
+        *,
+        after_seq: int,
+        interval: float = 0.0,
+        keep: int | None = None,
+    ) -> None:
+        self.emit = emit
+        self.encode = encode
+        self.last = after_seq
+        self.interval = interval
+        self.keep = keep
+
+    async def relay(
+        self,
+        batches: trio.abc.ReceiveChannel[list[EntityEnvelope]]
+        | trio.abc.ReceiveChannel[EnvelopeSample],
+    ) -> None:
+        """Relay until the stream ends (its last envelopes sent). The stream comes as lists
+        (every envelope), or as samples already cut to ``keep`` by the runtime (which then
+        never even looks at what it skips): either way, several that come within an
+        interval are joined, and cut again to ``keep``."""
+        if not self.interval and self.keep is None:
+            async for batch in batches:
+                await self._send(batch if isinstance(batch, list) else batch.envelopes, 0)
+            return
+        keep = self.keep
+        newest: deque[EntityEnvelope] = deque()  # at most keep, if keep is set
+        notable: deque[EntityEnvelope] = deque()  # older than newest, at most keep
+        skipped = 0
+        due = trio.current_time()
+        while True:
+            if newest and trio.current_time() >= due:
+                await self._send([*notable, *newest], skipped)
+                newest.clear()
+                notable.clear()
+                skipped = 0
+                due = trio.current_time() + self.interval
+            # A memory channel's receive loses nothing when cancelled: the deadline only
+            # ends the wait for more.
+            with trio.move_on_at(due if newest else math.inf):
+                try:
+                    item = await batches.receive()
+                except trio.EndOfChannel:
+                    break
+                if isinstance(item, EnvelopeSample):
+                    skipped += item.skipped  # (older than anything it kept)
+                    item = item.envelopes
+                newest.extend(item)
+                if keep is None:
+                    continue
+                # What falls out of the newest is skipped, unless it is notable (an error,
+                # a prompt or an answer: what a person watching must not miss).
+                for _ in range(len(newest) - keep):
+                    older = newest.popleft()
+                    if older.type in NOTABLE_TYPES:
+                        notable.append(older)
+                        if len(notable) > keep:
+                            notable.popleft()
+                            skipped += 1
+                    else:
+                        skipped += 1
+        if newest:
+            await self._send([*notable, *newest], skipped)
+
+    async def _send(self, batch: list[EntityEnvelope], skipped: int) -> None:
+        if not batch:
+            return
+        encode = self.encode
+        await self.emit([encode(envelope) for envelope in batch], skipped)
+        self.last = batch[-1].seq
