@@ -171,3 +171,40 @@ def test_runners_import_no_private_capacity_name() -> None:
                     assert not alias.name.startswith("_"), f"{path.name} imports {alias.name}"
             if isinstance(node, ast.Attribute) and node.attr == "_node":
                 pytest.fail(f"{path.name}:{node.lineno} reaches into a capacity node")
+
+
+def test_hand_over_is_refused_after_a_reconcile_goes_over_a_limit() -> None:
+    node = ResourceCapacitySource({"cpu": 2})
+    owner = Owner({"cpu": 1}, tasks=10)
+    demand = node.demand(owner)
+    demand.open()
+    assert demand.hand_over({"cpu": 1})  # within limits: checked, and remembered
+    node.reconcile({"cpu": 0}, {"cpu": 1})  # an estimate fell short: now over the limit
+    assert not demand.hand_over({"cpu": 1})
+    node.release({"cpu": 1})  # back within the limit
+    assert demand.hand_over({"cpu": 1})
+    demand.close()
+    demand.give_back({"cpu": 1})
+    demand.give_back({"cpu": 1})
+    assert_idle(node)
+
+
+def test_grant_now_only_when_alone_and_it_fits() -> None:
+    root = CapacitySource(2)
+    leaf = CapacitySource(2, root)
+    owner = Owner({"slots": 1}, tasks=0)  # wants nothing at first: nothing is granted
+    demand = leaf.demand(owner)
+    assert not demand.grant_now({"slots": 1})  # closed
+    demand.open()
+    assert demand.grant_now({"slots": 1})
+    assert demand.grant_now({"slots": 1})
+    assert not demand.grant_now({"slots": 1})  # the limit is reached
+    assert leaf.capacity_statistics().granted == 2
+    demand.give_back({"slots": 1})
+    sibling = CapacitySource(2, root).demand(Owner({"slots": 1}, tasks=0))
+    sibling.open()
+    assert not demand.grant_now({"slots": 1})  # not alone: the tree decides
+    sibling.close()
+    demand.close()
+    demand.give_back({"slots": 1})
+    assert_idle(root, leaf)

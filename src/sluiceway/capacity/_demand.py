@@ -46,7 +46,15 @@ class CapacityDemand:
     so several runners on one node take turns. Everything here is synchronous.
     """
 
-    __slots__ = ("_demand", "_node", "_owner", "_root", "_tree", "_validated")
+    __slots__ = (
+        "_demand",
+        "_node",
+        "_owner",
+        "_root",
+        "_tree",
+        "_validated",
+        "_within_limits_version",
+    )
 
     def __init__(self, node: _tree.Node, owner: DemandOwner, *, validated: bool) -> None:
         self._node = node
@@ -55,6 +63,9 @@ class CapacityDemand:
         self._owner = owner
         self._validated = validated
         self._demand: _tree.Demand | None = None
+        # The tree's overuse_version when every level of the chain was last seen within its
+        # limits (see hand_over); -1: not seen yet.
+        self._within_limits_version = -1
 
     @property
     def is_open(self) -> bool:
@@ -98,6 +109,20 @@ class CapacityDemand:
         """Return ``cost`` for a task that never ran (a quota gets it back too), then dispatch."""
         _tree.refund(self._node, cost)
 
+    def grant_now(self, cost: CostVector) -> bool:
+        """Grant ``cost`` to this demand at once, without a dispatch, when that is what a
+        dispatch would do: the demand is the only request in the tree (:attr:`alone`) and
+        ``cost`` fits at every level of its chain. Takes it at every level and returns ``True``;
+        the owner then takes its next task itself (``demand_granted`` is not called). Returns
+        ``False``, changing nothing, otherwise (then :meth:`dispatch` decides)."""
+        demand = self._demand
+        node = self._node
+        if demand is None or self._root.waiting != 1 or not node.fits_chain(cost):
+            return False
+        _tree.take(node, cost)
+        demand.seq = self._tree.next_seq()
+        return True
+
     def hand_over(self, cost: CostVector) -> bool:
         """Keep ``cost``, about to be given back, for the owner's next task of the same cost,
         when that is exactly what giving it back and dispatching would do: the demand is the
@@ -106,7 +131,15 @@ class CapacityDemand:
         Counts a release and a grant and returns ``True`` (the owner takes its next task now);
         returns ``False``, changing nothing, otherwise."""
         demand = self._demand
-        if demand is None or not _tree.transfer_fits(demand, cost):
+        if demand is None:
             return False
+        tree = self._tree
+        if self._within_limits_version != tree.overuse_version:
+            # A level can only come to use more than a limit when a limit changes or a
+            # reconcile adds to what is held (grants only ever fit, a hand-over changes no
+            # usage), and both bump overuse_version: so it is checked once per such change.
+            if self._node.quota_in_chain or not _tree.chain_within_limits(self._node):
+                return False
+            self._within_limits_version = tree.overuse_version
         _tree.count_transfer(demand, cost)
         return True

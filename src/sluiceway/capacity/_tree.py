@@ -89,7 +89,7 @@ def report(node: Node, kind: CapacityEventKind, amounts: Vector, reason: str | N
 class Tree:
     """State shared by all the nodes below one root."""
 
-    __slots__ = ("again", "dispatching", "limits_version", "root", "seq")
+    __slots__ = ("again", "dispatching", "limits_version", "overuse_version", "root", "seq")
 
     def __init__(self, root: Node) -> None:
         self.root = root
@@ -97,6 +97,9 @@ class Tree:
         self.dispatching = False
         self.again = False
         self.limits_version = 0  # bumped whenever some node's limits change
+        # Bumped whenever a level may have come to use more than a limit: a limit changed, or
+        # a reconcile added to what is held (grants only ever fit).
+        self.overuse_version = 0
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -421,6 +424,7 @@ def adjust(node: Node, delta: Vector) -> None:
             )
     for resource, value in delta.items():
         own[resource] = own.get(resource, 0) + value
+    node.tree.overuse_version += 1
     for level in node.chain:
         held = level.held
         for resource, value in delta.items():
@@ -589,8 +593,10 @@ def dispatch(tree: Tree) -> None:
         while True:
             tree.again = False
             root = tree.root
-            if root.waiting == 1:
-                _serve_sole_request(tree)
+            if root.waiting == 1 and _serve_sole_request(tree):
+                if not tree.again:
+                    return
+                continue
             while root.waiting:
                 found = _select(root)
                 if found is None:
@@ -602,21 +608,24 @@ def dispatch(tree: Tree) -> None:
         tree.dispatching = False
 
 
-def _serve_sole_request(tree: Tree) -> None:
+def _serve_sole_request(tree: Tree) -> bool:
     """Dispatch when exactly one request waits in the whole tree (the common case of a run).
 
     With one request there is nothing for the fairness rules to decide: grant it while its next
-    cost fits along its chain. As soon as that is not so (or another request appears), return
-    and let the general loop decide.
+    cost fits along its chain. Returns ``True`` when that settled the dispatch: the request is
+    still the only one and wants nothing now, or its next cost does not fit (the general loop
+    would find the same, at the price of a fairness pass over the tree). Returns ``False`` when
+    the general loop must decide (another request appeared, or the sole one was withdrawn).
     """
-    node = tree.root
+    root = tree.root
+    node = root
     while not node.queue:
         node = next(iter(node.active_children))
     request = next(iter(node.queue))
-    while tree.root.waiting == 1:
+    while root.waiting == 1:
         cost = request.current_cost()
         if cost is None:
-            return
+            return root.waiting == 1 and request in node.queue
         if not node.fits_chain(cost):
             if request.validated:
                 error = node.impossible(cost)
@@ -624,10 +633,12 @@ def _serve_sole_request(tree: Tree) -> None:
                     request.on_impossible(cost, error)
                     if request in node.queue:
                         continue  # a demand dropped that task; look at its next one
-            return
+                    return False
+            return root.waiting == 1 and request in node.queue
         grant(request, cost)
         if not request.persistent:
-            return
+            return False
+    return False
 
 
 def can_transfer(demand: Demand, cost: Vector) -> bool:
@@ -656,6 +667,17 @@ def transfer_fits(demand: Demand, cost: Vector) -> bool:
         for resource in cost:
             limit = limits.get(resource)
             if limit is not None and usage.get(resource, 0) > limit:
+                return False
+    return True
+
+
+def chain_within_limits(node: Node) -> bool:
+    """Whether no level of ``node``'s chain uses more than a limit of any resource (a lowered
+    limit keeps its debt until it is paid back)."""
+    for level in node.chain:
+        usage = level.usage
+        for resource, limit in level.limits.items():
+            if usage.get(resource, 0) > limit:
                 return False
     return True
 
@@ -754,6 +776,7 @@ def update_limits(node: Node, limits: Vector) -> None:
     """Write new limits at ``node`` (the one place limits change, so caches stay right)."""
     node.limits.update(limits)
     node.tree.limits_version += 1
+    node.tree.overuse_version += 1
 
 
 def open_demand(node: Node, owner: DemandOwner, *, validated: bool) -> Demand:

@@ -244,6 +244,20 @@ class Run:
             except Exception as error:  # a cost that is malformed, unknown or can never fit
                 self._reject(error)  # takes that item; look at the next one
 
+    def admit_next(self) -> None:
+        """Admit the run's next task if it can start now: what a dispatch of the tree does,
+        done directly when this run holds the only request in the tree (no fairness to decide,
+        no second look at the source once it has nothing more to start)."""
+        capacity = self.capacity
+        if capacity.alone:
+            cost = self.next_cost()
+            if cost is None:
+                return  # a dispatch would grant nobody anything
+            if capacity.grant_now(cost):
+                self.accept(cost)  # granted in the step it asked: it waited no time
+                return
+        capacity.dispatch()
+
     def demand_cost(self) -> CostVector | None:
         cost = self.next_cost()
         if cost is not None and self.head_since is None:

@@ -58,6 +58,46 @@ class TaskEnvelope(Generic[I, O]):
         return f"<TaskEnvelope #{self.task_id}{key} {self.kind.value}{body}>"
 
 
+def _fast_constructor() -> Any:
+    """A constructor of :class:`TaskEnvelope` for the runners' per-task path.
+
+    attrs builds a frozen instance through ``object.__setattr__``, once per field; setting the
+    slots through their descriptors makes the same object (same class, same fields, as frozen
+    as ever: ``__setattr__`` still refuses) in about half the time. Positional, all fields.
+    """
+    new = object.__new__
+    setters = [getattr(TaskEnvelope, field.name).__set__ for field in attrs.fields(TaskEnvelope)]
+    if len(setters) != 7:  # pragma: no cover - a new field must be added here too
+        raise AssertionError("TaskEnvelope's fields changed: update make_envelope")
+    set_id, set_kind, set_value, set_error, set_key, set_started, set_at = setters
+
+    def make_envelope(  # noqa: PLR0917 - positional, as on the hot path
+        task_id: int,
+        kind: EnvelopeKind,
+        value: Any,
+        error: BaseException | None,
+        key: Hashable | None,
+        started_at: float,
+        at: float,
+    ) -> TaskEnvelope[Any, Any]:
+        envelope: TaskEnvelope[Any, Any] = new(TaskEnvelope)
+        set_id(envelope, task_id)
+        set_kind(envelope, kind)
+        set_value(envelope, value)
+        set_error(envelope, error)
+        set_key(envelope, key)
+        set_started(envelope, started_at)
+        set_at(envelope, at)
+        return envelope
+
+    return make_envelope
+
+
+#: ``make_envelope(task_id, kind, value, error, key, started_at, at)``: a
+#: :class:`TaskEnvelope`, built faster than by its constructor (the runners' per-task path).
+make_envelope = _fast_constructor()
+
+
 def json_safe(value: object, _depth: int = 0) -> Any:
     """Turn ``value`` into something ``json.dumps`` accepts without loss where possible.
 

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from ..capacity import CostVector
-from ._envelopes import EnvelopeKind, TaskEnvelope
+from ._envelopes import EnvelopeKind, make_envelope
 from ._parked import is_parked
 from ._tasks import ScheduledTask, TaskSpec
 
@@ -124,7 +124,7 @@ class Emitter(Generic[I]):
         run = self._run
         now = run.now()
         await run.channel.put_wait(
-            TaskEnvelope(
+            make_envelope(
                 job.task_id, EnvelopeKind.INTERMEDIATE, value, None, job.key, job.started_at, now
             )
         )

@@ -15,7 +15,7 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from .._errors import TaskAbortedError
-from ._envelopes import EnvelopeKind, TaskEnvelope
+from ._envelopes import EnvelopeKind, TaskEnvelope, make_envelope
 from ._job import ABORTED, Job
 from ._retries import Retry
 from ._stats import count_failure, event_kind
@@ -46,7 +46,9 @@ class Outcomes:
             count_failure(counters, job, error)
             kind = EnvelopeKind.ERROR
         now = run.now()
-        run.channel.put(TaskEnvelope(job.task_id, kind, value, error, job.key, job.started_at, now))
+        run.channel.put(
+            make_envelope(job.task_id, kind, value, error, job.key, job.started_at, now)
+        )
         if run.metrics is not None:
             run.event(event_kind(job, error), job, now, error=error)
         run.maybe_finish()
@@ -57,7 +59,9 @@ class Outcomes:
     ) -> None:
         """Deposit the envelope that ends a task, and its lifecycle event."""
         run = self._run
-        run.channel.put(TaskEnvelope(job.task_id, kind, value, error, job.key, job.started_at, now))
+        run.channel.put(
+            make_envelope(job.task_id, kind, value, error, job.key, job.started_at, now)
+        )
         if job.node is not None and run.feedback is not None:
             run.feedback.forget(job.node)
         if run.metrics is not None:

@@ -49,6 +49,7 @@ class Workers:
         # release admits is its own next one, so no other worker is woken for it.
         self.releaser_claim = False
         self.refilling = False  # admitting after the consumer drained a full envelope buffer
+        self.admit_wanted = False  # see admit_later
         self._spawner: trio.lowlevel.Task | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -85,6 +86,25 @@ class Workers:
         if self.coming >= pending:
             return  # workers being spawned will take every admitted task
         self.coming += 1
+        self.spawn_needed += 1
+        if self._spawner is not None:
+            task, self._spawner = self._spawner, None
+            trio.lowlevel.reschedule(task)
+
+    def admit_later(self) -> None:
+        """Have a worker call ``run.admit_next()`` when it next looks for work, waking (or
+        spawning) one unless one is on its way (a worker on its way that takes an admitted
+        task first wakes another for this, so no long task leaves it waiting)."""
+        self.admit_wanted = True
+        if not self.coming:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake an idle worker, or have a new one spawned."""
+        self.coming += 1
+        if self.idle.tasks:
+            self.idle.wake_one(newest=True)
+            return
         self.spawn_needed += 1
         if self._spawner is not None:
             task, self._spawner = self._spawner, None
@@ -130,6 +150,8 @@ class Workers:
                         job = self._admit(item, cost, waited, node, stamp)
                         if (ready or unproduced) and not self.coming:
                             self.work_available()  # the wake-up chain
+                        elif self.admit_wanted and not self.coming:
+                            self._wake()  # someone else admits the source's next item
                     elif unproduced:
                         stamp = None
                         cost, waited = unproduced.popleft()
@@ -138,6 +160,15 @@ class Workers:
                         job = await self._produce(cost, waited)
                         if job is None:
                             continue
+                    elif self.admit_wanted:
+                        self.admit_wanted = False
+                        stamp = None
+                        self.releaser_claim = True  # what it admits is this worker's to start
+                        try:
+                            run.admit_next()
+                        finally:
+                            self.releaser_claim = False
+                        continue
                     elif run.finished or run.stopping:
                         return
                     else:
@@ -169,7 +200,9 @@ class Workers:
                     else:
                         stamp = None
                         await outcomes.settle(job, outcome_value, failure)
-                    if scope.cancel_called:
+                    # Only the run cancels this scope (cancel_job, which sets cancel_kind) or its
+                    # deadline does: tested so, since scope.cancel_called reads the clock.
+                    if job.cancel_kind is not None or (limited and scope.cancel_called):
                         break  # the task swallowed our cancellation: take a fresh scope
                     streak += 1
                     if streak >= YIELD_EVERY:
@@ -257,8 +290,14 @@ class Workers:
             if not kept:
                 run.capacity.refund(cost)
                 run.maybe_finish()
+            elif run.capacity.alone:
+                # The next item may be produced now. Rather than taking its unit at once (and
+                # giving this task's back when it ends), leave it to whoever comes first: this
+                # worker's release, if its task ends without blocking, hands its own unit over
+                # (no take, no give-back); else the worker woken here admits it.
+                self.admit_later()
             else:
-                run.capacity.dispatch()  # the run may now claim its next unit
+                run.admit_next()  # with other requests in the tree, the tree decides now
 
     async def _execute(self, job: Job) -> tuple[Any, BaseException | None]:
         """Run one task; its capacity is released the moment its body returns or raises.
@@ -276,7 +315,9 @@ class Workers:
                 # The common case (a coroutine) without the detour through call_task.
                 if type(result) is CoroutineType:
                     value = await result
-                    if hasattr(type(value), "__aiter__") or hasattr(type(value), "__anext__"):
+                    if value is not None and (
+                        hasattr(type(value), "__aiter__") or hasattr(type(value), "__anext__")
+                    ):
                         value = await streamed(fn, value, emit)  # ``return entity.start()``
                 else:
                     value = await finish(fn, result, emit)

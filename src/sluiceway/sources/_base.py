@@ -106,8 +106,13 @@ class PeekableSource(trio.abc.ReceiveChannel[T], Generic[T]):
 
     def _notify(self) -> None:
         """Subclasses call this after an item was added or the source ended."""
-        self._receivers.unpark_all()
-        for callback in tuple(self._listeners):
+        if self._receivers:  # a ParkingLot is falsy when nobody is parked (the common case)
+            self._receivers.unpark_all()
+        listeners = self._listeners
+        if len(listeners) == 1:
+            listeners[0]()  # the usual single runner: no copy of the list
+            return
+        for callback in tuple(listeners):
             callback()
 
     async def wait(self) -> None:

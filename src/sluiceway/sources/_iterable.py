@@ -148,7 +148,8 @@ class SourceFromIterable(LazySource[T]):
             raise
         finally:
             self._busy = False
-            self._turn.unpark()
+            if self._turn:  # a ParkingLot is falsy when nobody is parked (the common case)
+                self._turn.unpark()
         self.produced += 1
         return item
 
