@@ -75,11 +75,14 @@ async def test_the_page_follows_a_run_to_its_end_with_the_stores_counts(tmp_path
             screenshot(page, "run-completed")
             counts = page.locator("#tree .node").first.locator(".counts").text_content()
             page.locator("#log-type").select_option("ERROR")
+            # The log's samples come every half second, after the tree may have shown the
+            # end: wait for the run's last envelope, then count (sampling keeps every error).
+            page.wait_for_function("window.sluiceway.view.subscription === null")  # its end
             page.wait_for_function(
-                "[...document.querySelectorAll('#log li:not(.gap)')]"
-                ".every(li => li.dataset.type === 'ERROR')"
+                "(items => items.length > 0 && items.every(li => li.dataset.type === 'ERROR'))"
+                "([...document.querySelectorAll('#log li:not(.gap)')])"
             )
-            errors = page.locator("#log li:not(.gap)").count()  # sampling keeps every error
+            errors = page.locator("#log li:not(.gap)").count()
             page.locator("#filter-status").select_option("COMPLETED")
             page.wait_for_function(
                 "document.querySelectorAll('#runs-table tbody tr[data-id]').length === 1"

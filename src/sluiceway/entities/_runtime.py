@@ -567,6 +567,11 @@ class Runtime(Executor):
         cost nothing: a run of thousands of children costs a watcher a few envelopes a
         second.
 
+        ``keep`` is at most half the window of recent envelopes the runtime keeps per
+        followed subtree (2,048): a sample left behind by that window while it waits for its
+        pace is then still exact (what it missed is counted, and the notable ones among them
+        are kept longer than the window).
+
         Raises:
             EntityNotFoundError: at once, for an unknown id.
             ValueError: ``keep``, ``after_seq`` or ``pace`` out of range.

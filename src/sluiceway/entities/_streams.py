@@ -13,6 +13,7 @@ import trio
 
 from .._util import open_owned_nursery
 from ..store import EntityStore
+from . import _tail as tail_module
 from ._envelope import EntityEnvelope
 from ._tail import PAGE, EnvelopeSample, Tail, sample
 
@@ -136,8 +137,9 @@ class StreamHub:
         Raises:
             EntityNotFoundError: at once, for an unknown id.
         """
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+        most = tail_module.WINDOW // 2
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= most:
+            raise ValueError(f"keep must be an int from 1 to {most}, got {keep!r}")
         send, receive = trio.open_memory_channel[EnvelopeSample](buffer)
 
         async def deliver(found: EnvelopeSample) -> None:
@@ -225,8 +227,12 @@ class StreamHub:
         delivered; from the window, at most every ``pace`` seconds."""
         position = after_seq  # every envelope of the subtree up to here was delivered
         delivered_at = -math.inf  # when the last list was delivered
+        # A sampled stream, once it has taken from the window: how many of the tail's
+        # envelopes it has passed. Left behind by the window, it counts what it missed as
+        # skipped instead of replaying from the store what it would mostly skip.
+        taken: int | None = None
         while True:
-            if position < tail.base:
+            if position < tail.base and taken is None:
                 # Behind the window: replay from the store. Everything up to the highest seq
                 # stored before the read is in it, if the page is not full.
                 highest = await self._store.last_seq()
@@ -246,22 +252,30 @@ class StreamHub:
             if not tail.version:  # nobody has read the tail yet
                 await tail.advance(self._store, 0, self._current_changes)
                 continue
-            if pace:
+            if pace and delivered_at > -math.inf:
                 # At most one list per pace: what is stored meanwhile waits in the window
                 # (read once for every stream) and joins it. (A stream the window leaves
-                # behind replays from the store, as any other.)
-                await trio.sleep_until(delivered_at + pace)
+                # behind replays from the store, as any other.) The streams of one pace take
+                # theirs on the same beat (multiples of the pace on trio's clock): they take
+                # the same envelopes, which a server then encodes once for all of them.
+                beat = math.ceil((delivered_at + pace) / pace) * pace
+                if trio.current_time() < beat:
+                    await trio.sleep_until(beat)
+                    continue  # the window may have left this stream behind meanwhile
             # Take the window's content, its end, its version and the wake-up event of its
             # last read together, before delivering (which waits for the reader): whatever is
             # stored since that read began sets this event, or moves this version, so the wait
             # below returns at once instead of missing it until the next change or poll.
             changes, version = tail.changes, tail.version
             ended, last = tail.ended, tail.last
-            found = (
-                EnvelopeSample(tail.after(position))
-                if keep is None
-                else tail.sample_after(position, keep)
-            )
+            if keep is None:
+                found = EnvelopeSample(tail.after(position))
+            elif taken is None:
+                found = tail.sample_after(position, keep)
+            else:
+                found = tail.sample_since(taken, position, keep)
+            if keep is not None:
+                taken = tail.taken()
             await deliver(found)
             if found.envelopes:
                 delivered_at = trio.current_time()

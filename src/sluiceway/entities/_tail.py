@@ -53,8 +53,9 @@ class Tail:
 
     Every envelope of the subtree with a seq in ``(base, last]`` is in ``window``, in
     ``seq`` order (older ones drop out of it and move ``base``), with its seq at the same
-    index of ``seqs`` and, if notable, in ``notable`` too: a stream finds what it has not
-    seen by bisection, and a sample of thousands costs no more than its few kept envelopes.
+    index of ``seqs``; the last ``size`` notable ones (in the window or older) are in
+    ``notable``: a stream finds what it has not seen by bisection, and a sample of thousands
+    costs no more than its few kept envelopes.
     ``ended`` says whether the entity's run had ended when ``last`` was read. A stream
     behind ``base`` replays from the store, then joins the window.
     """
@@ -71,6 +72,7 @@ class Tail:
         self.notable: list[EntityEnvelope] = []
         self.notable_seqs: list[int] = []
         self.size = WINDOW if size is None else size
+        self.dropped = 0  # envelopes that left the window since this tail began
         self.ended = False
         self.version = 0  # advanced this many times
         # The runtime's wake-up event as it was when the last read began: anything stored
@@ -94,6 +96,23 @@ class Tail:
         end = bisect.bisect_left(self.notable_seqs, newest[0].seq, lo=first)
         older = self.notable[max(first, end - keep) : end]
         return EnvelopeSample(older + newest, count - len(older) - keep)
+
+    def taken(self) -> int:
+        """How many envelopes this tail has read since it began: a sampled stream that took
+        everything up to ``last`` keeps it, to count what it missed if the window leaves it
+        behind (:meth:`sample_since`)."""
+        return self.dropped + len(self.window)
+
+    def sample_since(self, taken: int, position: int, keep: int) -> EnvelopeSample:
+        """:meth:`sample_after` for a stream that has passed the first ``taken`` envelopes
+        this tail read (up to the seq ``position``): if the window has dropped some it had
+        not passed, they are counted as skipped, and the notable ones among them are still
+        kept (the notable envelopes are kept longer than the window: the last ``size``). A
+        sampled stream never goes back to the store for what it would skip anyway. With
+        ``keep`` at most half the window's size, the sample is exact."""
+        missed = max(0, self.dropped - taken)
+        found = self.sample_after(position, keep)
+        return EnvelopeSample(found.envelopes, found.skipped + missed) if missed else found
 
     async def advance(
         self, store: EntityStore, version: int, changes: Callable[[], trio.Event]
@@ -141,6 +160,8 @@ class Tail:
         if excess <= 0:
             return
         self.base = self.seqs[excess - 1]
+        self.dropped += excess
         del self.window[:excess], self.seqs[:excess]
-        gone = bisect.bisect_right(self.notable_seqs, self.base)
-        del self.notable[:gone], self.notable_seqs[:gone]
+        gone = len(self.notable) - self.size  # the last size notable ones, in or before it
+        if gone > 0:
+            del self.notable[:gone], self.notable_seqs[:gone]

@@ -70,7 +70,7 @@ _Outgoing = str | tuple[int, list[str], int]
 #: The longest ``interval`` of a subscription, in seconds.
 MAX_INTERVAL = 60.0
 #: The largest ``keep`` of a subscription.
-MAX_KEEP = 10_000
+MAX_KEEP = 1_000
 
 
 class Connection:
