@@ -34,10 +34,12 @@ browser does) doing what ``src/sluiceway/server/static/app.js`` does, on its tim
 (:class:`Page`). They open one after another over 2 s (their timers then tick out of step, as
 those of pages opened by different people do). On ``hello`` a page loads the runs (``list``,
 25 a page) and the gauges (``capacity``), then every 3 s and every 1 s. It selects the run as
-soon as a runs list shows it, as a person clicking it at once would: a ``tree`` of depth 0
-counts the run's children, a ``subscribe`` from seq 0 follows it (``subtree`` false if it has
-more than 2,000 children, else true), then a ``tree`` (depth 1, 30 children) and a ``get`` of
-the run; every ``envelopes`` or ``end`` event of its subscription schedules, unless one is
+soon as a runs list shows it, as a person clicking it at once would: a ``subscribe`` from
+seq 0 follows its whole subtree, sampled (``"interval": 0.5, "keep": 50``: at most one
+``envelopes`` event every half second, the newest 50 envelopes of what came and the older
+errors, prompts and answers, the others counted in ``skipped``), then a ``tree`` (depth 1, 30
+children) and a ``get`` of the run; every ``envelopes`` or ``end`` event of its subscription
+schedules, unless one is
 scheduled, a ``tree`` and a ``get`` one second later. A lost connection is opened again after
 0.5 s, doubling up to 10 s, and the subscription resumed from the last seq (a reconnection
 is reported as a warning). Once every page has subscribed, the driver says ``go`` to both processes;
@@ -51,12 +53,10 @@ of it). The emulation sends the same requests at the same moments and reads ever
 a real Chromium by ``tests/browser``. The pages' process's CPU over the run is reported (it
 shares the machine with the server).
 
-**Two runs with the pages per repetition.** Selected as soon as the run exists, the run has no
-child yet (its children are created by their tasks, 16 at a time), so app.js's depth-0 count
-is 0 and every page follows the **whole subtree** (40,003 envelopes each) for the whole run:
-that is run one, "as app.js". Run two has the pages follow **the run's own envelopes**
-(``subtree`` false, 10,003 each), as app.js does for a page opened once the run has more than
-2,000 children; everything else is the same. The side without pages runs once per
+**Two runs with the pages per repetition.** Run one has every page follow the **whole
+subtree** (40,003 envelopes, sampled), "as app.js". Run two has the pages follow **the run's
+own envelopes** (``subtree`` false, 10,003, sampled the same way); everything else is the
+same. The side without pages runs once per
 repetition, and its figures stand for both comparisons (in the table, its ``*_own`` rows
 repeat them). Each run is a fresh server process, and a fresh pages' process; the sides
 alternate (the harness's interleaving).
@@ -67,10 +67,12 @@ sum), every child body ran once holding capacity, at most 16 at once
 after the server exited (:func:`verify_store`): the root COMPLETED at attempt 1 with its
 result and exactly its envelopes in order, each child once under it with its edge, COMPLETED
 at attempt 1 with exactly STARTED, VALUE, COMPLETED, no lease held, distinct seqs,
-``PRAGMA integrity_check`` ok; every page (:func:`verify_pages`): the seqs it kept are exactly
-``runtime.envelopes(root, subtree=...)`` for what it followed, read by the server after the
-run, in order, no envelope twice or of another entity when it followed the run's own (checked
-on arrival), its ``end`` event COMPLETED, and no request of it refused; the read counter
+``PRAGMA integrity_check`` ok; every page (:func:`verify_pages`): its events account for
+exactly ``runtime.envelopes(root, subtree=...)`` for what it followed, read by the server
+after the run (:func:`sampled_problem`: each event holds, in order, some of the next ``kept +
+skipped`` envelopes, ending with the newest of them), no envelope twice or of another entity
+when it followed the run's own (checked on arrival), its ``end`` event COMPLETED, and no
+request of it refused; the read counter
 agrees with the store's statistics.
 
 In the results table the ``sluiceway`` column is the side with the pages open and the
@@ -164,9 +166,8 @@ SAMPLE_INTERVAL, SAMPLE_KEEP = 0.5, 50
 TREE_CHILDREN = 30
 #: The reconnection back-off: first delay, doubling, at most.
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 10.0
-#: How the pages choose what to follow: as app.js does (``subtree`` true unless the run has
-#: more than 2,000 children when selected), or the run's own envelopes only (``subtree``
-#: false, which app.js chooses for a run of more than 2,000 children).
+#: What the pages follow: the run's whole subtree, as app.js does, or the run's own envelopes
+#: only (``subtree`` false); sampled either way.
 FOLLOW_APP, FOLLOW_OWN = "app.js", "own"
 #: What the pages do: everything app.js does; only poll the runs and the gauges (never select
 #: the run); select and follow the run but never ask for its tree or details (the last two
@@ -476,9 +477,9 @@ class Page:
     The page opens its WebSocket (offering the ``sluiceway.v1`` subprotocol, with the
     ``Origin`` of the server's own page); on ``hello`` it loads the runs (``list``, 25) and
     the gauges (``capacity``), and then every 3 s and every 1 s. When a runs list shows the
-    run named ``run_name``, it selects it, as a person clicking it at once would: a ``tree``
-    of depth 0 counts its children; it subscribes to the run from seq 0 with ``subtree``
-    false if it has more than 2,000 children, else true; then a ``tree`` (depth 1, 30
+    run named ``run_name``, it selects it, as a person clicking it at once would: it
+    subscribes to the run from seq 0 with ``subtree`` true (false when it follows the run's
+    own), sampled (``SAMPLE_INTERVAL``, ``SAMPLE_KEEP``); then a ``tree`` (depth 1, 30
     children) and a ``get`` of the run. Each ``envelopes`` or ``end`` event of its
     subscription schedules, unless one is scheduled, a ``tree`` and a ``get`` one second
     later. A lost connection is opened again after 0.5 s, doubling up to 10 s; on its
@@ -1238,7 +1239,7 @@ class OpenPages(Scenario):
             f"{params['concurrency']}, a status envelope of the root per finished child) in a "
             f"RuntimeServer process, {params['pages']} pages open on it (WebSocket clients "
             "doing what app.js does, in a process of their own) against none; twice: the pages "
-            "as app.js (selected at the start: 0 children, so the whole subtree) and following "
+            "as app.js (the whole subtree, sampled) and following "
             "the run's own envelopes"
         )
 
