@@ -310,19 +310,14 @@ class StoreOperations(StoreRuns):
 
         def read(tx: Tx) -> EnvelopeTail:
             record = sql.require_entity(tx, entity_id)
-            value = tx.execute("SELECT max(seq) FROM envelopes").fetchone()[0]
+            highest = _highest_seq(tx)
             envelopes = _envelopes_after(tx, entity_id, after_seq, limit, subtree)
-            return EnvelopeTail(record, 0 if value is None else int(value), envelopes)
+            return EnvelopeTail(record, highest, envelopes)
 
         return await self._db.read(read)
 
     async def last_seq(self) -> int:
-
-        def read(tx: Tx) -> int:
-            value = tx.execute("SELECT max(seq) FROM envelopes").fetchone()[0]
-            return 0 if value is None else int(value)
-
-        return await self._db.read(read)
+        return await self._db.read(_highest_seq)
 
     # -- edges ---------------------------------------------------------------------------------
 
@@ -549,6 +544,12 @@ class StoreOperations(StoreRuns):
         return await self._db.read(lambda tx: sql.get_wait(tx, entity_id, index))
 
 
+def _highest_seq(tx: Tx) -> int:
+    """The highest seq stored (0 if none)."""
+    value = tx.execute("SELECT max(seq) FROM envelopes").fetchone()[0]
+    return 0 if value is None else int(value)
+
+
 def _check_limit(operation: str, limit: object) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"{operation}() limit must be an int >= 0, got {limit!r}")
@@ -561,7 +562,7 @@ def _envelopes_after(
     most ``limit``; the entity exists."""
     highest = 0
     if subtree:
-        highest = tx.execute("SELECT max(seq) FROM envelopes").fetchone()[0] or 0
+        highest = _highest_seq(tx)
     if subtree and highest - after_seq <= _UPWARD_SPAN:
         # Near the newest envelopes (a stream's tail): walk up from the few entities
         # that stored after after_seq to see which are in the subtree, rather than
