@@ -63,6 +63,31 @@ async def test_helpers(served: Served) -> None:
                 assert [e.seq async for e in subscription] == own[2:]
 
 
+async def test_raw_subscriptions_yield_the_envelopes_as_sent(served: Served) -> None:
+    """With raw=True the envelopes come as plain dicts: the server's JSON objects, the same
+    ones, in the same order, as the envelopes of the default mode."""
+    with trio.fail_after(TIMEOUT):
+        chatter = await served.runtime.create(Chatter, {"count": 12, "pause_after": 100})
+        async with connect(served.url) as client:
+            await client.start(chatter.id)
+            async with client.subscribe(chatter.id, raw=True) as subscription:
+                assert subscription.raw
+                got = [envelope async for envelope in subscription]
+            assert subscription.status == "COMPLETED"
+            expected = await served.runtime.envelopes(chatter.id)
+            assert all(type(envelope) is dict for envelope in got)
+            assert got == [envelope.to_dict() for envelope in expected]
+            assert [EntityEnvelope.from_dict(envelope) for envelope in got] == expected
+            assert subscription.last_seq == expected[-1].seq
+
+            # From a position, the entity's own envelopes only.
+            async with client.subscribe(
+                chatter.id, after_seq=expected[3].seq, subtree=False, raw=True
+            ) as subscription:
+                assert [e["seq"] async for e in subscription] == [e.seq for e in expected[4:]]
+            assert subscription.status == "COMPLETED"
+
+
 async def test_server_errors(served: Served) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(served.url) as client:
@@ -178,10 +203,11 @@ async def test_requests_fail_once_reconnecting_gave_up(db: Path) -> None:
                     pass
 
 
-async def test_resume_across_a_server_restart(db: Path) -> None:
+@pytest.mark.parametrize("raw", [False, True])
+async def test_resume_across_a_server_restart(db: Path, raw: bool) -> None:
     """The server stops in the middle of a run and another starts on the same port and file:
     the client reconnects, the run resumes in the new server, and the subscription gets
-    exactly the stored envelopes, none lost, none twice."""
+    exactly the stored envelopes, none lost, none twice (as objects, or as raw dicts)."""
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             first, stop_first = await start_server(nursery, db, grace=0)
@@ -191,10 +217,10 @@ async def test_resume_across_a_server_restart(db: Path) -> None:
                     "Chatter", {"count": 30, "pause_after": 10}, name="chatter"
                 )
                 got: list[EntityEnvelope] = []
-                async with client.subscribe(chatter["id"]) as subscription:
+                async with client.subscribe(chatter["id"], raw=raw) as subscription:
                     await client.start(chatter["id"])
                     async for envelope in subscription:
-                        got.append(envelope)
+                        got.append(EntityEnvelope.from_dict(envelope) if raw else envelope)
                         if len(got) == 11:  # STARTED and 10 updates: the run waits at its gate
                             break
                     # The first server stops: its run is interrupted, its lease given back.
@@ -207,7 +233,7 @@ async def test_resume_across_a_server_restart(db: Path) -> None:
                     workflows.GATES.setdefault("chatter", trio.Event()).set()
                     second, stop_second = await start_server(nursery, db, port=port)
                     async for envelope in subscription:
-                        got.append(envelope)
+                        got.append(EntityEnvelope.from_dict(envelope) if raw else envelope)
                     assert subscription.status == "COMPLETED"
                     assert client.reconnections >= 1
                     expected = await second.runtime.envelopes(chatter["id"])

@@ -11,7 +11,7 @@ import math
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import attrs
 import trio
@@ -29,6 +29,10 @@ from ..entities import EntityEnvelope
 from ..server._protocol import PROTOCOL_VERSION, dumps
 
 log = logging.getLogger("sluiceway.client")
+
+#: What a subscription yields: :class:`~sluiceway.EntityEnvelope` objects, or with
+#: ``raw=True`` the envelopes as the server sent them (plain dicts).
+Item = TypeVar("Item", EntityEnvelope, dict[str, Any])
 
 
 class ServerError(SluicewayError):
@@ -101,8 +105,13 @@ class _Pending:
     on_result: Callable[[Any], None] | None = None
 
 
-class Subscription:
+class Subscription(Generic[Item]):
     """The envelopes of one subscription: ``async for envelope in subscription``.
+
+    Iteration gives :class:`~sluiceway.EntityEnvelope` objects, or with
+    ``client.subscribe(..., raw=True)`` each envelope as the server sent it: a plain dict with
+    the protocol's fields (``type``, ``entity_id``, ``seq``...; see ``docs/protocol.rst``),
+    decoded from JSON and nothing more.
 
     Iteration ends after the run's end (``status`` then says how it ended), or raises
     :class:`ConnectionLostError` if the connection could not be restored (or
@@ -110,22 +119,27 @@ class Subscription:
     subscription resumes from ``last_seq``: nothing is missed, nothing is seen twice.
     """
 
-    def __init__(self, entity_id: str, after_seq: int, subtree: bool, buffer: int) -> None:
+    def __init__(
+        self, entity_id: str, after_seq: int, subtree: bool, buffer: int, *, raw: bool = False
+    ) -> None:
         self.entity_id = entity_id
         self.subtree = subtree
+        self.raw = raw
         self.last_seq = after_seq
         self.status: str | None = None  # the entity's status when the subscription ended
         self.number: int | None = None  # the server's number for it on the current connection
         # Frames of envelopes (lists), taken apart by __anext__.
-        self._send, self._receive = trio.open_memory_channel[list[EntityEnvelope]](buffer)
-        self._taken: collections.deque[EntityEnvelope] = collections.deque()
+        self._send: trio.MemorySendChannel[list[Item]]
+        self._receive: trio.MemoryReceiveChannel[list[Item]]
+        self._send, self._receive = trio.open_memory_channel(buffer)
+        self._taken: collections.deque[Item] = collections.deque()
         self.closed = False
         self.error: BaseException | None = None  # why it ended, if it did not end normally
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> Subscription[Item]:
         return self
 
-    async def __anext__(self) -> EntityEnvelope:
+    async def __anext__(self) -> Item:
         # Not an async generator: leaving an ``async for`` early leaves nothing to finalize.
         if self._taken:
             await trio.lowlevel.checkpoint()
@@ -138,11 +152,20 @@ class Subscription:
             raise StopAsyncIteration from None
         return self._taken.popleft()
 
-    async def _deliver(self, envelopes: list[EntityEnvelope]) -> None:
-        fresh = [e for e in envelopes if e.seq > self.last_seq]  # not before a reconnection
-        if not fresh:
+    async def _deliver(self, envelopes: list[dict[str, Any]]) -> None:
+        """Hand over the envelopes of an ``envelopes`` event (in ``seq`` order), those above
+        ``last_seq`` only (a reconnection may bring some again)."""
+        if not envelopes:
             return
-        self.last_seq = fresh[-1].seq
+        last = self.last_seq
+        if envelopes[0]["seq"] <= last:  # rare: only the first frames after a reconnection
+            envelopes = [e for e in envelopes if e["seq"] > last]
+            if not envelopes:
+                return
+        fresh: list[Any] = (
+            envelopes if self.raw else [EntityEnvelope.from_dict(e) for e in envelopes]
+        )
+        self.last_seq = envelopes[-1]["seq"]
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._send.send(fresh)
 
@@ -185,8 +208,8 @@ class Client:
         self._connected = trio.Event()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._subscriptions: dict[int, Subscription] = {}  # by the server's number
-        self._active: set[Subscription] = set()
+        self._subscriptions: dict[int, Subscription[Any]] = {}  # by the server's number
+        self._active: set[Subscription[Any]] = set()
         self._failure: BaseException | None = None
         self.reconnections = 0
 
@@ -305,20 +328,43 @@ class Client:
         result: dict[str, Any] = await self.request("retry", entity_id=entity_id)
         return result
 
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self, entity_id: str, *, after_seq: int = 0, subtree: bool = True
-    ) -> AsyncIterator[Subscription]:
+    @overload
+    def subscribe(
+        self,
+        entity_id: str,
+        *,
+        after_seq: int = 0,
+        subtree: bool = True,
+        raw: Literal[False] = False,
+    ) -> contextlib.AbstractAsyncContextManager[Subscription[EntityEnvelope]]: ...
+
+    @overload
+    def subscribe(
+        self, entity_id: str, *, after_seq: int = 0, subtree: bool = True, raw: Literal[True]
+    ) -> contextlib.AbstractAsyncContextManager[Subscription[dict[str, Any]]]: ...
+
+    def subscribe(
+        self, entity_id: str, *, after_seq: int = 0, subtree: bool = True, raw: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[Subscription[Any]]:
         """Follow an entity (its subtree by default) from ``after_seq``::
 
             async with client.subscribe(entity_id) as envelopes:
                 async for envelope in envelopes:
                     ...
 
+        The envelopes come as :class:`~sluiceway.EntityEnvelope` objects; with ``raw=True``
+        as plain dicts, the envelopes' JSON objects as the server sent them (cheaper: for a
+        client that forwards or filters them, or reads a few fields).
+
         Raises:
             ServerError: at once, e.g. ``not_found``.
         """
-        subscription = Subscription(entity_id, after_seq, subtree, self.buffer)
+        return self._following(Subscription(entity_id, after_seq, subtree, self.buffer, raw=raw))
+
+    @contextlib.asynccontextmanager
+    async def _following(
+        self, subscription: Subscription[Item]
+    ) -> AsyncIterator[Subscription[Item]]:
         self._active.add(subscription)
         try:
             await self._subscribe(subscription)
@@ -333,7 +379,7 @@ class Client:
                     with trio.move_on_after(5), contextlib.suppress(Exception):
                         await self.request("unsubscribe", subscription=number)
 
-    async def _subscribe(self, subscription: Subscription) -> None:
+    async def _subscribe(self, subscription: Subscription[Any]) -> None:
         def register(result: Any) -> None:
             # Called by the reader as the answer arrives: the subscription's first envelopes
             # may be the very next frames.
@@ -427,7 +473,7 @@ class Client:
             )
         self.hello = frame
 
-    async def _resume(self, subscription: Subscription) -> None:
+    async def _resume(self, subscription: Subscription[Any]) -> None:
         try:
             await self._subscribe(subscription)
         except ServerError as exc:
@@ -461,7 +507,7 @@ class Client:
         if subscription is None:
             return
         if frame["event"] == "envelopes":
-            await subscription._deliver([EntityEnvelope.from_dict(e) for e in frame["envelopes"]])
+            await subscription._deliver(frame["envelopes"])
         elif frame["event"] == "end":
             self._subscriptions.pop(frame["subscription"], None)
             status = frame.get("status")
