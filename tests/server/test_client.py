@@ -88,6 +88,51 @@ async def test_raw_subscriptions_yield_the_envelopes_as_sent(served: Served) -> 
             assert subscription.status == "COMPLETED"
 
 
+@pytest.mark.parametrize("raw", [False, True])
+async def test_batches_give_the_same_envelopes_in_groups(served: Served, raw: bool) -> None:
+    """batches() gives every envelope once, in order, in non-empty lists of at most
+    max_size, and mixes with per-envelope iteration."""
+    with trio.fail_after(TIMEOUT):
+        chatter = await served.runtime.create(Chatter, {"count": 40, "pause_after": 100})
+        expected = None
+        async with connect(served.url) as client:
+            await client.start(chatter.id)
+            got: list[Any] = []
+            sizes: list[int] = []
+            async with client.subscribe(chatter.id, raw=raw) as subscription:
+                got.append(await subscription.__anext__())  # one, then the rest in batches
+                async for batch in subscription.batches(max_size=3):
+                    assert 1 <= len(batch) <= 3
+                    sizes.append(len(batch))
+                    got.extend(batch)
+            assert subscription.status == "COMPLETED"
+            expected = await served.runtime.envelopes(chatter.id)
+            assert got == ([e.to_dict() for e in expected] if raw else expected)
+            assert sum(sizes) == len(expected) - 1
+
+            with pytest.raises(ValueError, match="max_size"):
+                subscription.batches(0)
+
+
+async def test_batches_raise_the_subscriptions_error(db: Path) -> None:
+    """After the last batch, a subscription whose connection is lost for good raises
+    ConnectionLostError from batches() too."""
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            served, stop = await start_server(nursery, db)
+            chatter = await served.runtime.create(Chatter, {"count": 30, "pause_after": 5})
+            async with connect(served.url, reconnect_timeout=0) as client:
+                await client.start(chatter.id)
+                got: list[EntityEnvelope] = []
+                async with client.subscribe(chatter.id) as subscription:
+                    with pytest.raises(ConnectionLostError):
+                        async for batch in subscription.batches():
+                            got.extend(batch)
+                            if len(got) >= 6:  # STARTED and 5 updates: the run waits
+                                await stop()
+                assert [e.seq for e in got] == list(range(1, len(got) + 1))
+
+
 async def test_server_errors(served: Served) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(served.url) as client:

@@ -144,13 +144,39 @@ class Subscription(Generic[Item]):
         if self._taken:
             await trio.lowlevel.checkpoint()
             return self._taken.popleft()
+        self._taken.extend(await self._next_frame())
+        return self._taken.popleft()
+
+    def batches(self, max_size: int = 256) -> AsyncIterator[list[Item]]:
+        """Iterate over the envelopes in batches: ``async for batch in subscription.batches():``.
+
+        Each batch is a non-empty list of envelopes in ``seq`` order, at most ``max_size`` of
+        them, from one ``envelopes`` event of the server (what remains of the one being taken
+        apart, else the next one; the iteration waits for it). It takes one schedule point per
+        batch where ``async for`` over the subscription takes one per envelope, so a client
+        that handles envelopes in groups (a dashboard redrawing, a forwarder) does far fewer
+        task switches.
+
+        Everything else is as for per-envelope iteration, which it may be mixed with (both
+        take from the same buffer, in order): the iteration ends after the run's end, and
+        raises the subscription's ``error`` after the last batch.
+
+        Raises:
+            ValueError: ``max_size`` is not an int of at least 1.
+        """
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
+        return _Batches(self, max_size)
+
+    async def _next_frame(self) -> list[Item]:
+        """The envelopes of the next ``envelopes`` event; ``StopAsyncIteration`` (or the
+        subscription's error) after the end."""
         try:
-            self._taken.extend(await self._receive.receive())
+            return await self._receive.receive()
         except trio.EndOfChannel:
             if self.error is not None:
                 raise self.error from None
             raise StopAsyncIteration from None
-        return self._taken.popleft()
 
     async def _deliver(self, envelopes: list[dict[str, Any]]) -> None:
         """Hand over the envelopes of an ``envelopes`` event (in ``seq`` order), those above
@@ -178,6 +204,30 @@ class Subscription(Generic[Item]):
         self.status = status
         self.error = error
         self._send.close()
+
+
+class _Batches(Generic[Item]):
+    """What :meth:`Subscription.batches` iterates (not an async generator: leaving the
+    ``async for`` early leaves nothing to finalize)."""
+
+    def __init__(self, subscription: Subscription[Item], max_size: int) -> None:
+        self._subscription: Subscription[Item] = subscription
+        self._max_size = max_size
+
+    def __aiter__(self) -> _Batches[Item]:
+        return self
+
+    async def __anext__(self) -> list[Item]:
+        subscription, max_size = self._subscription, self._max_size
+        taken = subscription._taken
+        if taken:
+            await trio.lowlevel.checkpoint()
+        else:
+            frame = await subscription._next_frame()
+            if len(frame) <= max_size:
+                return frame  # the event's own list: nobody else holds it
+            taken.extend(frame)
+        return [taken.popleft() for _ in range(min(max_size, len(taken)))]
 
 
 class Client:
