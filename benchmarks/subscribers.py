@@ -7,16 +7,33 @@ start until the last subscriber has received the ``end`` event.
 The run is scenario E's workload (``entities.py``) at 1,000 children: a parent entity fans out
 its children through ``ctx.parallel_calls`` under ``CapacitySource(100)``, each child emits one
 status envelope and returns a small dict, so the subtree's log holds 4 envelopes per child and 3
-of the parent (4,003). Everything runs in one process on loopback (``127.0.0.1``, port 0), the
-store file in a fresh temporary directory per repetition.
+of the parent (4,003). The store file is in a fresh temporary directory per repetition.
+
+**Two fresh processes per repetition, on both sides**, as a real deployment has them: the
+server process (``python -m benchmarks.subscribers serve SIDE ...``: the run and the server,
+on ``127.0.0.1``, port 0) and the subscribers' process (``python -m benchmarks.subscribers
+subscribe SIDE ...``: the 200 clients), driven over their standard input and output. Once
+every subscriber is subscribed the driver says ``go`` to the server: its **timed region**
+starts just before it starts the run (in the process: what the ``start`` operation does; the
+baseline creates the run's task), and ends when the driver says ``stop``, right after the
+subscribers' process has reported that all of them had their end event. The server's CPU time
+over it (``time.process_time``: every thread, SQLite's and the executor's too) is the
+scenario's measure: **envelopes delivered per server CPU second**, and the sluiceway side's over
+the asyncio side's **of the same repetition** (the harness runs the two one after the other,
+alternating which goes first), whose median is the target. The subscribers' process reports its
+own CPU time (from all subscribed until all have left) and when each subscriber had its end
+(``time.perf_counter``, the system's monotonic clock, which both processes share): the wall
+time runs from the server's start to the last end.
 
 sluiceway side: a real :class:`~sluiceway.server.RuntimeServer` over ``open_runtime`` on a
 ``SqliteStore``, serving an :class:`~sluiceway.server.Application` with the two entity types
 (default ``ServerLimits``). The root is created before the timer. Each of the 200 subscribers is
 its own WebSocket connection, ``sluiceway.client.connect(url)`` then
-``client.subscribe(root_id)``, all subscribed before the run starts. The timer starts just
-before a 201st connection (the control client) sends the ``start`` request; the run then runs
-in the server's nursery. The server sends a subscription's envelopes as ``envelopes`` events,
+``client.subscribe(root_id, raw=True)`` (the envelopes as plain dicts, as the baseline's
+clients have them), taken with ``subscription.batches()`` (a list per event of the server, as
+the baseline's clients go through a frame's list), all subscribed before the run starts. The
+run runs in the server's nursery. The server sends a subscription's envelopes as
+``envelopes`` events,
 ``{"v":1,"event":"envelopes","subscription":N,"envelopes":[...]}``, each carrying what the
 subscription has ready (up to ``ServerLimits.batch_bytes``, at least one), each envelope's JSON
 encoded once for all the subscribers.
@@ -36,15 +53,16 @@ frame joining their JSON, with ``await websocket.send(text)``. A subscription re
 queue, replays what the store holds after ``after_seq`` in frames of the same size (nothing
 here: everyone subscribes before the start), then sends the queued envelopes above the
 replay's last ``seq``, then the end event. Subscribers are ``websockets.connect`` clients
-decoding every frame with ``json.loads``. Compression is off on both ends (trio-websocket has
-none).
+(asyncio, in their own process) decoding every frame with ``json.loads``. Compression is off
+on both ends (trio-websocket has none).
 
 How many envelopes a frame carries depends on what is ready when a connection sends:
 each subscriber counts the ``envelopes`` frames it receives (on sluiceway's side by wrapping
 its client's handler of event frames), and the mean envelopes per frame and mean frame size
 are reported (the size computed from the envelopes' JSON, which both sides encode alike).
 
-Checks on every repetition of both sides: every subscriber received a strictly increasing
+Checks on every repetition of both sides (the subscribers' process checks what they received
+against the store file, the driver the rest): every subscriber received a strictly increasing
 sequence of ``seq`` (checked on arrival), the end event with status COMPLETED, and exactly the
 ``seq`` list the store holds for the subtree afterwards, with the same entity, type and status
 for each (a digest of them, compared with the store's); all subscribers' lists are therefore
