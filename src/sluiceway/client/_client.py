@@ -94,6 +94,8 @@ _REASONS = {
 _CONNECT_SECONDS = 30.0
 #: How long closing a connection may take.
 _CLOSE_SECONDS = 5.0
+#: The most the client reads from its connection at once.
+_RECEIVE_BYTES = 64 * 1024
 
 
 @attrs.define(eq=False)
@@ -640,6 +642,9 @@ async def _open_websocket(
                     extra_headers=headers,
                     message_queue_size=64,
                     max_message_size=max_frame_bytes,
+                    # Reads of up to 64 KiB, not trio-websocket's 4 KiB: a server's event
+                    # frame may hold hundreds of envelopes (a fraction as many reads).
+                    receive_buffer_size=_RECEIVE_BYTES,
                 )
             try:
                 yield socket
