@@ -674,8 +674,9 @@ async def connect(
         token: the bearer token, if the server requires one.
         reconnect_timeout: how long to keep trying to reconnect after the connection drops
             (``0`` to give up at once).
-        buffer: envelopes each subscription keeps for a slow reader (then the client stops
-            reading; the server may drop it as a slow consumer, and the client resumes).
+        buffer: how many of the server's ``envelopes`` events (each one or many envelopes)
+            each subscription keeps for a slow reader (then the client stops reading; the
+            server may drop it as a slow consumer, and the client resumes).
         max_frame_bytes: the largest frame accepted from the server.
 
     Raises:
