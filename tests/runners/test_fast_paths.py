@@ -1,5 +1,6 @@
 """The per-task fast paths keep the runner's contracts: the direct grant of a lazy source's next
-unit (only when the run holds the only request in the tree), and the fast envelope constructor."""
+unit (only when the run holds the only request in the tree), the fast envelope constructor, and
+the envelope channel's ``blocked`` flag kept in step with its buffer."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sluiceway import (
     TaskEnvelope,
     envelope_to_dict,
 )
+from sluiceway.runners._channel import EnvelopeChannel
 from sluiceway.runners._envelopes import make_envelope
 from tests.helpers import assert_idle
 
@@ -161,3 +163,27 @@ async def test_a_lazy_run_keeps_every_unit_busy_with_long_tasks(autojump_clock: 
     assert peak[0] == 4
     assert trio.current_time() == 30  # three rounds of ten seconds, no gap
     assert_idle(capacity)
+
+
+def test_the_channel_blocks_admission_from_full_to_half_and_for_good_once_closed() -> None:
+    # ``blocked`` is an attribute kept in step with the buffer (the run reads it per task).
+    spaces: list[int] = []
+    channel = EnvelopeChannel(4, lambda: spaces.append(len(channel)))
+    envelopes = [make_envelope(i, EnvelopeKind.FINAL, i, None, None, 0.0, 0.0) for i in range(5)]
+    for envelope in envelopes[:3]:
+        channel.put(envelope)
+    assert not channel.blocked
+    channel.put(envelopes[3])
+    assert channel.blocked  # full
+    channel.receive_nowait()
+    assert channel.blocked  # 3 left: not yet drained to half
+    assert channel.receive_batch_nowait(1) == [envelopes[1]]
+    assert not channel.blocked  # 2 left: half
+    assert spaces == [2]
+    channel.put(envelopes[4])
+    channel.close()
+    assert channel.blocked
+    assert spaces == [2, 0]
+    channel.put(envelopes[0])  # dropped: the consumer left
+    assert channel.blocked
+    assert len(channel) == 0

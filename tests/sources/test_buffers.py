@@ -216,3 +216,24 @@ def test_bad_bounds(size: object, error: type[Exception]) -> None:
         PushPullBuffer(size)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="OverflowPolicy"):
         PushPullBuffer(math.inf, overflow="drop")  # type: ignore[arg-type]
+
+
+def test_peek_and_take_follow_the_mode_and_refuse_once_closed() -> None:
+    # SourceBuffer implements peek() and take() itself (runners call them for every task).
+    for mode, order in ((BufferMode.FIFO, [1, 2, 3]), (BufferMode.LIFO, [3, 2, 1])):
+        buffer = SourceBuffer([1, 2, 3], mode=mode)
+        taken = []
+        while buffer.peek() is not NOTHING:
+            head = buffer.peek()
+            taken.append(buffer.take())
+            assert taken[-1] == head
+        assert taken == order
+        with pytest.raises(trio.WouldBlock):
+            buffer.take()
+        assert buffer.exhausted
+    closed = SourceBuffer([1])
+    closed.close()
+    with pytest.raises(trio.ClosedResourceError):
+        closed.peek()
+    with pytest.raises(trio.ClosedResourceError):
+        closed.take()

@@ -170,3 +170,32 @@ def test_as_task_source() -> None:
         as_task_source(42)
     with pytest.raises(TypeError, match="not a task source"):
         as_task_source("tasks")
+
+
+async def test_a_producer_cancelled_while_waiting_its_turn_leaves_no_trace() -> None:
+    gate = trio.Event()
+
+    async def gen() -> AsyncIterator[int]:
+        await gate.wait()
+        yield 1
+        yield 2
+
+    source = SourceFromIterable(gen())
+    got: list[int] = []
+
+    async def pull() -> None:
+        got.append(await source.produce())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pull)  # producing: waits on the gate
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as waiting:
+            waiting.cancel()
+            with trio.testing.assert_checkpoints():
+                await source.advance()  # waits its turn: cancelled there, holding nothing
+        assert waiting.cancelled_caught
+        gate.set()
+    assert got == [1]
+    assert await source.advance() == 2  # production goes on: no turn was lost
+    with pytest.raises(trio.EndOfChannel):
+        await source.advance()

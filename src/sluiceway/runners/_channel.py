@@ -38,7 +38,10 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         self._items: deque[TaskEnvelope[Any, Any]] = deque()
         self._limit = buffer_size
         self._low_water = buffer_size // 2
-        self._blocked = False
+        #: Whether the run must start nothing new: the buffer filled up and has not yet been
+        #: drained to half, or the consumer closed the channel. An attribute, not a property:
+        #: the run reads it for every task it admits.
+        self.blocked = False
         self._on_space = on_space
         self._receivers = WaitQueue()
         self._senders = WaitQueue()
@@ -53,12 +56,6 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
     def full(self) -> bool:
         """Whether the buffer is at (or over) its bound."""
         return len(self._items) >= self._limit
-
-    @property
-    def blocked(self) -> bool:
-        """Whether the run must start nothing new: the buffer filled up and has not yet been
-        drained to half, or the consumer closed the channel."""
-        return self._blocked or self._closed
 
     @property
     def closed(self) -> bool:
@@ -78,7 +75,7 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         items.append(envelope)
         size = len(items)
         if size >= self._limit:
-            self._blocked = True
+            self.blocked = True
         if size > self.peak:  # noqa: PLR1730 - cheaper than max() on this path
             self.peak = size
         if self._receivers.tasks:
@@ -118,8 +115,8 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
             envelope = items.popleft()
             if self._senders.tasks and len(items) < self._limit:
                 self._senders.wake_all()
-            if self._blocked and len(items) <= self._low_water:
-                self._blocked = False
+            if self.blocked and len(items) <= self._low_water:
+                self.blocked = False
                 self._on_space()
             return envelope
         if self._ended:
@@ -150,8 +147,8 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         # The same bookkeeping as receive_nowait, once for the whole batch.
         if self._senders.tasks and len(items) < self._limit:
             self._senders.wake_all()
-        if self._blocked and len(items) <= self._low_water:
-            self._blocked = False
+        if self.blocked and len(items) <= self._low_water:
+            self.blocked = False
             self._on_space()
         return batch
 
@@ -201,6 +198,7 @@ class EnvelopeChannel(trio.abc.ReceiveChannel[TaskEnvelope[Any, Any]]):
         if reason is not None:
             self._closed_reason = reason
         self._closed = True
+        self.blocked = True  # for good
         self._items.clear()
         self._senders.wake_all()
         self._receivers.wake_all()

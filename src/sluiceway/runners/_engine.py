@@ -306,7 +306,11 @@ class Run:
         finally:
             if not queued:
                 self.capacity.refund(cost)  # then the BaseException goes on
-        self.workers.work_available()
+        workers = self.workers
+        if workers.releaser_claim:
+            workers.releaser_claim = False  # the releasing worker takes it (no call needed)
+        else:
+            workers.work_available()
 
     def demand_impossible(self, cost: CostVector, error: ImpossibleCostError) -> None:
         """A limit was lowered below the next task's cost: report it instead of waiting forever."""

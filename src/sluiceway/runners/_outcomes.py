@@ -51,7 +51,8 @@ class Outcomes:
         )
         if run.metrics is not None:
             run.event(event_kind(job, error), job, now, error=error)
-        run.maybe_finish()
+        if not (run.ready or run.unproduced):  # a task admitted: the run cannot end yet
+            run.maybe_finish()
         return now
 
     def final(

@@ -136,6 +136,9 @@ class Workers:
         outcomes = run.outcomes
         ready = run.ready
         unproduced = run.unproduced
+        running = run.running
+        source = run.source
+        advance = source.advance if isinstance(source, SourceFromIterable) else None
         self.coming -= 1
         while True:
             scope = trio.CancelScope()
@@ -153,11 +156,26 @@ class Workers:
                         elif self.admit_wanted and not self.coming:
                             self._wake()  # someone else admits the source's next item
                     elif unproduced:
+                        # A lazy source's next item, its capacity held: advance the iterable
+                        # here (one coroutine level fewer than a helper would cost).
                         stamp = None
                         cost, waited = unproduced.popleft()
                         if (ready or unproduced) and not self.coming:
                             self.work_available()  # the wake-up chain
-                        job = await self._produce(cost, waited)
+                        assert advance is not None  # only a lazy async source has unproduced
+                        run.producing += 1
+                        try:
+                            item = await advance()
+                        except Exception:
+                            # Its end, or its failure: that ends the stream and reaches the
+                            # consumer after the envelopes of the tasks taken before it
+                            # (EnvelopeChannel.end).
+                            self._not_produced(cost)
+                            continue
+                        except BaseException:
+                            self._not_produced(cost)
+                            raise
+                        job = self._produced(item, cost, waited)
                         if job is None:
                             continue
                     elif self.admit_wanted:
@@ -180,14 +198,51 @@ class Workers:
                     limited = job.timeout is not None or job.deadline is not None
                     if limited:
                         scope.deadline = _deadline_of(job)
-                    outcome_value, failure = await self._execute(job)
+                    # Run the task; its capacity is released the moment its body returns or
+                    # raises. Inlined here, the hottest path: no coroutine of its own.
+                    outcome_value: Any = None
+                    failure: BaseException | None = None
+                    try:
+                        fn = job.fn
+                        emit: Emitter[Any] = Emitter(run, job)
+                        if callable(fn):
+                            result = fn(emit)
+                            # The common case (a coroutine) without the detour through
+                            # call_task.
+                            if type(result) is CoroutineType:
+                                outcome_value = await result
+                                if outcome_value is not None and _is_async_iterator(outcome_value):
+                                    # ``return entity.start()``
+                                    outcome_value = await streamed(fn, outcome_value, emit)
+                            else:
+                                outcome_value = await finish(fn, result, emit)
+                        else:
+                            outcome_value = await call_task(fn, emit)
+                    except Exception as exc:
+                        failure = exc
+                    except BaseException as exc:
+                        # Anything else (``Cancelled``, ``KeyboardInterrupt``) propagates, but a
+                        # ``RunParked`` (or a group of them) is caught here, so it can never
+                        # replace a Cancelled.
+                        if not is_parked(exc):
+                            raise
+                        run.record_park(job)
+                        failure = exc
+                    finally:
+                        del running[job.task_id]
+                        if not job.paused:  # a paused task gave its capacity back already
+                            self.releaser_claim = True
+                            try:
+                                self._release(job.cost)
+                            finally:
+                                self.releaser_claim = False
                     if limited:
                         scope.deadline = math.inf
                     job.scope = None
                     spec = job.spec
                     if failure is not None and is_parked(failure):
                         stamp = None
-                        # Recorded by _execute. A task that parks while the run itself is being
+                        # Recorded above. A task that parks while the run itself is being
                         # cancelled (from outside the task's own scope) ends nothing: the run is
                         # going away.
                         if scope.cancel_called or trio.current_effective_deadline() != -math.inf:
@@ -265,81 +320,32 @@ class Workers:
             run.event("started", job, job.started_at)
         return job
 
-    async def _produce(self, cost: CostVector, waited: float) -> Job | None:
-        """Advance a lazy source while holding ``cost``; ``None`` if it had nothing more."""
+    def _not_produced(self, cost: CostVector) -> None:
+        """The lazy source had no item for ``cost`` (it ended or failed, or a BaseException
+        interrupted it): give the capacity back (a quota gets it back too)."""
         run = self._run
-        source = run.source
-        assert isinstance(source, SourceFromIterable)
-        run.producing += 1
-        kept = False
-        try:
-            try:
-                item = await source.advance()
-            except trio.EndOfChannel:
-                return None
-            except Exception:
-                # The source's failure: it ends the stream and reaches the consumer after the
-                # envelopes of the tasks taken before it (EnvelopeChannel.end).
-                return None
-            if run.stopping:
-                return None
-            kept = True
-            return self._admit(item, cost, waited)
-        finally:
-            run.producing -= 1
-            if not kept:
-                run.capacity.refund(cost)
-                run.maybe_finish()
-            elif run.capacity.alone:
-                # The next item may be produced now. Rather than taking its unit at once (and
-                # giving this task's back when it ends), leave it to whoever comes first: this
-                # worker's release, if its task ends without blocking, hands its own unit over
-                # (no take, no give-back); else the worker woken here admits it.
-                self.admit_later()
-            else:
-                run.admit_next()  # with other requests in the tree, the tree decides now
+        run.producing -= 1
+        run.capacity.refund(cost)
+        run.maybe_finish()
 
-    async def _execute(self, job: Job) -> tuple[Any, BaseException | None]:
-        """Run one task; its capacity is released the moment its body returns or raises.
-
-        Returns the task's value, or the exception it raised: an ``Exception``, or the
-        ``RunParked`` (or group of them) with which it parked. Anything else (``Cancelled``,
-        ``KeyboardInterrupt``) propagates.
-        """
+    def _produced(self, item: object, cost: CostVector, waited: float) -> Job | None:
+        """Record the task a lazy source produced under ``cost`` as started (``None`` if the
+        run is stopping: then its capacity is given back), and see to the source's next item."""
         run = self._run
-        try:
-            fn = job.fn
-            emit: Emitter[Any] = Emitter(run, job)
-            if callable(fn):
-                result = fn(emit)
-                # The common case (a coroutine) without the detour through call_task.
-                if type(result) is CoroutineType:
-                    value = await result
-                    if value is not None and (
-                        hasattr(type(value), "__aiter__") or hasattr(type(value), "__anext__")
-                    ):
-                        value = await streamed(fn, value, emit)  # ``return entity.start()``
-                else:
-                    value = await finish(fn, result, emit)
-            else:
-                value = await call_task(fn, emit)
-        except Exception as exc:
-            return None, exc
-        except BaseException as exc:
-            if is_parked(exc):
-                run.record_park(job)
-                return None, exc  # caught here, so it can never replace a Cancelled
-            raise
+        if run.stopping:
+            self._not_produced(cost)
+            return None
+        job = self._admit(item, cost, waited)
+        run.producing -= 1  # after _admit: the run never looks idle in between
+        if run.capacity.alone:
+            # The next item may be produced now. Rather than taking its unit at once (and
+            # giving this task's back when it ends), leave it to whoever comes first: this
+            # worker's release, if its task ends without blocking, hands its own unit over
+            # (no take, no give-back); else the worker woken here admits it.
+            self.admit_later()
         else:
-            return value, None
-        finally:
-            del run.running[job.task_id]
-            if not job.paused:  # a paused task gave its capacity back already
-                self.releaser_claim = True
-                try:
-                    self._release(job.cost)
-                finally:
-                    self.releaser_claim = False
+            run.admit_next()  # with other requests in the tree, the tree decides now
+        return job
 
     def _release(self, cost: CostVector) -> None:
         """Give back a finished task's capacity, handing it straight to the next task when this
@@ -357,6 +363,11 @@ class Workers:
                 capacity.give_back(cost, dispatch=False)
                 return
         capacity.give_back(cost)
+
+
+def _is_async_iterator(value: object) -> bool:
+    """Whether a task's return value is to be streamed (an async iterable or iterator)."""
+    return hasattr(type(value), "__aiter__") or hasattr(type(value), "__anext__")
 
 
 def _deadline_of(job: Job) -> float:

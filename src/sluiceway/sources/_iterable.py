@@ -56,7 +56,8 @@ class SourceFromIterable(LazySource[T]):
                 f"({type_name(iterable)})"
             )
         self._busy = False
-        self._turn = trio.lowlevel.ParkingLot()
+        self._turn = trio.lowlevel.ParkingLot()  # tasks waiting to produce, while one does
+        self._queued = 0  # how many
         self._ended = False
         self._failure: BaseException | None = None
         self.produced = 0
@@ -129,8 +130,13 @@ class SourceFromIterable(LazySource[T]):
         if self._sync is not None:
             return self.produce_nowait()
         while self._busy:
-            await self._turn.park()
-        self._check_can_produce()
+            self._queued += 1
+            try:
+                await self._turn.park()
+            finally:
+                self._queued -= 1
+        if self._receive_closed or self._ended:
+            self._check_can_produce()  # raises
         assert self._async is not None
         self._busy = True
         try:
@@ -148,7 +154,7 @@ class SourceFromIterable(LazySource[T]):
             raise
         finally:
             self._busy = False
-            if self._turn:  # a ParkingLot is falsy when nobody is parked (the common case)
+            if self._queued:  # counted here: cheaper than asking the ParkingLot (a call)
                 self._turn.unpark()
         self.produced += 1
         return item
