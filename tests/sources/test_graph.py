@@ -111,6 +111,11 @@ def test_add_node_initial_states_and_queries() -> None:
     assert len(graph) == 4
     assert not graph.is_done
     assert repr(graph) == "<DependencyGraph nodes=4, pending=3, ready=1>"
+    assert graph.is_ready("A")
+    assert not graph.is_ready("B")
+    assert not graph.is_ready("Z")  # an unknown key is not ready (no error)
+    graph.start("A")
+    assert not graph.is_ready("A")
 
 
 def test_add_node_errors_name_the_key() -> None:

@@ -49,7 +49,11 @@ class Workers:
         # release admits is its own next one, so no other worker is woken for it.
         self.releaser_claim = False
         self.refilling = False  # admitting after the consumer drained a full envelope buffer
-        self.admit_wanted = False  # see admit_later
+        # Set when a worker is to call ``run.admit_next()`` when it next looks for work (a lazy
+        # source's next item, see _produced): one is woken (or spawned) for it unless one is
+        # on its way, and a worker on its way that takes an admitted task first wakes another
+        # for it, so no long task leaves it waiting.
+        self.admit_wanted = False
         self._spawner: trio.lowlevel.Task | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -90,14 +94,6 @@ class Workers:
         if self._spawner is not None:
             task, self._spawner = self._spawner, None
             trio.lowlevel.reschedule(task)
-
-    def admit_later(self) -> None:
-        """Have a worker call ``run.admit_next()`` when it next looks for work, waking (or
-        spawning) one unless one is on its way (a worker on its way that takes an admitted
-        task first wakes another for this, so no long task leaves it waiting)."""
-        self.admit_wanted = True
-        if not self.coming:
-            self._wake()
 
     def _wake(self) -> None:
         """Wake an idle worker, or have a new one spawned."""
@@ -211,9 +207,11 @@ class Workers:
                             # call_task.
                             if type(result) is CoroutineType:
                                 outcome_value = await result
-                                if outcome_value is not None and _is_async_iterator(outcome_value):
-                                    # ``return entity.start()``
-                                    outcome_value = await streamed(fn, outcome_value, emit)
+                                if outcome_value is not None:
+                                    kind = type(outcome_value)
+                                    if hasattr(kind, "__aiter__") or hasattr(kind, "__anext__"):
+                                        # ``return entity.start()``: stream what it gives
+                                        outcome_value = await streamed(fn, outcome_value, emit)
                             else:
                                 outcome_value = await finish(fn, result, emit)
                         else:
@@ -342,7 +340,9 @@ class Workers:
             # giving this task's back when it ends), leave it to whoever comes first: this
             # worker's release, if its task ends without blocking, hands its own unit over
             # (no take, no give-back); else the worker woken here admits it.
-            self.admit_later()
+            self.admit_wanted = True
+            if not self.coming:
+                self._wake()
         else:
             run.admit_next()  # with other requests in the tree, the tree decides now
         return job
@@ -363,11 +363,6 @@ class Workers:
                 capacity.give_back(cost, dispatch=False)
                 return
         capacity.give_back(cost)
-
-
-def _is_async_iterator(value: object) -> bool:
-    """Whether a task's return value is to be streamed (an async iterable or iterator)."""
-    return hasattr(type(value), "__aiter__") or hasattr(type(value), "__anext__")
 
 
 def _deadline_of(job: Job) -> float:

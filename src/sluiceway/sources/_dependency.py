@@ -246,11 +246,11 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
     def _head_key(self) -> K | Nothing:
         """The first ready key that has a task (ready keys without one are passed over)."""
         fifo = self._fifo
-        graph = self.graph
+        is_ready = self.graph.is_ready
         tasks = self._tasks
         while fifo:
             key = fifo[0]
-            if graph.get_state(key) is NodeState.READY:
+            if is_ready(key):
                 break
             fifo.popleft()  # started or aborted since it was queued
         else:
@@ -258,7 +258,7 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
         if tasks.get(key) is not None:
             return key
         for key in itertools.islice(fifo, 1, None):  # the head waits for its task
-            if tasks.get(key) is not None and graph.get_state(key) is NodeState.READY:
+            if tasks.get(key) is not None and is_ready(key):
                 return key
         return NOTHING
 
@@ -406,7 +406,7 @@ class PriorityDependencySource(DependencySource[K, T]):
             key = queue._peek()
             if key is NOTHING:
                 return NOTHING
-            if self.graph.get_state(key) is NodeState.READY:
+            if self.graph.is_ready(key):
                 return key
             queue._take()  # started or aborted since it was queued
 

@@ -602,6 +602,11 @@ class DependencyGraph(Generic[K]):
         """
         return self._node(key).state
 
+    def is_ready(self, key: K) -> bool:
+        """Whether ``key`` is a node in state ``READY`` (an unknown key is not; never raises)."""
+        node = self._nodes.get(key)
+        return node is not None and node.state is _READY
+
     def dependencies(self, key: K) -> list[K]:
         """The keys a node depends on, in the order given (a repeated key once), as a new list.
 
