@@ -107,14 +107,13 @@ class EntityEnvelope:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EntityEnvelope:
         """Rebuild an envelope from :meth:`to_dict`'s form (unknown keys are refused)."""
-        known = {field.name for field in attrs.fields(cls)}
-        unknown = set(data) - known
+        unknown = data.keys() - _FIELDS
         if unknown:
             raise ValueError(f"unknown envelope fields: {sorted(unknown)}")
         for key in ("type", "entity_id", "entity_type", "entity_name"):
             if not isinstance(data.get(key), str):
                 raise ValueError(f"an envelope needs a string {key!r}, got {data.get(key)!r}")
-        return cls(**dict(data))
+        return cls(**data)
 
     @classmethod
     def from_stored(cls, stored: StoredEnvelope) -> EntityEnvelope:
@@ -154,3 +153,7 @@ def check_finite(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite, got {value!r}")
     return float(value)
+
+
+#: The fields of an envelope (``from_dict`` refuses any other key).
+_FIELDS = frozenset(field.name for field in attrs.fields(EntityEnvelope))
