@@ -82,3 +82,20 @@ def test_fail_if_missing_only_when_no_ready_key_has_a_task() -> None:
     assert source.exhausted
     assert isinstance(source.failure, MissingTaskError)
     assert "'a' is ready but has no task" in str(source.failure)
+
+
+@pytest.mark.parametrize("cls", [DependencySource, PriorityDependencySource])
+async def test_peek_releases_a_due_retry_and_refuses_once_closed(
+    cls: type[DependencySource[str, Any]], autojump_clock: trio.testing.MockClock
+) -> None:
+    # DependencySource implements peek() in one step (runners peek for every task they admit).
+    source = cls(DependencyGraph())
+    source.add_task("a", "task a")
+    assert source.take_keyed() == ("a", "task a")
+    assert source.fail("a", retry_at=trio.current_time() + 5)
+    assert source.peek() is NOTHING  # not due yet
+    await trio.sleep(5)
+    assert source.peek() == "task a"  # due: released by the peek itself
+    source.close()
+    with pytest.raises(trio.ClosedResourceError):
+        source.peek()

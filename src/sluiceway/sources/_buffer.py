@@ -87,7 +87,7 @@ class SourceBuffer(PeekableSource[T]):
             self._notify()
 
     # peek() and take() as the base class defines them, in one step each: runners call them for
-    # every task they admit.
+    # every task they admit. (A subclass that overrides _peek or _take overrides these too.)
 
     def peek(self) -> T | Nothing:
         """The next item without removing it, or ``NOTHING`` if none is available now."""

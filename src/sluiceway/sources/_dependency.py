@@ -271,6 +271,21 @@ class DependencySource(PeekableSource[T], Generic[K, T]):
 
     # -- PeekableSource ----------------------------------------------------------------------------
 
+    def peek(self) -> T | Nothing:
+        """The next ready task without taking it, or ``NOTHING`` if none is available now."""
+        # PeekableSource.peek and _peek in one step, a due retry looked for inline: runners
+        # peek for every task they admit, and retries are rare.
+        if self._receive_closed:
+            raise trio.ClosedResourceError("this source was closed")
+        if self._failure is not None:
+            return NOTHING
+        if self.graph.next_due() is not None:
+            self._release_due()
+        key = self._head_key()
+        if key is NOTHING:
+            return NOTHING
+        return self._tasks[key]
+
     def _peek(self) -> T | Nothing:
         if self._failure is not None:
             return NOTHING
