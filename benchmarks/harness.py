@@ -18,12 +18,13 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trio
 
@@ -437,3 +438,52 @@ def read_json_line(
     except ValueError as exc:
         raise BenchmarkError(f"{what} printed {line[:200]!r}") from exc
     return out
+
+
+class ModuleProcess:
+    """``python -m MODULE ARGS`` from the repository, driven by a benchmark: lines to its
+    standard input, JSON lines read from its standard output with a timeout, its standard
+    error in a temporary file (its end shown when it fails)."""
+
+    def __init__(self, module: str, what: str, args: Sequence[str]) -> None:
+        self.what = what
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=REPOSITORY,
+            env=child_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            bufsize=0,
+        )
+        self._buffer = bytearray()
+
+    def error_text(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace").strip()[-3000:]
+
+    def say(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{word}\n".encode())
+        self.proc.stdin.flush()
+
+    def read_line(self, timeout: float) -> dict[str, Any]:
+        return read_json_line(self.proc, self._buffer, timeout, self.what, self.error_text)
+
+    def finish(self, timeout: float) -> None:
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchmarkError(f"{self.what} did not exit within {timeout:.0f} s") from None
+        if status != 0:
+            raise BenchmarkError(f"{self.what} exited with status {status}:\n{self.error_text()}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self.stderr.close()

@@ -92,7 +92,6 @@ import os
 import resource
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,7 +99,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
@@ -122,6 +121,7 @@ from .harness import (
     SLUICEWAY,
     BenchmarkError,
     Metric,
+    ModuleProcess,
     Params,
     Results,
     Sample,
@@ -129,9 +129,7 @@ from .harness import (
     Summary,
     Target,
     Tracker,
-    child_env,
     ratio,
-    read_json_line,
     task_failed,
 )
 
@@ -835,52 +833,9 @@ async def _pages(options: dict[str, Any]) -> None:
 # -- the driver --------------------------------------------------------------------------------
 
 
-class _Process:
-    """A process of this module: its standard input (lines from the driver), its standard
-    output read line by line with a timeout, its standard error in a temporary file."""
-
-    def __init__(self, what: str, args: Sequence[str]) -> None:
-        self.what = what
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.pages", *args],
-            cwd=ROOT,
-            env=child_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            bufsize=0,
-        )
-        self._buffer = bytearray()
-
-    def error_text(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace").strip()[-3000:]
-
-    def say(self, word: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{word}\n".encode())
-        self.proc.stdin.flush()
-
-    def read_line(self, timeout: float) -> dict[str, Any]:
-        return read_json_line(self.proc, self._buffer, timeout, self.what, self.error_text)
-
-    def finish(self, timeout: float) -> None:
-        try:
-            status = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise BenchmarkError(f"{self.what} did not exit within {timeout:.0f} s") from None
-        if status != 0:
-            raise BenchmarkError(f"{self.what} exited with status {status}:\n{self.error_text()}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        self.stderr.close()
+def _process(what: str, args: Sequence[str]) -> ModuleProcess:
+    """A process of this module (see :class:`~benchmarks.harness.ModuleProcess`)."""
+    return ModuleProcess("benchmarks.pages", what, args)
 
 
 def run_bound(n: int) -> float:
@@ -902,8 +857,8 @@ def run_once(
         path = str(Path(tmp) / "pages.db")
         options = {"n": n, "concurrency": params["concurrency"], "path": path}
         load = os.getloadavg()[0]
-        server = _Process("the server process", ["serve", json.dumps(options)])
-        browser: _Process | None = None
+        server = _process("the server process", ["serve", json.dumps(options)])
+        browser: ModuleProcess | None = None
         try:
             hello = server.read_line(60)
             if pages:
@@ -917,7 +872,7 @@ def run_once(
                     "ready_seconds": 60 + params["open_over"],
                     "end_seconds": 60,
                 }
-                browser = _Process("the pages' process", ["pages", json.dumps(page_options)])
+                browser = _process("the pages' process", ["pages", json.dumps(page_options)])
                 browser.read_line(90 + params["open_over"])
                 browser.say("go")
             server.say("go")

@@ -77,13 +77,11 @@ import contextlib
 import json
 import resource
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import trio
 from websockets.asyncio.client import connect as ws_connect
@@ -114,18 +112,16 @@ from .entities import (
 )
 from .harness import (
     ASYNCIO,
-    REPOSITORY,
     SLUICEWAY,
     BenchmarkError,
     Metric,
+    ModuleProcess,
     Params,
     Sample,
     Scenario,
     Summary,
     Target,
-    child_env,
     ratio,
-    read_json_line,
 )
 
 #: The protocol version both sides speak (the frames are sluiceway's, version 1).
@@ -754,52 +750,9 @@ def subscribe_main(
     _say(report)
 
 
-class _Process:
-    """A process of this module: lines to its standard input, JSON lines read from its
-    standard output with a timeout, its standard error in a temporary file."""
-
-    def __init__(self, what: str, args: Sequence[str]) -> None:
-        self.what = what
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.subscribers", *args],
-            cwd=REPOSITORY,
-            env=child_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            bufsize=0,
-        )
-        self._buffer = bytearray()
-
-    def error_text(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace").strip()[-3000:]
-
-    def say(self, word: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{word}\n".encode())
-        self.proc.stdin.flush()
-
-    def read_line(self, timeout: float) -> dict[str, Any]:
-        return read_json_line(self.proc, self._buffer, timeout, self.what, self.error_text)
-
-    def finish(self, timeout: float) -> None:
-        try:
-            status = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise BenchmarkError(f"{self.what} did not exit within {timeout:.0f} s") from None
-        if status != 0:
-            raise BenchmarkError(f"{self.what} exited with status {status}:\n{self.error_text()}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        self.stderr.close()
+def _process(what: str, args: Sequence[str]) -> ModuleProcess:
+    """A process of this module (see :class:`~benchmarks.harness.ModuleProcess`)."""
+    return ModuleProcess("benchmarks.subscribers", what, args)
 
 
 #: How long a process may take to start, to say it is ready, or to finish once told.
@@ -813,10 +766,10 @@ def run_side(side: str, params: Params) -> Sample:
     bound = time_bound(params)
     with store_dir("G") as tmp:
         path = str(Path(tmp) / "entities.db")
-        server = _Process(f"the {side} server", ["serve", side, path, str(n), str(limit)])
+        server = _process(f"the {side} server", ["serve", side, path, str(n), str(limit)])
         try:
             address = server.read_line(STEP_SECONDS)
-            clients = _Process(
+            clients = _process(
                 f"the {side} subscribers",
                 [
                     "subscribe",
