@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from typing import ClassVar
 
 import attrs
 import trio
@@ -36,6 +37,9 @@ class EnvelopeSample:
 
     envelopes: list[EntityEnvelope]
     skipped: int = 0
+
+    #: The envelope types a sample keeps even when they are not among the newest.
+    NOTABLE_TYPES: ClassVar[frozenset[str]] = NOTABLE_TYPES
 
 
 def sample(envelopes: list[EntityEnvelope], keep: int) -> EnvelopeSample:

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..entities import EntityEnvelope, EnvelopeSample
-from ..entities._tail import NOTABLE_TYPES
 
 #: What a stream hands over: every envelope, or a sample.
 Found = list[EntityEnvelope] | EnvelopeSample
@@ -94,7 +93,7 @@ class SubscriptionRelay:
                 # a prompt or an answer: what a person watching must not miss).
                 for _ in range(len(newest) - keep):
                     older = newest.popleft()
-                    if older.type in NOTABLE_TYPES:
+                    if older.type in EnvelopeSample.NOTABLE_TYPES:
                         notable.append(older)
                         if len(notable) > keep:
                             notable.popleft()
