@@ -41,6 +41,11 @@ class EnvelopeSample:
     #: The envelope types a sample keeps even when they are not among the newest.
     NOTABLE_TYPES: ClassVar[frozenset[str]] = NOTABLE_TYPES
 
+    @classmethod
+    def of(cls, envelopes: list[EntityEnvelope], keep: int) -> EnvelopeSample:
+        """The sample of ``envelopes`` (in ``seq`` order) that keeps ``keep``."""
+        return sample(envelopes, keep)
+
 
 def sample(envelopes: list[EntityEnvelope], keep: int) -> EnvelopeSample:
     """The newest ``keep`` of ``envelopes`` (in ``seq`` order), plus the newest ``keep`` of

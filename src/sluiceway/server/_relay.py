@@ -5,7 +5,6 @@ run too busy for anyone to read every envelope of."""
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -65,20 +64,18 @@ class SubscriptionRelay:
                 await self._send(batch if isinstance(batch, list) else batch.envelopes, 0)
             return
         keep = self.keep
-        newest: deque[EntityEnvelope] = deque()  # at most keep, if keep is set
-        notable: deque[EntityEnvelope] = deque()  # older than newest, at most keep
-        skipped = 0
+        waiting: list[EntityEnvelope] = []  # since the last event, in seq order
+        skipped = 0  # since the last event, not in waiting
         due = trio.current_time()
         while True:
-            if newest and trio.current_time() >= due:
-                await self._send([*notable, *newest], skipped)
-                newest.clear()
-                notable.clear()
+            if waiting and trio.current_time() >= due:
+                await self._send_cut(waiting, skipped)
+                waiting = []
                 skipped = 0
                 due = trio.current_time() + self.interval
             # A memory channel's receive loses nothing when cancelled: the deadline only
             # ends the wait for more.
-            with trio.move_on_at(due if newest else math.inf):
+            with trio.move_on_at(due if waiting else math.inf):
                 try:
                     item = await batches.receive()
                 except trio.EndOfChannel:
@@ -86,22 +83,20 @@ class SubscriptionRelay:
                 if isinstance(item, EnvelopeSample):
                     skipped += item.skipped  # (older than anything it kept)
                     item = item.envelopes
-                newest.extend(item)
-                if keep is None:
-                    continue
-                # What falls out of the newest is skipped, unless it is notable (an error,
-                # a prompt or an answer: what a person watching must not miss).
-                for _ in range(len(newest) - keep):
-                    older = newest.popleft()
-                    if older.type in EnvelopeSample.NOTABLE_TYPES:
-                        notable.append(older)
-                        if len(notable) > keep:
-                            notable.popleft()
-                            skipped += 1
-                    else:
-                        skipped += 1
-        if newest:
-            await self._send([*notable, *newest], skipped)
+                waiting.extend(item)
+                if keep is not None and len(waiting) > 4 * keep:
+                    # Cut what waits now (a sample of a sample is the sample of the whole):
+                    # it stays a few times keep, however much comes within an interval.
+                    found = EnvelopeSample.of(waiting, keep)
+                    waiting, skipped = found.envelopes, skipped + found.skipped
+        if waiting:
+            await self._send_cut(waiting, skipped)
+
+    async def _send_cut(self, waiting: list[EntityEnvelope], skipped: int) -> None:
+        """Send what waits, cut to ``keep`` if set (``skipped`` were left out before it)."""
+        keep = self.keep
+        found = EnvelopeSample(waiting) if keep is None else EnvelopeSample.of(waiting, keep)
+        await self._send(found.envelopes, skipped + found.skipped)
 
     async def _send(self, batch: list[EntityEnvelope], skipped: int) -> None:
         if not batch:
