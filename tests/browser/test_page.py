@@ -78,6 +78,7 @@ async def test_the_page_follows_a_run_to_its_end_with_the_stores_counts(tmp_path
             # The log's samples come every half second, after the tree may have shown the
             # end: wait for the run's last envelope, then count (sampling keeps every error).
             page.wait_for_function("window.sluiceway.view.subscription === null")  # its end
+            page.wait_for_function("window.sluiceway.view.dirty.size === 0")  # and drawn
             page.wait_for_function(
                 "(items => items.length > 0 && items.every(li => li.dataset.type === 'ERROR'))"
                 "([...document.querySelectorAll('#log li:not(.gap)')])"
@@ -236,6 +237,11 @@ async def test_a_dropped_connection_resumes_with_no_gap_and_no_duplicate(tmp_pat
                 "document.querySelector('#tree .status').textContent === 'COMPLETED'"
             )
             page.wait_for_function("window.sluiceway.view.received.length >= 203")
+            # The display is redrawn on a timer: wait for it to show the last seq.
+            page.wait_for_function(
+                "document.getElementById('last-seq').textContent"
+                " === String(window.sluiceway.view.lastSeq)"
+            )
             screenshot(page, "resumed")
             return page.evaluate(  # type: ignore[no-any-return]
                 "({received: window.sluiceway.view.received,"
