@@ -89,3 +89,62 @@ async def test_a_paced_stream_comes_at_most_once_per_pace(
             with pytest.raises(ValueError, match="pace"):
                 async with runtime.stream_batches(drip.id, pace=pace):
                     pass
+
+
+class StepLimit(trio.abc.Instrument):
+    """Cancels ``scope`` after ``limit`` task steps: a loop that never blocks (which virtual
+    time cannot stop) fails the test."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.steps = 0
+        self.scope = trio.CancelScope()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        if self.steps > self.limit:
+            self.scope.cancel()
+
+
+async def test_paced_streams_read_the_store_once_a_beat_for_all_of_them(
+    db: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Three paced streams of a run that stores an envelope every 0.5 s while another run
+    stores one every 0.05 s: the shared tail is read at the streams' beats, once for the
+    three, and a beat that found nothing new waits for the next one rather than reading
+    again at once (the store changes all the time, but not under the run followed)."""
+    async with virtual_runtime(db, [*ALL_TYPES, Dripper]) as runtime:
+        drip = await runtime.create(Dripper, {"count": 4, "every": 0.5})
+        busy = await runtime.create(Dripper, {"count": 40, "every": 0.05})
+        reads: list[float] = []
+        read_tail = runtime.store.read_tail
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            reads.append(trio.current_time())
+            assert len(reads) < 200, "the streams read the store over and over"
+            return await read_tail(*args, **kwargs)
+
+        runtime.store.read_tail = counted  # type: ignore[method-assign]
+        seen: list[list[int]] = [[], [], []]
+
+        async def follow(into: list[int]) -> None:
+            async with runtime.stream_batches(drip.id, pace=0.25) as stream:
+                async for batch in stream:
+                    into.extend(e.seq for e in batch)
+
+        steps = StepLimit(5_000)  # a stream spinning on its beat fails, not hangs
+        trio.lowlevel.add_instrument(steps)
+        try:
+            with steps.scope:
+                async with trio.open_nursery() as nursery:
+                    for into in seen:
+                        nursery.start_soon(follow, into)
+                    nursery.start_soon(runtime.run, busy.id)
+                    await runtime.run(drip.id)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert not steps.scope.cancelled_caught, f"{steps.steps} task steps: a stream spun"
+        stored = [e.seq for e in await runtime.envelopes(drip.id)]
+        assert seen == [stored, stored, stored]
+        # 2 s of the run: a few reads before the first list, then one a beat (0.25 s)
+        assert len(reads) <= 16, reads

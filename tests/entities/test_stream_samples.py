@@ -13,15 +13,15 @@ from hypothesis import strategies as st
 from sluiceway import EntityEnvelope, EnvelopeSample, open_runtime
 from sluiceway.entities import _tail as tail_module
 from sluiceway.entities._tail import NOTABLE_TYPES, Tail, sample
-from sluiceway.store import StoredEnvelope
+from sluiceway.store import EnvelopeRow
 from tests.entities.test_stream_batches import Dripper
 from tests.entities.workflows import ALL_TYPES, FanOut
 
 KINDS = ["INTERNAL_UPDATE", "STATUS", "VALUE", "ERROR", "WAITING", "MESSAGE"]
 
 
-def stored(seq: int, kind: str) -> StoredEnvelope:
-    return StoredEnvelope(seq, "e", seq, 0.0, {"type": kind}, "T", "n")
+def stored(seq: int, kind: str) -> EnvelopeRow:
+    return EnvelopeRow(seq, "e", seq, 0.0, f'{{"type":"{kind}"}}', "T", "n")
 
 
 @settings(max_examples=200, deadline=None)
@@ -45,6 +45,10 @@ def test_a_window_sample_is_the_sample_of_what_it_holds(
     assert tail.base == (seqs[-size - 1] if len(seqs) > size else 0)
     notable = [seq for seq, kind in zip(seqs, kinds, strict=True) if kind in NOTABLE_TYPES]
     assert tail.notable_seqs == notable[max(0, len(notable) - size) :]  # kept past the window
+    # A sample decodes what it keeps, not what it skips.
+    tail.sample_after(tail.base, keep)
+    decoded = [e for e in tail.window if isinstance(e, EntityEnvelope)]
+    assert len([e for e in decoded if e.type not in NOTABLE_TYPES]) <= keep
     for position in {0, tail.base, *(tail.seqs[:3]), *(tail.seqs[-3:])}:
         if position < tail.base:
             continue
@@ -54,7 +58,8 @@ def test_a_window_sample_is_the_sample_of_what_it_holds(
     # A sampled stream that passed the first `taken` envelopes, maybe dropped by the window
     # since: its sample is that of everything after them (exact while keep <= size / 2).
     everything = [
-        EntityEnvelope.from_stored(stored(seq, kind)) for seq, kind in zip(seqs, kinds, strict=True)
+        EntityEnvelope.from_stored(stored(seq, kind).stored())
+        for seq, kind in zip(seqs, kinds, strict=True)
     ]
     if keep <= size // 2:
         for taken in range(len(seqs) + 1):

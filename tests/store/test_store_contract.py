@@ -836,13 +836,15 @@ async def test_read_envelopes_of_a_subtree_in_seq_order(store: SqliteStore) -> N
     ]
 
 
-@pytest.mark.parametrize("walk", ["up", "down"])
+@pytest.mark.parametrize("walk", ["up", "down", "up, then down"])
 async def test_read_envelopes_of_a_subtree_walking_up_or_down(
     store: SqliteStore, walk: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A subtree's envelopes near the newest are found by walking up from the entities that
-    stored them, further back by walking down from the subtree's root: the same answers."""
-    monkeypatch.setattr(_store, "_UPWARD_SPAN", 10**9 if walk == "up" else -1)
+    stored them, a span of seqs at a time, and once past a span with few found, by walking
+    down from the subtree's root: the same answers."""
+    span = {"up": 10**9, "down": -1, "up, then down": 20}[walk]
+    monkeypatch.setattr(_store, "_UPWARD_SPAN", span)
     rng = random.Random(7)
     parents: dict[str, str | None] = {}
     for number in range(40):
@@ -914,9 +916,12 @@ async def test_read_tail_reads_the_entity_the_highest_seq_and_the_envelopes(
     tail = await store.read_tail("root", after_seq=everything[1].seq, limit=2)
     assert tail.record == await store.get_entity("root")
     assert tail.highest == await store.last_seq() > everything[-1].seq  # "other" stored last
-    assert tail.envelopes == everything[2:4]
+    assert [row.stored() for row in tail.envelopes] == everything[2:4]
+    assert [row.envelope_type() for row in tail.envelopes] == ["", ""]  # bodies without one
     own = await store.read_tail("child", after_seq=0, subtree=False)
-    assert own.envelopes == await store.read_envelopes("child", subtree=False)
+    assert [row.stored() for row in own.envelopes] == await store.read_envelopes(
+        "child", subtree=False
+    )
     with pytest.raises(EntityNotFoundError):
         await store.read_tail("nope", after_seq=0)
     with pytest.raises(ValueError, match="limit"):

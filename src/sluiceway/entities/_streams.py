@@ -206,9 +206,10 @@ class StreamHub:
         key = (entity_id, subtree)
         tail = self._tails.get(key)
         if tail is None:
-            tail = self._tails[key] = Tail(
-                entity_id, base=await self._store.last_seq(), subtree=subtree
-            )
+            base = await self._store.last_seq()
+            tail = self._tails.get(key)  # another stream may have begun it meanwhile
+            if tail is None:
+                tail = self._tails[key] = Tail(entity_id, base=base, subtree=subtree)
         tail.users += 1
         try:
             with send:
@@ -227,10 +228,12 @@ class StreamHub:
         delivered; from the window, at most every ``pace`` seconds."""
         position = after_seq  # every envelope of the subtree up to here was delivered
         delivered_at = -math.inf  # when the last list was delivered
+        took_at = -math.inf  # when it last took from the window
         # A sampled stream, once it has taken from the window: how many of the tail's
         # envelopes it has passed. Left behind by the window, it counts what it missed as
         # skipped instead of replaying from the store what it would mostly skip.
         taken: int | None = None
+        at_beat = False  # a paced stream has read the tail at its beat: it takes it now
         while True:
             if position < tail.base and taken is None:
                 # Behind the window: replay from the store. Everything up to the highest seq
@@ -245,28 +248,34 @@ class StreamHub:
                 )
                 if page:
                     position = page[-1].seq
-                    delivered_at = trio.current_time()
+                    delivered_at = took_at = trio.current_time()
                 if len(page) < PAGE:
                     position = max(position, highest)  # (the page may go beyond it)
                 continue
             if not tail.version:  # nobody has read the tail yet
                 await tail.advance(self._store, 0, self._current_changes)
                 continue
-            if pace and delivered_at > -math.inf:
-                # At most one list per pace: what is stored meanwhile waits in the window
-                # (read once for every stream) and joins it. (A stream the window leaves
+            if pace and delivered_at > -math.inf and not at_beat:
+                # At most one list per pace: what is stored meanwhile is read at the beat
+                # (once for every stream of it) and joins it. (A stream the window leaves
                 # behind replays from the store, as any other.) The streams of one pace take
                 # theirs on the same beat (multiples of the pace on trio's clock): they take
                 # the same envelopes, which a server then encodes once for all of them.
-                beat = math.ceil((delivered_at + pace) / pace) * pace
+                # (The beat after the last take, not the last delivery: a take that found
+                # nothing waits for the next beat too, rather than reading again at once.)
+                beat = math.ceil((took_at + pace) / pace) * pace
                 if trio.current_time() < beat:
                     await trio.sleep_until(beat)
-                    continue  # the window may have left this stream behind meanwhile
+                await tail.advance_since(self._store, beat, self._current_changes)
+                at_beat = True
+                continue  # the window may have left this stream behind meanwhile
+            at_beat = False
             # Take the window's content, its end, its version and the wake-up event of its
             # last read together, before delivering (which waits for the reader): whatever is
             # stored since that read began sets this event, or moves this version, so the wait
             # below returns at once instead of missing it until the next change or poll.
             changes, version = tail.changes, tail.version
+            took_at = trio.current_time()
             ended, last = tail.ended, tail.last
             if keep is None:
                 found = EnvelopeSample(tail.after(position))
@@ -285,7 +294,8 @@ class StreamHub:
             if tail.version == version:  # else another stream read more meanwhile: take it
                 with trio.move_on_after(self._poll_interval):
                     await changes.wait()
-            await tail.advance(self._store, version, self._current_changes)
+            if not (pace and delivered_at > -math.inf):  # (a paced one reads at its beat)
+                await tail.advance(self._store, version, self._current_changes)
 
     def _current_changes(self) -> trio.Event:
         return self.changes

@@ -4,13 +4,14 @@ every stream following it, and what a stream takes of them (all, or a sample).""
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
 import attrs
 import trio
 
-from ..store import EntityStatus, EntityStore, StoredEnvelope
+from ..store import EntityStatus, EntityStore, EnvelopeRow
 from ._envelope import EntityEnvelope
 
 #: Envelopes read from the store per query while streaming.
@@ -64,7 +65,9 @@ class Tail:
     ``seq`` order (older ones drop out of it and move ``base``), with its seq at the same
     index of ``seqs``; the last ``size`` notable ones (in the window or older) are in
     ``notable``: a stream finds what it has not seen by bisection, and a sample of thousands
-    costs no more than its few kept envelopes.
+    costs no more than its few kept envelopes. The window holds the rows as read, their
+    bodies decoded when a stream first takes them (the notable ones at once): what every
+    stream only samples is never decoded.
     ``ended`` says whether the entity's run had ended when ``last`` was read. A stream
     behind ``base`` replays from the store, then joins the window.
     """
@@ -76,7 +79,7 @@ class Tail:
         self.subtree = subtree  # the whole subtree, or the entity's own envelopes
         self.base = base
         self.last = base
-        self.window: list[EntityEnvelope] = []
+        self.window: list[EntityEnvelope | EnvelopeRow] = []
         self.seqs: list[int] = []
         self.notable: list[EntityEnvelope] = []
         self.notable_seqs: list[int] = []
@@ -84,6 +87,7 @@ class Tail:
         self.dropped = 0  # envelopes that left the window since this tail began
         self.ended = False
         self.version = 0  # advanced this many times
+        self.read_began = -math.inf  # when the last read began (trio's clock)
         # The runtime's wake-up event as it was when the last read began: anything stored
         # since sets it.
         self.changes = trio.Event()
@@ -92,15 +96,15 @@ class Tail:
 
     def after(self, position: int) -> list[EntityEnvelope]:
         """The envelopes of the window with a seq above ``position``."""
-        return self.window[bisect.bisect_right(self.seqs, position) :]
+        return self._decoded(bisect.bisect_right(self.seqs, position))
 
     def sample_after(self, position: int, keep: int) -> EnvelopeSample:
         """:func:`sample` of :meth:`after`, without going through what it skips."""
         start = bisect.bisect_right(self.seqs, position)
         count = len(self.window) - start
         if count <= keep:
-            return EnvelopeSample(self.window[start:])
-        newest = self.window[-keep:]
+            return EnvelopeSample(self._decoded(start))
+        newest = self._decoded(len(self.window) - keep)
         first = bisect.bisect_right(self.notable_seqs, position)
         end = bisect.bisect_left(self.notable_seqs, newest[0].seq, lo=first)
         older = self.notable[max(first, end - keep) : end]
@@ -130,38 +134,63 @@ class Tail:
         ``version``). ``changes()`` is the runtime's wake-up event of now: it is taken before
         the read begins, so that a change the read misses sets it."""
         async with self.lock:
-            if self.version != version:
-                return
-            event = changes()
-            ended = None
-            while True:
-                # One read: the entity first (if its run had ended then, its last envelopes
-                # are in this read), then the highest seq, then the envelopes.
-                read = await store.read_tail(
-                    self.entity_id, after_seq=self.last, limit=PAGE, subtree=self.subtree
-                )
-                if ended is None:
-                    ended = read.record.status in _ENDED
-                page = read.envelopes
-                self._append(page)
-                if page:
-                    self.last = page[-1].seq
-                if len(page) < PAGE:
-                    self.last = max(self.last, read.highest)  # (the page may go beyond it)
-                    break
-            self._trim()
-            self.ended = ended
-            self.changes = event
-            self.version += 1
+            if self.version == version:
+                await self._read(store, changes)
 
-    def _append(self, page: list[StoredEnvelope]) -> None:
-        for stored in page:
-            envelope = EntityEnvelope.from_stored(stored)
-            self.window.append(envelope)
-            self.seqs.append(envelope.seq)
-            if envelope.type in NOTABLE_TYPES:
+    async def advance_since(
+        self, store: EntityStore, since: float, changes: Callable[[], trio.Event]
+    ) -> None:
+        """:meth:`advance`, unless a read began at ``since`` or later: the paced streams of
+        a beat read once for all of them (and wait for that read, if it is under way)."""
+        async with self.lock:
+            if self.read_began < since:
+                await self._read(store, changes)
+
+    async def _read(self, store: EntityStore, changes: Callable[[], trio.Event]) -> None:
+        """Read what was stored since ``last``; the caller holds the lock."""
+        self.read_began = trio.current_time()
+        event = changes()
+        ended = None
+        while True:
+            # One read: the entity first (if its run had ended then, its last envelopes
+            # are in this read), then the highest seq, then the envelopes.
+            read = await store.read_tail(
+                self.entity_id, after_seq=self.last, limit=PAGE, subtree=self.subtree
+            )
+            if ended is None:
+                ended = read.record.status in _ENDED
+            page = read.envelopes
+            self._append(page)
+            if page:
+                self.last = page[-1].seq
+            if len(page) < PAGE:
+                self.last = max(self.last, read.highest)  # (the page may go beyond it)
+                break
+        self._trim()
+        self.ended = ended
+        self.changes = event
+        self.version += 1
+
+    def _decoded(self, start: int) -> list[EntityEnvelope]:
+        """The window from ``start`` on, decoded (in place: once for every stream)."""
+        window = self.window
+        for index in range(start, len(window)):
+            item = window[index]
+            if isinstance(item, EnvelopeRow):
+                window[index] = EntityEnvelope.from_stored(item.stored())
+        return window[start:]  # type: ignore[return-value]  # all decoded just above
+
+    def _append(self, page: list[EnvelopeRow]) -> None:
+        window, seqs = self.window, self.seqs
+        for row in page:
+            seqs.append(row.seq)
+            if row.envelope_type() in NOTABLE_TYPES:
+                envelope = EntityEnvelope.from_stored(row.stored())
+                window.append(envelope)
                 self.notable.append(envelope)
                 self.notable_seqs.append(envelope.seq)
+            else:
+                window.append(row)
 
     def _trim(self) -> None:
         """Drop what is beyond the window's size (once per read, not per envelope)."""
