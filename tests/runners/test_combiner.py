@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluiceway.runners import Final
-from sluiceway.runners._combiner import AsyncIteratorCombiner, _State
+from sluiceway.runners._combiner import AsyncIteratorCombiner
+from sluiceway.runners._combiner_sources import SlotState
 
 _NO_FINAL = object()
 
@@ -995,14 +996,15 @@ def test_leaving_early_or_failing_always_closes_every_source(
 
 def _check_bookkeeping(combiner: AsyncIteratorCombiner[Any]) -> None:
     """White-box: the slot states, the ready buffer, the idle set and the counters agree."""
-    slots = combiner._slots
+    sources = combiner._sources
+    slots = sources.slots
     states = [slot.state for slot in slots]
-    assert combiner._pulling == states.count(_State.PULLING)
-    assert combiner.size == len(slots) - states.count(_State.DONE)
-    assert set(combiner._idle) == {s.index for s in slots if s.state is _State.IDLE}
-    assert set(combiner._ready) == {s.index for s in slots if s.state is _State.READY}
+    assert sources.pulling == states.count(SlotState.PULLING)
+    assert combiner.size == len(slots) - states.count(SlotState.DONE)
+    assert set(sources.idle) == {s.index for s in slots if s.state is SlotState.IDLE}
+    assert set(sources.ready) == {s.index for s in slots if s.state is SlotState.READY}
     for slot in slots:
-        assert (slot.result is not None) == (slot.state is _State.READY)
+        assert (slot.result is not None) == (slot.state is SlotState.READY)
 
 
 _operations = st.sampled_from(

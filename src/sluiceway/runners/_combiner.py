@@ -8,7 +8,7 @@
   outstanding), ``READY`` (exactly one result is buffered: a value, the end of the source, or its
   error) and ``DONE`` (ended, failed or closed: no longer active).
 * Pulls happen only on demand: a consumer moves ``IDLE`` slots to ``PULLING`` and the pump runs
-  one ``__anext__``. The result is buffered in the slot and the slot joins ``_ready``, an
+  one ``__anext__``. The result is buffered in the slot and the slot joins ``ready``, an
   insertion-ordered dict, so buffered results are kept in completion order.
 * Consumers (the stream channels, :meth:`~AsyncIteratorCombiner.race`,
   :meth:`~AsyncIteratorCombiner.any`, :meth:`~AsyncIteratorCombiner.all`) take results out of the
@@ -18,21 +18,38 @@
   cancellation so the source's ``finally:`` cleanup can finish; cancelling a pump (early exit,
   stream error, combiner exit) closes the source the same way. A pull that is in flight when its
   pump is cancelled receives ``Cancelled`` inside the source, as any trio code would.
+
+The machinery is in three modules. This one holds the combiner: its lifetime (the nursery), when
+a stream may open, and the one-shot calls. ``_combiner_sources.py`` holds the slots, their
+bookkeeping, the pumps and the one-consumer rule; ``_combiner_streams.py`` holds the stream
+channel and its block.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Generic, Literal, NoReturn, Self, TypeAlias, TypeVar, cast, overload
+from typing import Any, Generic, Literal, Self, TypeAlias, TypeVar, cast, overload
 
 import trio
 
-from .._util import open_owned_nursery, raise_saving_context, raise_single, type_name
-from ._tasks import Final, aclose_shielded
+from .._util import open_owned_nursery, raise_saving_context, type_name
+from ._combiner_sources import (
+    Checkpoint,
+    End,
+    Error,
+    Slot,
+    SlotState,
+    Sources,
+    Value,
+    raise_all,
+    raise_together,
+)
+from ._combiner_streams import CombinedChannel
+from ._tasks import Final
 
 T = TypeVar("T")
 _X = TypeVar("_X")
@@ -41,101 +58,10 @@ _X = TypeVar("_X")
 _Stream: TypeAlias = AbstractAsyncContextManager[trio.abc.ReceiveChannel[_X]]
 
 
-class _State(enum.Enum):
-    IDLE = "idle"
-    PULLING = "pulling"
-    READY = "ready"
-    DONE = "done"
-
-
 class _Phase(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
-
-
-class _Value:
-    """A source produced an item."""
-
-    __slots__ = ("item",)
-
-    def __init__(self, item: object) -> None:
-        self.item = item
-
-
-class _End:
-    """A source ended; ``value`` is its final value (``None`` without one)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-
-class _Error:
-    """A source raised ``error`` from ``__anext__``."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-_Result: TypeAlias = _Value | _End | _Error
-
-
-class _Slot:
-    """One source, its pump's cancel scope, and at most one buffered result."""
-
-    __slots__ = (
-        "closed",
-        "closer",
-        "discard",
-        "index",
-        "iterator",
-        "lot",
-        "result",
-        "scope",
-        "state",
-    )
-
-    def __init__(
-        self,
-        index: int,
-        iterator: AsyncIterator[Any],
-        closer: Callable[[], Awaitable[object]] | None,
-    ) -> None:
-        self.index = index
-        self.iterator = iterator
-        self.closer = closer
-        self.state = _State.IDLE
-        self.result: _Result | None = None
-        #: The outstanding pull belongs to a round that ``discard_round=True`` gave up on.
-        self.discard = False
-        #: The combiner stopped wanting anything from this source; its pump is cancelled.
-        self.closed = False
-        self.scope = trio.CancelScope()
-        #: The pump parks here while the slot is not ``PULLING``.
-        self.lot = trio.lowlevel.ParkingLot()
-
-
-class _Checkpoint:
-    """Tracks whether an API call has already passed a full checkpoint (a park)."""
-
-    __slots__ = ("parked",)
-
-    def __init__(self) -> None:
-        self.parked = False
-
-    async def park(self, lot: trio.lowlevel.ParkingLot) -> None:
-        await lot.park()
-        self.parked = True
-
-    async def finish(self) -> None:
-        """Yield once if the call never parked (``cancel_shielded``: the result is taken)."""
-        if not self.parked:
-            self.parked = True
-            await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 class AsyncIteratorCombiner(Generic[T]):
@@ -223,22 +149,10 @@ class AsyncIteratorCombiner(Generic[T]):
                     f"AsyncIteratorCombiner() got the same async iterator as sources {first} and "
                     f"{position}; each source needs its own iterator"
                 )
-        self._slots = [
-            _Slot(index, iterator, _closer_of(iterator)) for index, iterator in enumerate(iterators)
-        ]
-        self._ready: dict[int, _Slot] = {}
-        self._idle: dict[int, _Slot] = {slot.index: slot for slot in self._slots}
-        self._pulling = 0
-        self._done = 0
-        self._wakeup = trio.lowlevel.ParkingLot()
+        self._sources = Sources(iterators)
         self._phase = _Phase.NEW
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
-        self._consumer: str | None = None
-        self._fail_fast = False
-        self._shut_down = False
-        self._live_pumps = 0
-        self._pumps_done = trio.Event()
         self._suppressed: list[tuple[int, Exception]] = []
 
     # -- properties ----------------------------------------------------------------------------
@@ -250,7 +164,7 @@ class AsyncIteratorCombiner(Generic[T]):
         A source whose end or error has been pulled but not yet taken by a consumer still counts:
         it leaves when a call takes that result (as the original's ``check_close`` does).
         """
-        return len(self._slots) - self._done
+        return len(self._sources.slots) - self._sources.done
 
     @property
     def suppressed_errors(self) -> list[tuple[int, Exception]]:
@@ -262,9 +176,11 @@ class AsyncIteratorCombiner(Generic[T]):
         return list(self._suppressed)
 
     def __repr__(self) -> str:
+        consumer = self._sources.consumer
         return (
-            f"<AsyncIteratorCombiner {self._phase.value} size={self.size}/{len(self._slots)}"
-            f"{' consumer=' + self._consumer if self._consumer else ''}>"
+            f"<AsyncIteratorCombiner {self._phase.value} "
+            f"size={self.size}/{len(self._sources.slots)}"
+            f"{' consumer=' + consumer if consumer else ''}>"
         )
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -286,11 +202,7 @@ class AsyncIteratorCombiner(Generic[T]):
         self._nursery_cm = nursery_cm
         self._nursery = nursery
         self._phase = _Phase.OPEN
-        for slot in self._slots:
-            self._live_pumps += 1
-            nursery.start_soon(self._pump, slot, name=f"AsyncIteratorCombiner pump #{slot.index}")
-        if not self._slots:
-            self._pumps_done.set()
+        self._sources.start_pumps(nursery)
         return self
 
     async def __aexit__(
@@ -307,9 +219,9 @@ class AsyncIteratorCombiner(Generic[T]):
         nursery_cm, nursery = self._nursery_cm, self._nursery
         assert nursery_cm is not None
         assert nursery is not None
-        pending = self._undelivered_errors()
+        pending = self._sources.undelivered_errors()
         self._phase = _Phase.CLOSED
-        self._close_all()
+        self._sources.close_all()
         nursery.cancel_scope.cancel("AsyncIteratorCombiner exited")
         try:
             suppressed = await nursery_cm.__aexit__(exc_type, exc, tb)
@@ -317,7 +229,7 @@ class AsyncIteratorCombiner(Generic[T]):
             if isinstance(exc, BaseExceptionGroup) and _leaves(error) == _leaves(exc):
                 error = exc  # the block raised a group: do not nest it in the nursery's
             if pending:
-                _raise_together(error, pending)
+                raise_together(error, pending)
             if error is exc:
                 raise_saving_context(error)
             raise
@@ -325,8 +237,8 @@ class AsyncIteratorCombiner(Generic[T]):
             self._nursery_cm = self._nursery = None
         if pending:
             if exc is not None and not suppressed:
-                _raise_together(exc, pending)
-            _raise_all(pending)
+                raise_together(exc, pending)
+            raise_all(pending)
         return suppressed
 
     # -- streams -------------------------------------------------------------------------------
@@ -449,72 +361,14 @@ class AsyncIteratorCombiner(Generic[T]):
     async def _stream(
         self, name: str, *, round_robin: bool, yield_final_values: bool, with_source: bool
     ) -> AsyncIterator[trio.abc.ReceiveChannel[Any]]:
-        channel = _CombinedChannel(self, name, round_robin, yield_final_values, with_source)
+        channel = CombinedChannel(self._sources, name, round_robin, yield_final_values, with_source)
         if self._phase is _Phase.NEW:
-            async with self, self._view(channel, owned=True):
+            async with self, channel.block(owned=True):
                 yield channel
         else:
             self._require_open(name)
-            async with self._view(channel, owned=False):
+            async with channel.block(owned=False):
                 yield channel
-
-    @asynccontextmanager
-    async def _view(self, channel: _CombinedChannel, *, owned: bool) -> AsyncIterator[None]:
-        with self._consuming(channel.name):
-            self._fail_fast = True
-            if any(isinstance(slot.result, _Error) for slot in self._ready.values()):
-                self._shutdown()  # an error buffered before the stream opened fails it too
-            try:
-                yield
-            except BaseException as exc:
-                channel.close()
-                self._fail_fast = False
-                pending = self._undelivered_errors()
-                if self._shut_down and not owned:
-                    await self._wait_closed()
-                if pending:
-                    _raise_together(exc, pending)
-                raise
-            channel.close()
-            self._fail_fast = False
-            if not owned:
-                # Before taking pending errors: if this checkpoint is cancelled, they stay
-                # buffered and the combiner's exit raises them.
-                if self._shut_down:
-                    await self._wait_closed()
-                else:
-                    await trio.lowlevel.checkpoint()
-            pending = self._undelivered_errors()
-            if pending:
-                _raise_all(pending)
-
-    async def _wait_closed(self) -> None:
-        """After a stream failed on a combiner it does not own: wait until every source is closed.
-
-        Shielded, because it runs while an error propagates: a cancellation arriving here must
-        not replace that error (DESIGN rule 4). The pumps are all cancelled by then.
-        """
-        with trio.CancelScope(shield=True):
-            await self._pumps_done.wait()
-
-    async def _receive(self, channel: _CombinedChannel) -> Any:
-        """The next item of a stream channel (see :meth:`race_stream`)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        checkpoint = _Checkpoint()
-        skip_ends = not channel.yield_final_values
-        if channel.round_robin:
-            got = await self._next_in_turn(channel, checkpoint, skip_ends=skip_ends)
-        else:
-            got = await self._next_in_race(checkpoint, skip_ends=skip_ends)
-        await checkpoint.finish()
-        if got is None:
-            raise trio.EndOfChannel
-        index, result = got
-        if isinstance(result, _Error):
-            channel.failure = result.error
-            raise_saving_context(result.error)
-        item = result.item if isinstance(result, _Value) else Final(result.value)
-        return (index, item) if channel.with_source else item
 
     # -- one-shot calls ------------------------------------------------------------------------
 
@@ -547,28 +401,29 @@ class AsyncIteratorCombiner(Generic[T]):
             trio.BusyResourceError: if another call is consuming the combiner.
         """
         self._require_open("all()")
-        with self._consuming("all()"):
+        with self._sources.consuming("all()"):
             await trio.lowlevel.checkpoint_if_cancelled()
-            checkpoint = _Checkpoint()
+            sources = self._sources
+            checkpoint = Checkpoint()
             while True:
-                failed = self._first_error()
+                failed = sources.first_error()
                 if failed is not None:
-                    result = self._take(failed)
+                    result = sources.take(failed)
                     await checkpoint.finish()
-                    assert isinstance(result, _Error)
+                    assert isinstance(result, Error)
                     raise_saving_context(result.error)
-                active = [slot for slot in self._slots if slot.state is not _State.DONE]
-                if all(slot.state is _State.READY for slot in active):
+                active = [slot for slot in sources.slots if slot.state is not SlotState.DONE]
+                if all(slot.state is SlotState.READY for slot in active):
                     break
-                self._request_idle()
-                await checkpoint.park(self._wakeup)
+                sources.request_idle()
+                await checkpoint.park(sources.wakeup)
             items: list[Any] = []
             for slot in active:
-                result = self._take(slot)
-                if isinstance(result, _Value):
+                result = sources.take(slot)
+                if isinstance(result, Value):
                     items.append(result.item)
                 elif yield_final_values:
-                    assert isinstance(result, _End)
+                    assert isinstance(result, End)
                     items.append(Final(result.value))
             await checkpoint.finish()
             return items
@@ -608,19 +463,19 @@ class AsyncIteratorCombiner(Generic[T]):
             trio.BusyResourceError: if another call is consuming the combiner.
         """
         self._require_open("race()")
-        with self._consuming("race()"):
+        with self._sources.consuming("race()"):
             await trio.lowlevel.checkpoint_if_cancelled()
-            checkpoint = _Checkpoint()
-            got = await self._next_in_race(checkpoint, skip_ends=not yield_final_values)
+            checkpoint = Checkpoint()
+            got = await self._sources.next_in_race(checkpoint, skip_ends=not yield_final_values)
             if discard_round:
-                self._discard_round()
+                self._sources.discard_round()
             await checkpoint.finish()
             if got is None:
                 raise trio.EndOfChannel("race(): every source of the combiner is exhausted")
             _, result = got
-            if isinstance(result, _Error):
+            if isinstance(result, Error):
                 raise_saving_context(result.error)
-            return result.item if isinstance(result, _Value) else Final(result.value)
+            return result.item if isinstance(result, Value) else Final(result.value)
 
     @overload
     async def any(
@@ -654,27 +509,28 @@ class AsyncIteratorCombiner(Generic[T]):
             trio.BusyResourceError: if another call is consuming the combiner.
         """
         self._require_open("any()")
-        with self._consuming("any()"):
+        with self._sources.consuming("any()"):
             await trio.lowlevel.checkpoint_if_cancelled()
-            checkpoint = _Checkpoint()
-            failures: list[tuple[_Slot, _Error]] = []
-            winner: _Value | _End | None = None
+            sources = self._sources
+            checkpoint = Checkpoint()
+            failures: list[tuple[Slot, Error]] = []
+            winner: Value | End | None = None
             try:
                 while True:
-                    got = await self._next_in_race(checkpoint, skip_ends=not yield_final_values)
+                    got = await sources.next_in_race(checkpoint, skip_ends=not yield_final_values)
                     if got is None:
                         break
                     index, result = got
-                    if isinstance(result, _Error):
-                        failures.append((self._slots[index], result))
+                    if isinstance(result, Error):
+                        failures.append((sources.slots[index], result))
                         continue
                     winner = result
                     break
             except BaseException:
-                self._restore(failures)
+                sources.restore(failures)
                 raise
             if discard_round:
-                self._discard_round()
+                sources.discard_round()
             await checkpoint.finish()
             errors = [failure.error for _, failure in failures]
             if winner is None:
@@ -684,170 +540,7 @@ class AsyncIteratorCombiner(Generic[T]):
                     )
                 raise trio.EndOfChannel("any(): every source of the combiner is exhausted")
             self._suppressed.extend((slot.index, failure.error) for slot, failure in failures)
-            return winner.item if isinstance(winner, _Value) else Final(winner.value)
-
-    # -- consumers' core -----------------------------------------------------------------------
-
-    async def _next_in_race(
-        self, checkpoint: _Checkpoint, *, skip_ends: bool
-    ) -> tuple[int, _Result] | None:
-        """Take the oldest result (waiting for one if needed); ``None`` once nothing is active."""
-        while True:
-            slot = next(iter(self._ready.values()), None)
-            if slot is None:
-                if not self._request_idle():
-                    return None
-                await checkpoint.park(self._wakeup)
-                continue
-            result = self._take(slot)
-            if skip_ends and isinstance(result, _End):
-                continue
-            return slot.index, result
-
-    async def _next_in_turn(
-        self, channel: _CombinedChannel, checkpoint: _Checkpoint, *, skip_ends: bool
-    ) -> tuple[int, _Result] | None:
-        """Take the result of the source whose turn it is; an error of any source comes first."""
-        slots = self._slots
-        while True:
-            failed = self._first_error()
-            if failed is not None:
-                return failed.index, self._take(failed)
-            slot = None
-            for offset in range(len(slots)):
-                candidate = slots[(channel.cursor + offset) % len(slots)]
-                if candidate.state is not _State.DONE:
-                    slot = candidate
-                    break
-            if slot is None:
-                return None
-            if slot.state is _State.READY:
-                channel.cursor = slot.index + 1
-                result = self._take(slot)
-                if skip_ends and isinstance(result, _End):
-                    continue
-                return slot.index, result
-            self._request_idle()
-            await checkpoint.park(self._wakeup)
-
-    # -- slot bookkeeping (all synchronous) ----------------------------------------------------
-
-    def _request_idle(self) -> bool:
-        """Ask every idle source for its next item; return whether any pull is outstanding."""
-        idle = self._idle
-        if idle:
-            for slot in idle.values():
-                slot.state = _State.PULLING
-                slot.lot.unpark()
-            self._pulling += len(idle)
-            idle.clear()
-        return self._pulling > 0
-
-    def _set_state(self, slot: _Slot, state: _State) -> None:
-        """Move ``slot`` to ``state``, keeping the idle set and the counters in step."""
-        old = slot.state
-        if old is state:
-            return
-        if old is _State.IDLE:
-            del self._idle[slot.index]
-        elif old is _State.PULLING:
-            self._pulling -= 1
-        elif old is _State.DONE:
-            self._done -= 1
-        if state is _State.IDLE:
-            self._idle[slot.index] = slot
-        elif state is _State.PULLING:
-            self._pulling += 1
-        elif state is _State.DONE:
-            self._done += 1
-        slot.state = state
-
-    def _settle(self, slot: _Slot, result: _Result) -> None:
-        """A pump's pull finished with ``result``."""
-        discard, slot.discard = slot.discard, False
-        if slot.closed:
-            self._set_state(slot, _State.DONE)  # nobody wants it (errors were re-raised)
-        elif discard and not isinstance(result, _Error):
-            self._set_state(slot, _State.IDLE if isinstance(result, _Value) else _State.DONE)
-        else:
-            self._set_state(slot, _State.READY)
-            slot.result = result
-            self._ready[slot.index] = slot
-            if self._fail_fast and isinstance(result, _Error):
-                self._shutdown()
-        self._wakeup.unpark_all()
-
-    def _take(self, slot: _Slot) -> _Result:
-        """Remove ``slot``'s buffered result; an end or error drops the source."""
-        del self._ready[slot.index]
-        result = slot.result
-        assert result is not None
-        slot.result = None
-        if isinstance(result, _Value) and not slot.closed:
-            self._set_state(slot, _State.IDLE)
-        else:
-            self._set_state(slot, _State.DONE)
-        return result
-
-    def _restore(self, failures: list[tuple[_Slot, _Error]]) -> None:
-        """Put taken error results back at the head of the buffer, in their order."""
-        if not failures:
-            return
-        ready = self._ready
-        self._ready = {}
-        for slot, failure in failures:
-            self._set_state(slot, _State.READY)
-            slot.result = failure
-            self._ready[slot.index] = slot
-        self._ready.update(ready)
-
-    def _first_error(self) -> _Slot | None:
-        for slot in self._ready.values():
-            if isinstance(slot.result, _Error):
-                return slot
-        return None
-
-    def _undelivered_errors(self) -> list[Exception]:
-        """Take every buffered error (to raise it rather than lose it)."""
-        errors: list[Exception] = []
-        while (slot := self._first_error()) is not None:
-            result = self._take(slot)
-            assert isinstance(result, _Error)
-            errors.append(result.error)
-        return errors
-
-    def _discard_round(self) -> None:
-        """``discard_round=True``: drop every buffered or in-flight result except errors."""
-        for slot in list(self._ready.values()):
-            if not isinstance(slot.result, _Error):
-                self._take(slot)
-        for slot in self._slots:
-            if slot.state is _State.PULLING:
-                slot.discard = True
-
-    def _shutdown(self) -> None:
-        """A stream failed: cancel every pull and close every source.
-
-        Buffered results stay deliverable (the error among them); everything else is dropped.
-        """
-        self._shut_down = True
-        for slot in self._slots:
-            if slot.state is _State.DONE or slot.closed:
-                continue
-            slot.closed = True
-            slot.scope.cancel("AsyncIteratorCombiner stream failed")
-            if slot.state is not _State.READY:
-                self._set_state(slot, _State.DONE)
-        self._wakeup.unpark_all()
-
-    def _close_all(self) -> None:
-        for slot in self._slots:
-            slot.closed = True
-            self._set_state(slot, _State.DONE)
-            slot.result = None
-            slot.scope.cancel("AsyncIteratorCombiner exited")
-        self._ready.clear()
-        self._wakeup.unpark_all()
+            return winner.item if isinstance(winner, Value) else Final(winner.value)
 
     def _require_open(self, name: str) -> None:
         if self._phase is _Phase.OPEN:
@@ -859,91 +552,6 @@ class AsyncIteratorCombiner(Generic[T]):
                 "leaves running need an owning nursery"
             )
         raise RuntimeError(f"AsyncIteratorCombiner.{name} called on a closed combiner")
-
-    @contextmanager
-    def _consuming(self, name: str) -> Iterator[None]:
-        if self._consumer is not None:
-            raise trio.BusyResourceError(
-                f"AsyncIteratorCombiner.{name} called while {self._consumer} is consuming it; "
-                "one consumer at a time"
-            )
-        self._consumer = name
-        try:
-            yield
-        finally:
-            self._consumer = None
-
-    # -- pumps ---------------------------------------------------------------------------------
-
-    async def _pump(self, slot: _Slot) -> None:
-        """Pull ``slot``'s source one item per request; close it when it ends or is cancelled."""
-        try:
-            with slot.scope:
-                while True:
-                    while slot.state is not _State.PULLING:
-                        await slot.lot.park()
-                    try:
-                        item = await slot.iterator.__anext__()
-                    except StopAsyncIteration as stop:
-                        result: _Result = _End(stop.args[0] if stop.args else None)
-                    except Exception as error:
-                        if slot.closed:
-                            raise  # failed while being closed: the nursery reports it
-                        result = _Error(error)
-                    else:
-                        result = _End(item.value) if isinstance(item, Final) else _Value(item)
-                    self._settle(slot, result)
-                    if slot.closed or not isinstance(result, _Value):
-                        return
-        finally:
-            try:
-                if slot.closer is not None:
-                    await aclose_shielded(slot.closer)
-            finally:
-                self._live_pumps -= 1
-                if self._live_pumps == 0:
-                    self._pumps_done.set()
-
-
-class _CombinedChannel(trio.abc.ReceiveChannel[Any]):
-    """The channel of a :meth:`~AsyncIteratorCombiner.race_stream` or round-robin block."""
-
-    def __init__(
-        self,
-        combiner: AsyncIteratorCombiner[Any],
-        name: str,
-        round_robin: bool,
-        yield_final_values: bool,
-        with_source: bool,
-    ) -> None:
-        self._combiner = combiner
-        self.name = name
-        self.round_robin = round_robin
-        self.yield_final_values = yield_final_values
-        self.with_source = with_source
-        self.cursor = 0
-        self.failure: BaseException | None = None
-        self._closed = False
-
-    async def receive(self) -> Any:
-        """The next item; :exc:`trio.EndOfChannel` once every source is exhausted."""
-        if self._closed:
-            raise trio.ClosedResourceError(f"the {self.name} channel is closed")
-        if self.failure is not None:
-            await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError(
-                f"the {self.name} channel failed: a source raised {self.failure!r}"
-            ) from self.failure
-        return await self._combiner._receive(self)
-
-    def close(self) -> None:
-        """Stop receiving (the block's exit does this)."""
-        self._closed = True
-
-    async def aclose(self) -> None:
-        """See :meth:`close`; always checkpoints."""
-        self.close()
-        await trio.lowlevel.checkpoint()
 
 
 def _as_iterator(source: object, position: int) -> AsyncIterator[Any]:
@@ -971,27 +579,8 @@ def _as_iterator(source: object, position: int) -> AsyncIterator[Any]:
     )
 
 
-def _closer_of(iterator: object) -> Callable[[], Awaitable[object]] | None:
-    closer = getattr(iterator, "aclose", None)
-    return closer if callable(closer) else None
-
-
 def _leaves(error: BaseException) -> list[int]:
     """The ids of the non-group exceptions inside ``error``, in order."""
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [id(error)]
-
-
-def _raise_all(errors: list[Exception]) -> NoReturn:
-    if len(errors) == 1:
-        raise_saving_context(errors[0])
-    raise ExceptionGroup("AsyncIteratorCombiner: errors of several sources", errors)
-
-
-def _raise_together(error: BaseException, pending: list[Exception]) -> NoReturn:
-    raise_single(
-        BaseExceptionGroup(
-            "AsyncIteratorCombiner: an error escaped while sources had failed", [error, *pending]
-        )
-    )
