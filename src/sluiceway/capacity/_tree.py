@@ -6,14 +6,9 @@ and then it is taken at every level at once (atomic admission). Every release, l
 request re-runs :func:`dispatch`, which grants waiting requests anywhere in the tree until nothing
 more fits, so no wake-up can be lost and nobody polls.
 
-Who is served next (``_select``), decided recursively from the root:
-
-* within a node, requests are served first-in first-out (strict head of line: a later request never
-  passes the head unless the node was built with ``backfill=True`` and the later request uses none
-  of the resources the head is short of);
-* across the children of a node, the freed capacity goes to the child (among those with a request
-  that fits below this node) holding the smallest share of the node's limits, ties to the request
-  that has waited longest (max-min fairness). A node's own queue competes as one more child.
+Who is served next is decided recursively from the root by the rules in ``_selection.py``:
+first-in first-out within a node (strict head of line, unless the node backfills), and max-min
+fairness across the children of a node, whose own queue competes as one more child.
 
 The requests themselves come in two kinds. A :class:`Waiter` is one task blocked in ``acquire`` for
 one fixed cost. A :class:`Demand` is a runner's standing request: its cost is asked for at dispatch
@@ -41,6 +36,7 @@ import trio
 from .._errors import ImpossibleCostError, OverReleaseError, UnknownResourceError
 from .._metrics import CapacityEvent, CapacityEventKind, MetricsCollector, safe_record
 from ._amounts import Amount, Vector, describe, public, public_vector
+from ._selection import fits, select
 
 
 class DemandOwner(Protocol):
@@ -324,7 +320,7 @@ class Node:
     def fits_chain(self, cost: Vector) -> bool:
         """Whether ``cost`` fits right now at this node and every ancestor."""
         for level in self.chain:  # noqa: SIM110 - no generator per grant, unlike all()
-            if not _fits(level, cost):
+            if not fits(level, cost):
                 return False
         return True
 
@@ -450,126 +446,6 @@ def adjust(node: Node, delta: Vector) -> None:
 # -- admission ---------------------------------------------------------------------------
 
 
-def _fits(level: Node, cost: Vector) -> bool:
-    limits = level.limits
-    usage = level.usage
-    for resource, value in cost.items():
-        limit = limits.get(resource)
-        if limit is not None and usage.get(resource, 0) + value > limit:
-            return False
-    return True
-
-
-def _normaliser(node: Node, resource: str) -> Amount:
-    for level in node.chain:
-        limit = level.limits.get(resource)
-        if limit is not None and 0 < limit < math.inf:
-            return limit
-    return 1
-
-
-def _share(held: Vector, node: Node) -> Amount:
-    """The dominant share of ``node``'s limits that ``held`` represents (max-min fairness key)."""
-    share: Amount = 0
-    for resource, value in held.items():
-        if value:
-            part = value / _normaliser(node, resource)
-            share = max(share, part)
-    return share
-
-
-def _own_head(node: Node) -> tuple[Request, Vector] | None:
-    """The first request of the node's own queue that wants something (strict FIFO).
-
-    Demands with nothing to start are skipped. A validated request whose cost can never fit is
-    failed here instead of blocking the queue forever.
-    """
-    queue = node.queue
-    while queue:
-        restart = False
-        for request in queue:
-            cost = request.current_cost()
-            if cost is None:
-                continue
-            if request.validated and not node.fits_chain(cost):
-                error = node.impossible(cost)
-                if error is not None:
-                    request.on_impossible(cost, error)  # may change the queue
-                    restart = True
-                    break
-            return request, cost
-        if not restart:
-            return None
-    return None
-
-
-def _own_wanting(node: Node) -> list[tuple[Request, Vector]]:
-    """Every request of the node's own queue that wants something, in FIFO order (backfill)."""
-    found: list[tuple[Request, Vector]] = []
-    head = _own_head(node)
-    if head is None:
-        return found
-    found.append(head)
-    seen = False
-    for request in node.queue:
-        if request is head[0]:
-            seen = True
-            continue
-        if seen:
-            cost = request.current_cost()
-            if cost is not None:
-                found.append((request, cost))
-    return found
-
-
-def _select(node: Node) -> tuple[Request, Vector] | None:
-    """The request to grant next within ``node``'s subtree, or ``None`` if nothing can be granted.
-
-    The returned request fits at every level from its own node up to ``node``.
-    """
-    children = node.active_children
-    if not children and not node.backfill:
-        # Fast path: only this node's own queue.
-        head = _own_head(node) if node.queue else None
-        if head is None or not _fits(node, head[1]):
-            return None
-        return head
-    candidates: list[tuple[Amount, int, Request, Vector]] = []
-    if node.queue:
-        if node.backfill:
-            own = _own_wanting(node)
-        else:
-            first = _own_head(node)
-            own = [] if first is None else [first]
-        if own:
-            share = _share(node.own_held, node)
-            candidates.extend((share, request.seq, request, cost) for request, cost in own)
-    for child in list(children):
-        found = _select(child)
-        if found is not None:
-            candidates.append((_share(child.held, node), found[0].seq, found[0], found[1]))
-    if not candidates:
-        return None
-    if len(candidates) > 1:
-        candidates.sort(key=lambda item: (item[0], item[1]))
-    _, _, head_request, head_cost = candidates[0]
-    if _fits(node, head_cost):
-        return head_request, head_cost
-    if not node.backfill or len(candidates) == 1:
-        return None
-    # Backfill: a later candidate may pass only if it uses none of the resources the head is
-    # short of here, so granting it cannot delay the head.
-    short = {
-        resource
-        for resource, value in head_cost.items()
-        if resource in node.limits and node.usage.get(resource, 0) + value > node.limits[resource]
-    }
-    for _, _, request, cost in candidates[1:]:
-        if not any(cost.get(resource) for resource in short) and _fits(node, cost):
-            return request, cost
-    return None
-
-
 def grant(request: Request, cost: Vector) -> None:
     """Take ``cost`` for ``request`` at every level and notify it."""
     node = request.node
@@ -601,7 +477,7 @@ def dispatch(tree: Tree) -> None:
                     return
                 continue
             while root.waiting:
-                found = _select(root)
+                found = select(root)
                 if found is None:
                     break
                 grant(*found)
