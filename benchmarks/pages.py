@@ -33,14 +33,14 @@ offering the ``sluiceway.v1`` subprotocol with the ``Origin`` of the server's ow
 browser does) doing what ``src/sluiceway/server/static/app.js`` does, on its timers
 (:class:`Page`). They open one after another over 2 s (their timers then tick out of step, as
 those of pages opened by different people do). On ``hello`` a page loads the runs (``list``,
-25 a page) and the gauges (``capacity``), then every 3 s and every 1 s. It selects the run as
+25 a page) and the gauges (``capacity``), then every 5 s and every 2 s. It selects the run as
 soon as a runs list shows it, as a person clicking it at once would: a ``subscribe`` from
-seq 0 follows its whole subtree, sampled (``"interval": 0.5, "keep": 50``: at most one
-``envelopes`` event every half second, the newest 50 envelopes of what came and the older
+seq 0 follows its whole subtree, sampled (``"interval": 0.5, "keep": 25``: at most one
+``envelopes`` event every half second, the newest 25 envelopes of what came and the older
 errors, prompts and answers, the others counted in ``skipped``), then a ``tree`` (depth 1, 30
 children) and a ``get`` of the run; every ``envelopes`` or ``end`` event of its subscription
 schedules, unless one is
-scheduled, a ``tree`` and a ``get`` one second later. A lost connection is opened again after
+scheduled, a ``tree`` and a ``get`` two seconds later. A lost connection is opened again after
 0.5 s, doubling up to 10 s, and the subscription resumed from the last seq (a reconnection
 is reported as a warning). Once every page has subscribed, the driver says ``go`` to both processes;
 when the server reports the run's end it says ``stop`` to the pages (what they received and
@@ -150,16 +150,16 @@ OPEN_OVER = 2.0
 
 # What app.js does (src/sluiceway/server/static/app.js), its constants in seconds.
 #: A selected run's tree and details are refreshed at most this often while envelopes come.
-TREE_EVERY = 1.0
+TREE_EVERY = 2.0
 #: The runs list is refreshed this often.
-RUNS_EVERY = 3.0
+RUNS_EVERY = 5.0
 #: The capacity gauges are refreshed this often.
-GAUGES_EVERY = 1.0
+GAUGES_EVERY = 2.0
 #: The runs list's page size.
 PAGE_SIZE = 25
 #: A page's subscription is sampled: at most one ``envelopes`` event per interval (seconds),
 #: holding the newest ``keep`` envelopes (the others counted in its ``skipped``).
-SAMPLE_INTERVAL, SAMPLE_KEEP = 0.5, 50
+SAMPLE_INTERVAL, SAMPLE_KEEP = 0.5, 25
 #: Children listed under the selected run in its tree.
 TREE_CHILDREN = 30
 #: The reconnection back-off: first delay, doubling, at most.
@@ -474,12 +474,12 @@ class Page:
 
     The page opens its WebSocket (offering the ``sluiceway.v1`` subprotocol, with the
     ``Origin`` of the server's own page); on ``hello`` it loads the runs (``list``, 25) and
-    the gauges (``capacity``), and then every 3 s and every 1 s. When a runs list shows the
+    the gauges (``capacity``), and then every 5 s and every 2 s. When a runs list shows the
     run named ``run_name``, it selects it, as a person clicking it at once would: it
     subscribes to the run from seq 0 with ``subtree`` true (false when it follows the run's
     own), sampled (``SAMPLE_INTERVAL``, ``SAMPLE_KEEP``); then a ``tree`` (depth 1, 30
     children) and a ``get`` of the run. Each ``envelopes`` or ``end`` event of its
-    subscription schedules, unless one is scheduled, a ``tree`` and a ``get`` one second
+    subscription schedules, unless one is scheduled, a ``tree`` and a ``get`` two seconds
     later. A lost connection is opened again after 0.5 s, doubling up to 10 s; on its
     ``hello`` the page loads the runs and the gauges and subscribes again from the last seq
     it received.

@@ -18,6 +18,9 @@ from ._envelope import EntityEnvelope
 PAGE = 500
 #: The latest envelopes of a followed subtree kept in memory for its streams.
 WINDOW = 4096
+#: Envelopes the shared tail reads per query: more than a page, as it keeps them as rows
+#: (decoded when taken), and a paced beat may find thousands.
+TAIL_PAGE = WINDOW // 2
 #: Envelope types a sample keeps even when they are not among the newest: errors, the
 #: prompts of waits and the messages answering them (what a person watching must not miss).
 NOTABLE_TYPES = frozenset({"ERROR", "WAITING", "MESSAGE"})
@@ -155,7 +158,7 @@ class Tail:
             # One read: the entity first (if its run had ended then, its last envelopes
             # are in this read), then the highest seq, then the envelopes.
             read = await store.read_tail(
-                self.entity_id, after_seq=self.last, limit=PAGE, subtree=self.subtree
+                self.entity_id, after_seq=self.last, limit=TAIL_PAGE, subtree=self.subtree
             )
             if ended is None:
                 ended = read.record.status in _ENDED
@@ -163,7 +166,7 @@ class Tail:
             self._append(page)
             if page:
                 self.last = page[-1].seq
-            if len(page) < PAGE:
+            if len(page) < TAIL_PAGE:
                 self.last = max(self.last, read.highest)  # (the page may go beyond it)
                 break
         self._trim()

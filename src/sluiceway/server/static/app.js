@@ -5,18 +5,18 @@
 const RECONNECT_FIRST = 500; // ms before the first reconnection attempt, doubling each time
 const RECONNECT_MAX = 10000;
 const REDRAW_EVERY = 300; // ms between redraws of what envelopes change
-const TREE_EVERY = 1000; // ms between refreshes of the selected run's tree
-const RUNS_EVERY = 3000; // ms between refreshes of the runs list
-const GAUGES_EVERY = 1000; // ms between capacity snapshots
+const TREE_EVERY = 2000; // ms between refreshes of the selected run's tree while it moves
+const RUNS_EVERY = 5000; // ms between refreshes of the runs list
+const GAUGES_EVERY = 2000; // ms between capacity snapshots
 const LOG_KEEP = 500; // envelopes kept in the log
 const PAGE_SIZE = 25;
 // The log follows every entity of the selected run, sampled: at most one batch of envelopes
 // every SAMPLE_EVERY seconds, its newest SAMPLE_KEEP; the server counts the others in the
-// batch's "skipped" (the tree's counts, refreshed every second, count everything). A run of
+// batch's "skipped" (the tree's counts, refreshed every two seconds, count everything). A run of
 // 10,000 children would otherwise send each page every envelope of every child, which costs
 // the server more than the run. "every envelope" asks for all of them, still in batches.
 const SAMPLE_EVERY = 0.5;
-const SAMPLE_KEEP = 50;
+const SAMPLE_KEEP = 25;
 const EVERY_EVERY = 0.25;
 const STATUSES = ["PENDING", "IN_PROGRESS", "WAITING", "COMPLETED", "FAILED", "CANCELLED"];
 
