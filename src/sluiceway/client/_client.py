@@ -26,6 +26,7 @@ from trio_websocket import (
 from .._errors import SluicewayError
 from .._util import open_owned_nursery
 from ..entities import EntityEnvelope
+from ..server._connection import MAX_INTERVAL, MAX_KEEP
 from ..server._protocol import PROTOCOL_VERSION, dumps
 
 log = logging.getLogger("sluiceway.client")
@@ -119,20 +120,42 @@ class Subscription(Generic[Item]):
     :class:`ConnectionLostError` if the connection could not be restored (or
     :class:`ServerError` if the server could not go on streaming). After a reconnection the
     subscription resumes from ``last_seq``: nothing is missed, nothing is seen twice.
+
+    A sampled subscription (``interval``, ``keep``) gets only some of the envelopes: the
+    server counts the others, and ``skipped`` adds them up. The envelopes it gave and
+    ``skipped`` account for every envelope up to the last one it gave; a reconnection asks for
+    the same ``interval`` and ``keep`` again.
     """
 
     def __init__(
-        self, entity_id: str, after_seq: int, subtree: bool, buffer: int, *, raw: bool = False
+        self,
+        entity_id: str,
+        after_seq: int,
+        subtree: bool,
+        buffer: int,
+        *,
+        raw: bool = False,
+        interval: float | None = None,
+        keep: int | None = None,
     ) -> None:
         self.entity_id = entity_id
         self.subtree = subtree
         self.raw = raw
+        #: At most one ``envelopes`` event per this many seconds (``None``: the server's
+        #: default, as they come).
+        self.interval = interval
+        #: The most recent envelopes an event keeps (``None``: every envelope).
+        self.keep = keep
         self.last_seq = after_seq
+        #: How many envelopes the server left out before the envelopes taken so far (by
+        #: iteration or by batches); 0 unless ``keep`` is set.
+        self.skipped = 0
         self.status: str | None = None  # the entity's status when the subscription ended
         self.number: int | None = None  # the server's number for it on the current connection
-        # Frames of envelopes (lists), taken apart by __anext__.
-        self._send: trio.MemorySendChannel[list[Item]]
-        self._receive: trio.MemoryReceiveChannel[list[Item]]
+        # Frames of envelopes (lists) with the count the server left out before each, taken
+        # apart by __anext__.
+        self._send: trio.MemorySendChannel[tuple[int, list[Item]]]
+        self._receive: trio.MemoryReceiveChannel[tuple[int, list[Item]]]
         self._send, self._receive = trio.open_memory_channel(buffer)
         self._taken: collections.deque[Item] = collections.deque()
         self.closed = False
@@ -163,6 +186,11 @@ class Subscription(Generic[Item]):
         take from the same buffer, in order): the iteration ends after the run's end, and
         raises the subscription's ``error`` after the last batch.
 
+        For a sampled subscription (``keep``), ``skipped`` grows as a batch is given by how
+        many envelopes the server left out just before that batch: its value before the batch
+        subtracted from its value after is that count (0 for the later batches of an event cut
+        by ``max_size``).
+
         Raises:
             ValueError: ``max_size`` is not an int of at least 1.
         """
@@ -171,31 +199,36 @@ class Subscription(Generic[Item]):
         return _Batches(self, max_size)
 
     async def _next_frame(self) -> list[Item]:
-        """The envelopes of the next ``envelopes`` event; ``StopAsyncIteration`` (or the
-        subscription's error) after the end."""
+        """The envelopes of the next ``envelopes`` event, counting in ``skipped`` those the
+        server left out before them; ``StopAsyncIteration`` (or the subscription's error) after
+        the end."""
         try:
-            return await self._receive.receive()
+            skipped, frame = await self._receive.receive()
         except trio.EndOfChannel:
             if self.error is not None:
                 raise self.error from None
             raise StopAsyncIteration from None
+        self.skipped += skipped
+        return frame
 
-    async def _deliver(self, envelopes: list[dict[str, Any]]) -> None:
+    async def _deliver(self, envelopes: list[dict[str, Any]], skipped: int = 0) -> None:
         """Hand over the envelopes of an ``envelopes`` event (in ``seq`` order), those above
-        ``last_seq`` only (a reconnection may bring some again)."""
+        ``last_seq`` only (a reconnection may bring some again), and the count the server left
+        out before them (``skipped``)."""
         if not envelopes:
             return
         last = self.last_seq
         if envelopes[0]["seq"] <= last:  # rare: only the first frames after a reconnection
             envelopes = [e for e in envelopes if e["seq"] > last]
             if not envelopes:
-                return
+                return  # all seen already, and what it left out came before them
+            # (Its skipped envelopes may lie on either side of last_seq: counted all.)
         fresh: list[Any] = (
             envelopes if self.raw else [EntityEnvelope.from_dict(e) for e in envelopes]
         )
         self.last_seq = envelopes[-1]["seq"]
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._send.send(fresh)
+            await self._send.send((skipped, fresh))
 
     def _end(self, status: str | None = None, error: BaseException | None = None) -> None:
         """End the subscription: its reader gets what was delivered, then ``error`` (raised
@@ -388,15 +421,31 @@ class Client:
         after_seq: int = 0,
         subtree: bool = True,
         raw: Literal[False] = False,
+        interval: float | None = None,
+        keep: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Subscription[EntityEnvelope]]: ...
 
     @overload
     def subscribe(
-        self, entity_id: str, *, after_seq: int = 0, subtree: bool = True, raw: Literal[True]
+        self,
+        entity_id: str,
+        *,
+        after_seq: int = 0,
+        subtree: bool = True,
+        raw: Literal[True],
+        interval: float | None = None,
+        keep: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Subscription[dict[str, Any]]]: ...
 
     def subscribe(
-        self, entity_id: str, *, after_seq: int = 0, subtree: bool = True, raw: bool = False
+        self,
+        entity_id: str,
+        *,
+        after_seq: int = 0,
+        subtree: bool = True,
+        raw: bool = False,
+        interval: float | None = None,
+        keep: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Subscription[Any]]:
         """Follow an entity (its subtree by default) from ``after_seq``::
 
@@ -408,10 +457,32 @@ class Client:
         as plain dicts, the envelopes' JSON objects as the server sent them (cheaper: for a
         client that forwards or filters them, or reads a few fields).
 
+        ``interval`` and ``keep`` sample the run, for a client that shows it to people rather
+        than processing every envelope (see the protocol's ``subscribe``): the server sends at
+        most one ``envelopes`` event per ``interval`` seconds (0 to 60), and with ``keep``
+        (1 to 1,000) each event holds the newest ``keep`` envelopes of what came since the
+        previous one, plus the newest ``keep`` of the older ``ERROR``, ``WAITING`` and
+        ``MESSAGE`` ones; :attr:`Subscription.skipped` counts the others. ``None`` (the
+        default) leaves either out: every envelope, as it comes. A resumed subscription asks
+        for the same again.
+
         Raises:
-            ServerError: at once, e.g. ``not_found``.
+            ValueError: ``interval`` is not a number from 0 to 60 or ``keep`` not an int from 1
+                to 1,000 (at once, before anything is sent).
+            ServerError: on entering the block, e.g. ``not_found``.
         """
-        return self._following(Subscription(entity_id, after_seq, subtree, self.buffer, raw=raw))
+        _check_sampling(interval, keep)
+        return self._following(
+            Subscription(
+                entity_id,
+                after_seq,
+                subtree,
+                self.buffer,
+                raw=raw,
+                interval=None if interval is None else float(interval),
+                keep=keep,
+            )
+        )
 
     @contextlib.asynccontextmanager
     async def _following(
@@ -438,15 +509,17 @@ class Client:
             subscription.number = int(result["subscription"])
             self._subscriptions[subscription.number] = subscription
 
-        await self._request(
-            "subscribe",
-            {
-                "entity_id": subscription.entity_id,
-                "after_seq": subscription.last_seq,
-                "subtree": subscription.subtree,
-            },
-            register,
-        )
+        fields: dict[str, Any] = {
+            "entity_id": subscription.entity_id,
+            "after_seq": subscription.last_seq,
+            "subtree": subscription.subtree,
+        }
+        # Sent only when asked for: a server that predates them refuses unknown fields.
+        if subscription.interval is not None:
+            fields["interval"] = subscription.interval
+        if subscription.keep is not None:
+            fields["keep"] = subscription.keep
+        await self._request("subscribe", fields, register)
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -559,7 +632,7 @@ class Client:
         if subscription is None:
             return
         if frame["event"] == "envelopes":
-            await subscription._deliver(frame["envelopes"])
+            await subscription._deliver(frame["envelopes"], frame.get("skipped", 0))
         elif frame["event"] == "end":
             self._subscriptions.pop(frame["subscription"], None)
             status = frame.get("status")
@@ -583,6 +656,23 @@ class Client:
         self._connected.set()
         for subscription in list(self._active):
             subscription._end(error=error)
+
+
+def _check_sampling(interval: float | None, keep: int | None) -> None:
+    """Raise ``ValueError`` for an ``interval`` or a ``keep`` the server would refuse."""
+    if interval is not None and (
+        isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or not 0 <= interval <= MAX_INTERVAL  # (also false for NaN)
+    ):
+        raise ValueError(
+            f"interval must be a number of seconds from 0 to {MAX_INTERVAL:g}, or None, "
+            f"got {interval!r}"
+        )
+    if keep is not None and (
+        isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_KEEP
+    ):
+        raise ValueError(f"keep must be an int from 1 to {MAX_KEEP:,}, or None, got {keep!r}")
 
 
 def _server_error(error: Any) -> ServerError:
