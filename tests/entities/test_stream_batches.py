@@ -91,6 +91,22 @@ async def test_a_paced_stream_comes_at_most_once_per_pace(
                     pass
 
 
+async def test_a_paced_stream_of_an_ended_run_ends_at_once(
+    db: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Following a run that has ended: its envelopes, then the end, without waiting a pace."""
+    async with virtual_runtime(db, [*ALL_TYPES, Dripper]) as runtime:
+        drip = await runtime.create(Dripper, {"count": 700, "every": 0.0})
+        await runtime.run(drip.id)
+        stored = [e.seq for e in await runtime.envelopes(drip.id)]
+        for pace in (0.5, 60.0):
+            start = trio.current_time()
+            async with runtime.stream_batches(drip.id, pace=pace) as stream:
+                seen = [e.seq async for batch in stream for e in batch]
+            assert seen == stored  # (a replay in pages, then the window)
+            assert trio.current_time() - start < 0.5
+
+
 class StepLimit(trio.abc.Instrument):
     """Cancels ``scope`` after ``limit`` task steps: a loop that never blocks (which virtual
     time cannot stop) fails the test."""

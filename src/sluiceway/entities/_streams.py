@@ -255,7 +255,8 @@ class StreamHub:
             if not tail.version:  # nobody has read the tail yet
                 await tail.advance(self._store, 0, self._current_changes)
                 continue
-            if pace and delivered_at > -math.inf and not at_beat:
+            over = tail.ended and not self._is_running(tail.entity_id)
+            if pace and delivered_at > -math.inf and not at_beat and not over:
                 # At most one list per pace: what is stored meanwhile is read at the beat
                 # (once for every stream of it) and joins it. (A stream the window leaves
                 # behind replays from the store, as any other.) The streams of one pace take
@@ -263,6 +264,7 @@ class StreamHub:
                 # the same envelopes, which a server then encodes once for all of them.
                 # (The beat after the last take, not the last delivery: a take that found
                 # nothing waits for the next beat too, rather than reading again at once.)
+                # Once the run is over, what is left comes at once, and the stream ends.
                 beat = math.ceil((took_at + pace) / pace) * pace
                 if trio.current_time() < beat:
                     await trio.sleep_until(beat)
