@@ -90,6 +90,8 @@ def vector(
 
 def public(value: Amount) -> int | float:
     """An amount as a plain ``int`` or ``float`` for reporting."""
+    if type(value) is int:  # the usual amount; isinstance() against Fraction, an ABC, is slow
+        return value
     if isinstance(value, Fraction):
         return value.numerator if value.denominator == 1 else float(value)
     return value
