@@ -35,8 +35,8 @@ browser does) doing what ``src/sluiceway/server/static/app.js`` does, on its tim
 those of pages opened by different people do). On ``hello`` a page loads the runs (``list``,
 25 a page) and the gauges (``capacity``), then every 5 s and every 2 s. It selects the run as
 soon as a runs list shows it, as a person clicking it at once would: a ``subscribe`` from
-seq 0 follows its whole subtree, sampled (``"interval": 0.5, "keep": 25``: at most one
-``envelopes`` event every half second, the newest 25 envelopes of what came and the older
+seq 0 follows its whole subtree, sampled (``"interval": 1, "keep": 25``: at most one
+``envelopes`` event a second, the newest 25 envelopes of what came and the older
 errors, prompts and answers, the others counted in ``skipped``), then a ``tree`` (depth 1, 30
 children) and a ``get`` of the run; every ``envelopes`` or ``end`` event of its subscription
 schedules, unless one is
@@ -159,7 +159,7 @@ GAUGES_EVERY = 2.0
 PAGE_SIZE = 25
 #: A page's subscription is sampled: at most one ``envelopes`` event per interval (seconds),
 #: holding the newest ``keep`` envelopes (the others counted in its ``skipped``).
-SAMPLE_INTERVAL, SAMPLE_KEEP = 0.5, 25
+SAMPLE_INTERVAL, SAMPLE_KEEP = 1.0, 25
 #: Children listed under the selected run in its tree.
 TREE_CHILDREN = 30
 #: The reconnection back-off: first delay, doubling, at most.

@@ -288,7 +288,7 @@ async def test_a_busy_run_is_sampled_and_the_log_says_what_it_left_out(tmp_path:
         assert len(seen["received"]) <= 2 * 25 * len(seen["batches"])
         assert seen["received"][-1] == stored[-1]
         assert seen["gap"].endswith("envelopes not shown (sampled: the tree counts every entity)")
-        assert seen["scope"] == "of every entity of the run, at most 25 every 0.5 s"
+        assert seen["scope"] == "of every entity of the run, at most 25 every 1 s"
 
 
 async def test_a_page_of_another_origin_and_a_wrong_token_get_nothing(tmp_path: Path) -> None:

@@ -91,6 +91,28 @@ async def test_a_paced_stream_comes_at_most_once_per_pace(
                     pass
 
 
+async def test_a_paced_stream_delivers_at_once_after_a_quiet_pace(
+    db: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The pace bounds how often lists come, not how late: an envelope stored after a quiet
+    while (a prompt a person waits to see) comes at once, not at the next beat."""
+    async with virtual_runtime(db, [*ALL_TYPES, Dripper]) as runtime:
+        drip = await runtime.create(Dripper, {"count": 3, "every": 2.5})
+        arrivals: list[tuple[float, list[str | None]]] = []
+
+        async def follow() -> None:
+            async with runtime.stream_batches(drip.id, pace=1.0) as stream:
+                async for batch in stream:
+                    arrivals.append((trio.current_time(), [e.message for e in batch]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            await runtime.run(drip.id)
+        stored_at = {message: at for at, batch in arrivals for message in batch}
+        for number, at in enumerate([2.5, 5.0, 7.5]):
+            assert stored_at[str(number)] - at < 0.1, arrivals  # the beats: 3, 5 and 8
+
+
 async def test_a_paced_stream_of_an_ended_run_ends_at_once(
     db: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

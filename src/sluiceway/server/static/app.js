@@ -15,7 +15,7 @@ const PAGE_SIZE = 25;
 // batch's "skipped" (the tree's counts, refreshed every two seconds, count everything). A run of
 // 10,000 children would otherwise send each page every envelope of every child, which costs
 // the server more than the run. "every envelope" asks for all of them, still in batches.
-const SAMPLE_EVERY = 0.5;
+const SAMPLE_EVERY = 1;
 const SAMPLE_KEEP = 25;
 const EVERY_EVERY = 0.25;
 const STATUSES = ["PENDING", "IN_PROGRESS", "WAITING", "COMPLETED", "FAILED", "CANCELLED"];
