@@ -100,6 +100,7 @@ class PgTx:
     creation_order = "ord"
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    unindexed = ""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn

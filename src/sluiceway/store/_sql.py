@@ -89,6 +89,9 @@ class Tx(Protocol):
     #: What a ``SELECT`` of rows to update ends with so that concurrent transactions skip
     #: each other's rows (``FOR UPDATE SKIP LOCKED``; empty where writers take turns anyway).
     skip_locked: str
+    #: Put before a column to keep the planner off its indexes, where it would choose one that
+    #: reads more than the query's range (SQLite: ``+``; PostgreSQL weighs the ranges: empty).
+    unindexed: str
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; returns a cursor (``fetchone``, ``fetchall``, iteration,

@@ -64,6 +64,7 @@ class SqliteTx:
     creation_order = "rowid"
     for_update = ""  # one writer at a time: nothing to lock
     skip_locked = ""
+    unindexed = "+"
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn

@@ -619,8 +619,10 @@ def _envelope_rows(
             ).fetchall()
             break
         high = min(highest, low + span)
+        # By seq, then membership: on the entity index instead, SQLite would read every
+        # envelope of each member (the root of a fan-out has thousands) for every page.
         rows += tx.execute(
-            """
+            f"""
             WITH RECURSIVE up (start, id) AS (
                 SELECT DISTINCT entity_id, entity_id FROM envelopes
                 WHERE seq > %s AND seq <= %s
@@ -631,7 +633,7 @@ def _envelope_rows(
             SELECT v.seq, v.entity_id, v.entity_seq, v.ts, v.body, e.type, e.name
             FROM envelopes AS v JOIN entities AS e ON e.id = v.entity_id
             WHERE v.seq > %s AND v.seq <= %s
-              AND v.entity_id IN (SELECT start FROM up WHERE id = %s)
+              AND {tx.unindexed}v.entity_id IN (SELECT start FROM up WHERE id = %s)
             ORDER BY v.seq LIMIT %s
             """,
             (low, high, entity_id, low, high, entity_id, limit - len(rows)),
