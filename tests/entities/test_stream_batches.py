@@ -11,7 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from sluiceway import EntityNotFoundError, RunContext, RunnableEntity, open_runtime
+from sluiceway import (
+    EntityEnvelope,
+    EntityNotFoundError,
+    RunContext,
+    RunnableEntity,
+    Runtime,
+    open_runtime,
+)
 from tests.entities.virtual import virtual_runtime
 from tests.entities.workflows import ALL_TYPES, FanOut
 
@@ -62,21 +69,32 @@ class Dripper(RunnableEntity):
         return self.data["count"]
 
 
+async def run_followed(
+    runtime: Runtime, entity_id: str, *, pace: float
+) -> list[tuple[float, list[EntityEnvelope]]]:
+    """Run the entity while a paced stream follows it: when each list came, and what it held."""
+    arrivals: list[tuple[float, list[EntityEnvelope]]] = []
+
+    async def follow() -> None:
+        async with runtime.stream_batches(entity_id, pace=pace) as stream:
+            async for batch in stream:
+                arrivals.append((trio.current_time(), batch))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await runtime.run(entity_id)
+    return arrivals
+
+
 async def test_a_paced_stream_comes_at_most_once_per_pace(
     db: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with virtual_runtime(db, [*ALL_TYPES, Dripper]) as runtime:
         drip = await runtime.create(Dripper, {"count": 200, "every": 0.01})
-        arrivals: list[tuple[float, list[int]]] = []
-
-        async def follow() -> None:
-            async with runtime.stream_batches(drip.id, pace=0.25) as stream:
-                async for batch in stream:
-                    arrivals.append((trio.current_time(), [e.seq for e in batch]))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)
-            await runtime.run(drip.id)
+        arrivals = [
+            (at, [e.seq for e in batch])
+            for at, batch in await run_followed(runtime, drip.id, pace=0.25)
+        ]
         # every envelope once, in order, in few lists: 2 s of drips, a list every 0.25 s
         assert [seq for _, batch in arrivals for seq in batch] == [
             e.seq for e in await runtime.envelopes(drip.id)
@@ -98,17 +116,8 @@ async def test_a_paced_stream_delivers_at_once_after_a_quiet_pace(
     while (a prompt a person waits to see) comes at once, not at the next beat."""
     async with virtual_runtime(db, [*ALL_TYPES, Dripper]) as runtime:
         drip = await runtime.create(Dripper, {"count": 3, "every": 2.5})
-        arrivals: list[tuple[float, list[str | None]]] = []
-
-        async def follow() -> None:
-            async with runtime.stream_batches(drip.id, pace=1.0) as stream:
-                async for batch in stream:
-                    arrivals.append((trio.current_time(), [e.message for e in batch]))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)
-            await runtime.run(drip.id)
-        stored_at = {message: at for at, batch in arrivals for message in batch}
+        arrivals = await run_followed(runtime, drip.id, pace=1.0)
+        stored_at = {e.message: at for at, batch in arrivals for e in batch}
         for number, at in enumerate([2.5, 5.0, 7.5]):
             assert stored_at[str(number)] - at < 0.1, arrivals  # the beats: 3, 5 and 8
 
