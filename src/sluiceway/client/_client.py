@@ -26,8 +26,7 @@ from trio_websocket import (
 from .._errors import SluicewayError
 from .._util import open_owned_nursery
 from ..entities import EntityEnvelope
-from ..server._connection import MAX_INTERVAL, MAX_KEEP
-from ..server._protocol import PROTOCOL_VERSION, dumps
+from ..server._protocol import MAX_INTERVAL, MAX_KEEP, PROTOCOL_VERSION, dumps
 
 log = logging.getLogger("sluiceway.client")
 

@@ -31,6 +31,8 @@ from ._app import EndpointContext, EndpointError
 from ._ops import capacity, list_runs, retry
 from ._protocol import (
     CLOSE_SLOW_CONSUMER,
+    MAX_INTERVAL,
+    MAX_KEEP,
     PROTOCOL_VERSION,
     CallRequest,
     CancelRequest,
@@ -66,11 +68,6 @@ log = logging.getLogger("sluiceway.server")
 #: What a connection's writer sends: a frame, or envelopes (JSON) of a subscription with
 #: the count of those it leaves out.
 _Outgoing = str | tuple[int, list[str], int]
-
-#: The longest ``interval`` of a subscription, in seconds.
-MAX_INTERVAL = 60.0
-#: The largest ``keep`` of a subscription.
-MAX_KEEP = 1_000
 
 
 class Connection:

@@ -32,6 +32,10 @@ from ..store import EntityRecord
 
 #: The protocol version this server and client speak.
 PROTOCOL_VERSION = 1
+#: The longest ``interval`` of a subscription, in seconds.
+MAX_INTERVAL = 60.0
+#: The largest ``keep`` of a subscription.
+MAX_KEEP = 1_000
 
 #: Close code: a slow consumer, whose subscriptions waited for room in its queue for longer
 #: than ``ServerLimits.slow_consumer_seconds``. Reconnect and subscribe again from the last
