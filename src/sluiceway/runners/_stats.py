@@ -93,15 +93,10 @@ class Counters:
 
 
 def count_failure(counters: Counters, job: Job, error: BaseException) -> None:
-    """Count a task that ended with ``error`` under the counter that says how it ended."""
-    if isinstance(error, TaskAbortedError):
-        counters.aborted += 1
-    elif isinstance(error, TaskCancelledError):
-        counters.cancelled += 1
-    elif isinstance(error, TaskTimeoutError) and job.cancel_kind is None:
-        counters.timed_out += 1
-    else:
-        counters.failed += 1
+    """Count a task that ended with ``error`` under the counter that says how it ended (the
+    counters are named after the lifecycle events: aborted, cancelled, timed_out, failed)."""
+    kind = event_kind(job, error)
+    setattr(counters, kind, getattr(counters, kind) + 1)
 
 
 def event_kind(job: Job, error: BaseException | None) -> TaskEventKind:

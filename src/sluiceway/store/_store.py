@@ -563,20 +563,8 @@ def _envelopes_after(
 ) -> list[StoredEnvelope]:
     """The envelopes of an entity (and its subtree) with ``seq > after_seq``, in order, at
     most ``limit``; the entity exists."""
-    return [
-        StoredEnvelope(
-            seq=seq,
-            entity_id=owner_id,
-            entity_seq=entity_seq,
-            ts=ts,
-            body=json.loads(body),
-            entity_type=type_name,
-            entity_name=name,
-        )
-        for seq, owner_id, entity_seq, ts, body, type_name, name in _envelope_rows(
-            tx, entity_id, after_seq, limit, subtree
-        )
-    ]
+    rows = _envelope_rows(tx, entity_id, after_seq, limit, subtree)
+    return [EnvelopeRow._make(row).stored() for row in rows]
 
 
 def _envelope_rows(
