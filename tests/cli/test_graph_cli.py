@@ -12,7 +12,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -446,9 +445,7 @@ def test_tree_of_a_10000_child_parent_loads_only_what_it_prints(
     monkeypatch.setattr(SqliteStore, "children", children)
     monkeypatch.setattr(SqliteStore, "count_children", count_children)
 
-    started = time.perf_counter()
     out = ok(capsys, "graph", "--db", str(path), "tree", "wide", "--max-children", "3")
-    elapsed = time.perf_counter() - started
     assert out == (
         "Task (wide) PENDING [10000 children: 10000 PENDING]\n"
         "  Task (kid-00000) PENDING\n"
@@ -463,7 +460,6 @@ def test_tree_of_a_10000_child_parent_loads_only_what_it_prints(
     # for the entities printed.
     assert children_of == ["root", "k1"]
     assert counted == ["root", "k0", "k1", "k1-g0", "k1-g1", "k1-g2", "k2"]
-    assert elapsed < 5.0
 
     children_of.clear()
     assert ok(capsys, "graph", "--db", str(path), "tree", "wide", "--max-children", "0") == (
