@@ -28,6 +28,8 @@ from sluiceway import (
     TaskSpec,
     TaskTimeoutError,
 )
+from sluiceway.runners import _tasks as tasks_module
+from sluiceway.runners import _workers as workers_module
 from tests.helpers import assert_idle
 
 Envelope = TaskEnvelope[Any, Any]
@@ -307,3 +309,42 @@ async def test_an_iterator_suspended_at_a_yield_completes_its_async_cleanup(
     assert child.closed
     assert child.cleaned
     assert_idle(cap)
+
+
+async def test_the_answer_per_type_is_kept_and_bounded(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a returned value is streamed is decided per type and remembered; the memory is
+    bounded (a program making classes on the fly does not grow it), and a type asked again
+    after it was forgotten gets the same answer."""
+    monkeypatch.setattr(tasks_module, "_STREAM_TYPES_MAX", 3)
+    monkeypatch.setattr(tasks_module, "STREAM_TYPES", {})
+    monkeypatch.setattr(workers_module, "STREAM_TYPES", tasks_module.STREAM_TYPES)
+
+    class Countdown:
+        def __aiter__(self) -> AsyncIterator[int]:
+            return Child([1, Final(0)]).start()
+
+    plain_types = [type(f"Plain{i}", (), {}) for i in range(5)]
+    values: list[Any] = [Countdown(), *(kind() for kind in plain_types), Countdown(), 7, "x"]
+
+    def task_of(value: Any) -> Any:
+        async def task(emit: Any) -> Any:
+            return value
+
+        return task
+
+    runner = HierarchicalTaskPoolRunner(
+        "r",
+        [TaskSpec(task_of(value), key=i) for i, value in enumerate(values)],
+        CapacitySource(1),
+    )
+    envelopes = await run(runner)
+    finals = {e.key: e.value for e in envelopes if e.kind is EnvelopeKind.FINAL}
+    assert finals[0] == 0
+    assert finals[6] == 0
+    assert [finals[i] for i in range(1, 6)] == values[1:6]  # returned as they are
+    assert (finals[7], finals[8]) == (7, "x")
+    assert len(tasks_module.STREAM_TYPES) <= 3
+    assert tasks_module.is_stream_type(Countdown)
+    assert not tasks_module.is_stream_type(int)

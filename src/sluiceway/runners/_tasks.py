@@ -323,6 +323,26 @@ async def finish(fn: object, result: object, emit: Emitter[Any]) -> Any:
     )
 
 
+#: For each type a task's coroutine returned, whether its values are async iterators or
+#: iterables (then the runner streams them, ``return entity.start()``). Asked for every task
+#: that returns a value, and two failing ``hasattr`` on a type cost more than the rest of
+#: reporting the task, so the answer is kept per type. Bounded, for programs that make classes
+#: on the fly. (A class given ``__aiter__`` after its first value was returned is not seen.)
+STREAM_TYPES: dict[type, bool] = {}
+_STREAM_TYPES_MAX = 1024
+
+
+def is_stream_type(kind: type) -> bool:
+    """Whether values of ``kind`` are async iterators or async iterables (see STREAM_TYPES)."""
+    streams = STREAM_TYPES.get(kind)
+    if streams is None:
+        streams = hasattr(kind, "__aiter__") or hasattr(kind, "__anext__")
+        if len(STREAM_TYPES) >= _STREAM_TYPES_MAX:
+            STREAM_TYPES.clear()
+        STREAM_TYPES[kind] = streams
+    return streams
+
+
 def async_iterator(fn: object, value: Any) -> Any:
     """The async iterator to drive for ``value`` if it is one (or an async iterable), else
     ``None``. The protocol is looked up on the type, as ``async for`` does."""
@@ -343,6 +363,8 @@ def async_iterator(fn: object, value: Any) -> Any:
 async def streamed(fn: object, value: Any, emit: Emitter[Any]) -> Any:
     """The final value of a task ``fn`` whose coroutine returned ``value``: ``value`` itself,
     or, if it is an async iterator (``return entity.start()``), what driving it gives."""
+    if not is_stream_type(type(value)):
+        return value
     iterator = async_iterator(fn, value)
     if iterator is None:
         return value

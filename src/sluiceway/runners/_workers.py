@@ -27,7 +27,7 @@ from ..sources import SourceFromIterable
 from ._job import ABORTED, Emitter, Job
 from ._parked import is_parked
 from ._retries import Retry
-from ._tasks import call_task, finish, streamed
+from ._tasks import STREAM_TYPES, call_task, finish, is_stream_type, streamed
 
 if TYPE_CHECKING:
     from ._engine import Run
@@ -135,6 +135,7 @@ class Workers:
         running = run.running
         source = run.source
         advance = source.advance if isinstance(source, SourceFromIterable) else None
+        stream_types = STREAM_TYPES
         self.coming -= 1
         while True:
             scope = trio.CancelScope()
@@ -209,7 +210,10 @@ class Workers:
                                 outcome_value = await result
                                 if outcome_value is not None:
                                     kind = type(outcome_value)
-                                    if hasattr(kind, "__aiter__") or hasattr(kind, "__anext__"):
+                                    streams = stream_types.get(kind)
+                                    if streams is None:
+                                        streams = is_stream_type(kind)
+                                    if streams:
                                         # ``return entity.start()``: stream what it gives
                                         outcome_value = await streamed(fn, outcome_value, emit)
                             else:
