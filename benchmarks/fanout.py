@@ -417,10 +417,12 @@ POOL_BASELINE = (
 
 #: The runs a per-task scenario makes (``python -m benchmarks.pertask VARIANT ...``).
 ENVELOPES, BATCHES, POOL, DIRECT, SPAWN = "envelopes", "batches", "pool", "direct", "spawn"
-VARIANTS = (ENVELOPES, BATCHES, POOL, DIRECT, SPAWN)
+FLOOR = "floor"
+VARIANTS = (ENVELOPES, BATCHES, FLOOR, POOL, DIRECT, SPAWN)
 VARIANT_NAMES = {
     ENVELOPES: "sluiceway, per envelope (`async for envelope in envelopes`)",
     BATCHES: "sluiceway, batches (`async for batch in envelopes.batches()`)",
+    FLOOR: "the trio floor: sluiceway's semantics with no engine, per envelope (triofloor)",
     POOL: "asyncio worker pool, fed by a producer through a Queue(C) (the mark)",
     DIRECT: "asyncio worker pool, the workers pulling from the source directly",
     SPAWN: "asyncio TaskGroup + Semaphore",
@@ -452,9 +454,10 @@ def run_child(variant: str, source: str, params: Params) -> dict[str, Any]:
 class PerTaskFanout(Scenario):
     """A fan-out of no-op tasks measured in CPU time per task, every run in a fresh process.
 
-    Each repetition of the sluiceway side runs per-envelope consumption, the worker pool and
-    batch consumption, in that order or the reverse (so the pool run is next to each of the
-    two), and reports sluiceway's CPU time over the pool's of the same repetition: the medians
+    Each repetition of the sluiceway side runs per-envelope consumption, the worker pool, batch
+    consumption and the trio floor (``triofloor``: the same semantics with no engine, per
+    envelope), in that order or the reverse (so the pool run is next to each of sluiceway's
+    two), and reports each one's CPU time over the pool's of the same repetition: the medians
     of those ratios are the paired ratios. The asyncio side runs the worker pool and the
     scenario's other baselines (``asyncio_variants``), also alternating their order. The
     asyncio column of the ratio rows is the pool over itself, 1.
@@ -469,6 +472,7 @@ class PerTaskFanout(Scenario):
         Metric("x_pool", "x worker pool, paired: per envelope | pool", "x", 2),
         Metric("cpu_us_batches", "CPU per task: batches | worker pool", "us", 2),
         Metric("x_pool_batches", "x worker pool, paired: batches | pool", "x", 2),
+        Metric("x_pool_floor", "x worker pool, paired: trio floor per envelope | pool", "x", 2),
         Metric("cpu_us_direct", "CPU per task: per envelope | direct pool", "us", 2),
         Metric("wall_us", "wall per task: per envelope | worker pool", "us", 2),
     )
@@ -481,7 +485,7 @@ class PerTaskFanout(Scenario):
         turn = self._turns[side]
         self._turns[side] = turn + 1
         if side == SLUICEWAY:
-            order = [ENVELOPES, POOL, BATCHES] if batches_available() else [ENVELOPES, POOL]
+            order = [ENVELOPES, POOL, BATCHES, FLOOR] if batches_available() else [ENVELOPES, POOL]
         else:
             order = list(self.asyncio_variants)
         return order if turn % 2 == 0 else order[::-1]
@@ -505,6 +509,7 @@ class PerTaskFanout(Scenario):
                 "x_pool": cpu[ENVELOPES] / cpu[POOL],
                 "cpu_us_batches": batches,
                 "x_pool_batches": batches / per_task[POOL],
+                "x_pool_floor": per_task.get(FLOOR, math.nan) / per_task[POOL],
                 "wall_us": wall[ENVELOPES],
                 "pool_cpu_us": per_task[POOL],
             }
@@ -514,6 +519,7 @@ class PerTaskFanout(Scenario):
                 "x_pool": 1.0,
                 "cpu_us_batches": per_task[POOL],
                 "x_pool_batches": 1.0,
+                "x_pool_floor": 1.0,
                 "wall_us": wall[POOL],
                 "pool_cpu_us": per_task[POOL],
             }
@@ -526,6 +532,7 @@ class PerTaskFanout(Scenario):
         """The CPU targets: goal, measured, met."""
         envelopes: Spread = summary["x_pool"][SLUICEWAY]  # medians of the per-pair ratios
         batches: Spread = summary["x_pool_batches"][SLUICEWAY]
+        floor: Spread = summary["x_pool_floor"][SLUICEWAY]
         pool = summary["cpu_us"][ASYNCIO].median
         goal = (
             f"sluiceway CPU per task <= {ENVELOPES_TARGET:.1f}x the worker pool per envelope, "
@@ -534,6 +541,7 @@ class PerTaskFanout(Scenario):
         measured = (
             f"per envelope {envelopes.median:.2f}x ({envelopes.low:.2f}-{envelopes.high:.2f}), "
             f"batches {batches.median:.2f}x ({batches.low:.2f}-{batches.high:.2f}); "
+            f"the trio floor per envelope {floor.median:.2f}x ({floor.low:.2f}-{floor.high:.2f}); "
             f"pool {pool:.2f} us/task"
         )
         direct = summary["cpu_us_direct"][ASYNCIO].median

@@ -2,7 +2,8 @@
 N CONCURRENCY`` runs N no-op tasks once and prints one JSON line (its report).
 
 VARIANT is one of ``envelopes`` (a sluiceway runner, the consumer iterating over its envelopes
-one at a time), ``batches`` (the same, consuming ``envelopes.batches()``), ``pool`` (the asyncio
+one at a time), ``batches`` (the same, consuming ``envelopes.batches()``), ``floor`` (the trio
+floor: the same semantics with no engine, per envelope, ``triofloor``), ``pool`` (the asyncio
 worker pool fed by a producer task through a ``Queue(C)``: the mark), ``direct`` (the pool's
 workers taking the bodies from the source themselves: a queue filled before the timer, or the
 generator under a lock) and ``spawn`` (asyncio TaskGroup + Semaphore, list source only); SOURCE
@@ -24,6 +25,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -35,6 +37,7 @@ from .fanout import (
     BATCHES,
     DIRECT,
     ENVELOPES,
+    FLOOR,
     LIST,
     POOL,
     SPAWN,
@@ -53,6 +56,7 @@ from .fanout import (
 )
 from .harness import BenchmarkError, Results, Tracker, run_asyncio, run_trio
 from .memory import MemoryProbe, task_stream
+from .triofloor import trio_floor_fanout
 
 
 def run_sluiceway(variant: str, source: str, n: int, limit: int) -> dict[str, Any]:
@@ -80,6 +84,34 @@ def run_sluiceway(variant: str, source: str, n: int, limit: int) -> dict[str, An
         out.update(probe.report(), **results.verify(), **tracker.verify(n))
         if capacity.borrowed_tokens != 0:
             raise BenchmarkError(f"{capacity.borrowed_tokens} units still held after the run")
+        return elapsed
+
+    elapsed, wall = run_trio(main)
+    return {"seconds": elapsed, "wall_seconds": wall, **out}
+
+
+def run_floor(source: str, n: int, limit: int) -> dict[str, Any]:
+    """The trio floor (``triofloor``), per envelope, verified as the other runs are."""
+    probe = MemoryProbe()
+    out: dict[str, Any] = {}
+
+    async def main() -> float:
+        held = [0]
+        tracker = Tracker("trio floor", limit, lambda: held[0])
+        results = Results(n)
+        bodies: Any = (
+            deque(partial(noop_body, tracker, i) for i in range(n))
+            if source == LIST
+            else task_stream(tracker, n)
+        )
+        probe.start()
+        cpu, start = time.process_time(), time.perf_counter()
+        await trio_floor_fanout(bodies, limit, results, held, batches=False)
+        elapsed = time.perf_counter() - start
+        out["cpu_seconds"] = time.process_time() - cpu
+        if source != LIST:
+            await bodies.aclose()
+        out.update(probe.report(), **results.verify(), **tracker.verify(n))
         return elapsed
 
     elapsed, wall = run_trio(main)
@@ -137,9 +169,13 @@ def main(argv: list[str]) -> int:
     if variant not in VARIANTS or source not in (LIST, STREAM):
         print(f"unknown variant {variant!r} or source {source!r}", file=sys.stderr)
         return 2
-    run = run_sluiceway if variant in (ENVELOPES, BATCHES) else run_asyncio_side
     try:
-        report = run(variant, source, n, limit)
+        if variant == FLOOR:
+            report = run_floor(source, n, limit)
+        elif variant in (ENVELOPES, BATCHES):
+            report = run_sluiceway(variant, source, n, limit)
+        else:
+            report = run_asyncio_side(variant, source, n, limit)
     except BaseException as exc:  # reported to the driver, which fails the suite loudly
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         raise

@@ -17,6 +17,7 @@ from benchmarks.fanout import (
     BATCHES,
     DIRECT,
     ENVELOPES,
+    FLOOR,
     LIST,
     POOL,
     SPAWN,
@@ -39,10 +40,12 @@ TINY = {"n": 300, "concurrency": 10}
         (POOL, LIST),
         (DIRECT, LIST),
         (SPAWN, LIST),
+        (FLOOR, LIST),
         (ENVELOPES, STREAM),
         (BATCHES, STREAM),
         (POOL, STREAM),
         (DIRECT, STREAM),
+        (FLOOR, STREAM),
     ],
 )
 def test_every_variant_runs_verified_in_a_fresh_process(variant: str, source: str) -> None:
@@ -80,7 +83,8 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
 ) -> None:
     monkeypatch.setattr(fanout, "batches_available", lambda: True)
     calls = _fake_runs(
-        monkeypatch, {ENVELOPES: 3.0, BATCHES: 1.5, POOL: 1.0, DIRECT: 0.5, SPAWN: 2.0}
+        monkeypatch,
+        {ENVELOPES: 3.0, BATCHES: 1.5, FLOOR: 2.5, POOL: 1.0, DIRECT: 0.5, SPAWN: 2.0},
     )
     scenario = NoopFanout()
     params = {"n": 1_000_000, "concurrency": 100}
@@ -88,17 +92,19 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     for _ in range(2):
         for side in (SLUICEWAY, ASYNCIO):
             samples[side].append(scenario.run(side, params))
-    # The pool run sits between the two sluiceway runs; the orders alternate.
+    # The pool run sits between the two sluiceway runs (the trio floor comes last or first);
+    # the orders alternate.
     assert calls == [
-        *(ENVELOPES, POOL, BATCHES),
+        *(ENVELOPES, POOL, BATCHES, FLOOR),
         *(POOL, DIRECT, SPAWN),
-        *(BATCHES, POOL, ENVELOPES),
+        *(FLOOR, BATCHES, POOL, ENVELOPES),
         *(SPAWN, DIRECT, POOL),
     ]
     ours = samples[SLUICEWAY][0].metrics
     assert ours["cpu_us"] == pytest.approx(3.0)
     assert ours["x_pool"] == pytest.approx(3.0)
     assert ours["x_pool_batches"] == pytest.approx(1.5)
+    assert ours["x_pool_floor"] == pytest.approx(2.5)
     assert ours["cpu_us_spawn"] == ours["cpu_us_direct"] == ours["cpu_us"]
     assert ours["wall_us"] == pytest.approx(6.0)
     theirs = samples[ASYNCIO][0].metrics
@@ -109,11 +115,12 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     assert not target.met
     assert "per envelope 3.00x" in target.measured
     assert "batches 1.50x" in target.measured
+    assert "the trio floor per envelope 2.50x" in target.measured
 
 
 def test_the_targets_are_met_within_2x_and_1_2x(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fanout, "batches_available", lambda: True)
-    _fake_runs(monkeypatch, {ENVELOPES: 2.0, BATCHES: 1.2, POOL: 1.0, DIRECT: 0.5})
+    _fake_runs(monkeypatch, {ENVELOPES: 2.0, BATCHES: 1.2, FLOOR: 1.9, POOL: 1.0, DIRECT: 0.5})
     scenario = LazyMemory()
     params = {"n": 1000, "concurrency": 100}
     samples = {side: [scenario.run(side, params)] for side in (SLUICEWAY, ASYNCIO)}
@@ -131,6 +138,7 @@ def test_without_batches_the_batch_rows_are_nan_with_a_warning(
     assert calls == [ENVELOPES, POOL]
     assert math.isnan(sample.metrics["cpu_us_batches"])
     assert math.isnan(sample.metrics["x_pool_batches"])
+    assert math.isnan(sample.metrics["x_pool_floor"])
     assert "batches() is not available" in sample.info["warnings"][0]
 
 
