@@ -165,9 +165,8 @@ class TaskPoolRunner(Generic[I, O]):
             peak_buffered_envelopes=max(
                 counters.peak_buffered, 0 if run is None else run.channel.peak
             ),
-            capacity_wait=WaitStatistics(
-                counters.wait_count, counters.wait_total, counters.wait_max
-            ),
+            # Every task started waited for its capacity once (perhaps no time at all).
+            capacity_wait=WaitStatistics(counters.started, counters.wait_total, counters.wait_max),
         )
 
     # -- control -------------------------------------------------------------------------------

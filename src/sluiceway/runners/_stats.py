@@ -72,7 +72,6 @@ class Counters:
         "retried",
         "started",
         "timed_out",
-        "wait_count",
         "wait_max",
         "wait_total",
     )
@@ -87,7 +86,6 @@ class Counters:
         self.aborted = 0
         self.parked = 0
         self.peak_buffered = 0
-        self.wait_count = 0
         self.wait_total = 0.0
         self.wait_max = 0.0
 

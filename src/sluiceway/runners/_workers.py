@@ -304,8 +304,7 @@ class Workers:
         job.started_at = run.now() if now is None else now
         run.running[job.task_id] = job
         counters = run.counters
-        counters.started += 1
-        counters.wait_count += 1
+        counters.started += 1  # and a wait for capacity, of ``waited`` seconds (maybe none)
         if waited:
             counters.wait_total += waited
             if waited > counters.wait_max:  # noqa: PLR1730 - cheaper than max() here
