@@ -585,6 +585,61 @@ class NoopFanout(PerTaskFanout):
 
 # -- B: makespan against the ideal -------------------------------------------------------------
 
+
+def trio_sleep_floor(n: int, concurrency: int, latency: float) -> float:
+    """B's floor on bare trio: ``concurrency`` tasks take the next of ``n`` items in turn and
+    sleep ``latency`` for each, nothing else (no limit object, no results, no consumer); its
+    makespan in seconds. What any fan-out of these sleeps pays on trio: timer wake-ups and task
+    switches."""
+
+    async def main() -> float:
+        items = iter(range(n))
+        done = [0]
+
+        async def chain() -> None:
+            for _ in items:
+                await trio.sleep(latency)
+                done[0] += 1
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(chain)
+        if done[0] != n:
+            raise BenchmarkError(f"trio floor: {done[0]} sleeps of {n}")
+        return time.perf_counter() - start
+
+    return run_trio(main)[0]
+
+
+def asyncio_sleep_floor(
+    n: int,
+    concurrency: int,
+    latency: float,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> float:
+    """:func:`trio_sleep_floor` on asyncio (``loop_factory``: its event loop, default asyncio's)."""
+
+    async def main() -> float:
+        items = iter(range(n))
+        done = [0]
+
+        async def chain() -> None:
+            for _ in items:
+                await asyncio.sleep(latency)
+                done[0] += 1
+
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(chain())
+        if done[0] != n:
+            raise BenchmarkError(f"asyncio floor: {done[0]} sleeps of {n}")
+        return time.perf_counter() - start
+
+    return run_asyncio(main, loop_factory=loop_factory)[0]
+
+
 try:
     import uvloop  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # optional: the bench extra installs it where it can
@@ -610,6 +665,7 @@ class SleepFanout(Scenario):
         Metric("x_ideal", "makespan / ideal | TaskGroup+Semaphore", "x"),
         Metric("x_ideal_pool", "makespan / ideal | worker pool", "x"),
         Metric("x_ideal_uvloop", "makespan / ideal | uvloop worker pool", "x"),
+        Metric("x_ideal_floor", "makespan / ideal | bare runtime floor", "x"),
         Metric("overhead_us_per_task", "(makespan-ideal)/N | TaskGroup+Semaphore", "us", 2),
     )
     #: The target: sluiceway's makespan over the ideal (issue 14).
@@ -652,6 +708,8 @@ class SleepFanout(Scenario):
             self._check(sample, params, "sluiceway")
             x = sample.metrics["seconds"] / ideal
             sample.metrics.update(x_ideal=x, x_ideal_pool=x, x_ideal_uvloop=x)
+            floor = trio_sleep_floor(n, params["concurrency"], delay)
+            sample.metrics["x_ideal_floor"] = floor / ideal
             sample.metrics["overhead_us_per_task"] = (sample.metrics["seconds"] - ideal) / n * 1e6
             return sample
         order = list(B_BASELINES) if self._turns % 2 == 0 else list(B_BASELINES)[::-1]
@@ -675,6 +733,7 @@ class SleepFanout(Scenario):
                 uvloop_run.metrics["seconds"] / ideal if uvloop_run is not None else math.nan
             ),
             "overhead_us_per_task": (spawn - ideal) / n * 1e6,
+            "x_ideal_floor": asyncio_sleep_floor(n, params["concurrency"], delay) / ideal,
         }
         info: dict[str, Any] = {
             "order": [name for name, _, _ in order],
@@ -690,9 +749,12 @@ class SleepFanout(Scenario):
         spawn = summary["x_ideal"][ASYNCIO].median
         pool = summary["x_ideal_pool"][ASYNCIO].median
         uv = summary["x_ideal_uvloop"][ASYNCIO].median
+        trio_floor = summary["x_ideal_floor"][SLUICEWAY].median
+        asyncio_floor = summary["x_ideal_floor"][ASYNCIO].median
         return Target(
             f"sluiceway makespan <= {self.TARGET:.2f}x ideal",
             f"{ours:.3f}x ideal (asyncio TaskGroup+Semaphore {spawn:.3f}x, worker pool "
-            f"{pool:.3f}x, uvloop worker pool {uv:.3f}x)",
+            f"{pool:.3f}x, uvloop worker pool {uv:.3f}x; the bare runtime's floor: trio "
+            f"{trio_floor:.3f}x, asyncio {asyncio_floor:.3f}x)",
             ours <= self.TARGET,
         )

@@ -155,10 +155,14 @@ def test_b_runs_every_asyncio_baseline() -> None:
     for run in theirs.info["runs"].values():
         assert run["results"] == 40
         assert run["peak_concurrency"] <= 10
+    # The bare runtime's floor on each side: every sleep taken, never under the ideal.
+    assert ours.metrics["x_ideal_floor"] >= 1.0
+    assert theirs.metrics["x_ideal_floor"] >= 1.0
     target = scenario.target(
         summarize({SLUICEWAY: [ours], ASYNCIO: [theirs]}, scenario.metrics), params
     )
     assert "worker pool" in target.measured
+    assert "the bare runtime's floor: trio" in target.measured
 
 
 def test_h_reports_cpu_and_makespan_against_each_floor() -> None:
