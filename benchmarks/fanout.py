@@ -417,12 +417,13 @@ POOL_BASELINE = (
 
 #: The runs a per-task scenario makes (``python -m benchmarks.pertask VARIANT ...``).
 ENVELOPES, BATCHES, POOL, DIRECT, SPAWN = "envelopes", "batches", "pool", "direct", "spawn"
-FLOOR = "floor"
-VARIANTS = (ENVELOPES, BATCHES, FLOOR, POOL, DIRECT, SPAWN)
+FLOOR, TRIO_POOL = "floor", "triopool"
+VARIANTS = (ENVELOPES, BATCHES, FLOOR, TRIO_POOL, POOL, DIRECT, SPAWN)
 VARIANT_NAMES = {
     ENVELOPES: "sluiceway, per envelope (`async for envelope in envelopes`)",
     BATCHES: "sluiceway, batches (`async for batch in envelopes.batches()`)",
     FLOOR: "the trio floor: sluiceway's semantics with no engine, per envelope (triofloor)",
+    TRIO_POOL: "trio worker pool over memory channels (triopool)",
     POOL: "asyncio worker pool, fed by a producer through a Queue(C) (the mark)",
     DIRECT: "asyncio worker pool, the workers pulling from the source directly",
     SPAWN: "asyncio TaskGroup + Semaphore",
@@ -455,16 +456,19 @@ class PerTaskFanout(Scenario):
     """A fan-out of no-op tasks measured in CPU time per task, every run in a fresh process.
 
     Each repetition of the sluiceway side runs per-envelope consumption, the worker pool, batch
-    consumption and the trio floor (``triofloor``: the same semantics with no engine, per
-    envelope), in that order or the reverse (so the pool run is next to each of sluiceway's
-    two), and reports each one's CPU time over the pool's of the same repetition: the medians
-    of those ratios are the paired ratios. The asyncio side runs the worker pool and the
-    scenario's other baselines (``asyncio_variants``), also alternating their order. The
+    consumption, the trio floor (``triofloor``: the same semantics with no engine, per
+    envelope) and the scenario's trio-side peers (``trio_peers``), in that order or the
+    reverse (so the pool run is next to each of sluiceway's two), and reports each one's CPU
+    time over the pool's of the same repetition: the medians of those ratios are the paired
+    ratios. The asyncio side runs the worker pool and the scenario's other baselines
+    (``asyncio_variants``), also alternating their order. The
     asyncio column of the ratio rows is the pool over itself, 1.
     """
 
     source: str
     asyncio_variants: tuple[str, ...] = (POOL, DIRECT, SPAWN)
+    #: Trio-side peers run with the sluiceway side (each paired with the pool like the rest).
+    trio_peers: tuple[str, ...] = ()
     warm_up = False  # every run is a fresh interpreter
 
     per_task_metrics = (
@@ -485,7 +489,11 @@ class PerTaskFanout(Scenario):
         turn = self._turns[side]
         self._turns[side] = turn + 1
         if side == SLUICEWAY:
-            order = [ENVELOPES, POOL, BATCHES, FLOOR] if batches_available() else [ENVELOPES, POOL]
+            order = (
+                [ENVELOPES, POOL, BATCHES, FLOOR, *self.trio_peers]
+                if batches_available()
+                else [ENVELOPES, POOL]
+            )
         else:
             order = list(self.asyncio_variants)
         return order if turn % 2 == 0 else order[::-1]
@@ -510,6 +518,10 @@ class PerTaskFanout(Scenario):
                 "cpu_us_batches": batches,
                 "x_pool_batches": batches / per_task[POOL],
                 "x_pool_floor": per_task.get(FLOOR, math.nan) / per_task[POOL],
+                **{
+                    f"x_pool_{peer}": per_task.get(peer, math.nan) / per_task[POOL]
+                    for peer in self.trio_peers
+                },
                 "wall_us": wall[ENVELOPES],
                 "pool_cpu_us": per_task[POOL],
             }
@@ -520,6 +532,7 @@ class PerTaskFanout(Scenario):
                 "cpu_us_batches": per_task[POOL],
                 "x_pool_batches": 1.0,
                 "x_pool_floor": 1.0,
+                **{f"x_pool_{peer}": 1.0 for peer in self.trio_peers},
                 "wall_us": wall[POOL],
                 "pool_cpu_us": per_task[POOL],
             }
@@ -549,6 +562,9 @@ class PerTaskFanout(Scenario):
         if "cpu_us_spawn" in summary:
             spawn = summary["cpu_us_spawn"][ASYNCIO].median
             measured += f", TaskGroup+Semaphore {spawn:.2f}"
+        if f"x_pool_{TRIO_POOL}" in summary:
+            trio_pool = summary[f"x_pool_{TRIO_POOL}"][SLUICEWAY].median
+            measured += f"; the trio worker pool {trio_pool:.2f}x the pool"
         met = envelopes.median <= ENVELOPES_TARGET and batches.median <= BATCHES_TARGET
         return goal, measured, met
 
@@ -560,11 +576,15 @@ class NoopFanout(PerTaskFanout):
     baseline = (
         f"{POOL_BASELINE}; row `| direct pool`: the same without the producer, the workers "
         "taking the bodies from an unbounded Queue filled before the timer; row "
-        f"`| TaskGroup+Semaphore`: {SPAWN_ALL_BASELINE}"
+        f"`| TaskGroup+Semaphore`: {SPAWN_ALL_BASELINE}; row `trio worker pool` (run with the "
+        "sluiceway side): C trio tasks fed by a producer through a memory channel, results "
+        "through a second one to the consumer"
     )
+    trio_peers = (TRIO_POOL,)
     metrics = (
         *PerTaskFanout.per_task_metrics,
         Metric("cpu_us_spawn", "CPU per task: per envelope | TaskGroup+Semaphore", "us", 2),
+        Metric(f"x_pool_{TRIO_POOL}", "x worker pool, paired: trio worker pool | pool", "x", 2),
     )
 
     def params(self, quick: bool) -> dict[str, Any]:

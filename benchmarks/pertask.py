@@ -3,7 +3,8 @@ N CONCURRENCY`` runs N no-op tasks once and prints one JSON line (its report).
 
 VARIANT is one of ``envelopes`` (a sluiceway runner, the consumer iterating over its envelopes
 one at a time), ``batches`` (the same, consuming ``envelopes.batches()``), ``floor`` (the trio
-floor: the same semantics with no engine, per envelope, ``triofloor``), ``pool`` (the asyncio
+floor: the same semantics with no engine, per envelope, ``triofloor``), ``triopool`` (the
+idiomatic trio worker pool over memory channels, ``triopool``), ``pool`` (the asyncio
 worker pool fed by a producer task through a ``Queue(C)``: the mark), ``direct`` (the pool's
 workers taking the bodies from the source themselves: a queue filled before the timer, or the
 generator under a lock) and ``spawn`` (asyncio TaskGroup + Semaphore, list source only); SOURCE
@@ -42,6 +43,7 @@ from .fanout import (
     POOL,
     SPAWN,
     STREAM,
+    TRIO_POOL,
     VARIANTS,
     Body,
     asyncio_direct_pool_fanout,
@@ -57,6 +59,7 @@ from .fanout import (
 from .harness import BenchmarkError, Results, Tracker, run_asyncio, run_trio
 from .memory import MemoryProbe, task_stream
 from .triofloor import trio_floor_fanout
+from .triopool import trio_pool_fanout
 
 
 def run_sluiceway(variant: str, source: str, n: int, limit: int) -> dict[str, Any]:
@@ -90,14 +93,17 @@ def run_sluiceway(variant: str, source: str, n: int, limit: int) -> dict[str, An
     return {"seconds": elapsed, "wall_seconds": wall, **out}
 
 
-def run_floor(source: str, n: int, limit: int) -> dict[str, Any]:
-    """The trio floor (``triofloor``), per envelope, verified as the other runs are."""
+def run_trio_reference(variant: str, source: str, n: int, limit: int) -> dict[str, Any]:
+    """The trio floor (``triofloor``, per envelope) or the trio worker pool (``triopool``, a
+    list source only), verified as the other runs are."""
     probe = MemoryProbe()
     out: dict[str, Any] = {}
+    if variant == TRIO_POOL and source != LIST:
+        raise BenchmarkError("the trio worker pool runs over a list source only")
 
     async def main() -> float:
         held = [0]
-        tracker = Tracker("trio floor", limit, lambda: held[0])
+        tracker = Tracker(f"trio {variant}", limit, lambda: held[0])
         results = Results(n)
         bodies: Any = (
             deque(partial(noop_body, tracker, i) for i in range(n))
@@ -106,7 +112,10 @@ def run_floor(source: str, n: int, limit: int) -> dict[str, Any]:
         )
         probe.start()
         cpu, start = time.process_time(), time.perf_counter()
-        await trio_floor_fanout(bodies, limit, results, held, batches=False)
+        if variant == FLOOR:
+            await trio_floor_fanout(bodies, limit, results, held, batches=False)
+        else:
+            await trio_pool_fanout(bodies, limit, results, held)
         elapsed = time.perf_counter() - start
         out["cpu_seconds"] = time.process_time() - cpu
         if source != LIST:
@@ -170,8 +179,8 @@ def main(argv: list[str]) -> int:
         print(f"unknown variant {variant!r} or source {source!r}", file=sys.stderr)
         return 2
     try:
-        if variant == FLOOR:
-            report = run_floor(source, n, limit)
+        if variant in (FLOOR, TRIO_POOL):
+            report = run_trio_reference(variant, source, n, limit)
         elif variant in (ENVELOPES, BATCHES):
             report = run_sluiceway(variant, source, n, limit)
         else:

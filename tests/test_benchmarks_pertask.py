@@ -22,6 +22,7 @@ from benchmarks.fanout import (
     POOL,
     SPAWN,
     STREAM,
+    TRIO_POOL,
     NoopFanout,
     SleepFanout,
     run_child,
@@ -41,6 +42,7 @@ TINY = {"n": 300, "concurrency": 10}
         (DIRECT, LIST),
         (SPAWN, LIST),
         (FLOOR, LIST),
+        (TRIO_POOL, LIST),
         (ENVELOPES, STREAM),
         (BATCHES, STREAM),
         (POOL, STREAM),
@@ -64,6 +66,8 @@ def test_every_variant_runs_verified_in_a_fresh_process(variant: str, source: st
 def test_a_failing_run_is_a_benchmark_error() -> None:
     with pytest.raises(BenchmarkError, match="exit status 1"):
         run_child(SPAWN, STREAM, TINY)  # spawn-all takes a list source only
+    with pytest.raises(BenchmarkError, match="exit status 1"):
+        run_child(TRIO_POOL, STREAM, TINY)  # so does the trio worker pool
 
 
 def _fake_runs(monkeypatch: pytest.MonkeyPatch, cpu: dict[str, float]) -> list[str]:
@@ -84,7 +88,15 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     monkeypatch.setattr(fanout, "batches_available", lambda: True)
     calls = _fake_runs(
         monkeypatch,
-        {ENVELOPES: 3.0, BATCHES: 1.5, FLOOR: 2.5, POOL: 1.0, DIRECT: 0.5, SPAWN: 2.0},
+        {
+            ENVELOPES: 3.0,
+            BATCHES: 1.5,
+            FLOOR: 2.5,
+            TRIO_POOL: 4.0,
+            POOL: 1.0,
+            DIRECT: 0.5,
+            SPAWN: 2.0,
+        },
     )
     scenario = NoopFanout()
     params = {"n": 1_000_000, "concurrency": 100}
@@ -92,12 +104,12 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     for _ in range(2):
         for side in (SLUICEWAY, ASYNCIO):
             samples[side].append(scenario.run(side, params))
-    # The pool run sits between the two sluiceway runs (the trio floor comes last or first);
-    # the orders alternate.
+    # The pool run sits between the two sluiceway runs (the trio floor and the trio worker pool
+    # come last or first); the orders alternate.
     assert calls == [
-        *(ENVELOPES, POOL, BATCHES, FLOOR),
+        *(ENVELOPES, POOL, BATCHES, FLOOR, TRIO_POOL),
         *(POOL, DIRECT, SPAWN),
-        *(FLOOR, BATCHES, POOL, ENVELOPES),
+        *(TRIO_POOL, FLOOR, BATCHES, POOL, ENVELOPES),
         *(SPAWN, DIRECT, POOL),
     ]
     ours = samples[SLUICEWAY][0].metrics
@@ -105,6 +117,7 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     assert ours["x_pool"] == pytest.approx(3.0)
     assert ours["x_pool_batches"] == pytest.approx(1.5)
     assert ours["x_pool_floor"] == pytest.approx(2.5)
+    assert ours["x_pool_triopool"] == pytest.approx(4.0)
     assert ours["cpu_us_spawn"] == ours["cpu_us_direct"] == ours["cpu_us"]
     assert ours["wall_us"] == pytest.approx(6.0)
     theirs = samples[ASYNCIO][0].metrics
@@ -116,6 +129,7 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     assert "per envelope 3.00x" in target.measured
     assert "batches 1.50x" in target.measured
     assert "the trio floor per envelope 2.50x" in target.measured
+    assert "the trio worker pool 4.00x the pool" in target.measured
 
 
 def test_the_targets_are_met_within_2x_and_1_2x(monkeypatch: pytest.MonkeyPatch) -> None:
