@@ -108,6 +108,9 @@ def test_hand_over_keeps_the_capacity_only_when_dispatch_would() -> None:
     other = CapacitySource(2, root).demand(sibling)
     other.open()
     assert not demand.alone
+    # hand_over asks that itself: it refuses, counting nothing.
+    assert not demand.hand_over({"slots": 1})
+    assert leaf.capacity_statistics().released == 1
     demand.give_back({"slots": 1})
     assert sibling.granted == [{"slots": 1}]  # the sibling holding nothing goes first
     other.close()

@@ -19,6 +19,7 @@ from sluiceway import (
     EnvelopeKind,
     HierarchicalTaskPoolRunner,
     QuotaCapacitySource,
+    SourceBuffer,
     TaskEnvelope,
     envelope_to_dict,
 )
@@ -187,3 +188,45 @@ def test_the_channel_blocks_admission_from_full_to_half_and_for_good_once_closed
     channel.put(envelopes[0])  # dropped: the consumer left
     assert channel.blocked
     assert len(channel) == 0
+
+
+class TakeFails(SourceBuffer[Any]):
+    """A buffer whose ``take`` fails once, after a ``peek`` that saw an item: the worker that
+    hands its unit to the next task meets the failure with the unit already kept for it."""
+
+    def __init__(self, items: list[Any], fail_at: int) -> None:
+        super().__init__(items)
+        self.taken = 0
+        self.fail_at = fail_at
+
+    def take(self) -> Any:
+        if self.taken == self.fail_at:
+            self.taken += 1
+            raise RuntimeError("take failed")
+        self.taken += 1
+        return super().take()
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 3, 7])
+async def test_a_failing_take_on_the_hand_over_path_keeps_no_unit(
+    autojump_clock: object, fail_at: int
+) -> None:
+    done: list[int] = []
+
+    def task(i: int) -> Callable[[Any], Any]:
+        async def body(emit: Any) -> int:
+            done.append(i)
+            return i
+
+        return body
+
+    capacity = CapacitySource(2)
+    runner = HierarchicalTaskPoolRunner(
+        "r", TakeFails([task(i) for i in range(10)], fail_at), capacity
+    )
+    with pytest.raises(RuntimeError, match="take failed"):
+        async with runner.run_tasks() as envelopes:
+            async for _ in envelopes:
+                pass
+    assert len(done) <= 10
+    assert_idle(capacity)

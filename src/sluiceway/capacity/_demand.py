@@ -126,12 +126,12 @@ class CapacityDemand:
     def hand_over(self, cost: CostVector) -> bool:
         """Keep ``cost``, about to be given back, for the owner's next task of the same cost,
         when that is exactly what giving it back and dispatching would do: the demand is the
-        only request in the tree (:attr:`alone`, which the caller checks first), no level of the
-        chain is a quota (a quota counts every grant) and no level is over a lowered limit.
-        Counts a release and a grant and returns ``True`` (the owner takes its next task now);
-        returns ``False``, changing nothing, otherwise."""
+        only request in the tree (:attr:`alone`), no level of the chain is a quota (a quota
+        counts every grant) and no level is over a lowered limit. Counts a release and a grant
+        and returns ``True`` (the owner takes its next task now); returns ``False``, changing
+        nothing, otherwise."""
         demand = self._demand
-        if demand is None:
+        if demand is None or self._root.waiting != 1:
             return False
         tree = self._tree
         if self._within_limits_version != tree.overuse_version:
@@ -141,5 +141,14 @@ class CapacityDemand:
             if self._node.quota_in_chain or not _tree.chain_within_limits(self._node):
                 return False
             self._within_limits_version = tree.overuse_version
-        _tree.count_transfer(demand, cost)
+        # Count a release and a grant, as giving back and dispatching would. Inline: this runs
+        # once per task of a lone run, where every call counts.
+        node = self._node
+        node.released_count += 1
+        node.granted_count += 1
+        tree.seq += 1
+        demand.seq = tree.seq
+        if node.metrics is not None:
+            _tree.report(node, "released", cost)
+            _tree.report(node, "accepted", cost)
         return True

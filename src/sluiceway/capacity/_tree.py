@@ -520,36 +520,6 @@ def _serve_sole_request(tree: Tree) -> bool:
     return False
 
 
-def can_transfer(demand: Demand, cost: Vector) -> bool:
-    """Whether ``cost``, about to be released at ``demand``'s node, may go straight back to it.
-
-    True when ``demand`` is the only request in the whole tree (so dispatch could only grant it),
-    no level of the chain is a quota (a quota counts every grant), and no level is over a limit
-    (a lowered limit keeps its debt: nothing new until it is paid back). Then releasing and
-    re-granting is exactly what dispatch would do, and the caller may skip both.
-    """
-    node = demand.node
-    if node.tree.root.waiting != 1 or demand not in node.queue:
-        return False
-    return transfer_fits(demand, cost)
-
-
-def transfer_fits(demand: Demand, cost: Vector) -> bool:
-    """The part of :func:`can_transfer` that remains once the caller knows ``demand`` is the only
-    request in the tree: no quota level, and no level over a limit."""
-    node = demand.node
-    if node.quota_in_chain:
-        return False
-    for level in node.chain:
-        limits = level.limits
-        usage = level.usage
-        for resource in cost:
-            limit = limits.get(resource)
-            if limit is not None and usage.get(resource, 0) > limit:
-                return False
-    return True
-
-
 def chain_within_limits(node: Node) -> bool:
     """Whether no level of ``node``'s chain uses more than a limit of any resource (a lowered
     limit keeps its debt until it is paid back)."""
@@ -559,20 +529,6 @@ def chain_within_limits(node: Node) -> bool:
             if usage.get(resource, 0) > limit:
                 return False
     return True
-
-
-def count_transfer(demand: Demand, cost: Vector) -> None:
-    """Count a release and a grant to ``demand`` of the ``cost`` it already holds (see
-    :func:`can_transfer`); the caller hands the capacity to its next task itself."""
-    node = demand.node
-    node.released_count += 1
-    node.granted_count += 1
-    tree = node.tree
-    tree.seq += 1  # next_seq(), inlined: once per task of a lone run
-    demand.seq = tree.seq
-    if node.metrics is not None:
-        report(node, "released", cost)
-        report(node, "accepted", cost)
 
 
 def try_now(node: Node, cost: Vector, *, validated: bool) -> bool:

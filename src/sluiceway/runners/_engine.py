@@ -275,10 +275,7 @@ class Run:
             resume.event.set()
             self.head_since = None
             return
-        waited = 0.0
-        if self.head_since is not None:
-            waited = self.now() - self.head_since
-            self.head_since = None
+        waited = self._waited()
         # ``cost`` is already taken at every level: until the task is queued, anything that
         # goes wrong (the source's end or failure, a KeyboardInterrupt raised by a synchronous
         # iterable, any other BaseException) must give it back, or it leaks at every level.
@@ -311,6 +308,54 @@ class Run:
             workers.releaser_claim = False  # the releasing worker takes it (no call needed)
         else:
             workers.work_available()
+
+    def hand_over_next(self, cost: CostVector) -> bool:
+        """A worker's release of ``cost``: when the run is alone in its tree, every task costs
+        the same and the next one is at hand, keep the unit for that task and queue it (for the
+        releasing worker). What ``next_cost``, the capacity's ``hand_over`` and :meth:`accept`
+        do on this path, without their general cases, which cost a call each on the per-task
+        path; ``False``, changing nothing, in any other case (the caller then gives the unit
+        back to the tree). Whether the run is alone is asked last, of ``hand_over`` (which
+        knows it without a call), once the next task is known to be at hand."""
+        if (
+            cost is not self.fixed_cost
+            or self.stopping
+            or self.resumes
+            or self.shutting_down
+            or self.channel.blocked
+            or self.retries.due
+        ):
+            return False
+        if self.lazy:
+            # The iterable's next item, produced by the releasing worker under this unit.
+            if self.source_exhausted or self.unproduced or self.producing:
+                return False
+            if not self.capacity.hand_over(cost):
+                return False
+            self.unproduced.append((cost, 0.0 if self.head_since is None else self._waited()))
+            return True
+        if self.sync_iterable is not None or self.graph is not None:
+            return False
+        source = self.source
+        if source.peek() is NOTHING or not self.capacity.hand_over(cost):
+            return False
+        try:
+            item = source.take()
+        except BaseException:
+            self.capacity.refund(cost)  # as accept does: a unit is never kept without a task
+            raise
+        waited = 0.0 if self.head_since is None else self._waited()
+        self.ready.append((item, cost, waited, None))
+        return True
+
+    def _waited(self) -> float:
+        """How long the source's head waited for capacity, if it was waiting (and it no longer
+        is)."""
+        since = self.head_since
+        if since is None:
+            return 0.0
+        self.head_since = None
+        return self.now() - since
 
     def demand_impossible(self, cost: CostVector, error: ImpossibleCostError) -> None:
         """A limit was lowered below the next task's cost: report it instead of waiting forever."""

@@ -235,7 +235,10 @@ class Workers:
                         if not job.paused:  # a paused task gave its capacity back already
                             self.releaser_claim = True
                             try:
-                                self._release(job.cost)
+                                # Its unit goes straight to the next task if it can (the common
+                                # case, without a call more), else back to the tree.
+                                if not run.hand_over_next(job.cost):
+                                    self._release(job.cost)
                             finally:
                                 self.releaser_claim = False
                     if limited:
