@@ -304,7 +304,8 @@ class CapacitySource(BaseCapacity):
     @property
     def borrowed_tokens(self) -> int | float:
         """Units held in this node's subtree."""
-        return public(self._node.held.get(self._resource, 0))
+        held = self._node.held.get(self._resource, 0)
+        return held if type(held) is int else public(held)  # an int, without a call, usually
 
     @property
     def available_tokens(self) -> int | float:
