@@ -25,7 +25,7 @@ from sluiceway import (
     open_runtime,
 )
 from sluiceway.entities._runtime import owner_is_dead
-from tests.entities.workflows import ALL_TYPES, EXECUTIONS, GATES, Leaf, started
+from tests.entities.workflows import ALL_TYPES, EXECUTIONS, Leaf, open_gate, started
 
 
 class WallClock:
@@ -61,7 +61,7 @@ async def test_two_runtimes_never_run_the_same_entity(db: Path) -> None:
             with pytest.raises(EntityBusyError, match="held by"):
                 await second.run(entity.id)
             assert await second.recover() == []  # a live runtime of this process holds it
-            GATES["busy"].set()
+            open_gate("busy")
         assert results == [{"name": "busy", "value": 8}]
         assert await second.run(entity.id) == {"name": "busy", "value": 8}  # stored result
     assert EXECUTIONS["busy"] == 1
@@ -101,7 +101,7 @@ async def test_an_expired_lease_is_taken_over_and_the_old_run_is_fenced(db: Path
 
                 inner.start_soon(recover)
                 await wait_for_execution("contested", 2)  # B runs it now
-                GATES["contested"].set()  # both runs may finish; only B's is recorded
+                open_gate("contested")  # both runs may finish; only B's is recorded
         [taken] = recovered
         assert taken.result == {"name": "contested", "value": 2}
         assert len(outcome_a) == 1

@@ -34,6 +34,7 @@ from tests.entities.workflows import (
     Chain,
     FanOut,
     Leaf,
+    open_gate,
     started,
 )
 from tests.helpers import assert_idle
@@ -183,7 +184,7 @@ async def test_resume_after_interruption_reruns_only_unfinished_leaves(db: Path)
         record = await runtime.get(root.id)
         assert record.status is EntityStatus.IN_PROGRESS
         assert record.lease_owner is None
-    GATES["b"].set()
+    open_gate("b")
     async with open_runtime(db, ALL_TYPES) as runtime:
         [recovered] = await runtime.recover()
         assert recovered.entity_id == root.id
@@ -272,7 +273,7 @@ async def test_streams_replay_then_follow_and_resume_from_a_cursor(db: Path) -> 
                     async for envelope in envelopes:
                         live.append(envelope)
                         if envelope.entity_name == "b" and envelope.status == "RUNNING":
-                            GATES["b"].set()
+                            open_gate("b")
 
             nursery.start_soon(follow)
         stored = await runtime.envelopes(root.id)
