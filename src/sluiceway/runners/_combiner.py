@@ -420,11 +420,9 @@ class AsyncIteratorCombiner(Generic[T]):
             items: list[Any] = []
             for slot in active:
                 result = sources.take(slot)
-                if isinstance(result, Value):
-                    items.append(result.item)
-                elif yield_final_values:
-                    assert isinstance(result, End)
-                    items.append(Final(result.value))
+                assert not isinstance(result, Error)  # errors were raised above
+                if isinstance(result, Value) or yield_final_values:
+                    items.append(result.delivered())
             await checkpoint.finish()
             return items
 
@@ -475,7 +473,7 @@ class AsyncIteratorCombiner(Generic[T]):
             _, result = got
             if isinstance(result, Error):
                 raise_saving_context(result.error)
-            return result.item if isinstance(result, Value) else Final(result.value)
+            return result.delivered()
 
     @overload
     async def any(
@@ -540,7 +538,7 @@ class AsyncIteratorCombiner(Generic[T]):
                     )
                 raise trio.EndOfChannel("any(): every source of the combiner is exhausted")
             self._suppressed.extend((slot.index, failure.error) for slot, failure in failures)
-            return winner.item if isinstance(winner, Value) else Final(winner.value)
+            return winner.delivered()
 
     def _require_open(self, name: str) -> None:
         if self._phase is _Phase.OPEN:

@@ -39,6 +39,10 @@ class Value:
     def __init__(self, item: object) -> None:
         self.item = item
 
+    def delivered(self) -> object:
+        """What a consumer receives for it: the item."""
+        return self.item
+
 
 class End:
     """A source ended; ``value`` is its final value (``None`` without one)."""
@@ -47,6 +51,10 @@ class End:
 
     def __init__(self, value: object) -> None:
         self.value = value
+
+    def delivered(self) -> Final[object]:
+        """What a consumer receives for it, when ends are delivered: ``Final(value)``."""
+        return Final(self.value)
 
 
 class Error:

@@ -28,11 +28,9 @@ from ._combiner_sources import (
     Slot,
     SlotState,
     Sources,
-    Value,
     raise_all,
     raise_together,
 )
-from ._tasks import Final
 
 
 class CombinedChannel(trio.abc.ReceiveChannel[Any]):
@@ -128,7 +126,7 @@ class CombinedChannel(trio.abc.ReceiveChannel[Any]):
         if isinstance(result, Error):
             self.failure = result.error
             raise_saving_context(result.error)
-        item = result.item if isinstance(result, Value) else Final(result.value)
+        item = result.delivered()
         return (index, item) if self.with_source else item
 
     async def _next_in_turn(
