@@ -350,7 +350,8 @@ class Run:
 
     def _waited(self) -> float:
         """How long the source's head waited for capacity, if it was waiting (and it no longer
-        is)."""
+        is). The hand-over path reads ``head_since`` itself first: it is almost always
+        ``None`` there, and this call would be one more per task."""
         since = self.head_since
         if since is None:
             return 0.0
