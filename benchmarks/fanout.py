@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from sluiceway import CapacitySource
+from sluiceway import CapacitySource, PreciseClock
 from sluiceway.runners import (
     DEFAULT_BUFFER_SIZE,
     EnvelopeChannel,
@@ -344,8 +344,11 @@ def semaphore_probe(semaphore: asyncio.Semaphore, limit: int) -> Callable[[], fl
 
 
 def _fanout_sluiceway(
-    params: Params, make_body: Callable[[Tracker, int], Callable[[Any], Awaitable[int]]]
+    params: Params,
+    make_body: Callable[[Tracker, int], Callable[[Any], Awaitable[int]]],
+    clock: trio.abc.Clock | None = None,
 ) -> Sample:
+    """One sluiceway run, consumed per envelope, on ``clock`` (trio's own by default)."""
     n, limit = params["n"], params["concurrency"]
     checks: dict[str, Any] = {}
 
@@ -366,7 +369,7 @@ def _fanout_sluiceway(
             raise BenchmarkError(f"{capacity.borrowed_tokens} units still held after the run")
         return elapsed
 
-    elapsed, wall = run_trio(main)
+    elapsed, wall = run_trio(main, clock=clock)
     return Sample({"seconds": elapsed}, {"wall_seconds": wall, **checks})
 
 
@@ -606,11 +609,13 @@ class NoopFanout(PerTaskFanout):
 # -- B: makespan against the ideal -------------------------------------------------------------
 
 
-def trio_sleep_floor(n: int, concurrency: int, latency: float) -> float:
+def trio_sleep_floor(
+    n: int, concurrency: int, latency: float, clock: trio.abc.Clock | None = None
+) -> float:
     """B's floor on bare trio: ``concurrency`` tasks take the next of ``n`` items in turn and
     sleep ``latency`` for each, nothing else (no limit object, no results, no consumer); its
-    makespan in seconds. What any fan-out of these sleeps pays on trio: timer wake-ups and task
-    switches."""
+    makespan in seconds, on ``clock`` (trio's own by default). What any fan-out of these sleeps
+    pays on trio: timer wake-ups and task switches."""
 
     async def main() -> float:
         items = iter(range(n))
@@ -629,7 +634,7 @@ def trio_sleep_floor(n: int, concurrency: int, latency: float) -> float:
             raise BenchmarkError(f"trio floor: {done[0]} sleeps of {n}")
         return time.perf_counter() - start
 
-    return run_trio(main)[0]
+    return run_trio(main, clock=clock)[0]
 
 
 def asyncio_sleep_floor(
@@ -685,14 +690,25 @@ class SleepFanout(Scenario):
         Metric("x_ideal", "makespan / ideal | TaskGroup+Semaphore", "x"),
         Metric("x_ideal_pool", "makespan / ideal | worker pool", "x"),
         Metric("x_ideal_uvloop", "makespan / ideal | uvloop worker pool", "x"),
+        Metric("x_ideal_trio_clock", "makespan / ideal, trio's clock | TaskGroup+Semaphore", "x"),
         Metric("x_ideal_floor", "makespan / ideal | bare runtime floor", "x"),
+        Metric("x_ideal_floor_precise", "... on PreciseClock | bare runtime floor", "x"),
+        Metric("cpu_seconds", "CPU time | worker pool", "s"),
+        Metric("cpu_seconds_trio_clock", "CPU time, trio's clock | worker pool", "s"),
         Metric("overhead_us_per_task", "(makespan-ideal)/N | TaskGroup+Semaphore", "us", 2),
     )
     #: The target: sluiceway's makespan over the ideal (issue 14).
     TARGET = 1.08
 
     def __init__(self) -> None:
-        self._turns = 0
+        self._turns = {SLUICEWAY: 0, ASYNCIO: 0}
+
+    def _reversed_turn(self, side: str) -> bool:
+        """Whether this repetition of ``side`` runs its variants in reverse order (every other
+        one does, so that no variant always runs first)."""
+        turn = self._turns[side]
+        self._turns[side] = turn + 1
+        return turn % 2 == 1
 
     def params(self, quick: bool) -> dict[str, Any]:
         return {"n": 1_000 if quick else 10_000, "concurrency": 100, "latency": 0.01}
@@ -717,23 +733,49 @@ class SleepFanout(Scenario):
                 f"limit {params['concurrency']}"
             )
 
+    def _sluiceway(self, params: Params) -> Sample:
+        """sluiceway on :class:`~sluiceway.PreciseClock` (the target's run) and on trio's own
+        clock, in alternating order, then bare trio's floor on each clock."""
+        delay, n, concurrency = params["latency"], params["n"], params["concurrency"]
+        ideal = self.ideal(params)
+        clocks = [("precise", PreciseClock()), ("trio", None)]
+        if self._reversed_turn(SLUICEWAY):
+            clocks.reverse()
+        runs: dict[str, Sample] = {}
+        for name, clock in clocks:
+            runs[name] = _fanout_sluiceway(
+                params, lambda tracker, i: partial(trio_sleep_body, tracker, delay, i), clock
+            )
+            self._check(runs[name], params, f"sluiceway on the {name} clock")
+        sample = runs["precise"]
+        x = sample.metrics["seconds"] / ideal
+        on_trio = runs["trio"]
+        sample.metrics.update(
+            x_ideal=x,
+            x_ideal_pool=x,
+            x_ideal_uvloop=x,
+            x_ideal_trio_clock=on_trio.metrics["seconds"] / ideal,
+            x_ideal_floor=trio_sleep_floor(n, concurrency, delay) / ideal,
+            x_ideal_floor_precise=trio_sleep_floor(n, concurrency, delay, PreciseClock()) / ideal,
+            cpu_seconds=sample.info["cpu_seconds"],
+            cpu_seconds_trio_clock=on_trio.info["cpu_seconds"],
+            overhead_us_per_task=(sample.metrics["seconds"] - ideal) / n * 1e6,
+        )
+        sample.info["trio_clock_run"] = {**on_trio.metrics, **on_trio.info}
+        warnings = on_trio.info.get("warnings", [])
+        if warnings:
+            sample.info.setdefault("warnings", []).extend(warnings)
+        return sample
+
     def run(self, side: str, params: Params) -> Sample:
         delay = params["latency"]
         ideal = self.ideal(params)
         n = params["n"]
         if side == SLUICEWAY:
-            sample = _fanout_sluiceway(
-                params, lambda tracker, i: partial(trio_sleep_body, tracker, delay, i)
-            )
-            self._check(sample, params, "sluiceway")
-            x = sample.metrics["seconds"] / ideal
-            sample.metrics.update(x_ideal=x, x_ideal_pool=x, x_ideal_uvloop=x)
-            floor = trio_sleep_floor(n, params["concurrency"], delay)
-            sample.metrics["x_ideal_floor"] = floor / ideal
-            sample.metrics["overhead_us_per_task"] = (sample.metrics["seconds"] - ideal) / n * 1e6
-            return sample
-        order = list(B_BASELINES) if self._turns % 2 == 0 else list(B_BASELINES)[::-1]
-        self._turns += 1
+            return self._sluiceway(params)
+        order = list(B_BASELINES)
+        if self._reversed_turn(ASYNCIO):
+            order.reverse()
         runs: dict[str, Sample] = {}
         for name, variant, loop_factory in order:
             runs[name] = _fanout_asyncio(
@@ -745,15 +787,21 @@ class SleepFanout(Scenario):
             self._check(runs[name], params, name)
         spawn = runs["spawn"].metrics["seconds"]
         uvloop_run = runs.get("uvloop_pool")
+        asyncio_floor = asyncio_sleep_floor(n, params["concurrency"], delay) / ideal
+        pool_cpu = runs["pool"].info["cpu_seconds"]
         metrics = {
             "seconds": spawn,
             "x_ideal": spawn / ideal,
+            "x_ideal_trio_clock": spawn / ideal,
+            "cpu_seconds": pool_cpu,
+            "cpu_seconds_trio_clock": pool_cpu,
             "x_ideal_pool": runs["pool"].metrics["seconds"] / ideal,
             "x_ideal_uvloop": (
                 uvloop_run.metrics["seconds"] / ideal if uvloop_run is not None else math.nan
             ),
             "overhead_us_per_task": (spawn - ideal) / n * 1e6,
-            "x_ideal_floor": asyncio_sleep_floor(n, params["concurrency"], delay) / ideal,
+            "x_ideal_floor": asyncio_floor,
+            "x_ideal_floor_precise": asyncio_floor,
         }
         info: dict[str, Any] = {
             "order": [name for name, _, _ in order],
@@ -769,12 +817,15 @@ class SleepFanout(Scenario):
         spawn = summary["x_ideal"][ASYNCIO].median
         pool = summary["x_ideal_pool"][ASYNCIO].median
         uv = summary["x_ideal_uvloop"][ASYNCIO].median
+        on_trio_clock = summary["x_ideal_trio_clock"][SLUICEWAY].median
         trio_floor = summary["x_ideal_floor"][SLUICEWAY].median
+        precise_floor = summary["x_ideal_floor_precise"][SLUICEWAY].median
         asyncio_floor = summary["x_ideal_floor"][ASYNCIO].median
         return Target(
             f"sluiceway makespan <= {self.TARGET:.2f}x ideal",
-            f"{ours:.3f}x ideal (asyncio TaskGroup+Semaphore {spawn:.3f}x, worker pool "
-            f"{pool:.3f}x, uvloop worker pool {uv:.3f}x; the bare runtime's floor: trio "
-            f"{trio_floor:.3f}x, asyncio {asyncio_floor:.3f}x)",
+            f"{ours:.3f}x ideal on PreciseClock, {on_trio_clock:.3f}x on trio's own clock "
+            f"(asyncio TaskGroup+Semaphore {spawn:.3f}x, worker pool {pool:.3f}x, uvloop worker "
+            f"pool {uv:.3f}x; the bare runtime's floor: trio {trio_floor:.3f}x, trio on "
+            f"PreciseClock {precise_floor:.3f}x, asyncio {asyncio_floor:.3f}x)",
             ours <= self.TARGET,
         )

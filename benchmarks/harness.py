@@ -176,14 +176,16 @@ def task_failed(where: str, error: object) -> BenchmarkError:
 # -- running one side -------------------------------------------------------------------------
 
 
-def run_trio(main: Callable[[], Awaitable[float]]) -> tuple[float, float]:
-    """``gc.collect()``, then ``trio.run(main)`` on a fresh loop.
+def run_trio(
+    main: Callable[[], Awaitable[float]], *, clock: trio.abc.Clock | None = None
+) -> tuple[float, float]:
+    """``gc.collect()``, then ``trio.run(main)`` on a fresh loop (with ``clock``, else trio's).
 
     ``main`` returns the seconds it measured inside the loop; returned with the wall time of the
     whole ``trio.run`` (loop start-up and shutdown included)."""
     gc.collect()
     start = time.perf_counter()
-    inner = trio.run(main)
+    inner = trio.run(main, clock=clock)
     return inner, time.perf_counter() - start
 
 

@@ -169,14 +169,38 @@ def test_b_runs_every_asyncio_baseline() -> None:
     for run in theirs.info["runs"].values():
         assert run["results"] == 40
         assert run["peak_concurrency"] <= 10
-    # The bare runtime's floor on each side: every sleep taken, never under the ideal.
-    assert ours.metrics["x_ideal_floor"] >= 1.0
+    # sluiceway runs on both clocks, and the target's run on PreciseClock: every result
+    # delivered in each, and no sleep (so no makespan) under the ideal on any clock.
+    assert ours.info["results"] == ours.info["trio_clock_run"]["results"] == 40
+    for key in ("x_ideal", "x_ideal_trio_clock", "x_ideal_floor", "x_ideal_floor_precise"):
+        assert ours.metrics[key] >= 1.0, key
+    assert ours.metrics["cpu_seconds"] > 0
+    assert ours.metrics["cpu_seconds_trio_clock"] > 0
     assert theirs.metrics["x_ideal_floor"] >= 1.0
+    assert theirs.metrics["cpu_seconds"] == theirs.info["runs"]["pool"]["cpu_seconds"]
     target = scenario.target(
         summarize({SLUICEWAY: [ours], ASYNCIO: [theirs]}, scenario.metrics), params
     )
+    assert "on PreciseClock" in target.measured
+    assert "on trio's own clock" in target.measured
     assert "worker pool" in target.measured
     assert "the bare runtime's floor: trio" in target.measured
+
+
+def test_b_alternates_which_clock_runs_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    clocks: list[str] = []
+
+    def fake_run(params: object, make_body: object, clock: object = None) -> Sample:
+        clocks.append("trio" if clock is None else type(clock).__name__)
+        return Sample({"seconds": 1.0}, {"cpu_seconds": 0.1, "peak_concurrency": 10})
+
+    monkeypatch.setattr(fanout, "_fanout_sluiceway", fake_run)
+    monkeypatch.setattr(fanout, "trio_sleep_floor", lambda *args: 1.0)
+    scenario = SleepFanout()
+    params = {"n": 40, "concurrency": 10, "latency": 0.001}
+    for _ in range(2):
+        scenario.run(SLUICEWAY, params)
+    assert clocks == ["PreciseClock", "trio", "trio", "PreciseClock"]
 
 
 def test_h_reports_cpu_and_makespan_against_each_floor() -> None:

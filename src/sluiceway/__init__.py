@@ -6,6 +6,7 @@ per component and a table mapping the original names to these.
 
 from typing import TYPE_CHECKING, Any
 
+from ._clock import PreciseClock
 from ._errors import (
     CapacityError,
     ConnectionNotAllowedError,
@@ -233,6 +234,7 @@ __all__ = [
     "SourceFromIterable",
     "PostgresStore",
     "PostgresStoreStatistics",
+    "PreciseClock",
     "SqliteStore",
     "SqliteStoreStatistics",
     "StoreError",
