@@ -421,15 +421,37 @@ POOL_BASELINE = (
 #: The runs a per-task scenario makes (``python -m benchmarks.pertask VARIANT ...``).
 ENVELOPES, BATCHES, POOL, DIRECT, SPAWN = "envelopes", "batches", "pool", "direct", "spawn"
 FLOOR, TRIO_POOL = "floor", "triopool"
-VARIANTS = (ENVELOPES, BATCHES, FLOOR, TRIO_POOL, POOL, DIRECT, SPAWN)
+ANYIO, AIOMETER, AIOMETER_TRIO = "anyio", "aiometer", "aiometer-trio"
+VARIANTS = (
+    ENVELOPES,
+    BATCHES,
+    FLOOR,
+    TRIO_POOL,
+    ANYIO,
+    AIOMETER_TRIO,
+    AIOMETER,
+    POOL,
+    DIRECT,
+    SPAWN,
+)
 VARIANT_NAMES = {
     ENVELOPES: "sluiceway, per envelope (`async for envelope in envelopes`)",
     BATCHES: "sluiceway, batches (`async for batch in envelopes.batches()`)",
     FLOOR: "the trio floor: sluiceway's semantics with no engine, per envelope (triofloor)",
     TRIO_POOL: "trio worker pool over memory channels (triopool)",
+    ANYIO: "anyio on trio, gated spawn (anyiopeers)",
+    AIOMETER_TRIO: "aiometer.amap on trio (anyiopeers)",
+    AIOMETER: "aiometer.amap on asyncio (anyiopeers)",
     POOL: "asyncio worker pool, fed by a producer through a Queue(C) (the mark)",
     DIRECT: "asyncio worker pool, the workers pulling from the source directly",
     SPAWN: "asyncio TaskGroup + Semaphore",
+}
+#: Short names of the peers, for the table's rows and the target line.
+PEER_NAMES = {
+    TRIO_POOL: "trio worker pool",
+    ANYIO: "anyio gated spawn",
+    AIOMETER_TRIO: "aiometer on trio",
+    AIOMETER: "aiometer on asyncio",
 }
 #: The sources: a list built before the timer, or a lazy async generator.
 LIST, STREAM = "list", "agen"
@@ -460,7 +482,7 @@ class PerTaskFanout(Scenario):
 
     Each repetition of the sluiceway side runs per-envelope consumption, the worker pool, batch
     consumption, the trio floor (``triofloor``: the same semantics with no engine, per
-    envelope) and the scenario's trio-side peers (``trio_peers``), in that order or the
+    envelope) and the scenario's peers (``peers``), in that order or the
     reverse (so the pool run is next to each of sluiceway's two), and reports each one's CPU
     time over the pool's of the same repetition: the medians of those ratios are the paired
     ratios. The asyncio side runs the worker pool and the scenario's other baselines
@@ -470,8 +492,9 @@ class PerTaskFanout(Scenario):
 
     source: str
     asyncio_variants: tuple[str, ...] = (POOL, DIRECT, SPAWN)
-    #: Trio-side peers run with the sluiceway side (each paired with the pool like the rest).
-    trio_peers: tuple[str, ...] = ()
+    #: Peers run with the sluiceway side (each paired with the pool like the rest): the trio
+    #: worker pool, anyio's and aiometer's fan-outs.
+    peers: tuple[str, ...] = ()
     warm_up = False  # every run is a fresh interpreter
 
     per_task_metrics = (
@@ -493,7 +516,7 @@ class PerTaskFanout(Scenario):
         self._turns[side] = turn + 1
         if side == SLUICEWAY:
             order = (
-                [ENVELOPES, POOL, BATCHES, FLOOR, *self.trio_peers]
+                [ENVELOPES, POOL, BATCHES, FLOOR, *self.peers]
                 if batches_available()
                 else [ENVELOPES, POOL]
             )
@@ -523,7 +546,7 @@ class PerTaskFanout(Scenario):
                 "x_pool_floor": per_task.get(FLOOR, math.nan) / per_task[POOL],
                 **{
                     f"x_pool_{peer}": per_task.get(peer, math.nan) / per_task[POOL]
-                    for peer in self.trio_peers
+                    for peer in self.peers
                 },
                 "wall_us": wall[ENVELOPES],
                 "pool_cpu_us": per_task[POOL],
@@ -535,7 +558,7 @@ class PerTaskFanout(Scenario):
                 "cpu_us_batches": per_task[POOL],
                 "x_pool_batches": 1.0,
                 "x_pool_floor": 1.0,
-                **{f"x_pool_{peer}": 1.0 for peer in self.trio_peers},
+                **{f"x_pool_{peer}": 1.0 for peer in self.peers},
                 "wall_us": wall[POOL],
                 "pool_cpu_us": per_task[POOL],
             }
@@ -565,9 +588,12 @@ class PerTaskFanout(Scenario):
         if "cpu_us_spawn" in summary:
             spawn = summary["cpu_us_spawn"][ASYNCIO].median
             measured += f", TaskGroup+Semaphore {spawn:.2f}"
-        if f"x_pool_{TRIO_POOL}" in summary:
-            trio_pool = summary[f"x_pool_{TRIO_POOL}"][SLUICEWAY].median
-            measured += f"; the trio worker pool {trio_pool:.2f}x the pool"
+        peers = [
+            f"{PEER_NAMES[peer]} {summary[f'x_pool_{peer}'][SLUICEWAY].median:.2f}x"
+            for peer in self.peers
+        ]
+        if peers:
+            measured += "; against the pool: " + ", ".join(peers)
         met = envelopes.median <= ENVELOPES_TARGET and batches.median <= BATCHES_TARGET
         return goal, measured, met
 
@@ -581,13 +607,18 @@ class NoopFanout(PerTaskFanout):
         "taking the bodies from an unbounded Queue filled before the timer; row "
         f"`| TaskGroup+Semaphore`: {SPAWN_ALL_BASELINE}; row `trio worker pool` (run with the "
         "sluiceway side): C trio tasks fed by a producer through a memory channel, results "
-        "through a second one to the consumer"
+        "through a second one to the consumer; rows `anyio gated spawn`, `aiometer on trio` "
+        "and `aiometer on asyncio` (also with the sluiceway side): anyio's task group under an "
+        "anyio Semaphore taken before each spawn, and aiometer.amap(max_at_once=C)"
     )
-    trio_peers = (TRIO_POOL,)
+    peers = (TRIO_POOL, ANYIO, AIOMETER_TRIO, AIOMETER)
     metrics = (
         *PerTaskFanout.per_task_metrics,
         Metric("cpu_us_spawn", "CPU per task: per envelope | TaskGroup+Semaphore", "us", 2),
-        Metric(f"x_pool_{TRIO_POOL}", "x worker pool, paired: trio worker pool | pool", "x", 2),
+        *(
+            Metric(f"x_pool_{peer}", f"x worker pool, paired: {PEER_NAMES[peer]} | pool", "x", 2)
+            for peer in peers
+        ),
     )
 
     def params(self, quick: bool) -> dict[str, Any]:

@@ -4,7 +4,10 @@ N CONCURRENCY`` runs N no-op tasks once and prints one JSON line (its report).
 VARIANT is one of ``envelopes`` (a sluiceway runner, the consumer iterating over its envelopes
 one at a time), ``batches`` (the same, consuming ``envelopes.batches()``), ``floor`` (the trio
 floor: the same semantics with no engine, per envelope, ``triofloor``), ``triopool`` (the
-idiomatic trio worker pool over memory channels, ``triopool``), ``pool`` (the asyncio
+idiomatic trio worker pool over memory channels, ``triopool``), ``anyio`` (anyio's task group
+on trio, each spawn gated by an anyio Semaphore), ``aiometer-trio`` and ``aiometer``
+(``aiometer.amap`` on trio and on asyncio; these three over a list only, ``anyiopeers``),
+``pool`` (the asyncio
 worker pool fed by a producer task through a ``Queue(C)``: the mark), ``direct`` (the pool's
 workers taking the bodies from the source themselves: a queue filled before the timer, or the
 generator under a lock) and ``spawn`` (asyncio TaskGroup + Semaphore, list source only); SOURCE
@@ -31,10 +34,16 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import anyio
+
 from sluiceway import CapacitySource
 from sluiceway.runners import HierarchicalTaskPoolRunner
 
+from .anyiopeers import aiometer_fanout, anyio_gated_spawn_fanout
 from .fanout import (
+    AIOMETER,
+    AIOMETER_TRIO,
+    ANYIO,
     BATCHES,
     DIRECT,
     ENVELOPES,
@@ -127,6 +136,39 @@ def run_trio_reference(variant: str, source: str, n: int, limit: int) -> dict[st
     return {"seconds": elapsed, "wall_seconds": wall, **out}
 
 
+def run_anyio_peer(variant: str, source: str, n: int, limit: int) -> dict[str, Any]:
+    """anyio's gated spawn on trio, or aiometer on trio or asyncio (``anyiopeers``; a list
+    source only), verified as the other runs are."""
+    probe = MemoryProbe()
+    out: dict[str, Any] = {}
+    if source != LIST:
+        raise BenchmarkError(f"{variant} runs over a list source only")
+
+    async def main() -> float:
+        results = Results(n)
+        run: Callable[[], Any]
+        if variant == ANYIO:
+            semaphore = anyio.Semaphore(limit)
+            tracker = Tracker("anyio", limit, lambda: limit - semaphore.value)
+            bodies = [partial(noop_body, tracker, i) for i in range(n)]
+            run = partial(anyio_gated_spawn_fanout, bodies, limit, results, semaphore)
+        else:
+            busy = [0]
+            tracker = Tracker(variant, limit, lambda: busy[0])
+            bodies = [partial(noop_body, tracker, i) for i in range(n)]
+            run = partial(aiometer_fanout, bodies, limit, results, busy)
+        probe.start()
+        cpu, start = time.process_time(), time.perf_counter()
+        await run()
+        elapsed = time.perf_counter() - start
+        out["cpu_seconds"] = time.process_time() - cpu
+        out.update(probe.report(), **results.verify(), **tracker.verify(n))
+        return elapsed
+
+    elapsed, wall = run_asyncio(main) if variant == AIOMETER else run_trio(main)
+    return {"seconds": elapsed, "wall_seconds": wall, **out}
+
+
 def run_asyncio_side(variant: str, source: str, n: int, limit: int) -> dict[str, Any]:
     probe = MemoryProbe()
     out: dict[str, Any] = {}
@@ -181,6 +223,8 @@ def main(argv: list[str]) -> int:
     try:
         if variant in (FLOOR, TRIO_POOL):
             report = run_trio_reference(variant, source, n, limit)
+        elif variant in (ANYIO, AIOMETER, AIOMETER_TRIO):
+            report = run_anyio_peer(variant, source, n, limit)
         elif variant in (ENVELOPES, BATCHES):
             report = run_sluiceway(variant, source, n, limit)
         else:

@@ -14,6 +14,9 @@ import pytest
 from benchmarks import fanout
 from benchmarks.dag import LayeredDag
 from benchmarks.fanout import (
+    AIOMETER,
+    AIOMETER_TRIO,
+    ANYIO,
     BATCHES,
     DIRECT,
     ENVELOPES,
@@ -44,6 +47,9 @@ TINY = {"n": 300, "concurrency": 10}
         (SPAWN, LIST),
         (FLOOR, LIST),
         (TRIO_POOL, LIST),
+        (ANYIO, LIST),
+        (AIOMETER_TRIO, LIST),
+        (AIOMETER, LIST),
         (ENVELOPES, STREAM),
         (BATCHES, STREAM),
         (POOL, STREAM),
@@ -69,6 +75,8 @@ def test_a_failing_run_is_a_benchmark_error() -> None:
         run_child(SPAWN, STREAM, TINY)  # spawn-all takes a list source only
     with pytest.raises(BenchmarkError, match="exit status 1"):
         run_child(TRIO_POOL, STREAM, TINY)  # so does the trio worker pool
+    with pytest.raises(BenchmarkError, match="exit status 1"):
+        run_child(AIOMETER, STREAM, TINY)  # and the anyio-based peers
 
 
 def _fake_runs(monkeypatch: pytest.MonkeyPatch, cpu: dict[str, float]) -> list[str]:
@@ -94,6 +102,9 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
             BATCHES: 1.5,
             FLOOR: 2.5,
             TRIO_POOL: 4.0,
+            ANYIO: 7.0,
+            AIOMETER_TRIO: 7.5,
+            AIOMETER: 8.0,
             POOL: 1.0,
             DIRECT: 0.5,
             SPAWN: 2.0,
@@ -105,12 +116,13 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     for _ in range(2):
         for side in (SLUICEWAY, ASYNCIO):
             samples[side].append(scenario.run(side, params))
-    # The pool run sits between the two sluiceway runs (the trio floor and the trio worker pool
-    # come last or first); the orders alternate.
+    # The pool run sits between the two sluiceway runs (the trio floor and the peers come last
+    # or first); the orders alternate.
+    peers = (TRIO_POOL, ANYIO, AIOMETER_TRIO, AIOMETER)
     assert calls == [
-        *(ENVELOPES, POOL, BATCHES, FLOOR, TRIO_POOL),
+        *(ENVELOPES, POOL, BATCHES, FLOOR, *peers),
         *(POOL, DIRECT, SPAWN),
-        *(TRIO_POOL, FLOOR, BATCHES, POOL, ENVELOPES),
+        *(*peers[::-1], FLOOR, BATCHES, POOL, ENVELOPES),
         *(SPAWN, DIRECT, POOL),
     ]
     ours = samples[SLUICEWAY][0].metrics
@@ -119,6 +131,9 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     assert ours["x_pool_batches"] == pytest.approx(1.5)
     assert ours["x_pool_floor"] == pytest.approx(2.5)
     assert ours["x_pool_triopool"] == pytest.approx(4.0)
+    assert ours["x_pool_anyio"] == pytest.approx(7.0)
+    assert ours["x_pool_aiometer-trio"] == pytest.approx(7.5)
+    assert ours["x_pool_aiometer"] == pytest.approx(8.0)
     assert ours["cpu_us_spawn"] == ours["cpu_us_direct"] == ours["cpu_us"]
     assert ours["wall_us"] == pytest.approx(6.0)
     theirs = samples[ASYNCIO][0].metrics
@@ -128,9 +143,12 @@ def test_the_ratios_are_paired_with_the_pool_run_beside_them(
     target = scenario.target(summarize(samples, scenario.metrics), params)
     assert not target.met
     assert "per envelope 3.00x" in target.measured
+    assert "anyio gated spawn 7.00x, aiometer on trio 7.50x, aiometer on asyncio 8.00x" in (
+        target.measured
+    )
     assert "batches 1.50x" in target.measured
     assert "the trio floor per envelope 2.50x" in target.measured
-    assert "the trio worker pool 4.00x the pool" in target.measured
+    assert "against the pool: trio worker pool 4.00x" in target.measured
 
 
 def test_the_targets_are_met_within_2x_and_1_2x(monkeypatch: pytest.MonkeyPatch) -> None:
