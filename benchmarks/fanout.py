@@ -723,7 +723,7 @@ class SleepFanout(Scenario):
         Metric("x_ideal_uvloop", "makespan / ideal | uvloop worker pool", "x"),
         Metric("x_ideal_trio_clock", "makespan / ideal, trio's clock | TaskGroup+Semaphore", "x"),
         Metric("x_ideal_floor", "makespan / ideal | bare runtime floor", "x"),
-        Metric("x_ideal_floor_precise", "... on PreciseClock | bare runtime floor", "x"),
+        Metric("x_ideal_floor_precise", "floor / ideal, on PreciseClock | bare runtime floor", "x"),
         Metric("cpu_seconds", "CPU time | worker pool", "s"),
         Metric("cpu_seconds_trio_clock", "CPU time, trio's clock | worker pool", "s"),
         Metric("overhead_us_per_task", "(makespan-ideal)/N | TaskGroup+Semaphore", "us", 2),
