@@ -373,6 +373,19 @@ def _fanout_sluiceway(
     return Sample({"seconds": elapsed}, {"wall_seconds": wall, **checks})
 
 
+def on_both_clocks(
+    run: Callable[[trio.abc.Clock | None], Sample], *, reverse: bool
+) -> tuple[Sample, Sample]:
+    """``run`` on :class:`~sluiceway.PreciseClock` and on trio's own clock (``None``), in that
+    order or the ``reverse``: the two samples, PreciseClock's first. B and C run sluiceway so,
+    alternating the order from one repetition to the next."""
+    clocks: list[trio.abc.Clock | None] = [PreciseClock(), None]
+    if reverse:
+        clocks.reverse()
+    samples = {clock is None: run(clock) for clock in clocks}
+    return samples[False], samples[True]
+
+
 def _fanout_asyncio(
     params: Params,
     make_body: Callable[[Tracker, int], Callable[[], Awaitable[int]]],
@@ -769,18 +782,15 @@ class SleepFanout(Scenario):
         clock, in alternating order, then bare trio's floor on each clock."""
         delay, n, concurrency = params["latency"], params["n"], params["concurrency"]
         ideal = self.ideal(params)
-        clocks = [("precise", PreciseClock()), ("trio", None)]
-        if self._reversed_turn(SLUICEWAY):
-            clocks.reverse()
-        runs: dict[str, Sample] = {}
-        for name, clock in clocks:
-            runs[name] = _fanout_sluiceway(
+        sample, on_trio = on_both_clocks(
+            lambda clock: _fanout_sluiceway(
                 params, lambda tracker, i: partial(trio_sleep_body, tracker, delay, i), clock
-            )
-            self._check(runs[name], params, f"sluiceway on the {name} clock")
-        sample = runs["precise"]
+            ),
+            reverse=self._reversed_turn(SLUICEWAY),
+        )
+        self._check(sample, params, "sluiceway on PreciseClock")
+        self._check(on_trio, params, "sluiceway on trio's clock")
         x = sample.metrics["seconds"] / ideal
-        on_trio = runs["trio"]
         sample.metrics.update(
             x_ideal=x,
             x_ideal_pool=x,

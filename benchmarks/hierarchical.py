@@ -34,6 +34,7 @@ from .fanout import (
     asyncio_sleep_body,
     capacity_probe,
     drain_runner,
+    on_both_clocks,
     semaphore_probe,
     trio_sleep_body,
 )
@@ -255,15 +256,9 @@ class HierarchicalJobs(Scenario):
                 x_bound_trio_clock=sample.metrics["x_bound"], floor=floor, floor_precise=floor
             )
             return sample
-        clocks: list[tuple[str, PreciseClock | None]] = [
-            ("precise", PreciseClock()),
-            ("trio", None),
-        ]
-        if self._sluiceway_turns % 2:
-            clocks.reverse()
+        reverse = self._sluiceway_turns % 2 == 1
         self._sluiceway_turns += 1
-        runs = {name: _sluiceway(params, clock) for name, clock in clocks}
-        sample, on_trio = runs["precise"], runs["trio"]
+        sample, on_trio = on_both_clocks(partial(_sluiceway, params), reverse=reverse)
         sample.metrics.update(
             x_bound_trio_clock=on_trio.metrics["x_bound"],
             floor=_trio_floor(waves, latency),

@@ -96,7 +96,6 @@ class PreciseClock(trio.abc.Clock):
         granularity = self._granularity
         if not granularity or remaining > _LONGEST_TRIMMED_WAIT:
             return remaining
-        granules = int(remaining / granularity) if remaining > 0 else 0
-        if not granules:
+        if remaining < granularity:
             return 0.0  # the last granule: poll until the deadline has passed
-        return granules * granularity - _BELOW_BOUNDARY
+        return int(remaining / granularity) * granularity - _BELOW_BOUNDARY
